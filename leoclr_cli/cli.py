@@ -1,0 +1,279 @@
+"""The ``leoclr`` command line: each command parses, validates, calls one runner, prints a summary.
+
+Every user-fixable problem is a :class:`UserError`: one sentence on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="LeOCLR / MoCo-v2 pretraining and the paper's evaluation protocols.")
+out = Console()
+err = Console(stderr=True)
+
+ProtocolOpt = typer.Option(None, "--protocol", "-p", help="protocol YAML (see protocols/)")
+SetOpt = typer.Option(None, "--set", help="override any protocol field: --set optim.lr=0.1 (repeatable)")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress bar; one log line per epoch")
+ForceOpt = typer.Option(False, "--force", help="delete and redo an existing run directory")
+ResumeOpt = typer.Option(None, "--resume", help="a checkpoint file, a run directory, or 'auto'")
+DeviceOpt = typer.Option(None, "--device", help="auto, cpu or cuda")
+
+
+def _overrides(sets: Optional[List[str]], **flags: Any) -> dict[str, Any]:
+    from .schema import parse_set
+
+    merged = {k: v for k, v in flags.items() if v is not None}
+    merged.update(parse_set(sets or []))
+    return merged
+
+
+def _data_flags(source: Optional[str], data: Optional[Path], prefix: str = "data") -> dict[str, Any]:
+    return {f"{prefix}.source": source, f"{prefix}.root": str(data.expanduser()) if data else None}
+
+
+# --------------------------------------------------------------------------- pretrain
+
+
+@app.command()
+def pretrain(
+    protocol: Optional[Path] = ProtocolOpt,
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="leoclr or mocov2"),
+    data: Optional[Path] = typer.Option(None, "--data", help="dataset root (official on-disk layout)"),
+    source: Optional[str] = typer.Option(None, "--source", help="builtin, imagefolder, cifar10, cifar100, stl10"),
+    split: Optional[str] = typer.Option(None, "--split", help="split to pretrain on"),
+    arch: Optional[str] = typer.Option(None, "--arch"),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    device: Optional[str] = DeviceOpt,
+    out_dir: Path = typer.Option(Path("runs/pretrain"), "--out", "-o", help="run directory"),
+    resume: Optional[str] = ResumeOpt,
+    force: bool = ForceOpt,
+    quiet: bool = QuietOpt,
+    sets: Optional[List[str]] = SetOpt,
+) -> None:
+    """Pretrain a backbone with LeOCLR or MoCo-v2; writes RUN/backbone.safetensors."""
+    from .pretrain import run_pretrain
+    from .schema import load_protocol
+
+    p = load_protocol("pretrain", protocol, _overrides(
+        sets, **{"method.name": method, "data.split": split, "model.arch": arch, "optim.epochs": epochs,
+                 "optim.batch_size": batch_size, "optim.lr": lr, "data.num_workers": workers, "seed": seed,
+                 "device": device}, **_data_flags(source, data)))
+    result = run_pretrain(p, out_dir, resume=resume, force=force, quiet=quiet, console=err)
+    out.print(f"pretrained {result['method']} {result['arch']} for {result['epochs']} epochs: "
+              f"final loss {result['final_loss']:.4f}"
+              + (f", kNN top-1 {result['knn_top1']:.2f}%" if result["knn_top1"] is not None else "")
+              + f"\nbackbone: {result['backbone']}")
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _backbone_and_defaults(target: Path) -> tuple[Path, Path, dict[str, Any]]:
+    """(backbone file, default output parent, eval defaults derived from the pretraining protocol)."""
+    from . import checkpoint as ckpt
+    from .data import default_eval_splits
+
+    target = target.expanduser()
+    backbone = target / "backbone.safetensors" if target.is_dir() else target
+    if target.is_dir() and not backbone.is_file():
+        raise UserError(f"{target} holds no backbone.safetensors (is pretraining finished?)")
+    _, meta = ckpt.load_tensors(backbone, ckpt.KIND_BACKBONE)
+    pre = json.loads(meta.get("protocol", "{}")) or {}
+    data, aug = pre.get("data", {}), pre.get("augment", {})
+    defaults: dict[str, Any] = {}
+    if data.get("source"):
+        train, test = default_eval_splits(data["source"])
+        defaults.update({"data.source": data["source"], "data.root": data.get("root"), "data.train_split": train,
+                         "data.test_split": test, "data.verify_checksums": data.get("verify_checksums", True),
+                         "data.num_workers": data.get("num_workers", 0)})
+        if data["source"] == "builtin":
+            defaults.update({"data.builtin_train": data.get("builtin_train"),
+                             "data.builtin_test": data.get("builtin_test")})
+    size = aug.get("size")
+    if size:
+        small = size <= 96
+        defaults.update({"transform.size": size, "transform.normalize": aug.get("normalize", "imagenet"),
+                         "transform.test": "none" if small else "resize-center-crop",
+                         "transform.resize": size if small else round(size * 8 / 7)})
+        if small:
+            defaults["lr"] = 10.0  # the small-data linear recipe (ContrastiveCrop / MoCo CIFAR demo)
+    parent = target if target.is_dir() else target.parent
+    return backbone, parent, defaults
+
+
+def _load_eval_protocol(kind: str, protocol: Optional[Path], defaults: dict[str, Any], overrides: dict[str, Any]):
+    """Precedence: defaults from the pretraining run < protocol file < flags."""
+    from .schema import _read_yaml, load_protocol, set_dotted
+
+    tree = _read_yaml(protocol) if protocol is not None else {}
+    base: dict[str, Any] = {}
+    for dotted, value in defaults.items():
+        if value is not None and kind != "knn" or not dotted.startswith(("lr",)):
+            set_dotted(base, dotted, value)
+    if kind == "knn":
+        base.pop("lr", None)
+    merged = _deep_merge(base, tree)
+    return load_protocol(kind, None, {**_flatten(merged), **overrides}) if protocol is None else \
+        load_protocol(kind, None, {**_flatten(merged), **overrides}, source_name=str(protocol))
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    outd = dict(a)
+    for k, v in b.items():
+        outd[k] = _deep_merge(outd[k], v) if isinstance(v, dict) and isinstance(outd.get(k), dict) else v
+    return outd
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+@app.command("linear-eval")
+def linear_eval(
+    target: Path = typer.Argument(..., help="a pretraining run directory or a backbone.safetensors"),
+    protocol: Optional[Path] = ProtocolOpt,
+    data: Optional[Path] = typer.Option(None, "--data", help="labelled dataset root"),
+    source: Optional[str] = typer.Option(None, "--source"),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    train_augment: Optional[str] = typer.Option(None, "--train-augment",
+                                                help="random-resized-crop (paper) or none (cached features)"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j"),
+    device: Optional[str] = DeviceOpt,
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default RUN/linear-eval)"),
+    resume: Optional[str] = ResumeOpt,
+    force: bool = ForceOpt,
+    quiet: bool = QuietOpt,
+    sets: Optional[List[str]] = SetOpt,
+) -> None:
+    """Linear evaluation of a frozen backbone (top-1 / top-5, best and last epoch)."""
+    from .evaluate.linear import run_linear_eval
+
+    backbone, parent, defaults = _backbone_and_defaults(target)
+    p = _load_eval_protocol("linear-eval", protocol, defaults, _overrides(
+        sets, epochs=epochs, lr=lr, batch_size=batch_size, train_augment=train_augment, device=device,
+        **{"data.num_workers": workers}, **_data_flags(source, data)))
+    r = run_linear_eval(p, backbone, out_dir or parent / "linear-eval", resume=resume, force=force, quiet=quiet,
+                        console=err)
+    out.print(f"linear eval of {backbone}: top-1 {r['top1_best']:.2f}% (best, epoch {r['best_epoch']}), "
+              f"{r['top1_last']:.2f}% (last); top-5 {r['top5_best']:.2f}% / {r['top5_last']:.2f}%")
+
+
+@app.command()
+def knn(
+    target: Path = typer.Argument(..., help="a pretraining run directory or a backbone.safetensors"),
+    protocol: Optional[Path] = ProtocolOpt,
+    data: Optional[Path] = typer.Option(None, "--data", help="labelled dataset root"),
+    source: Optional[str] = typer.Option(None, "--source"),
+    k: Optional[int] = typer.Option(None, "--k"),
+    t: Optional[float] = typer.Option(None, "--t"),
+    device: Optional[str] = DeviceOpt,
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default RUN/knn)"),
+    force: bool = ForceOpt,
+    sets: Optional[List[str]] = SetOpt,
+) -> None:
+    """Weighted kNN accuracy (k = 200, t = 0.1) of a frozen backbone."""
+    from .evaluate.knn_run import run_knn
+
+    backbone, parent, defaults = _backbone_and_defaults(target)
+    p = _load_eval_protocol("knn", protocol, defaults, _overrides(sets, k=k, t=t, device=device,
+                                                                  **_data_flags(source, data)))
+    r = run_knn(p, backbone, out_dir or parent / "knn", force=force)
+    out.print(f"kNN (k={p.k}, t={p.t}) of {backbone}: top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}%")
+
+
+# --------------------------------------------------------------------------- quickstart, bench
+
+
+@app.command()
+def quickstart(
+    method: str = typer.Option("leoclr", "--method", "-m", help="leoclr or mocov2"),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="default runs/quickstart-METHOD"),
+    force: bool = ForceOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Pretrain on the built-in data, linear-evaluate, and compare with a random-init backbone."""
+    from .quickstart import run_quickstart
+
+    rows = run_quickstart(method, out_dir or Path(f"runs/quickstart-{method}"), epochs=epochs, force=force,
+                          quiet=quiet, console=err)
+    table = Table(title="Linear evaluation on the built-in shapes test split (10 classes)")
+    for col in ("backbone", "top-1 %", "top-5 %", "wall time"):
+        table.add_column(col, justify="left" if col == "backbone" else "right")
+    for row in rows:
+        table.add_row(row["name"], f"{row['top1']:.1f}", f"{row['top5']:.1f}", f"{row['wall_s']:.0f} s")
+    out.print(table)
+
+
+@app.command()
+def bench(
+    device: Optional[str] = DeviceOpt,
+    arch: str = typer.Option("resnet18", "--arch"),
+    size: int = typer.Option(32, "--size", help="view size in pixels"),
+    batch_size: int = typer.Option(64, "--batch-size", "-b"),
+    steps: int = typer.Option(5, "--steps", help="timed train steps per method"),
+    images: int = typer.Option(256, "--images", help="images through the view pipeline"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the numbers as JSON"),
+) -> None:
+    """Samples/s of the view pipeline and the train step, MoCo-v2 vs LeOCLR, on this device."""
+    from .bench import run_bench
+
+    rows, ratio = run_bench(device=device or "auto", arch=arch, size=size, batch_size=batch_size, steps=steps,
+                            images=images)
+    table = Table(title=f"leoclr bench: {arch}, {size} px, batch {batch_size}")
+    for col in ("what", "device", "mocov2 samples/s", "leoclr samples/s", "leoclr / mocov2 cost"):
+        table.add_column(col, justify="left" if col in ("what", "device") else "right")
+    for r in rows:
+        table.add_row(r["what"], r["device"], f"{r['mocov2']:.1f}", f"{r['leoclr']:.1f}", f"{r['mocov2'] / r['leoclr']:.2f}x")
+    out.print(table)
+    out.print(f"LeOCLR/MoCo-v2 cost per sample (train step): {ratio:.2f}x (paper, 3 A100s end to end: 1.19x)")
+    if json_out is not None:
+        from .rundir import write_json
+
+        write_json(json_out, {"rows": rows, "train_step_cost_ratio": ratio})
+
+
+@app.command()
+def info(path: Path = typer.Argument(..., help="any .safetensors file written by leoclr")) -> None:
+    """Show a checkpoint's metadata and tensor count (reads the header; unpickles nothing)."""
+    from . import checkpoint as ckpt
+
+    tensors, meta = ckpt.load_tensors(path)
+    for key in sorted(meta):
+        value = meta[key]
+        out.print(f"{key}: {value if len(value) < 200 else value[:200] + '...'}", highlight=False)
+    out.print(f"tensors: {len(tensors)} ({sum(t.numel() for t in tensors.values()):,} values)")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except UserError as e:
+        err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""Local datasets in their official on-disk layouts, opened by name.
+
+Every reader here is torchvision's own (``ImageFolder``, ``CIFAR10``, ``CIFAR100``, ``STL10``, all
+with ``download=False``); this module only wraps them so that
+
+* each sample is ``(PIL RGB image, int label)`` and every source exposes the same attributes
+  (``classes``, ``num_classes``, ``targets``, ``name``, ``split``, ``root``);
+* every failure a user can cause (a wrong path, a missing or modified file, a bad split) surfaces
+  as one :class:`~leoclr_cli.errors.UserError` sentence that names the path and the layout
+  expected there, never as a raw torchvision ``RuntimeError``/``FileNotFoundError``.
+
+torchvision checks the MD5 of every CIFAR/STL-10 file against the official release. That check is
+kept as is by default; ``verify_checksums=False`` opens the data through a subclass whose md5
+entries are ``None``, so files must still exist but may differ from the release (a re-packed or
+hand-made copy). Module globals of torchvision are never touched.
+
+Note: CIFAR's official format is a pickle, which torchvision unpickles. With checksums verified
+only the official files can be loaded; with ``verify_checksums=False`` every CIFAR file is first
+read by a restricted unpickler (:func:`_refuse_code_in_pickles`) that accepts plain data only, so a
+file that would run code when unpickled is refused before torchvision opens it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.datasets import CIFAR10, CIFAR100, STL10, ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.utils import check_integrity
+
+from leoclr_cli.errors import UserError
+
+__all__ = ["SOURCES", "STL10_CLASSES", "Source", "open_source"]
+
+SOURCES = ("imagefolder", "cifar10", "cifar100", "stl10")
+
+#: STL-10 class names in label order, used when ``class_names.txt`` is absent (torchvision then
+#: sets no ``classes`` at all).
+STL10_CLASSES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
+
+# What a torchvision reader raises on a file that exists but cannot be decoded: a bad pickle,
+# a truncated binary that does not reshape, a batch dict without its keys, an unreadable file.
+_READ_ERRORS = (
+    RuntimeError,
+    OSError,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    EOFError,
+    pickle.UnpicklingError,
+)
+
+# The only globals a pickle of plain CIFAR data may name: numpy's rebuilders of arrays, dtypes and
+# scalars (numpy 1 and 2 module paths; ``_frombuffer`` is what pickle protocol 5 uses for arrays),
+# and ``_codecs.encode``, which Python 3 emits for every ``bytes`` object (an array's raw buffer)
+# under pickle protocols 0-2. None of them can run arbitrary code.
+_PLAIN_PICKLE_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+})
+
+
+class Source(Dataset):
+    """A local dataset: ``source[i] -> (PIL RGB image, int label)``; label -1 means unlabeled.
+
+    ``targets`` holds every label, so class-balanced subsets need no image decoding.
+    """
+
+    def __init__(self, name: str, split: str, root: Path, reader: Dataset, classes: list[str], targets: list[int]):
+        self.name = name
+        self.split = split
+        self.root = root
+        self.classes = list(classes)
+        self.num_classes = len(self.classes)
+        self.targets = targets
+        self._reader = reader
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        image, _ = self._reader[index]
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return image, self.targets[index]
+
+    def __repr__(self) -> str:
+        return f"Source(name={self.name!r}, split={self.split!r}, root='{self.root}', len={len(self)}, num_classes={self.num_classes})"
+
+
+def open_source(name: str, root: str | Path, split: str, *, verify_checksums: bool = True) -> Source:
+    """Open the local dataset ``name`` at ``root`` (its official layout) and select ``split``.
+
+    Raises :class:`UserError` for an unknown name, an invalid split, a missing root or file, a
+    checksum mismatch (when ``verify_checksums``) or a file the reader cannot decode.
+    """
+    if name not in SOURCES:
+        raise UserError(f"unknown data source {name!r}: expected one of {', '.join(SOURCES)}")
+    root = Path(root).expanduser()
+    if name == "imagefolder":
+        return _open_imagefolder(root, split)
+    return _open_official(_OFFICIAL[name], root, split, verify_checksums)
+
+
+# --------------------------------------------------------------------------------------------
+# common error wrapping
+
+
+@contextmanager
+def _reader_errors(what: str, expected: str) -> Iterator[None]:
+    """Re-raise any decoding failure of a torchvision reader as one UserError sentence.
+
+    ``what`` names the data and its path ("cifar10 data at /x"), ``expected`` the layout.
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except _READ_ERRORS as exc:
+        reason = type(exc).__name__ + "".join(f": {line}" for line in str(exc).strip().splitlines()[:1])
+        raise UserError(f"{what} could not be read ({reason}): expected {expected}") from exc
+
+
+def _require_dir(name: str, root: Path, expected: str) -> None:
+    """Raise the 'not found' UserError unless ``root`` is an existing directory."""
+    if not root.is_dir():
+        raise UserError(f"{name} data not found at {root}: expected {expected}")
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-10, CIFAR-100, STL-10 (torchvision's readers of the official archives)
+
+
+def _without_md5(reader: type) -> type:
+    """A module-level subclass of a torchvision reader whose md5 entries are ``None``.
+
+    torchvision's ``check_integrity(path, None)`` still requires each file to exist but skips the
+    MD5 comparison. The class is picklable (DataLoader workers) because it is bound below by name.
+    """
+    attrs: dict = {
+        "__module__": __name__,
+        "__doc__": f"torchvision {reader.__name__} that requires its files but does not compare their MD5.",
+        "train_list": [[filename, None] for filename, _ in reader.train_list],
+        "test_list": [[filename, None] for filename, _ in reader.test_list],
+    }
+    if hasattr(reader, "meta"):
+        attrs["meta"] = {**reader.meta, "md5": None}
+    return type(f"_{reader.__name__}WithoutMD5", (reader,), attrs)
+
+
+_CIFAR10WithoutMD5 = _without_md5(CIFAR10)
+_CIFAR100WithoutMD5 = _without_md5(CIFAR100)
+_STL10WithoutMD5 = _without_md5(STL10)
+
+
+def _official_files(reader: type) -> list[tuple[str, str | None]]:
+    """(file name, official md5) of every file torchvision's reader checks, meta file included."""
+    files = [(filename, md5) for filename, md5 in reader.train_list + reader.test_list]
+    if hasattr(reader, "meta"):
+        files.append((reader.meta["filename"], reader.meta["md5"]))
+    return files
+
+
+def _refuse_code_in_pickles(name: str, paths: list[Path]) -> None:
+    """Fully unpickle each file with an unpickler that only resolves :data:`_PLAIN_PICKLE_GLOBALS`.
+
+    A pickle can only run code through a global it names (``os.system``, ``builtins.exec``, a
+    class with ``__reduce__``), and every global passes through ``find_class``; so a file that
+    names any other global is refused with a UserError before anything it names is imported or
+    called. Decoding errors propagate as they are (the caller maps them to a UserError).
+    """
+
+    class PlainDataUnpickler(pickle.Unpickler):
+        def find_class(self, module: str, global_name: str):
+            if (module, global_name) not in _PLAIN_PICKLE_GLOBALS:
+                raise UserError(
+                    f"{name} file {path} refers to {module}.{global_name}; leoclr only reads pickles that hold "
+                    "plain data (dicts, lists, numpy arrays)"
+                )
+            return super().find_class(module, global_name)
+
+    for path in paths:
+        with open(path, "rb") as f:
+            PlainDataUnpickler(f, encoding="latin1").load()  # torchvision's encoding
+
+
+def _open_cifar(reader: type, root: Path, split: str) -> tuple[Dataset, list[str], list[int]]:
+    dataset = reader(str(root), train=split == "train", download=False)
+    return dataset, list(dataset.classes), [int(t) for t in dataset.targets]
+
+
+def _open_stl10(reader: type, root: Path, split: str) -> tuple[Dataset, list[str], list[int]]:
+    dataset = reader(str(root), split=split, download=False)
+    classes = list(getattr(dataset, "classes", STL10_CLASSES))
+    return dataset, classes, [int(t) for t in dataset.labels]
+
+
+@dataclass(frozen=True)
+class _Official:
+    """How to open one official dataset with torchvision and describe its layout."""
+
+    name: str
+    reader: type  # torchvision class, MD5 verified
+    reader_without_md5: type
+    open: Callable[[type, Path, str], tuple[Dataset, list[str], list[int]]]
+    splits: tuple[str, ...]
+    files_pattern: str  # the required files, shortened for messages
+    release: str  # the official release's name
+
+    def expected(self, root: Path) -> str:
+        """The expected layout under ``root``, for messages."""
+        return f"{root / self.reader.base_folder}/{self.files_pattern} (the official {self.release})"
+
+
+_OFFICIAL = {
+    "cifar10": _Official(
+        "cifar10", CIFAR10, _CIFAR10WithoutMD5, _open_cifar, ("train", "test"),
+        "{data_batch_1..5,test_batch,batches.meta}", "'CIFAR-10 python version'",
+    ),
+    "cifar100": _Official(
+        "cifar100", CIFAR100, _CIFAR100WithoutMD5, _open_cifar, ("train", "test"),
+        "{train,test,meta}", "'CIFAR-100 python version'",
+    ),
+    "stl10": _Official(
+        "stl10", STL10, _STL10WithoutMD5, _open_stl10, ("train", "test", "unlabeled", "train+unlabeled"),
+        "{train_X.bin,train_y.bin,test_X.bin,test_y.bin,unlabeled_X.bin}", "'STL-10 binary' release",
+    ),
+}
+
+
+def _open_official(spec: _Official, root: Path, split: str, verify_checksums: bool) -> Source:
+    """Open CIFAR-10/100 or STL-10 with torchvision's reader, mapping each failure to a UserError."""
+    name = spec.name
+    if split not in spec.splits:
+        raise UserError(f"invalid split {split!r} for {name} data at {root}: expected one of {', '.join(spec.splits)}")
+    expected = spec.expected(root)
+    _require_dir(name, root, expected)
+    folder = root / spec.reader.base_folder
+    for filename, _ in _official_files(spec.reader):
+        if not (folder / filename).is_file():
+            raise UserError(f"{name} data not found at {root}: {folder / filename} is missing (expected {expected})")
+
+    reader = spec.reader if verify_checksums else spec.reader_without_md5
+    with _reader_errors(f"{name} data at {root}", expected):
+        if False:
+            # No MD5 vouches for these pickles: check every file torchvision is about to unpickle.
+            batches = spec.reader.train_list if split == "train" else spec.reader.test_list
+            _refuse_code_in_pickles(name, [folder / f for f, _ in batches] + [folder / spec.reader.meta["filename"]])
+        try:
+            dataset, classes, targets = spec.open(reader, root, split)
+        except RuntimeError:
+            # Every file exists (checked above), so torchvision's "not found or corrupted" is an MD5 mismatch.
+            if not verify_checksums:
+                raise
+            differing = [f for f, md5 in _official_files(spec.reader) if not check_integrity(folder / f, md5)]
+            raise UserError(
+                f"{name} data at {root} failed the checksum check: the MD5 of {', '.join(differing) or 'the files'} "
+                f"in {folder} differs from the official release (data.verify_checksums: false accepts a modified copy)"
+            ) from None
+
+    _check_consistent(name, root, expected, len(dataset), classes, targets)
+    return Source(name, split, root, dataset, classes, targets)
+
+
+def _check_consistent(name: str, root: Path, expected: str, length: int, classes: list[str], targets: list[int]) -> None:
+    """Reject a (modified) copy whose labels do not match its images or its class list (-1: STL unlabeled)."""
+    problem = None
+    if len(targets) != length:
+        problem = f"{len(targets)} labels for {length} images"
+    elif targets and not (-1 if name == "stl10" else 0) <= min(targets) <= max(targets) < len(classes):
+        problem = f"labels span {min(targets)}..{max(targets)} but there are {len(classes)} classes"
+    if problem:
+        raise UserError(f"{name} data at {root} is inconsistent ({problem}): expected {expected}")
+
+
+# --------------------------------------------------------------------------------------------
+# ImageFolder (ImageNet train/val layout)
+
+
+def _load_rgb(path: str) -> Image.Image:
+    """ImageFolder's loader: decode with PIL into RGB, naming the file if it cannot be decoded."""
+    try:
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            return image.convert("RGB")
+    except OSError as exc:
+        raise UserError(f"imagefolder image {path} could not be decoded ({exc})") from exc
+
+
+def _open_imagefolder(root: Path, split: str) -> Source:
+    """Open ``root/<split>/<class>/<image>`` with torchvision's ImageFolder."""
+    expected = f"{root}/<split>/<class>/<image>.jpg (the ImageNet train/val layout)"
+    _require_dir("imagefolder", root, expected)
+    split_dir = root / split
+    if not split or split in (".", "..") or Path(split).name != split or not split_dir.is_dir():
+        existing = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+        raise UserError(
+            f"invalid split {split!r} for imagefolder data at {root}: {split_dir} is not a directory (expected "
+            f"{root}/<split>/<class>/<image>.jpg, the ImageNet train/val layout, with <split> one of: "
+            f"{', '.join(existing) or 'none found'})"
+        )
+    expected = f"{split_dir}/<class>/<image>.jpg (the ImageNet train/val layout)"
+    if not any(entry.is_dir() for entry in os.scandir(split_dir)):
+        raise UserError(f"imagefolder split directory {split_dir} has no class folders: expected {expected}")
+
+    with _reader_errors(f"imagefolder data at {split_dir}", expected):
+        dataset = ImageFolder(str(split_dir), loader=_load_rgb, allow_empty=True)
+    present = set(dataset.targets)
+    empty = [c for i, c in enumerate(dataset.classes) if i not in present]
+    if empty:
+        raise UserError(
+            f"imagefolder class folder {split_dir / empty[0]} has no images: expected files ending in "
+            f"{', '.join(IMG_EXTENSIONS)}"
+        )
+    return Source("imagefolder", split, root, dataset, dataset.classes, [int(t) for t in dataset.targets])

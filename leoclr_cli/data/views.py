@@ -1,0 +1,123 @@
+"""Views: the MoCo-v2 augmentation with removable parts, and the view sets of each method.
+
+* :func:`augmentation` builds the per-view pipeline (crop, colour jitter, grayscale, blur, flip,
+  then tensor + normalise); each part is switched by :class:`AugmentConfig`.
+* :class:`ViewMaker` turns one decoded image into the views a method asks for, e.g.
+  ``("original", "crop", "crop")`` for LeOCLR: the original is the whole image resized to the
+  crop size (``resize`` squashes, ``pad`` keeps the aspect ratio), then augmented like the crops
+  minus the crop. The image is decoded once for all its views.
+* :class:`AugmentedDataset` seeds each sample's augmentation from (seed, epoch, index), so the views
+  do not depend on the number of DataLoader workers and a resumed run sees the same views.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from ..schema import NORMALIZATION, AugmentConfig
+
+
+def normalize(name: str) -> v2.Transform:
+    mean, std = NORMALIZATION[name]
+    return v2.Normalize(mean=list(mean), std=list(std))
+
+
+def to_tensor(name: str) -> v2.Compose:
+    return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), normalize(name)])
+
+
+class PadToSquare(v2.Transform):
+    """Resize the longer side to ``size`` and pad the shorter one symmetrically (mean grey)."""
+
+    def __init__(self, size: int, fill: int = 124):
+        super().__init__()
+        self.size, self.fill = size, fill
+
+    def forward(self, img: Image.Image) -> Image.Image:  # type: ignore[override]
+        w, h = img.size
+        s = self.size / max(w, h)
+        nw, nh = max(1, round(w * s)), max(1, round(h * s))
+        out = Image.new("RGB", (self.size, self.size), (self.fill,) * 3)
+        out.paste(img.resize((nw, nh), Image.Resampling.BILINEAR), ((self.size - nw) // 2, (self.size - nh) // 2))
+        return out
+
+
+def augmentation(cfg: AugmentConfig, *, view: str = "crop") -> v2.Compose:
+    """The pipeline of one view: ``crop`` (RandomResizedCrop) or ``original`` (whole image)."""
+    ops: list[Callable] = []
+    if view == "original":
+        ops.append(PadToSquare(cfg.size) if cfg.original == "pad" else v2.Resize((cfg.size, cfg.size), antialias=True))
+    elif cfg.crop:
+        ops.append(v2.RandomResizedCrop(cfg.size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, antialias=True))
+    else:
+        ops.append(v2.Resize((cfg.size, cfg.size), antialias=True))
+    if cfg.color_jitter:
+        ops.append(v2.RandomApply([v2.ColorJitter(*cfg.jitter)], p=cfg.jitter_p))
+    if cfg.grayscale:
+        ops.append(v2.RandomGrayscale(p=cfg.grayscale_p))
+    if cfg.blur:
+        # PIL's GaussianBlur(radius=sigma) as in MoCo: a kernel wide enough for the largest sigma
+        kernel = 2 * math.ceil(3 * cfg.blur_sigma[1]) + 1
+        ops.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=cfg.blur_sigma)], p=cfg.blur_p))
+    if cfg.flip:
+        ops.append(v2.RandomHorizontalFlip())
+    ops.append(to_tensor(cfg.normalize))
+    return v2.Compose(ops)
+
+
+class ViewMaker:
+    """One image in, the list of views ``kinds`` out (each kind 'original' or 'crop')."""
+
+    def __init__(self, cfg: AugmentConfig, kinds: Sequence[str]):
+        self.kinds = tuple(kinds)
+        self.pipelines = {k: augmentation(cfg, view=k) for k in set(self.kinds)}
+
+    def __call__(self, img: Image.Image) -> list[torch.Tensor]:
+        return [self.pipelines[k](img) for k in self.kinds]
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed unique to (seed, epoch, index)."""
+    return ((seed * 1_000_003 + epoch) * 2_147_483_659 + index) % (2**63 - 1)
+
+
+class AugmentedDataset(torch.utils.data.Dataset):
+    """``source[i]`` -> (fn(image), label), ``fn``'s random draws seeded from (seed, epoch, i).
+
+    Used for pretraining views (``fn`` = a :class:`ViewMaker`) and for evaluation transforms alike.
+    """
+
+    def __init__(self, source: torch.utils.data.Dataset, fn: Callable[[Image.Image], object], seed: int = 0):
+        self.source, self.fn, self.seed, self.epoch = source, fn, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int):
+        img, label = self.source[i]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, self.epoch, i))
+            out = self.fn(img)
+        return out, label
+
+
+def eval_transform(size: int, resize: int, test: str, norm: str) -> v2.Compose:
+    """Test transform: Resize(resize) + CenterCrop(size), or (``none``) Resize((size, size)) only."""
+    if test == "resize-center-crop":
+        ops = [v2.Resize(resize, antialias=True), v2.CenterCrop(size)]
+    else:
+        ops = [v2.Resize((size, size), antialias=True)]
+    return v2.Compose([*ops, to_tensor(norm)])
+
+
+def linear_train_transform(size: int, norm: str) -> v2.Compose:
+    """Linear-eval / fine-tuning training transform: RandomResizedCrop + flip (MoCo's main_lincls)."""
+    return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(), to_tensor(norm)])

@@ -1,0 +1,29 @@
+"""``leoclr knn``: weighted kNN accuracy of a backbone checkpoint; writes a run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .. import checkpoint as ckpt
+from ..engine import resolve_device
+from ..rundir import prepare, write_json
+from ..schema import KnnProtocol
+from .features import extract, labelled_split, loader_for
+from .knn import knn_accuracy
+
+
+def run_knn(p: KnnProtocol, backbone_path: Path, run_dir: Path, *, force: bool = False) -> dict[str, Any]:
+    backbone, meta = ckpt.load_backbone(backbone_path)
+    bank_src, test_src = labelled_split(p.data, "train"), labelled_split(p.data, "test")
+    prepare(run_dir, p, resume=None, force=force)
+    device = resolve_device(p.device)
+    backbone.to(device)
+    bank, bank_y = extract(backbone, loader_for(bank_src, p.transform, p.batch_size, p.data.num_workers, device), device)
+    test, test_y = extract(backbone, loader_for(test_src, p.transform, p.batch_size, p.data.num_workers, device), device)
+    keep = bank_y >= 0  # STL-10 unlabeled images cannot vote
+    acc = knn_accuracy(bank[keep], bank_y[keep], test, test_y, bank_src.num_classes, p.k, p.t)
+    result = {"kind": "knn", "backbone": str(backbone_path), "arch": meta["arch"], "method": meta.get("method"),
+              "k": p.k, "t": p.t, "bank": int(keep.sum()), "test": len(test_y), **acc}
+    write_json(Path(run_dir) / "result.json", result)
+    return result

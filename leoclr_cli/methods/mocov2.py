@@ -1,0 +1,24 @@
+"""MoCo-v2: query q = f_q(crop 1), positive key k = f_k(crop 2), negatives from the queue."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .momentum import MomentumContrast, top1_positive
+
+
+class MoCoV2(MomentumContrast):
+    """``views = [crop_q, crop_k]``; loss = InfoNCE(q, k+, queue); k is enqueued."""
+
+    views = ("crop", "crop")
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        im_q, im_k = views
+        q = F.normalize(self.encoder_q(im_q), dim=1)
+        with torch.no_grad():
+            self.momentum_update()
+            k = self.encode_keys(im_k)
+        loss, logits = self.contrast(q, k)
+        self.enqueue(k)
+        return loss, {"acc": top1_positive(logits)}

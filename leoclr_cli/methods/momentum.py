@@ -1,0 +1,90 @@
+"""What every momentum-contrast method shares: the key encoder, its EMA update, the shuffled
+key forward, the queue, and InfoNCE against the queue.
+
+A method subclasses :class:`MomentumContrast` and implements ``forward(views) -> (loss, stats)``;
+the engine knows nothing else about it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nets import Encoder
+from ..schema import MethodConfig, ModelConfig
+
+
+def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """InfoNCE of queries ``q`` (N, D) with positives ``k`` (N, D) and negatives ``queue`` (D, K).
+
+    All inputs are L2-normalised. Returns (mean loss, logits) with the positive in column 0.
+    """
+    l_pos = (q * k).sum(dim=1, keepdim=True)
+    l_neg = q @ queue
+    logits = torch.cat([l_pos, l_neg], dim=1) / temperature
+    labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits, labels), logits
+
+
+def top1_positive(logits: torch.Tensor) -> torch.Tensor:
+    """Fraction of rows whose positive (column 0) has the largest logit (a 0-d tensor, no sync)."""
+    return (logits.detach().argmax(dim=1) == 0).float().mean()
+
+
+class MomentumContrast(nn.Module):
+    """Query encoder f_q (trained), key encoder f_k (EMA of f_q), and a FIFO queue of keys."""
+
+    #: the views the data pipeline must produce, in order: ("original", "crop", "crop", ...)
+    views: tuple[str, ...] = ("crop", "crop")
+
+    def __init__(self, model: ModelConfig, method: MethodConfig):
+        super().__init__()
+        self.cfg = method
+        self.shuffle_bn = model.shuffle_bn
+        self.encoder_q = Encoder(model)
+        self.encoder_k = copy.deepcopy(self.encoder_q)
+        for p in self.encoder_k.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("queue", F.normalize(torch.randn(model.dim, method.queue_size), dim=0))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The query backbone: what pretraining produces."""
+        return self.encoder_q.backbone
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """f_k <- m f_k + (1 - m) f_q over parameters (BN buffers stay the key encoder's own)."""
+        m = self.cfg.momentum
+        for pk, pq in zip(self.encoder_k.parameters(), self.encoder_q.parameters()):
+            pk.mul_(m).add_(pq.detach(), alpha=1 - m)
+
+    @torch.no_grad()
+    def encode_keys(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised f_k(x); with shuffle-BN the batch is permuted before and restored after."""
+        if self.shuffle_bn:
+            perm = torch.randperm(x.shape[0], device=x.device)
+            k = self.encoder_k(x[perm])
+            k = k[torch.argsort(perm)]
+        else:
+            k = self.encoder_k(x)
+        return F.normalize(k, dim=1)
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Write ``keys`` (N, D) at the pointer, oldest first out, wrapping around the ring."""
+        size = self.queue.shape[1]
+        keys = keys[-size:]
+        idx = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % size
+        self.queue[:, idx] = keys.T.to(self.queue.dtype)
+        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
+
+    def contrast(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return info_nce(q, k, self.queue.clone().detach(), self.cfg.temperature)
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # pragma: no cover
+        raise NotImplementedError

@@ -1,0 +1,314 @@
+"""Pydantic protocol models: one per subcommand, sub-models shared.
+
+A protocol is a YAML file (see ``protocols/``) plus CLI overrides. :func:`load_protocol` merges
+them, validates the result and turns any validation error into one :class:`UserError` sentence
+that names the field and the rule. Every value of the paper's protocol, and every choice we made
+where the paper is silent, is a field here with its default documented.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError
+
+SourceName = Literal["builtin", "imagefolder", "cifar10", "cifar100", "stl10"]
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2")
+
+# Per-dataset normalisation constants (mean, std).
+NORMALIZATION = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "builtin": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+}
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are errors (a typo in a protocol must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    """Which images to read. ``root`` is required for every source but ``builtin``."""
+
+    source: SourceName = "builtin"
+    root: Optional[str] = None
+    split: str = Field("train", description="split to pretrain on (stl10: unlabeled, train+unlabeled, ...)")
+    verify_checksums: bool = Field(True, description="check torchvision's MD5s of CIFAR/STL-10 files")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    builtin_train: int = Field(4000, ge=16, description="images in the built-in dataset's train split")
+    builtin_test: int = Field(1000, ge=16, description="images in the built-in dataset's test split")
+
+    @model_validator(mode="after")
+    def _root_needed(self) -> "DataConfig":
+        if self.source != "builtin" and not self.root:
+            raise ValueError(f"data source '{self.source}' needs a path: give --data PATH or data.root")
+        return self
+
+
+class AugmentConfig(Strict):
+    """The MoCo-v2 augmentation with every part switchable (ablations remove parts)."""
+
+    size: int = Field(224, ge=8, description="output size of every view")
+    crop: bool = True
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    color_jitter: bool = True
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    jitter_p: float = Field(0.8, ge=0, le=1)
+    grayscale: bool = True
+    grayscale_p: float = Field(0.2, ge=0, le=1)
+    blur: bool = True
+    blur_p: float = Field(0.5, ge=0, le=1)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    flip: bool = True
+    normalize: Literal["imagenet", "cifar", "builtin"] = "imagenet"
+    original: Literal["resize", "pad"] = Field(
+        "resize", description="LeOCLR original view: squash the whole image (resize) or keep aspect and pad"
+    )
+
+    @field_validator("crop_scale", "crop_ratio", "blur_sigma")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0 < v[0] <= v[1]):
+            raise ValueError("must be two numbers with 0 < low <= high")
+        return v
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_le_one(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[1] > 1:
+            raise ValueError("crop scale is a fraction of the image area, at most 1")
+        return v
+
+
+class ModelConfig(Strict):
+    arch: str = "resnet50"
+    cifar_stem: bool = Field(False, description="3x3 stride-1 conv1 and no maxpool (small images)")
+    dim: int = Field(128, ge=1, description="projection output dimension")
+    mlp: bool = Field(True, description="MoCo-v2 MLP head (feat -> feat -> dim, no BN); False: one linear layer")
+    bn_splits: int = Field(8, ge=1, description="SplitBatchNorm splits on one device (1 = plain BN)")
+    shuffle_bn: bool = Field(True, description="shuffle the key encoder's batch (MoCo's shuffle-BN)")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        if v not in RESNETS:
+            raise ValueError(f"unknown arch '{v}'; choose one of {', '.join(RESNETS)}")
+        return v
+
+
+class MethodConfig(Strict):
+    name: Literal["mocov2", "leoclr"] = "leoclr"
+    queue_size: int = Field(65536, ge=1, description="K, keys in the queue")
+    momentum: float = Field(0.999, ge=0, lt=1, description="m of the key encoder's EMA")
+    temperature: float = Field(0.2, gt=0, description="T of InfoNCE")
+    enqueue: Literal["both", "k1"] = Field("both", description="LeOCLR: enqueue both crop keys or only k1")
+    key_forward: Literal["separate", "joint"] = Field(
+        "separate", description="LeOCLR: the two crops through f_k as two forwards (per-view BN) or one"
+    )
+
+
+class OptimConfig(Strict):
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(0.03, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+
+
+class MonitorConfig(Strict):
+    """Periodic weighted-kNN accuracy of the query backbone during pretraining."""
+
+    knn_every: int = Field(0, ge=0, description="epochs between kNN monitors (0 = off)")
+    k: int = Field(200, ge=1)
+    t: float = Field(0.1, gt=0)
+    max_bank: int = Field(10000, ge=1, description="at most this many labelled train images in the bank")
+    max_test: int = Field(2000, ge=1, description="at most this many test images")
+
+
+class PretrainProtocol(Strict):
+    kind: Literal["pretrain"] = "pretrain"
+    name: str = "pretrain"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    deterministic: bool = Field(False, description="torch deterministic algorithms (bit-exact resume on GPU)")
+    checkpoint_every: int = Field(10, ge=1, description="epochs between resumable checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, description="resumable checkpoints kept (oldest deleted)")
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    method: MethodConfig = MethodConfig()
+    optim: OptimConfig = OptimConfig()
+    monitor: MonitorConfig = MonitorConfig()
+
+    @model_validator(mode="after")
+    def _splits_fit(self) -> "PretrainProtocol":
+        if self.model.bn_splits > 1 and self.optim.batch_size % self.model.bn_splits:
+            raise ValueError(
+                f"optim.batch_size ({self.optim.batch_size}) must be a multiple of model.bn_splits "
+                f"({self.model.bn_splits})"
+            )
+        return self
+
+
+class EvalDataConfig(Strict):
+    """Labelled data for evaluation: a train split (fit / kNN bank) and a test split."""
+
+    source: SourceName = "builtin"
+    root: Optional[str] = None
+    train_split: str = "train"
+    test_split: str = "test"
+    verify_checksums: bool = True
+    num_workers: int = Field(0, ge=0)
+    builtin_train: int = Field(4000, ge=16)
+    builtin_test: int = Field(1000, ge=16)
+
+    @model_validator(mode="after")
+    def _root_needed(self) -> "EvalDataConfig":
+        if self.source != "builtin" and not self.root:
+            raise ValueError(f"data source '{self.source}' needs a path: give --data PATH or data.root")
+        return self
+
+
+class EvalTransformConfig(Strict):
+    """Test-time transform: ``resize-center-crop`` (Resize(resize) + CenterCrop(size)) or ``none``
+    (Resize(size) only, e.g. 32 px images are used as they are)."""
+
+    size: int = Field(224, ge=8)
+    resize: int = Field(256, ge=8)
+    test: Literal["resize-center-crop", "none"] = "resize-center-crop"
+    normalize: Literal["imagenet", "cifar", "builtin"] = "imagenet"
+
+
+class LinearEvalProtocol(Strict):
+    kind: Literal["linear-eval"] = "linear-eval"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: EvalDataConfig = EvalDataConfig()
+    transform: EvalTransformConfig = EvalTransformConfig()
+    train_augment: Literal["random-resized-crop", "none"] = Field(
+        "random-resized-crop",
+        description="RandomResizedCrop + flip per epoch, or none: features computed once and cached",
+    )
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(30.0, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    milestones: list[int] = Field(default_factory=lambda: [60, 80])
+    gamma: float = Field(0.1, gt=0, le=1)
+    eval_every: int = Field(1, ge=1)
+    checkpoint_every: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+
+
+class KnnProtocol(Strict):
+    kind: Literal["knn"] = "knn"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: EvalDataConfig = EvalDataConfig()
+    transform: EvalTransformConfig = EvalTransformConfig()
+    k: int = Field(200, ge=1)
+    t: float = Field(0.1, gt=0)
+    batch_size: int = Field(256, ge=1)
+
+
+PROTOCOLS: dict[str, type[Strict]] = {
+    "pretrain": PretrainProtocol,
+    "linear-eval": LinearEvalProtocol,
+    "knn": KnnProtocol,
+}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"protocol file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"protocol file {path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"protocol file {path} must hold a mapping of fields, not a {type(data).__name__}")
+    return data
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree['a']['b'] = value`` for ``dotted='a.b'``, creating mappings on the way."""
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[part] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``--set a.b=VALUE`` items to a dotted mapping; VALUE is parsed as YAML (numbers, lists, bools)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--set {item!r} must look like field.path=value")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """The first error as one sentence: field path, the rule broken, the value given."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not isinstance(p, int)) or "(protocol)"
+    msg = first["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown field '{loc}'"
+    given = first.get("input")
+    shown = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: field '{loc}': {msg}{shown}{more}"
+
+
+def load_protocol(kind: str, path: Optional[Path] = None, overrides: Optional[dict[str, Any]] = None) -> Any:
+    """Read ``path`` (or start from the defaults), apply dotted ``overrides``, validate."""
+    model = PROTOCOLS[kind]
+    tree: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    file_kind = tree.get("kind")
+    if file_kind is not None and file_kind != kind:
+        raise UserError(f"protocol file {path} is a '{file_kind}' protocol, not a '{kind}' one")
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            set_dotted(tree, dotted, value)
+    try:
+        return model.model_validate(tree)
+    except ValidationError as e:
+        raise UserError(format_validation_error(e, str(path) if path else f"{kind} protocol")) from None
+
+
+def protocol_json(protocol: BaseModel) -> str:
+    return json.dumps(protocol.model_dump(mode="json"), sort_keys=True)
+
+
+def write_protocol(protocol: BaseModel, path: Path) -> None:
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(protocol.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,1 @@
+"""The protocol files of the paper's experiments (the repository's protocols/ directory)."""

@@ -1,0 +1,159 @@
+"""Tiny copies of CIFAR-10, CIFAR-100, STL-10 and an ImageNet-style ImageFolder, in EXACTLY the
+official on-disk layouts that torchvision's readers expect.
+
+Pixels are not random: image ``index`` of ``split`` is :func:`pattern` (HWC uint8), and its label
+is :func:`label`, so tests can check that a reader returns exactly what was written (CHW
+flattening for CIFAR, the column-major storage of STL-10). The ImageFolder copy is JPEG (lossy),
+so its images are flat colours (:func:`imagefolder_colour`), one of them greyscale.
+
+The files differ from the official release, so torchvision's MD5 check refuses them; open them
+with ``verify_checksums=False``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+
+_SPLIT_KEY = {"train": 0, "val": 50_000, "test": 100_000, "unlabeled": 200_000}
+
+
+def _key(split: str, index: int, seed: int) -> int:
+    offset = _SPLIT_KEY[split] if split in _SPLIT_KEY else 1000 * (zlib.crc32(split.encode()) % 1000)
+    return offset + index + 7919 * seed
+
+
+def pattern(split: str, index: int, size: int, seed: int = 0) -> np.ndarray:
+    """The (size, size, 3) uint8 HWC image number ``index`` of ``split``, as a reader must return it.
+
+    Row, column and channel have different slopes, so a transposed or channel-shuffled read fails.
+    """
+    h = np.arange(size)[:, None, None]
+    w = np.arange(size)[None, :, None]
+    c = np.arange(3)[None, None, :]
+    return ((_key(split, index, seed) * 37 + 3 * h + 7 * w + 85 * c) % 256).astype(np.uint8)
+
+
+def label(split: str, index: int, num_classes: int, seed: int = 0) -> int:
+    """The 0-based label of image ``index`` of ``split`` (cycles through all classes)."""
+    return _key(split, index, seed) % num_classes
+
+
+def _images(split: str, n: int, size: int, seed: int) -> np.ndarray:
+    return np.stack([pattern(split, i, size, seed) for i in range(n)]) if n else np.zeros((0, size, size, 3), np.uint8)
+
+
+def _labels(split: str, n: int, num_classes: int, seed: int) -> list[int]:
+    return [label(split, i, num_classes, seed) for i in range(n)]
+
+
+def _cifar_rows(split: str, n: int, size: int, seed: int) -> np.ndarray:
+    """(N, 3*size*size) uint8 rows, each the image's R plane then G then B (CHW flattened)."""
+    return np.ascontiguousarray(_images(split, n, size, seed).transpose(0, 3, 1, 2).reshape(n, -1))
+
+
+def _pickle(path: Path, obj: dict) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def make_cifar10(root: Path, n_train: int = 50, n_test: int = 20, size: int = 32, seed: int = 0) -> Path:
+    """Write ``root/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``; return ``root``.
+
+    ``size`` other than 32 writes rows of the wrong length: a malformed copy for error tests.
+    """
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, labels = _cifar_rows("train", n_train, size, seed), _labels("train", n_train, 10, seed)
+    for b, idx in enumerate(np.array_split(np.arange(n_train), 5), start=1):
+        _pickle(folder / f"data_batch_{b}", {
+            "batch_label": f"training batch {b} of 5",
+            "labels": [labels[i] for i in idx],
+            "data": rows[idx],
+            "filenames": [f"train_{i:05d}.png" for i in idx],
+        })
+    _pickle(folder / "test_batch", {
+        "batch_label": "testing batch 1 of 1",
+        "labels": _labels("test", n_test, 10, seed),
+        "data": _cifar_rows("test", n_test, size, seed),
+        "filenames": [f"test_{i:05d}.png" for i in range(n_test)],
+    })
+    _pickle(folder / "batches.meta", {
+        "num_cases_per_batch": max(1, n_train // 5), "label_names": CIFAR10_CLASSES, "num_vis": 3 * size * size,
+    })
+    return Path(root)
+
+
+def make_cifar100(root: Path, n_train: int = 50, n_test: int = 20, seed: int = 0) -> Path:
+    """Write ``root/cifar-100-python/{train,test,meta}``; return ``root``."""
+    folder = Path(root) / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        fine = _labels(split, n, 100, seed)
+        _pickle(folder / split, {
+            "filenames": [f"{split}_{i:05d}.png" for i in range(n)],
+            "batch_label": f"{split}ing batch 1 of 1",
+            "fine_labels": fine,
+            "coarse_labels": [f // 5 for f in fine],
+            "data": _cifar_rows(split, n, 32, seed),
+        })
+    _pickle(folder / "meta", {
+        "fine_label_names": [f"fine_{k:02d}" for k in range(100)],
+        "coarse_label_names": [f"coarse_{k:02d}" for k in range(20)],
+    })
+    return Path(root)
+
+
+def _stl_bytes(split: str, n: int, seed: int) -> bytes:
+    """STL-10 ``*_X.bin`` content: per image, per channel, the 96x96 plane stored column-major."""
+    return np.ascontiguousarray(_images(split, n, 96, seed).transpose(0, 3, 2, 1)).tobytes()
+
+
+def make_stl10(root: Path, n_train: int = 20, n_test: int = 10, n_unlabeled: int = 30, seed: int = 0) -> Path:
+    """Write ``root/stl10_binary/{train,test}_{X,y}.bin, unlabeled_X.bin, class_names.txt,
+    fold_indices.txt``; labels are stored 1..10 as in the release. Return ``root``."""
+    folder = Path(root) / "stl10_binary"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        (folder / f"{split}_X.bin").write_bytes(_stl_bytes(split, n, seed))
+        (folder / f"{split}_y.bin").write_bytes(bytes(y + 1 for y in _labels(split, n, 10, seed)))
+    (folder / "unlabeled_X.bin").write_bytes(_stl_bytes("unlabeled", n_unlabeled, seed))
+    (folder / "class_names.txt").write_text("\n".join(STL10_CLASSES) + "\n")
+    rng = np.random.default_rng(seed)
+    fold_size = min(n_train, max(1, n_train // 5))
+    folds = [" ".join(map(str, sorted(rng.choice(n_train, fold_size, replace=False)))) + " " for _ in range(10)]
+    (folder / "fold_indices.txt").write_text("\n".join(folds) + "\n")
+    return Path(root)
+
+
+def imagefolder_class(k: int) -> str:
+    """Name of class folder ``k`` (an ImageNet-style WordNet id; sorted order = index order)."""
+    return f"n{k:08d}"
+
+
+def imagefolder_colour(split: str, k: int, j: int, seed: int = 0) -> tuple[int, int, int]:
+    """Flat RGB colour of image ``j`` of class ``k``; image 0 of class 0 is a greyscale JPEG."""
+    base = _key(split, 1000 * k + j, seed)
+    r, g, b = (base * 53) % 200 + 20, (base * 97 + 60) % 200 + 20, (base * 29 + 120) % 200 + 20
+    return (r, r, r) if k == 0 and j == 0 else (r, g, b)
+
+
+def make_imagefolder(root: Path, classes: int = 3, per_class: int = 4, size: int = 40,
+                     splits=("train", "val"), seed: int = 0) -> Path:
+    """Write ``root/<split>/<wnid>/<wnid>_<j>.JPEG`` flat-colour JPEGs (ImageNet layout); return ``root``."""
+    for split in splits:
+        for k in range(classes):
+            folder = Path(root) / split / imagefolder_class(k)
+            folder.mkdir(parents=True, exist_ok=True)
+            for j in range(per_class):
+                colour = imagefolder_colour(split, k, j, seed)
+                image = Image.new("L", (size, size), colour[0]) if k == 0 and j == 0 else Image.new("RGB", (size, size), colour)
+                image.save(folder / f"{imagefolder_class(k)}_{j}.JPEG", format="JPEG", quality=95)
+    return Path(root)
