@@ -1,7 +1,7 @@
 """The built-in dataset: seeded, generated, labelled shapes on cluttered backgrounds. No download.
 
 Each 32x32 image holds one object of one of ten shape classes, drawn at a random position
-(not centred), size, rotation and colour on a random two-colour gradient background with a few
+(not centred), size, rotation and palette colour on a gradient background of a palette colour with a few
 small distractor specks. The label is the shape only, so colour and position carry no label
 information and a representation has to encode shape. A random crop at scale 0.2 covers about
 14x14 pixels: it can miss the object or show only part of it, which is the situation LeOCLR is
@@ -23,6 +23,10 @@ CLASSES = ("disk", "ring", "triangle", "square", "plus", "star", "hbar", "vbar",
 SIZE = 32
 _SUPER = 4  # draw at 4x and downsample: antialiased edges
 _SPLIT_SEED = {"train": 0, "test": 1}
+# A small palette: colour alone cannot tell two images apart, so instance discrimination has to
+# look at the object (its shape, place and size) rather than at colours.
+PALETTE = np.array([[230, 60, 50], [60, 170, 75], [50, 90, 220], [240, 200, 40], [150, 60, 190],
+                    [40, 190, 200], [245, 130, 40], [235, 235, 235], [40, 40, 40], [120, 120, 120]])
 
 
 def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
@@ -61,8 +65,9 @@ def _polygon(shape: str, r: float) -> np.ndarray | None:
 def render(label: int, rng: np.random.Generator) -> np.ndarray:
     """One (SIZE, SIZE, 3) uint8 image of class ``label``, every free choice drawn from ``rng``."""
     big = SIZE * _SUPER
-    # background: a linear gradient between two random colours along a random direction, plus noise
-    c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    # background: a gradient between two palette colours along a random direction, plus noise
+    c0 = PALETTE[rng.integers(len(PALETTE))].astype(np.float64)
+    c1 = np.clip(c0 + rng.normal(0, 25, 3), 0, 255)
     theta = rng.uniform(0, 2 * math.pi)
     yy, xx = np.mgrid[0:big, 0:big] / big
     t = np.clip((xx - 0.5) * math.cos(theta) + (yy - 0.5) * math.sin(theta) + 0.5, 0, 1)[..., None]
@@ -76,10 +81,8 @@ def render(label: int, rng: np.random.Generator) -> np.ndarray:
         draw.rectangle([x, y, x + w, y + w], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
     # the object: its colour far enough from the background's mean colour to be visible
     mean_bg = (c0 + c1) / 2
-    for _ in range(20):
-        colour = rng.integers(0, 256, 3)
-        if np.abs(colour - mean_bg).sum() > 180:
-            break
+    far = [c for c in PALETTE if np.abs(c - mean_bg).sum() > 200]
+    colour = far[rng.integers(len(far))] if far else 255 - mean_bg
     fill = tuple(int(v) for v in colour)
     r = rng.uniform(6, 11) * _SUPER
     cx, cy = rng.uniform(r, big - r, 2)
