@@ -267,11 +267,20 @@ def info(path: Path = typer.Argument(..., help="any .safetensors file written by
     out.print(f"tensors: {len(tensors)} ({sum(t.numel() for t in tensors.values()):,} values)")
 
 
-def main() -> None:
+def _one_sentence(e: UserError) -> str:
+    """The user's sentence; a DataLoader worker wraps it in a traceback, whose last line holds it."""
+    text = str(e)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if last.startswith(("UserError", "leoclr_cli.")) else last
+    return text
+
+
+def main(argv: Optional[List[str]] = None) -> None:
     try:
-        app(standalone_mode=True)
+        app(args=argv, standalone_mode=True)
     except UserError as e:
-        err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
+        err.print(f"error: {_one_sentence(e)}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(e.exit_code)
 
 

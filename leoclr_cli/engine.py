@@ -98,6 +98,8 @@ class Engine:
     def run(self, resume: Optional[Path] = None) -> list[dict[str, Any]]:
         self.task.to(self.device)
         start = self._resume(resume) if resume is not None else 0
+        if start == 0 and hasattr(self.task, "fill_queue"):
+            self._fill_queue()
         if start >= self.epochs:
             return read_metrics(self.metrics_path)
         steps = len(self.loader)
@@ -121,6 +123,14 @@ class Engine:
                     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
                     self.console.print(f"{self.desc} {json.dumps(shown)}", highlight=False)
         return read_metrics(self.metrics_path)
+
+    def _fill_queue(self) -> None:
+        """Let the task see epoch 0's batches once before training (e.g. to fill a queue)."""
+        self.sampler_gen.manual_seed(self.seed * 100_003)
+        if hasattr(self.loader.dataset, "set_epoch"):
+            self.loader.dataset.set_epoch(0)
+        self.task.train()
+        self.task.fill_queue((to_device(x, self.device), to_device(y, self.device)) for x, y in self.loader)
 
     def _epoch(self, epoch: int, steps: int, progress: Progress, bar: Any) -> dict[str, Any]:
         lr = self.lr_at(epoch)

@@ -26,6 +26,9 @@ from .schema import load_protocol, protocol_json
 
 def protocol_file(name: str) -> Path:
     """A protocol shipped with leoclr (the repo's protocols/, installed as leoclr_cli.protocols)."""
+    in_checkout = Path(__file__).resolve().parent.parent / "protocols" / name
+    if in_checkout.is_file():
+        return in_checkout
     from importlib.resources import files
 
     return Path(str(files("leoclr_cli.protocols").joinpath(name)))

@@ -113,6 +113,12 @@ class MethodConfig(Strict):
     key_forward: Literal["separate", "joint"] = Field(
         "separate", description="LeOCLR: the two crops through f_k as two forwards (per-view BN) or one"
     )
+    queue_init: Literal["random", "keys"] = Field(
+        "random",
+        description="random unit vectors (MoCo) or keys of the first K/B batches, computed before the first "
+                    "step; with random negatives the first steps only pull, and on small low-diversity data "
+                    "the projection head collapses before the queue fills",
+    )
 
 
 class OptimConfig(Strict):

@@ -83,6 +83,22 @@ class MomentumContrast(nn.Module):
         self.queue[:, idx] = keys.T.to(self.queue.dtype)
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
 
+    @torch.no_grad()
+    def fill_queue(self, batches) -> int:
+        """``queue_init: keys``: fill the queue once with keys of the crop views of ``batches``
+        (``(views, labels)`` pairs already on the device), no gradient step; returns batches used."""
+        if self.cfg.queue_init != "keys":
+            return 0
+        used = 0
+        for views, _ in batches:
+            crops = [v for v, kind in zip(views, self.views) if kind == "crop"]
+            keys = [self.encode_keys(c) for c in crops[: 1 if self.cfg.enqueue == "k1" else None]]
+            self.enqueue(torch.cat(keys))
+            used += 1
+            if used * keys[0].shape[0] * len(keys) >= self.queue.shape[1]:
+                break
+        return used
+
     def contrast(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return info_nce(q, k, self.queue.clone().detach(), self.cfg.temperature)
 

@@ -1,0 +1,111 @@
+"""The view pipeline: the original keeps the whole image, crops do not; parts switch off; seeding."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from leoclr_cli.data.views import AugmentedDataset, ViewMaker, augmentation
+from leoclr_cli.schema import AugmentConfig
+
+# no colour changes and no flip, so pixel values and positions can be checked exactly
+PLAIN = dict(color_jitter=False, grayscale=False, blur=False, flip=False, size=32, normalize="builtin")
+
+
+def corners_image(w=64, h=48):
+    """Grey image with four uniquely coloured 6x6 corner marks."""
+    a = np.full((h, w, 3), 128, np.uint8)
+    a[:6, :6] = (255, 0, 0)
+    a[:6, -6:] = (0, 255, 0)
+    a[-6:, :6] = (0, 0, 255)
+    a[-6:, -6:] = (255, 255, 0)
+    return Image.fromarray(a)
+
+
+def unnormalise(t):
+    return (t * 0.25 + 0.5).clamp(0, 1)
+
+
+def marks_present(view):
+    """Which corner colours survive somewhere in the view (channel pattern above 0.8 / below 0.2)."""
+    v = unnormalise(view)
+    r, g, b = v[0] > 0.8, v[1] > 0.8, v[2] > 0.8
+    lo_r, lo_g, lo_b = v[0] < 0.2, v[1] < 0.2, v[2] < 0.2
+    return {
+        "red": bool((r & lo_g & lo_b).any()),
+        "green": bool((lo_r & g & lo_b).any()),
+        "blue": bool((lo_r & lo_g & b).any()),
+        "yellow": bool((r & g & lo_b).any()),
+    }
+
+
+@pytest.mark.parametrize("mode", ["resize", "pad"])
+def test_original_view_keeps_all_four_corners(mode):
+    maker = ViewMaker(AugmentConfig(**PLAIN, original=mode), ("original",))
+    img = corners_image()
+    for _ in range(5):
+        (view,) = maker(img)
+        assert view.shape == (3, 32, 32)
+        assert all(marks_present(view).values())
+
+
+def test_random_crops_sometimes_lose_corners():
+    maker = ViewMaker(AugmentConfig(**PLAIN), ("crop", "crop"))
+    torch.manual_seed(0)
+    lost = 0
+    for _ in range(20):
+        for view in maker(corners_image()):
+            lost += not all(marks_present(view).values())
+    assert lost > 20  # most of 40 crops at scale (0.2, 1) miss at least one corner
+
+
+def test_pad_keeps_aspect_ratio():
+    (view,) = ViewMaker(AugmentConfig(**PLAIN, original="pad"), ("original",))(corners_image(64, 32))
+    v = unnormalise(view)
+    # a 2:1 image padded to a square: top and bottom quarter rows are the grey pad (~124/255)
+    assert torch.allclose(v[:, :6], torch.full_like(v[:, :6], 124 / 255), atol=0.02)
+    assert torch.allclose(v[:, -6:], torch.full_like(v[:, -6:], 124 / 255), atol=0.02)
+
+
+def test_every_part_can_be_switched_off():
+    full = augmentation(AugmentConfig(size=32))
+    names = [type(t).__name__ for t in full.transforms]
+    assert "RandomResizedCrop" in names and "RandomHorizontalFlip" in names and "RandomGrayscale" in names
+    assert sum(n == "RandomApply" for n in names) == 2  # jitter, blur
+    bare = augmentation(AugmentConfig(size=32, crop=False, color_jitter=False, grayscale=False, blur=False,
+                                      flip=False))
+    bare_names = [type(t).__name__ for t in bare.transforms]
+    assert bare_names[0] == "Resize" and "RandomApply" not in bare_names and "RandomGrayscale" not in bare_names
+    assert "RandomHorizontalFlip" not in bare_names
+
+
+def test_grayscale_rate_matches_its_probability():
+    cfg = AugmentConfig(size=16, crop=False, color_jitter=False, blur=False, flip=False, grayscale_p=0.2,
+                        normalize="builtin")
+    maker = ViewMaker(cfg, ("crop",))
+    img = Image.fromarray(np.tile(np.array([200, 30, 60], np.uint8), (16, 16, 1)))
+    torch.manual_seed(0)
+    gray = sum(bool(torch.allclose(v[0], v[1])) for v in (maker(img)[0] for _ in range(1000)))
+    assert 150 < gray < 250
+
+
+class Constant(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return corners_image(), i
+
+
+def test_views_depend_on_seed_epoch_and_index_only():
+    maker = ViewMaker(AugmentConfig(size=32), ("original", "crop", "crop"))
+    a, b = AugmentedDataset(Constant(), maker, seed=1), AugmentedDataset(Constant(), maker, seed=1)
+    torch.manual_seed(123)
+    va, _ = a[2]
+    torch.manual_seed(999)  # the global RNG does not matter
+    vb, _ = b[2]
+    assert all(torch.equal(x, y) for x, y in zip(va, vb))
+    assert not torch.equal(va[1], va[2])  # the two crops differ
+    a.set_epoch(1)
+    assert not torch.equal(a[2][0][1], va[1])  # a new epoch, new crops
+    assert not torch.equal(a[3][0][1], a[2][0][1])
