@@ -115,39 +115,6 @@ def _backbone_and_defaults(target: Path) -> tuple[Path, Path, dict[str, Any]]:
     return backbone, parent, defaults
 
 
-def _load_eval_protocol(kind: str, protocol: Optional[Path], defaults: dict[str, Any], overrides: dict[str, Any]):
-    """Precedence: defaults from the pretraining run < protocol file < flags."""
-    from .schema import _read_yaml, load_protocol, set_dotted
-
-    tree = _read_yaml(protocol) if protocol is not None else {}
-    base: dict[str, Any] = {}
-    for dotted, value in defaults.items():
-        if value is not None and kind != "knn" or not dotted.startswith(("lr",)):
-            set_dotted(base, dotted, value)
-    if kind == "knn":
-        base.pop("lr", None)
-    merged = _deep_merge(base, tree)
-    return load_protocol(kind, None, {**_flatten(merged), **overrides}) if protocol is None else \
-        load_protocol(kind, None, {**_flatten(merged), **overrides}, source_name=str(protocol))
-
-
-def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    outd = dict(a)
-    for k, v in b.items():
-        outd[k] = _deep_merge(outd[k], v) if isinstance(v, dict) and isinstance(outd.get(k), dict) else v
-    return outd
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and v:
-            flat.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            flat[f"{prefix}{k}"] = v
-    return flat
-
-
 @app.command("linear-eval")
 def linear_eval(
     target: Path = typer.Argument(..., help="a pretraining run directory or a backbone.safetensors"),
@@ -169,11 +136,12 @@ def linear_eval(
 ) -> None:
     """Linear evaluation of a frozen backbone (top-1 / top-5, best and last epoch)."""
     from .evaluate.linear import run_linear_eval
+    from .schema import load_protocol
 
     backbone, parent, defaults = _backbone_and_defaults(target)
-    p = _load_eval_protocol("linear-eval", protocol, defaults, _overrides(
+    p = load_protocol("linear-eval", protocol, _overrides(
         sets, epochs=epochs, lr=lr, batch_size=batch_size, train_augment=train_augment, device=device,
-        **{"data.num_workers": workers}, **_data_flags(source, data)))
+        **{"data.num_workers": workers}, **_data_flags(source, data)), defaults)
     r = run_linear_eval(p, backbone, out_dir or parent / "linear-eval", resume=resume, force=force, quiet=quiet,
                         console=err)
     out.print(f"linear eval of {backbone}: top-1 {r['top1_best']:.2f}% (best, epoch {r['best_epoch']}), "
@@ -195,10 +163,12 @@ def knn(
 ) -> None:
     """Weighted kNN accuracy (k = 200, t = 0.1) of a frozen backbone."""
     from .evaluate.knn_run import run_knn
+    from .schema import load_protocol
 
     backbone, parent, defaults = _backbone_and_defaults(target)
-    p = _load_eval_protocol("knn", protocol, defaults, _overrides(sets, k=k, t=t, device=device,
-                                                                  **_data_flags(source, data)))
+    defaults.pop("lr", None)
+    p = load_protocol("knn", protocol, _overrides(sets, k=k, t=t, device=device, **_data_flags(source, data)),
+                      defaults)
     r = run_knn(p, backbone, out_dir or parent / "knn", force=force)
     out.print(f"kNN (k={p.k}, t={p.t}) of {backbone}: top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}%")
 

@@ -294,13 +294,27 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: field '{loc}': {msg}{shown}{more}"
 
 
-def load_protocol(kind: str, path: Optional[Path] = None, overrides: Optional[dict[str, Any]] = None) -> Any:
-    """Read ``path`` (or start from the defaults), apply dotted ``overrides``, validate."""
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_protocol(kind: str, path: Optional[Path] = None, overrides: Optional[dict[str, Any]] = None,
+                  defaults: Optional[dict[str, Any]] = None) -> Any:
+    """Validate a protocol made of, in rising precedence: the model's defaults, dotted ``defaults``
+    (e.g. derived from the pretraining run being evaluated), the file ``path``, dotted ``overrides``."""
     model = PROTOCOLS[kind]
     tree: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
     file_kind = tree.get("kind")
     if file_kind is not None and file_kind != kind:
         raise UserError(f"protocol file {path} is a '{file_kind}' protocol, not a '{kind}' one")
+    base: dict[str, Any] = {}
+    for dotted, value in (defaults or {}).items():
+        if value is not None:
+            set_dotted(base, dotted, value)
+    tree = _merge(base, tree)
     for dotted, value in (overrides or {}).items():
         if value is not None:
             set_dotted(tree, dotted, value)
