@@ -52,7 +52,7 @@ class SyntheticViews(torch.utils.data.Dataset):
 
 
 def step_rate(method: str, arch: str, size: int, batch: int, steps: int, device: torch.device) -> float:
-    splits = 8 if batch % 8 == 0 else 1
+    splits = 8 if batch % 8 == 0 and batch >= 32 else 1  # at least 4 samples per split
     model = build_method(ModelConfig(arch=arch, bn_splits=splits), MethodConfig(name=method, queue_size=4096))
     ds = SyntheticViews(len(model.views), size, batch * steps)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, drop_last=True)

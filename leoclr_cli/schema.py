@@ -157,6 +157,9 @@ class PretrainProtocol(Strict):
 
     @model_validator(mode="after")
     def _splits_fit(self) -> "PretrainProtocol":
+        if self.model.bn_splits > 1 and self.optim.batch_size < 2 * self.model.bn_splits:
+            raise ValueError(f"optim.batch_size ({self.optim.batch_size}) must be at least twice model.bn_splits "
+                             f"({self.model.bn_splits}): each BN split needs two samples")
         if self.model.bn_splits > 1 and self.optim.batch_size % self.model.bn_splits:
             raise ValueError(
                 f"optim.batch_size ({self.optim.batch_size}) must be a multiple of model.bn_splits "
