@@ -28,6 +28,12 @@ NORMALIZATION = {
 }
 
 
+def _require_root(cfg: Any) -> Any:
+    if cfg.source != "builtin" and not cfg.root:
+        raise ValueError(f"data source '{cfg.source}' needs a path: give --data PATH or data.root")
+    return cfg
+
+
 class Strict(BaseModel):
     """Base: unknown keys are errors (a typo in a protocol must not be silently ignored)."""
 
@@ -45,11 +51,7 @@ class DataConfig(Strict):
     builtin_train: int = Field(4000, ge=16, description="images in the built-in dataset's train split")
     builtin_test: int = Field(1000, ge=16, description="images in the built-in dataset's test split")
 
-    @model_validator(mode="after")
-    def _root_needed(self) -> "DataConfig":
-        if self.source != "builtin" and not self.root:
-            raise ValueError(f"data source '{self.source}' needs a path: give --data PATH or data.root")
-        return self
+    _root_needed = model_validator(mode="after")(lambda self: _require_root(self))
 
 
 class AugmentConfig(Strict):
@@ -180,11 +182,7 @@ class EvalDataConfig(Strict):
     builtin_train: int = Field(4000, ge=16)
     builtin_test: int = Field(1000, ge=16)
 
-    @model_validator(mode="after")
-    def _root_needed(self) -> "EvalDataConfig":
-        if self.source != "builtin" and not self.root:
-            raise ValueError(f"data source '{self.source}' needs a path: give --data PATH or data.root")
-        return self
+    _root_needed = model_validator(mode="after")(lambda self: _require_root(self))
 
 
 class EvalTransformConfig(Strict):

@@ -106,3 +106,18 @@ def test_info_shows_metadata(capsys, tmp_path):
     assert run(["pretrain", "--out", str(run_dir), *TINY, "--epochs", "1"], capsys)[0] in (0, None)
     code, out, _ = run(["info", str(run_dir / "backbone.safetensors")], capsys)
     assert "arch: resnet18" in out and "method: leoclr" in out
+
+
+def test_pretrain_and_knn_on_a_cifar10_copy(capsys, tmp_path):
+    from fakedata import make_cifar10
+
+    root = make_cifar10(tmp_path / "data", n_train=20, n_test=10)
+    run_dir = tmp_path / "run"
+    code, _, err = run(["pretrain", "--source", "cifar10", "--data", str(root), "--set", "data.verify_checksums=false",
+                        "--out", str(run_dir), *TINY, "--epochs", "1"], capsys)
+    assert code in (0, None), err
+    # the evaluation takes source, path and checksum policy from the pretraining run
+    code, _, err = run(["knn", str(run_dir), "--k", "3"], capsys)
+    assert code in (0, None), err
+    knn = json.loads((run_dir / "knn" / "result.json").read_text())
+    assert knn["bank"] == 20 and knn["test"] == 10  # every train image votes, every test image is scored
