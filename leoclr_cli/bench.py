@@ -21,7 +21,7 @@ from PIL import Image
 from rich.console import Console
 
 from .data.views import ViewMaker
-from .engine import Engine, resolve_device
+from .engine import Engine, amp_dtype, resolve_device
 from .methods import build_method
 from .schema import AugmentConfig, MethodConfig, ModelConfig
 
@@ -60,7 +60,8 @@ def step_rate(method: str, arch: str, size: int, batch: int, steps: int, device:
     with tempfile.TemporaryDirectory() as tmp:
         engine = Engine(task=model, optimizer=opt, loader=loader, epochs=2, lr_at=lambda e: 0.01, device=device,
                         run_dir=Path(tmp), protocol_json="{}", checkpoint_every=0, quiet=True,
-                        console=Console(quiet=True), desc=f"bench {method}")
+                        console=Console(quiet=True), desc=f"bench {method}", amp=amp_dtype("auto", device),
+                        channels_last=True)
         history = engine.run()  # epoch 1 warms up (allocator, cudnn autotune), epoch 2 is timed
     return history[-1]["samples_per_s"]
 

@@ -35,11 +35,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def to_device(x: Any, device: torch.device) -> Any:
+def amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for a protocol's ``amp`` on ``device`` (None: full precision)."""
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if mode == "bf16" else torch.float16
+
+
+def to_device(x: Any, device: torch.device, channels_last: bool = False) -> Any:
     if torch.is_tensor(x):
-        return x.to(device, non_blocking=True)
+        x = x.to(device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
     if isinstance(x, (list, tuple)):
-        return type(x)(to_device(v, device) for v in x)
+        return type(x)(to_device(v, device, channels_last) for v in x)
     return x
 
 
@@ -65,7 +75,8 @@ class Engine:
                  epochs: int, lr_at: Callable[[int], float], device: torch.device, run_dir: Path, protocol_json: str,
                  checkpoint_every: int, keep_checkpoints: int = 2, quiet: bool = False,
                  console: Optional[Console] = None, epoch_end: Optional[Callable[[int], dict[str, Any]]] = None,
-                 desc: str = "train", log_every: int = 10, seed: int = 0):
+                 desc: str = "train", log_every: int = 10, seed: int = 0,
+                 amp: Optional[torch.dtype] = None, channels_last: bool = False):
         self.task, self.optimizer, self.loader = task, optimizer, loader
         self.epochs, self.lr_at, self.device = epochs, lr_at, device
         self.run_dir, self.protocol_json = Path(run_dir), protocol_json
@@ -73,6 +84,9 @@ class Engine:
         self.quiet, self.console = quiet, console or Console(stderr=True)
         self.epoch_end, self.desc, self.log_every, self.seed = epoch_end, desc, log_every, seed
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.amp, self.channels_last = amp, channels_last and device.type == "cuda"
+        # fp16 needs loss scaling; bf16 has fp32's range and does not
+        self.scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
         self.sampler_gen = torch.Generator()
         sampler = getattr(loader, "sampler", None)
         if isinstance(sampler, torch.utils.data.RandomSampler):
@@ -81,13 +95,16 @@ class Engine:
     # -------------------------------------------------------------------- state
 
     def _save(self, epoch: int) -> None:
+        extra = {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}
         ckpt.save_train_state(ckpt.state_path(self.run_dir, epoch), model=self.task, optimizer=self.optimizer,
-                              epoch=epoch, protocol_json=self.protocol_json)
+                              epoch=epoch, protocol_json=self.protocol_json, extra=extra)
         ckpt.prune_states(self.run_dir, self.keep)
 
     def _resume(self, path: Path) -> int:
-        done, _ = ckpt.load_train_state(path, model=self.task, optimizer=self.optimizer,
-                                        protocol_json=self.protocol_json)
+        done, extra = ckpt.load_train_state(path, model=self.task, optimizer=self.optimizer,
+                                            protocol_json=self.protocol_json)
+        if self.scaler is not None and "scaler" in extra:
+            self.scaler.load_state_dict(extra["scaler"])
         # keep the metrics of the epochs the checkpoint covers, drop any written after it
         kept = [m for m in read_metrics(self.metrics_path) if m.get("epoch", 0) < done]
         ckpt.atomic_write_text(self.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
@@ -97,6 +114,8 @@ class Engine:
 
     def run(self, resume: Optional[Path] = None) -> list[dict[str, Any]]:
         self.task.to(self.device)
+        if self.channels_last:
+            self.task.to(memory_format=torch.channels_last)
         start = self._resume(resume) if resume is not None else 0
         if start == 0 and hasattr(self.task, "fill_queue"):
             self._fill_queue()
@@ -124,13 +143,18 @@ class Engine:
                     self.console.print(f"{self.desc} {json.dumps(shown)}", highlight=False)
         return read_metrics(self.metrics_path)
 
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else nullcontext()
+
     def _fill_queue(self) -> None:
         """Let the task see epoch 0's batches once before training (e.g. to fill a queue)."""
         self.sampler_gen.manual_seed(self.seed * 100_003)
         if hasattr(self.loader.dataset, "set_epoch"):
             self.loader.dataset.set_epoch(0)
         self.task.train()
-        self.task.fill_queue((to_device(x, self.device), to_device(y, self.device)) for x, y in self.loader)
+        with self._autocast():
+            self.task.fill_queue((to_device(x, self.device, self.channels_last), to_device(y, self.device))
+                                 for x, y in self.loader)
 
     def _epoch(self, epoch: int, steps: int, progress: Progress, bar: Any) -> dict[str, Any]:
         lr = self.lr_at(epoch)
@@ -145,11 +169,18 @@ class Engine:
         seen, t0 = 0, time.perf_counter()
         window_loss = torch.zeros((), device=self.device)
         for i, (inputs, labels) in enumerate(self.loader):
-            inputs, labels = to_device(inputs, self.device), to_device(labels, self.device)
-            loss, stats = self.task(inputs, labels)
+            inputs = to_device(inputs, self.device, self.channels_last)
+            labels = to_device(labels, self.device)
+            with self._autocast():
+                loss, stats = self.task(inputs, labels)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.optimizer.step()
             n = labels.shape[0]
             seen += n
             window_loss += loss.detach()

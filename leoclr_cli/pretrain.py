@@ -14,7 +14,7 @@ from rich.console import Console
 from . import checkpoint as ckpt
 from .data import default_eval_splits, open_data
 from .data.views import AugmentedDataset, ViewMaker
-from .engine import Engine, cosine_lr, resolve_device
+from .engine import Engine, amp_dtype, cosine_lr, resolve_device
 from .evaluate.features import extract, labelled_split, loader_for, subset
 from .evaluate.knn import knn_accuracy
 from .methods import build_method
@@ -86,7 +86,8 @@ def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = 
     engine = Engine(task=method, optimizer=optimizer, loader=loader, epochs=p.optim.epochs, lr_at=lr_at, device=device,
                     run_dir=run_dir, protocol_json=protocol_json(p), checkpoint_every=p.checkpoint_every,
                     keep_checkpoints=p.keep_checkpoints, quiet=quiet, console=console, epoch_end=epoch_end,
-                    desc=f"pretrain {p.method.name}", seed=p.seed)
+                    desc=f"pretrain {p.method.name}", seed=p.seed, amp=amp_dtype(p.amp, device),
+                    channels_last=p.channels_last)
     history = engine.run(resume_from)
     ckpt.save_backbone(Path(run_dir) / "backbone.safetensors", method.backbone, arch=p.model.arch,
                        cifar_stem=p.model.cifar_stem, method=p.method.name, epoch=p.optim.epochs,

@@ -150,6 +150,10 @@ class PretrainProtocol(Strict):
     deterministic: bool = Field(False, description="torch deterministic algorithms (bit-exact resume on GPU)")
     checkpoint_every: int = Field(10, ge=1, description="epochs between resumable checkpoints")
     keep_checkpoints: int = Field(2, ge=1, description="resumable checkpoints kept (oldest deleted)")
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="mixed precision: auto = bf16 on a CUDA device that supports it, else fp16 with a "
+                            "gradient scaler on CUDA, off on the CPU")
+    channels_last: bool = Field(True, description="channels-last memory format on CUDA (ignored on the CPU)")
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig = ModelConfig()
