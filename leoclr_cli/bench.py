@@ -61,7 +61,7 @@ def step_rate(method: str, arch: str, size: int, batch: int, steps: int, device:
         engine = Engine(task=model, optimizer=opt, loader=loader, epochs=2, lr_at=lambda e: 0.01, device=device,
                         run_dir=Path(tmp), protocol_json="{}", checkpoint_every=0, quiet=True,
                         console=Console(quiet=True), desc=f"bench {method}", amp=amp_dtype("auto", device),
-                        channels_last=True)
+                        channels_last=splits == 1)
         history = engine.run()  # epoch 1 warms up (allocator, cudnn autotune), epoch 2 is timed
     return history[-1]["samples_per_s"]
 

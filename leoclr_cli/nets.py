@@ -36,7 +36,7 @@ class SplitBatchNorm(nn.BatchNorm2d):
         if not self.training or s == 1 or n % s:
             return super().forward(x)
         # The batch as s groups: (n/s, s*c, h, w) lets one batch_norm call keep s sets of statistics.
-        grouped = x.view(n // s, s * c, h, w)
+        grouped = x.reshape(n // s, s * c, h, w)  # a copy for channels-last input
         mean = self.running_mean.repeat(s)
         var = self.running_var.repeat(s)
         out = F.batch_norm(grouped, mean, var, self.weight.repeat(s), self.bias.repeat(s),
@@ -45,7 +45,7 @@ class SplitBatchNorm(nn.BatchNorm2d):
             self.running_mean.copy_(mean.view(s, c).mean(0))
             self.running_var.copy_(var.view(s, c).mean(0))
             self.num_batches_tracked.add_(1)
-        return out.view(n, c, h, w)
+        return out.reshape(n, c, h, w)
 
 
 def build_backbone(arch: str, *, cifar_stem: bool = False, bn_splits: int = 1) -> nn.Module:

@@ -87,7 +87,7 @@ def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = 
                     run_dir=run_dir, protocol_json=protocol_json(p), checkpoint_every=p.checkpoint_every,
                     keep_checkpoints=p.keep_checkpoints, quiet=quiet, console=console, epoch_end=epoch_end,
                     desc=f"pretrain {p.method.name}", seed=p.seed, amp=amp_dtype(p.amp, device),
-                    channels_last=p.channels_last)
+                    channels_last=p.channels_last and p.model.bn_splits == 1)
     history = engine.run(resume_from)
     ckpt.save_backbone(Path(run_dir) / "backbone.safetensors", method.backbone, arch=p.model.arch,
                        cifar_stem=p.model.cifar_stem, method=p.method.name, epoch=p.optim.epochs,

@@ -153,7 +153,8 @@ class PretrainProtocol(Strict):
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
         "auto", description="mixed precision: auto = bf16 on a CUDA device that supports it, else fp16 with a "
                             "gradient scaler on CUDA, off on the CPU")
-    channels_last: bool = Field(True, description="channels-last memory format on CUDA (ignored on the CPU)")
+    channels_last: bool = Field(True, description="channels-last memory format on CUDA, used when model.bn_splits is 1 "
+                                      "(SplitBatchNorm regroups channels, which needs the default layout)")
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig = ModelConfig()

@@ -154,3 +154,13 @@ def test_split_batchnorm_normalises_each_split_separately():
     bn.eval()
     torch.testing.assert_close(bn(x), torch.nn.functional.batch_norm(
         x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps))
+
+
+def test_split_batchnorm_accepts_channels_last_input():
+    from leoclr_cli.nets import SplitBatchNorm
+
+    bn = SplitBatchNorm(3, num_splits=2)
+    x = torch.randn(8, 3, 4, 4)
+    ref = bn(x)
+    bn2 = SplitBatchNorm(3, num_splits=2)
+    torch.testing.assert_close(bn2(x.contiguous(memory_format=torch.channels_last)), ref)
