@@ -73,15 +73,24 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     _atomic_write_bytes(path, st_save(clean, metadata=meta))
 
 
+def read_metadata(path: Path, expect_kind: Optional[str] = None) -> dict[str, str]:
+    """The header of a leoclr safetensors file, without reading its tensors."""
+    return _read(path, expect_kind, with_tensors=False)[1]
+
+
 def load_tensors(path: Path, expect_kind: Optional[str] = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a safetensors file written by this project; one clear sentence for anything else."""
+    return _read(path, expect_kind, with_tensors=True)
+
+
+def _read(path: Path, expect_kind: Optional[str], with_tensors: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise UserError(f"checkpoint {path} is not a readable safetensors file ({str(e).splitlines()[0]})") from None
     if "format_version" not in meta or "kind" not in meta:

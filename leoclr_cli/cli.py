@@ -91,7 +91,7 @@ def _backbone_and_defaults(target: Path) -> tuple[Path, Path, dict[str, Any]]:
     backbone = target / "backbone.safetensors" if target.is_dir() else target
     if target.is_dir() and not backbone.is_file():
         raise UserError(f"{target} holds no backbone.safetensors (is pretraining finished?)")
-    _, meta = ckpt.load_tensors(backbone, ckpt.KIND_BACKBONE)
+    meta = ckpt.read_metadata(backbone, ckpt.KIND_BACKBONE)
     pre = json.loads(meta.get("protocol", "{}")) or {}
     data, aug = pre.get("data", {}), pre.get("augment", {})
     defaults: dict[str, Any] = {}

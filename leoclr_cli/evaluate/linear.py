@@ -80,7 +80,7 @@ def run_linear_eval(protocol: LinearEvalProtocol, backbone_path: Path, run_dir: 
     """Train and test the linear classifier; writes ``linear.safetensors`` and ``result.json``."""
     console = console or Console(stderr=True)
     backbone, meta = ckpt.load_backbone(backbone_path)
-    reference, _ = ckpt.load_tensors(backbone_path)
+    reference = {k: v.detach().clone() for k, v in backbone.state_dict().items()}  # as loaded from the file
     train_src, test_src = labelled_split(protocol.data, "train"), labelled_split(protocol.data, "test")
     if any(t < 0 for t in train_src.targets):
         raise UserError(f"split '{protocol.data.train_split}' has unlabelled images; linear eval needs labels")
