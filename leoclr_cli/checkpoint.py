@@ -13,6 +13,7 @@ so a crash leaves either the old file or the new one. Reading never unpickles an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -71,6 +72,15 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {"format_version": FORMAT_VERSION, **{k: str(v) for k, v in metadata.items()}}
     _atomic_write_bytes(path, st_save(clean, metadata=meta))
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (ties a linear classifier to the exact backbone it was trained on)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_metadata(path: Path, expect_kind: Optional[str] = None) -> dict[str, str]:

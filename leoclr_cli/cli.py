@@ -85,14 +85,21 @@ def pretrain(
 def _backbone_and_defaults(target: Path) -> tuple[Path, Path, dict[str, Any]]:
     """(backbone file, default output parent, eval defaults derived from the pretraining protocol)."""
     from . import checkpoint as ckpt
-    from .data import default_eval_splits
 
     target = target.expanduser()
     backbone = target / "backbone.safetensors" if target.is_dir() else target
     if target.is_dir() and not backbone.is_file():
         raise UserError(f"{target} holds no backbone.safetensors (is pretraining finished?)")
     meta = ckpt.read_metadata(backbone, ckpt.KIND_BACKBONE)
-    pre = json.loads(meta.get("protocol", "{}")) or {}
+    defaults = _eval_defaults(json.loads(meta.get("protocol", "{}")) or {})
+    parent = target if target.is_dir() else target.parent
+    return backbone, parent, defaults
+
+
+def _eval_defaults(pre: dict[str, Any]) -> dict[str, Any]:
+    """Evaluation defaults (dotted) derived from a pretraining protocol (as a plain mapping)."""
+    from .data import default_eval_splits
+
     data, aug = pre.get("data", {}), pre.get("augment", {})
     defaults: dict[str, Any] = {}
     if data.get("source"):
@@ -111,8 +118,7 @@ def _backbone_and_defaults(target: Path) -> tuple[Path, Path, dict[str, Any]]:
                          "transform.resize": size if small else round(size * 8 / 7)})
         if small:
             defaults["lr"] = 10.0  # the small-data linear recipe (ContrastiveCrop / MoCo CIFAR demo)
-    parent = target if target.is_dir() else target.parent
-    return backbone, parent, defaults
+    return defaults
 
 
 @app.command("linear-eval")
@@ -171,6 +177,103 @@ def knn(
                       defaults)
     r = run_knn(p, backbone, out_dir or parent / "knn", force=force)
     out.print(f"kNN (k={p.k}, t={p.t}) of {backbone}: top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}%")
+
+
+# --------------------------------------------------------------------------- crop test (Table 7)
+
+
+def _linear_run_defaults(linear_dir: Path) -> dict[str, Any]:
+    """crop-test defaults: the data, crop size, resize and normalisation of the linear-eval run."""
+    from .schema import load_protocol
+
+    lin = load_protocol("linear-eval", linear_dir / "protocol.yaml")
+    defaults = {f"data.{k}": v for k, v in lin.data.model_dump().items()}
+    defaults.update({"size": lin.transform.size, "resize": lin.transform.resize, "normalize": lin.transform.normalize,
+                     "device": lin.device, "batch_size": lin.batch_size, "seed": lin.seed})
+    return defaults
+
+
+@app.command("crop-test")
+def crop_test(
+    target: Path = typer.Argument(..., help="a linear-eval run directory (or a pretraining run holding linear-eval/)"),
+    protocol: Optional[Path] = ProtocolOpt,
+    backbone: Optional[Path] = typer.Option(None, "--backbone", help="the backbone file, if it has moved"),
+    data: Optional[Path] = typer.Option(None, "--data", help="labelled dataset root"),
+    source: Optional[str] = typer.Option(None, "--source"),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="random-crop passes over the test split"),
+    device: Optional[str] = DeviceOpt,
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default LINEAR_RUN/crop-test)"),
+    force: bool = ForceOpt,
+    sets: Optional[List[str]] = SetOpt,
+) -> None:
+    """Table 7: the linear classifier under the center-crop and the random-crop test; both and the drop."""
+    from .evaluate.crop_test import run_crop_test
+    from .evaluate.linear import find_linear_run
+    from .schema import load_protocol
+
+    linear_dir, _ = find_linear_run(target)
+    p = load_protocol("crop-test", protocol, _overrides(sets, repeats=repeats, device=device,
+                                                        **_data_flags(source, data)), _linear_run_defaults(linear_dir))
+    r = run_crop_test(p, linear_dir, out_dir or linear_dir / "crop-test", backbone=backbone, force=force)
+    out.print(f"crop test of {linear_dir}: center crop {r['center_top1']:.2f}%, random crop {r['random_top1']:.2f}% "
+              f"(drop {r['drop']:.2f} points; paper, ImageNet 200 ep: MoCo-v2 4.3, LeOCLR 2.8)")
+
+
+# --------------------------------------------------------------------------- augmentation ablations (Figure 4)
+
+
+@app.command()
+def ablate(
+    remove: List[str] = typer.Option(..., "--remove", help="color, grayscale, blur, flip, all-but-crop "
+                                                           "(repeat, or comma-separated)"),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="the full-augmentation run (pretraining run "
+                                            "with linear-eval/, or a linear-eval run); its protocols are the defaults"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="top1_best (default) or top1_last"),
+    protocol: Optional[Path] = typer.Option(None, "--protocol", "-p", help="pretraining protocol YAML "
+                                            "(default: the baseline's)"),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="leoclr or mocov2"),
+    data: Optional[Path] = typer.Option(None, "--data", help="dataset root (official on-disk layout)"),
+    source: Optional[str] = typer.Option(None, "--source"),
+    arch: Optional[str] = typer.Option(None, "--arch"),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    device: Optional[str] = DeviceOpt,
+    linear_protocol: Optional[Path] = typer.Option(None, "--linear-protocol", help="linear-eval protocol YAML "
+                                                   "(default: the baseline's)"),
+    linear_sets: Optional[List[str]] = typer.Option(None, "--linear-set", help="override a linear-eval field "
+                                                    "(repeatable)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/ablate-METHOD-PARTS)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted ablation in --out"),
+    force: bool = ForceOpt,
+    quiet: bool = QuietOpt,
+    sets: Optional[List[str]] = SetOpt,
+) -> None:
+    """Figure 4: pretrain with augmentation parts removed, linear-evaluate, report the drop vs --baseline."""
+    from .ablate import flat, read_baseline, run_ablate
+    from .schema import load_protocol
+
+    parts = [name.strip() for item in remove for name in item.split(",") if name.strip()]
+    ab = load_protocol("ablate", None, {"remove": parts, "baseline": str(baseline) if baseline else None,
+                                         "metric": metric})
+    base = read_baseline(baseline) if baseline is not None else None
+    pre_defaults = flat(base.pretrain) if (base is not None and base.pretrain and protocol is None) else None
+    pre = load_protocol("pretrain", protocol, _overrides(
+        sets, **{"method.name": method, "model.arch": arch, "optim.epochs": epochs, "optim.batch_size": batch_size,
+                 "data.num_workers": workers, "seed": seed, "device": device}, **_data_flags(source, data)),
+        pre_defaults)
+    lin_file = linear_protocol or (base.linear_protocol if base is not None and base.linear_protocol.is_file() else None)
+
+    def linear_for(p: Any) -> Any:
+        return load_protocol("linear-eval", lin_file, _overrides(linear_sets, device=device),
+                             _eval_defaults(p.model_dump(mode="json")))
+
+    target = out_dir or Path(f"runs/ablate-{pre.method.name}-{'-'.join(ab.remove)}")
+    r = run_ablate(ab, pre, linear_for, target, baseline=base, resume=resume, force=force, quiet=quiet, console=err)
+    drop = f", drop {r['drop']:.2f} points from the baseline's {r['baseline_top1']:.2f}%" if r["drop"] is not None else ""
+    out.print(f"{r['method']} without {', '.join(r['removed'])}: linear top-1 {r['top1']:.2f}%{drop}\nresult: "
+              f"{target / 'result.json'}")
 
 
 # --------------------------------------------------------------------------- quickstart, bench

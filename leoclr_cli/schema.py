@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
 
@@ -32,6 +32,23 @@ def _require_root(cfg: Any) -> Any:
     if cfg.source != "builtin" and not cfg.root:
         raise ValueError(f"data source '{cfg.source}' needs a path: give --data PATH or data.root")
     return cfg
+
+
+def ordered_pair(v: tuple[float, float]) -> tuple[float, float]:
+    if not (0 < v[0] <= v[1]):
+        raise ValueError("must be two numbers with 0 < low <= high")
+    return v
+
+
+def area_fraction(v: tuple[float, float]) -> tuple[float, float]:
+    if v[1] > 1:
+        raise ValueError("crop scale is a fraction of the image area, at most 1")
+    return v
+
+
+# (low, high) with 0 < low <= high; an area range also has high <= 1
+PositiveRange = Annotated[tuple[float, float], AfterValidator(ordered_pair)]
+AreaRange = Annotated[tuple[float, float], AfterValidator(ordered_pair), AfterValidator(area_fraction)]
 
 
 class Strict(BaseModel):
@@ -59,8 +76,8 @@ class AugmentConfig(Strict):
 
     size: int = Field(224, ge=8, description="output size of every view")
     crop: bool = True
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_scale: AreaRange = (0.2, 1.0)
+    crop_ratio: PositiveRange = (3 / 4, 4 / 3)
     color_jitter: bool = True
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
     jitter_p: float = Field(0.8, ge=0, le=1)
@@ -68,26 +85,13 @@ class AugmentConfig(Strict):
     grayscale_p: float = Field(0.2, ge=0, le=1)
     blur: bool = True
     blur_p: float = Field(0.5, ge=0, le=1)
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_sigma: PositiveRange = (0.1, 2.0)
     flip: bool = True
     normalize: Literal["imagenet", "cifar", "builtin"] = "imagenet"
     original: Literal["resize", "pad"] = Field(
         "resize", description="LeOCLR original view: squash the whole image (resize) or keep aspect and pad"
     )
 
-    @field_validator("crop_scale", "crop_ratio", "blur_sigma")
-    @classmethod
-    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not (0 < v[0] <= v[1]):
-            raise ValueError("must be two numbers with 0 < low <= high")
-        return v
-
-    @field_validator("crop_scale")
-    @classmethod
-    def _scale_le_one(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if v[1] > 1:
-            raise ValueError("crop scale is a fraction of the image area, at most 1")
-        return v
 
 
 class ModelConfig(Strict):
@@ -237,6 +241,61 @@ PROTOCOLS: dict[str, type[Strict]] = {
     "linear-eval": LinearEvalProtocol,
     "knn": KnnProtocol,
 }
+
+
+# --------------------------------------------------------------------------- crop test, ablations (Table 7, Figure 4)
+
+
+class CropTestProtocol(Strict):
+    """Table 7: one trained linear classifier tested with a) Resize(resize, shorter side) + CenterCrop(size)
+    and b) Resize((resize, resize)) + RandomResizedCrop(size, random_scale, random_ratio). The paper names
+    no scale range for b); the default is torchvision's (0.08, 1), the crop the linear classifier was
+    trained with. Values default to the linear-eval run's protocol."""
+
+    kind: Literal["crop-test"] = "crop-test"
+    seed: int = Field(0, description="seeds the random crops (image i of repeat r: seed + r, i)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: EvalDataConfig = EvalDataConfig()
+    size: int = Field(224, ge=8, description="crop size of both tests")
+    resize: int = Field(256, ge=8, description="a) shorter side resized to this; b) image resized to resize x resize")
+    normalize: Literal["imagenet", "cifar", "builtin"] = "imagenet"
+    interpolation: Literal["bicubic", "bilinear"] = Field("bicubic", description="the paper: bicubic")
+    random_scale: AreaRange = Field((0.08, 1.0), description="b) RandomResizedCrop area fraction")
+    random_ratio: PositiveRange = (3 / 4, 4 / 3)
+    repeats: int = Field(1, ge=1, description="b) passes over the test split with fresh crops; the mean is reported")
+    batch_size: int = Field(256, ge=1)
+
+
+
+# Figure 4: the names of the removable augmentation parts and the AugmentConfig switches each turns off.
+AUGMENT_PARTS: dict[str, tuple[str, ...]] = {
+    "color": ("color_jitter",),
+    "grayscale": ("grayscale",),
+    "blur": ("blur",),
+    "flip": ("flip",),
+    "all-but-crop": ("color_jitter", "grayscale", "blur", "flip"),
+}
+AugmentPart = Literal["color", "grayscale", "blur", "flip", "all-but-crop"]
+
+
+class AblateProtocol(Strict):
+    """Figure 4: pretrain with augmentation parts removed, linear-evaluate, compare with a baseline run.
+
+    The pretraining and linear-eval protocols are the usual ones (written in the ablation's
+    ``pretrain/`` and ``pretrain/linear-eval/`` directories); this records what the ablation adds."""
+
+    kind: Literal["ablate"] = "ablate"
+    remove: list[AugmentPart] = Field(min_length=1, description="augmentation parts removed from every view")
+    baseline: Optional[str] = Field(None, description="the full-augmentation run the drop is measured against")
+    metric: Literal["top1_best", "top1_last"] = Field("top1_best", description="linear-eval top-1 compared")
+
+    @field_validator("remove")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
+
+
+PROTOCOLS.update({"crop-test": CropTestProtocol, "ablate": AblateProtocol})
 
 
 # --------------------------------------------------------------------------- loading

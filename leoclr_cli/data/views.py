@@ -121,3 +121,19 @@ def eval_transform(size: int, resize: int, test: str, norm: str) -> v2.Compose:
 def linear_train_transform(size: int, norm: str) -> v2.Compose:
     """Linear-eval / fine-tuning training transform: RandomResizedCrop + flip (MoCo's main_lincls)."""
     return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(), to_tensor(norm)])
+
+
+def crop_test_transform(mode: str, size: int, resize: int, norm: str, *, interpolation: str = "bicubic",
+                        scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> v2.Compose:
+    """Table 7's two test transforms. ``center``: shorter side to ``resize``, CenterCrop(size);
+    ``random``: the whole image to ``resize`` x ``resize``, then RandomResizedCrop(size, scale, ratio)."""
+    interp = v2.InterpolationMode.BICUBIC if interpolation == "bicubic" else v2.InterpolationMode.BILINEAR
+    if mode == "center":
+        ops = [v2.Resize(resize, interpolation=interp, antialias=True), v2.CenterCrop(size)]
+    elif mode == "random":
+        ops = [v2.Resize((resize, resize), interpolation=interp, antialias=True),
+               v2.RandomResizedCrop(size, scale=scale, ratio=ratio, interpolation=interp, antialias=True)]
+    else:
+        raise ValueError(f"unknown crop-test mode {mode!r}")
+    return v2.Compose([*ops, to_tensor(norm)])

@@ -9,6 +9,7 @@ included: a frozen-feature result is only valid if the features did not move.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,7 +22,7 @@ from .. import checkpoint as ckpt
 from ..data.views import AugmentedDataset, linear_train_transform
 from ..engine import Engine, resolve_device, step_lr
 from ..errors import UserError
-from ..rundir import prepare, write_json
+from ..rundir import prepare, read_json, write_json
 from ..schema import LinearEvalProtocol, protocol_json
 from .features import extract, labelled_split, loader_for
 from .knn import topk_accuracy
@@ -127,15 +128,33 @@ def run_linear_eval(protocol: LinearEvalProtocol, backbone_path: Path, run_dir: 
     tested = [m for m in history if "test_top1" in m]
     best = max(tested, key=lambda m: m["test_top1"])
     last = tested[-1]
+    pre = json.loads(meta.get("protocol", "{}") or "{}")
     result = {
         "kind": "linear-eval", "backbone": str(backbone_path), "arch": meta["arch"], "method": meta.get("method"),
         "pretrain_epoch": int(meta.get("epoch", 0)), "num_classes": num_classes, "epochs": protocol.epochs,
+        "dataset": protocol.data.source, "pretrain_dataset": pre.get("data", {}).get("source"),
+        "pretrain_batch_size": pre.get("optim", {}).get("batch_size"),
         "top1_best": best["test_top1"], "top5_best": best["test_top5"], "best_epoch": best["epoch"],
         "top1_last": last["test_top1"], "top5_last": last["test_top5"],
         "backbone_unchanged": True,
     }
     ckpt.save_tensors(Path(run_dir) / "linear.safetensors", {"fc.weight": model.fc.weight, "fc.bias": model.fc.bias},
                       {"kind": ckpt.KIND_LINEAR, "backbone": str(backbone_path), "arch": meta["arch"],
+                       "backbone_sha256": ckpt.file_sha256(backbone_path),
                        "num_classes": str(num_classes), "protocol": protocol_json(protocol)})
     write_json(Path(run_dir) / "result.json", result)
     return result
+
+
+def find_linear_run(target: Path) -> tuple[Path, dict[str, Any]]:
+    """(directory, result) of a finished linear-eval run: ``target`` itself or ``target/linear-eval``."""
+    target = Path(target).expanduser()
+    for cand in (target, target / "linear-eval"):
+        if (cand / "result.json").is_file():
+            result = read_json(cand / "result.json")
+            if isinstance(result, dict) and result.get("kind") == "linear-eval":
+                return cand, result
+    if not target.exists():
+        raise UserError(f"run directory {target} does not exist")
+    raise UserError(f"{target} holds no finished linear evaluation (no result.json of kind 'linear-eval' in it or "
+                    "in its linear-eval/); run `leoclr linear-eval` first")

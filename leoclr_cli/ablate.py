@@ -1,0 +1,144 @@
+"""``leoclr ablate`` (Figure 4): pretrain with augmentation parts removed, linear-evaluate, compare.
+
+Nothing here trains by itself: it is :func:`run_pretrain` on a protocol whose augmentation has the named
+parts switched off (:data:`schema.AUGMENT_PARTS` maps names to switches), then :func:`run_linear_eval`.
+The run directory holds ``protocol.yaml`` (the ablate protocol), ``pretrain/`` (a normal pretraining
+run), ``pretrain/linear-eval/`` and ``result.json`` (kind ``ablate``) with the drop in points against
+the baseline, the full-augmentation run it names.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import yaml
+from rich.console import Console
+
+from . import checkpoint as ckpt
+from .errors import UserError
+from .evaluate.linear import find_linear_run, run_linear_eval
+from .pretrain import run_pretrain
+from .quickstart import _resume_or_fresh
+from .rundir import write_json
+from .schema import AUGMENT_PARTS, AblateProtocol, AugmentConfig, LinearEvalProtocol, PretrainProtocol, write_protocol
+
+# Fields that do not change what is learned; a baseline may differ in them.
+_NOT_COMPARED = ("name", "device", "amp", "channels_last", "checkpoint_every", "keep_checkpoints", "deterministic",
+                 "monitor.", "data.root", "data.num_workers")
+
+
+@dataclass
+class Baseline:
+    run: Path
+    linear_dir: Path
+    result: dict[str, Any]
+    pretrain: Optional[dict[str, Any]]  # the baseline's pretraining protocol, when it can be found
+
+    @property
+    def linear_protocol(self) -> Path:
+        return self.linear_dir / "protocol.yaml"
+
+
+def read_baseline(run: Path) -> Baseline:
+    """The finished linear evaluation of ``run`` and, when found, the protocol its backbone was pretrained with."""
+    linear_dir, result = find_linear_run(run)
+    pretrain = None
+    backbone = Path(result.get("backbone", ""))
+    if backbone.is_file():
+        pretrain = json.loads(ckpt.read_metadata(backbone, ckpt.KIND_BACKBONE).get("protocol", "{}")) or None
+    if pretrain is None and (linear_dir.parent / "protocol.yaml").is_file():
+        tree = yaml.safe_load((linear_dir.parent / "protocol.yaml").read_text())
+        pretrain = tree if isinstance(tree, dict) and tree.get("kind") == "pretrain" else None
+    return Baseline(Path(run), linear_dir, result, pretrain)
+
+
+def remove_parts(augment: AugmentConfig, parts: list[str]) -> tuple[list[str], list[str]]:
+    """Switch off the fields of ``parts`` in ``augment``; (fields switched off, fields that were already off)."""
+    fields = list(dict.fromkeys(f for part in parts for f in AUGMENT_PARTS[part]))
+    already = [f for f in fields if not getattr(augment, f)]
+    for f in fields:
+        setattr(augment, f, False)
+    return fields, already
+
+
+def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings to ``{"a.b": leaf}``."""
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flat(value, f"{prefix}{key}."))
+    return out
+
+
+def differences(baseline: dict[str, Any], ours: dict[str, Any], removed_fields: list[str]) -> list[str]:
+    """Dotted fields in which two pretraining protocols differ, besides the removed parts and run logistics."""
+    a, b = flat(baseline), flat(ours)
+    skip = {f"augment.{f}" for f in removed_fields}
+    return sorted(k for k in set(a) | set(b)
+                  if k not in skip and not k.startswith(_NOT_COMPARED) and a.get(k) != b.get(k))
+
+
+def _open_run_dir(out_dir: Path, ab: AblateProtocol, *, resume: bool, force: bool) -> None:
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if force:
+            shutil.rmtree(out_dir)
+        elif not resume:
+            raise UserError(f"run directory {out_dir} already exists; use --resume to continue it or --force to "
+                            "start over")
+        else:
+            old = yaml.safe_load((out_dir / "protocol.yaml").read_text()) if (out_dir / "protocol.yaml").is_file() \
+                else None
+            if old != ab.model_dump(mode="json"):
+                raise UserError(f"--resume: {out_dir} holds a different ablation (its protocol.yaml differs)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_protocol(ab, out_dir / "protocol.yaml")
+
+
+def run_ablate(ab: AblateProtocol, pre: PretrainProtocol, linear_for: Callable[[PretrainProtocol], LinearEvalProtocol],
+               out_dir: Path, *, baseline: Optional[Baseline] = None, resume: bool = False, force: bool = False,
+               quiet: bool = False, console: Optional[Console] = None) -> dict[str, Any]:
+    """Pretrain ``pre`` minus the parts in ``ab.remove``, linear-evaluate with ``linear_for(pretrain protocol)``."""
+    console = console or Console(stderr=True)
+    pre = pre.model_copy(deep=True)
+    removed_fields, already_off = remove_parts(pre.augment, ab.remove)
+    if len(already_off) == len(removed_fields):
+        raise UserError(f"--remove {','.join(ab.remove)}: the protocol already has {', '.join(already_off)} off; "
+                        "nothing would be removed")
+    differs: list[str] = []
+    if baseline is not None:
+        if baseline.result.get("method") != pre.method.name:
+            raise UserError(f"baseline {baseline.run} is a {baseline.result.get('method')} run, not {pre.method.name}; "
+                            "the drop is measured against the same method")
+        if baseline.result.get(ab.metric) is None:
+            raise UserError(f"baseline {baseline.linear_dir / 'result.json'} has no '{ab.metric}'")
+        if baseline.pretrain is not None:
+            differs = differences(baseline.pretrain, pre.model_dump(mode="json"), removed_fields)
+            if differs:
+                console.print(f"note: the ablation differs from baseline {baseline.run} in {', '.join(differs)}",
+                              highlight=False)
+    linear = linear_for(pre)  # validated before anything is trained
+
+    out_dir = Path(out_dir)
+    _open_run_dir(out_dir, ab, resume=resume, force=force)
+    pre_dir, lin_dir = out_dir / "pretrain", out_dir / "pretrain" / "linear-eval"
+    state, fresh = _resume_or_fresh(pre_dir, force=False)
+    run_pretrain(pre, pre_dir, resume=state, force=fresh, quiet=quiet, console=console)
+    state, fresh = _resume_or_fresh(lin_dir, force=False)
+    lin = run_linear_eval(linear, pre_dir / "backbone.safetensors", lin_dir, resume=state, force=fresh, quiet=quiet,
+                          console=console)
+    base_value = baseline.result[ab.metric] if baseline is not None else None
+    result = {
+        "kind": "ablate", "method": pre.method.name, "arch": pre.model.arch, "pretrain_epochs": pre.optim.epochs,
+        "dataset": pre.data.source, "removed": ab.remove, "removed_fields": removed_fields, "already_off": already_off,
+        "metric": ab.metric, "top1": lin[ab.metric], "top5": lin["top5_best" if ab.metric == "top1_best" else "top5_last"],
+        "baseline": str(baseline.run) if baseline is not None else None, "baseline_top1": base_value,
+        "drop": None if base_value is None else base_value - lin[ab.metric],
+        "differs_from_baseline": differs, "pretrain_dir": str(pre_dir), "linear_dir": str(lin_dir),
+    }
+    write_json(out_dir / "result.json", result)
+    return result

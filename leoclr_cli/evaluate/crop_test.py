@@ -1,0 +1,85 @@
+"""``leoclr crop-test`` (Table 7): a trained linear classifier under the center-crop and random-crop tests.
+
+The classifier (``linear.safetensors``) and the backbone it was trained on are loaded from a linear-eval
+run; the backbone file must be the one the classifier was trained with (its SHA-256 is in the
+classifier's header). The test split is scored once with a) Resize(shorter side) + CenterCrop and
+``repeats`` times with b) Resize(square) + RandomResizedCrop; the drop is a) - b) in points.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .. import checkpoint as ckpt
+from ..data.views import AugmentedDataset, crop_test_transform
+from ..engine import resolve_device
+from ..errors import UserError
+from ..rundir import prepare, write_json
+from ..schema import CropTestProtocol
+from .features import labelled_split
+from .linear import LinearClassifier, evaluate_logits
+
+
+def find_backbone(linear_dir: Path, meta: dict[str, str], override: Optional[Path]) -> Path:
+    """The backbone the classifier was trained on: ``override``, the path in its header, or the pretraining
+    run directory the linear-eval directory sits in; checked against the SHA-256 recorded at training."""
+    if override is not None:
+        candidates = [Path(override).expanduser()]
+    else:
+        candidates = [Path(meta.get("backbone", "")), linear_dir.parent / "backbone.safetensors"]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise UserError(f"backbone {candidates[0]} named by {linear_dir / 'linear.safetensors'} does not exist; "
+                        "give its location with --backbone")
+    want = meta.get("backbone_sha256")
+    if want and ckpt.file_sha256(found) != want:
+        raise UserError(f"backbone {found} is not the one the classifier in {linear_dir} was trained on "
+                        "(its SHA-256 differs)")
+    return found
+
+
+def run_crop_test(protocol: CropTestProtocol, linear_dir: Path, run_dir: Path, *, backbone: Optional[Path] = None,
+                  force: bool = False) -> dict[str, Any]:
+    tensors, meta = ckpt.load_tensors(linear_dir / "linear.safetensors", ckpt.KIND_LINEAR)
+    backbone_path = find_backbone(linear_dir, meta, backbone)
+    net, bmeta = ckpt.load_backbone(backbone_path)
+    weight, bias = tensors.get("fc.weight"), tensors.get("fc.bias")
+    if weight is None or bias is None or weight.ndim != 2 or weight.shape[1] != net.feature_dim:
+        raise UserError(f"{linear_dir / 'linear.safetensors'} is not a linear classifier for this "
+                        f"{bmeta['arch']} backbone ({net.feature_dim} features)")
+    test_src = labelled_split(protocol.data, "test")
+    if test_src.num_classes != weight.shape[0]:
+        raise UserError(f"test split '{protocol.data.test_split}' has {test_src.num_classes} classes, the classifier "
+                        f"{weight.shape[0]}")
+    prepare(run_dir, protocol, resume=None, force=force)
+    device = resolve_device(protocol.device)
+    model = LinearClassifier(net, net.feature_dim, weight.shape[0])
+    model.fc.load_state_dict({"weight": weight, "bias": bias})
+    model.to(device)
+
+    def score(mode: str, seed: int) -> dict[str, float]:
+        tf = crop_test_transform(mode, protocol.size, protocol.resize, protocol.normalize,
+                                 interpolation=protocol.interpolation, scale=protocol.random_scale,
+                                 ratio=protocol.random_ratio)
+        loader = torch.utils.data.DataLoader(AugmentedDataset(test_src, tf, seed), batch_size=protocol.batch_size,
+                                             num_workers=protocol.data.num_workers, pin_memory=device.type == "cuda")
+        return evaluate_logits(model, loader, device)
+
+    center = score("center", protocol.seed)
+    randoms = [score("random", protocol.seed + r) for r in range(protocol.repeats)]
+    random_top1 = sum(r["top1"] for r in randoms) / len(randoms)
+    random_top5 = sum(r["top5"] for r in randoms) / len(randoms)
+    result = {
+        "kind": "crop-test", "linear_run": str(linear_dir), "backbone": str(backbone_path), "arch": bmeta["arch"],
+        "method": bmeta.get("method"), "pretrain_epoch": int(bmeta.get("epoch", 0)), "dataset": protocol.data.source,
+        "test_images": len(test_src), "repeats": protocol.repeats,
+        "center_top1": center["top1"], "center_top5": center["top5"],
+        "random_top1": random_top1, "random_top5": random_top5,
+        "random_top1_each": [r["top1"] for r in randoms],
+        "drop": center["top1"] - random_top1,
+    }
+    write_json(Path(run_dir) / "result.json", result)
+    return result
