@@ -37,7 +37,7 @@ KIND_LINEAR = "linear-classifier"
 # --------------------------------------------------------------------------- atomic writes
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -64,14 +64,14 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(path, text.encode())
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Atomically write ``tensors`` (made contiguous, on CPU) with string ``metadata``."""
     clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {"format_version": FORMAT_VERSION, **{k: str(v) for k, v in metadata.items()}}
-    _atomic_write_bytes(path, st_save(clean, metadata=meta))
+    atomic_write_bytes(path, st_save(clean, metadata=meta))
 
 
 def file_sha256(path: Path) -> str:

@@ -276,6 +276,65 @@ def ablate(
               f"{target / 'result.json'}")
 
 
+# --------------------------------------------------------------------------- detection
+
+
+@app.command()
+def export(
+    backbone: Path = typer.Argument(..., help="a backbone.safetensors (or a pretraining run directory)"),
+    to: str = typer.Option("detectron2", "--to", help="target format: detectron2"),
+    out_file: Path = typer.Option(..., "--out", "-o", help="output file (.pkl for detectron2)"),
+) -> None:
+    """Export a backbone for another framework (Detectron2: MoCo's key renaming, a .pkl for MODEL.WEIGHTS)."""
+    from .detection.export import write_detectron2_pickle
+
+    if to != "detectron2":
+        raise UserError(f"--to {to!r} is not a known export format; choose detectron2")
+    path = backbone.expanduser()
+    path = path / "backbone.safetensors" if path.is_dir() else path
+    n = write_detectron2_pickle(path, out_file.expanduser())
+    out.print(f"wrote {out_file} ({n} tensors in Detectron2 names; load it with MODEL.WEIGHTS {out_file})")
+
+
+@app.command()
+def detect(
+    dataset: str = typer.Argument(..., help="voc or coco"),
+    target: Path = typer.Argument(..., help="a pretraining run directory or a backbone.safetensors"),
+    protocol: Optional[Path] = ProtocolOpt,
+    data: Optional[Path] = typer.Option(None, "--data", help="VOCdevkit (voc) or the coco folder (coco)"),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="24k (voc), 1x or 2x (coco)"),
+    backend: Optional[str] = typer.Option(None, "--backend", help="auto (detectron2 if importable), detectron2, "
+                                                                  "torchvision"),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs to use (default: all visible; the batch, lr "
+                                                            "and schedule are rescaled from 8)"),
+    trials: Optional[int] = typer.Option(None, "--trials", help="independent runs (seeds seed..seed+N-1)"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j"),
+    device: Optional[str] = DeviceOpt,
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default RUN/detect-DATASET)"),
+    force: bool = ForceOpt,
+    quiet: bool = QuietOpt,
+    sets: Optional[List[str]] = SetOpt,
+) -> None:
+    """Faster R-CNN R50-C4 transfer (MoCo's recipe): VOC07+12 -> VOC07 test, or COCO train2017 -> val2017."""
+    from .detection.run import run_detect
+    from .schema import load_protocol
+
+    if dataset not in ("voc", "coco"):
+        raise UserError(f"dataset {dataset!r} is not known; choose voc or coco")
+    path = target.expanduser()
+    backbone = path / "backbone.safetensors" if path.is_dir() else path
+    parent = path if path.is_dir() else path.parent
+    p = load_protocol("detect", protocol, _overrides(
+        sets, dataset=dataset, schedule=schedule, backend=backend, gpus=gpus, trials=trials, seed=seed,
+        device=device, **{"num_workers": workers, "root": str(data.expanduser()) if data else None}))
+    r = run_detect(p, backbone, out_dir or parent / f"detect-{dataset}", force=force, quiet=quiet, console=err)
+    spread = (lambda k: f" ± {r[k + '_std']:.2f}" if r["trials"] > 1 else "")
+    out.print(f"{dataset} detection ({r['backend']}, {r['trials']} trial{'s' if r['trials'] > 1 else ''}): "
+              f"AP {r['AP']:.2f}{spread('AP')}, AP50 {r['AP50']:.2f}{spread('AP50')}, "
+              f"AP75 {r['AP75']:.2f}{spread('AP75')}")
+
+
 # --------------------------------------------------------------------------- quickstart, bench
 
 

@@ -2,7 +2,8 @@
 
 A *task* is an ``nn.Module`` whose ``forward(inputs, labels)`` returns ``(loss, stats)``; the
 pretraining methods and the linear classifier are tasks. The engine owns everything around the
-step: device placement, the per-epoch learning rate, the progress bar, ``metrics.jsonl``,
+step: device placement, the per-epoch learning rate (or a per-step one, for iteration-based schedules
+such as detection's warm-up and steps), the progress bar, ``metrics.jsonl``,
 resumable checkpoints every N epochs and at the end, resume, and the divergence check.
 """
 
@@ -50,6 +51,8 @@ def to_device(x: Any, device: torch.device, channels_last: bool = False) -> Any:
         return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
     if isinstance(x, (list, tuple)):
         return type(x)(to_device(v, device, channels_last) for v in x)
+    if isinstance(x, dict):
+        return {k: to_device(v, device, channels_last) for k, v in x.items()}
     return x
 
 
@@ -76,7 +79,8 @@ class Engine:
                  checkpoint_every: int, keep_checkpoints: int = 2, quiet: bool = False,
                  console: Optional[Console] = None, epoch_end: Optional[Callable[[int], dict[str, Any]]] = None,
                  desc: str = "train", log_every: int = 10, seed: int = 0,
-                 amp: Optional[torch.dtype] = None, channels_last: bool = False):
+                 amp: Optional[torch.dtype] = None, channels_last: bool = False,
+                 lr_at_step: Optional[Callable[[int], float]] = None):
         self.task, self.optimizer, self.loader = task, optimizer, loader
         self.epochs, self.lr_at, self.device = epochs, lr_at, device
         self.run_dir, self.protocol_json = Path(run_dir), protocol_json
@@ -85,6 +89,8 @@ class Engine:
         self.epoch_end, self.desc, self.log_every, self.seed = epoch_end, desc, log_every, seed
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.amp, self.channels_last = amp, channels_last and device.type == "cuda"
+        # lr_at_step(global step) overrides lr_at(epoch) when given: the lr is set before every step
+        self.lr_at_step = lr_at_step
         # fp16 needs loss scaling; bf16 has fp32's range and does not
         self.scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
         self.sampler_gen = torch.Generator()
@@ -169,6 +175,10 @@ class Engine:
         seen, t0 = 0, time.perf_counter()
         window_loss = torch.zeros((), device=self.device)
         for i, (inputs, labels) in enumerate(self.loader):
+            if self.lr_at_step is not None:
+                lr = self.lr_at_step(epoch * steps + i)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
             inputs = to_device(inputs, self.device, self.channels_last)
             labels = to_device(labels, self.device)
             with self._autocast():
@@ -181,7 +191,7 @@ class Engine:
             else:
                 loss.backward()
                 self.optimizer.step()
-            n = labels.shape[0]
+            n = labels.shape[0] if torch.is_tensor(labels) else len(labels)
             seen += n
             window_loss += loss.detach()
             for key, val in {"loss": loss.detach(), **stats}.items():
@@ -198,6 +208,8 @@ class Engine:
             progress.advance(bar)
         elapsed = time.perf_counter() - t0
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
+        if self.lr_at_step is not None:
+            record["iteration"] = (epoch + 1) * steps
         record.update({k: (v / max(seen, 1)).item() for k, v in sums.items()})
         record.update({"samples_per_s": seen / max(elapsed, 1e-9), "time_s": elapsed})
         return record

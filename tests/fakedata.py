@@ -1,4 +1,4 @@
-"""Tiny copies of CIFAR-10, CIFAR-100, STL-10 and an ImageNet-style ImageFolder, in EXACTLY the
+"""Tiny copies of CIFAR-10, CIFAR-100, STL-10, an ImageNet-style ImageFolder, VOC and COCO, in EXACTLY the
 official on-disk layouts that torchvision's readers expect.
 
 Pixels are not random: image ``index`` of ``split`` is :func:`pattern` (HWC uint8), and its label
@@ -156,4 +156,102 @@ def make_imagefolder(root: Path, classes: int = 3, per_class: int = 4, size: int
                 colour = imagefolder_colour(split, k, j, seed)
                 image = Image.new("L", (size, size), colour[0]) if k == 0 and j == 0 else Image.new("RGB", (size, size), colour)
                 image.save(folder / f"{imagefolder_class(k)}_{j}.JPEG", format="JPEG", quality=95)
+    return Path(root)
+
+
+# --------------------------------------------------------------------------- detection (VOC XML, COCO JSON)
+
+
+def detection_scene(key: int, width: int, height: int, names: list[str]) -> tuple[Image.Image, list[tuple]]:
+    """An RGB image with 1-2 drawn objects on a gradient background, and its boxes.
+
+    Object class ``k`` is a filled shape of one colour (rectangle for even k, ellipse for odd k);
+    returns ``(image, [(name, x1, y1, x2, y2) in 0-based pixel corners, x2/y2 exclusive])``.
+    """
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(key)
+    yy, xx = np.mgrid[0:height, 0:width]
+    background = np.stack([(xx * 200 // width), (yy * 200 // height), np.full_like(xx, 90)], -1).astype(np.uint8)
+    image = Image.fromarray(background)
+    draw = ImageDraw.Draw(image)
+    objects = []
+    for j in range(1 + key % 2):
+        k = int(rng.integers(len(names)))
+        w, h = int(rng.integers(width // 4, width // 2)), int(rng.integers(height // 4, height // 2))
+        x1 = int(rng.integers(0, width - w)) if j == 0 else max(0, width - w - 1)
+        y1 = int(rng.integers(0, height - h))
+        colour = ((70 * k + 40) % 256, (150 * k + 200) % 256, (90 * k + 10) % 256)
+        (draw.rectangle if k % 2 == 0 else draw.ellipse)([x1, y1, x1 + w - 1, y1 + h - 1], fill=colour)
+        objects.append((names[k], x1, y1, x1 + w, y1 + h))
+    return image, objects
+
+
+def _voc_xml(stem: str, width: int, height: int, objects: list[tuple], difficult_last: bool) -> str:
+    parts = [f"<annotation><folder>VOC</folder><filename>{stem}.jpg</filename>",
+             f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size><segmented>0</segmented>"]
+    for n, (name, x1, y1, x2, y2) in enumerate(objects):
+        difficult = int(difficult_last and n == len(objects) - 1 and n > 0)
+        # VOC stores 1-based inclusive pixel indices: xmin = x1 + 1, xmax = x2
+        parts.append(f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated>"
+                     f"<difficult>{difficult}</difficult><bndbox><xmin>{x1 + 1}</xmin><ymin>{y1 + 1}</ymin>"
+                     f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>")
+    return "".join(parts) + "</annotation>\n"
+
+
+VOC_FAKE_CLASSES = ["cat", "dog", "car"]
+
+
+def make_voc(root: Path, per_split: dict | None = None, width: int = 96, height: int = 72) -> Path:
+    """Write ``root/VOCdevkit/VOC2007`` (trainval, test) and ``VOC2012`` (trainval) with JPEGs, XML
+    (pose, truncated, difficult, bndbox in 1-based pixels) and ImageSets/Main lists; return the
+    VOCdevkit folder. The second object of every other test image is marked difficult."""
+    per_split = per_split or {"2007-trainval": 3, "2012-trainval": 2, "2007-test": 2}
+    for image_set, n in per_split.items():
+        year, split = image_set.split("-")
+        base = Path(root) / "VOCdevkit" / f"VOC{year}"
+        for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        stems = []
+        for i in range(n):
+            stem = f"{year}_{split}_{i:04d}"
+            image, objects = detection_scene(zlib.crc32(stem.encode()), width, height, VOC_FAKE_CLASSES)
+            image.save(base / "JPEGImages" / f"{stem}.jpg", quality=95)
+            (base / "Annotations" / f"{stem}.xml").write_text(
+                _voc_xml(stem, width, height, objects, difficult_last=split == "test" and i % 2 == 0))
+            stems.append(stem)
+        (base / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(stems) + "\n")
+    return Path(root) / "VOCdevkit"
+
+
+COCO_FAKE_CATEGORIES = [(3, "car"), (17, "cat"), (18, "dog")]  # COCO's ids are not contiguous
+
+
+def make_coco(root: Path, per_split: dict | None = None, width: int = 96, height: int = 72) -> Path:
+    """Write ``root/{train2017,val2017}/*.jpg`` and ``root/annotations/instances_{split}.json``; return root."""
+    import json
+
+    per_split = per_split or {"train2017": 4, "val2017": 2}
+    names = [n for _, n in COCO_FAKE_CATEGORIES]
+    ids = {n: c for c, n in COCO_FAKE_CATEGORIES}
+    (Path(root) / "annotations").mkdir(parents=True, exist_ok=True)
+    ann_id = 1
+    for split, n in per_split.items():
+        folder = Path(root) / split
+        folder.mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for i in range(n):
+            image_id = 1000 + i if split == "val2017" else 1 + i
+            image, objects = detection_scene(zlib.crc32(f"{split}{i}".encode()), width, height, names)
+            name = f"{image_id:012d}.jpg"
+            image.save(folder / name, quality=95)
+            images.append({"id": image_id, "file_name": name, "width": width, "height": height})
+            for cname, x1, y1, x2, y2 in objects:
+                annotations.append({"id": ann_id, "image_id": image_id, "category_id": ids[cname],
+                                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                                    "iscrowd": 0, "segmentation": []})
+                ann_id += 1
+        (Path(root) / "annotations" / f"instances_{split}.json").write_text(json.dumps({
+            "images": images, "annotations": annotations,
+            "categories": [{"id": c, "name": n, "supercategory": "thing"} for c, n in COCO_FAKE_CATEGORIES]}))
     return Path(root)

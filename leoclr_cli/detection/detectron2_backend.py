@@ -1,0 +1,159 @@
+"""MoCo's Detectron2 recipe (``Base-RCNN-C4-BN.yaml`` + ``pascal_voc_R_50_C4_24k_moco.yaml`` /
+``coco_R_50_C4_2x_moco.yaml``), built as a config in code (``detectron2.model_zoo`` is not used).
+
+One trial runs in :func:`trial_worker` through Detectron2's ``launch`` (one process per GPU).
+The backbone is loaded in memory through ``DetectionCheckpointer`` with suffix matching, exactly
+as the exported .pkl would be; Detectron2's periodic ``.pth`` checkpoints are not written (the
+final model is saved as safetensors), and evaluation uses the project's metrics on the gathered
+predictions, so both backends report the same numbers the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+
+def import_error() -> Optional[str]:
+    """None when Detectron2 can be imported, else why not (one line)."""
+    try:
+        import detectron2  # noqa: F401
+        from detectron2.engine import DefaultTrainer  # noqa: F401
+        from detectron2.modeling import build_model  # noqa: F401
+    except Exception as e:  # any import-time failure means: not usable here
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return None
+
+
+def register_extra_norm() -> None:
+    """``Res5ROIHeadsExtraNorm``: Res5ROIHeads with MoCo's norm appended to res5."""
+    from detectron2.layers import get_norm
+    from detectron2.modeling import ROI_HEADS_REGISTRY
+    from detectron2.modeling.roi_heads import Res5ROIHeads
+
+    if "Res5ROIHeadsExtraNorm" in ROI_HEADS_REGISTRY:
+        return
+
+    @ROI_HEADS_REGISTRY.register()
+    class Res5ROIHeadsExtraNorm(Res5ROIHeads):  # noqa: F841 (registered by the decorator)
+        @classmethod
+        def _build_res5_block(cls, cfg):
+            seq, out_channels = super()._build_res5_block(cfg)
+            seq.add_module("norm", get_norm(cfg.MODEL.RESNETS.NORM, out_channels))
+            return seq, out_channels
+
+
+def build_config(p, solver: dict[str, Any], num_classes: int, train_name: str, test_name: str, out_dir: Path,
+                 device: str, seed: int):
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    m = cfg.MODEL
+    m.META_ARCHITECTURE, m.DEVICE, m.WEIGHTS, m.MASK_ON = "GeneralizedRCNN", device, "", False
+    m.BACKBONE.NAME, m.BACKBONE.FREEZE_AT = "build_resnet_backbone", p.freeze_at
+    m.RESNETS.DEPTH, m.RESNETS.OUT_FEATURES, m.RESNETS.NORM = 50, ["res4"], p.norm
+    m.RESNETS.STRIDE_IN_1X1 = False
+    m.PIXEL_MEAN, m.PIXEL_STD = list(p.pixel_mean), list(p.pixel_std)
+    m.ANCHOR_GENERATOR.SIZES, m.ANCHOR_GENERATOR.ASPECT_RATIOS = [[32, 64, 128, 256, 512]], [[0.5, 1.0, 2.0]]
+    m.RPN.IN_FEATURES, m.RPN.BATCH_SIZE_PER_IMAGE = ["res4"], p.rpn_batch_size_per_image
+    m.RPN.PRE_NMS_TOPK_TRAIN, m.RPN.POST_NMS_TOPK_TRAIN = p.rpn_pre_nms_topk_train, p.rpn_post_nms_topk_train
+    m.RPN.PRE_NMS_TOPK_TEST, m.RPN.POST_NMS_TOPK_TEST = p.rpn_pre_nms_topk_test, p.rpn_post_nms_topk_test
+    m.ROI_HEADS.NAME = "Res5ROIHeadsExtraNorm" if p.extra_norm else "Res5ROIHeads"
+    m.ROI_HEADS.IN_FEATURES, m.ROI_HEADS.NUM_CLASSES = ["res4"], num_classes
+    m.ROI_HEADS.BATCH_SIZE_PER_IMAGE = p.roi_batch_size_per_image
+    m.ROI_HEADS.SCORE_THRESH_TEST, m.ROI_HEADS.NMS_THRESH_TEST = 0.05, 0.5
+    m.ROI_BOX_HEAD.POOLER_TYPE, m.ROI_BOX_HEAD.POOLER_RESOLUTION = "ROIAlignV2", 14
+    cfg.INPUT.FORMAT = "RGB"
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = tuple(p.train_sizes()), "choice"
+    cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = (
+        p.max_size_train, p.min_size_test, p.max_size_test)
+    cfg.INPUT.RANDOM_FLIP = "horizontal" if p.flip else "none"
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (train_name,), (test_name,)
+    cfg.DATALOADER.NUM_WORKERS = p.num_workers
+    s = cfg.SOLVER
+    s.IMS_PER_BATCH, s.BASE_LR, s.MAX_ITER = solver["ims_per_batch"], solver["base_lr"], solver["max_iter"]
+    s.STEPS, s.WARMUP_ITERS, s.WARMUP_FACTOR = tuple(solver["steps"]), solver["warmup_iters"], p.warmup_factor
+    s.GAMMA, s.MOMENTUM, s.WEIGHT_DECAY, s.WEIGHT_DECAY_NORM = p.gamma, p.momentum, p.weight_decay, p.weight_decay_norm
+    s.CHECKPOINT_PERIOD = 10 ** 9
+    s.REFERENCE_WORLD_SIZE = 0  # the rescale rule is applied (and stated) by leoclr
+    cfg.TEST.DETECTIONS_PER_IMAGE, cfg.TEST.EVAL_PERIOD = p.detections_per_image, 0
+    cfg.TEST.PRECISE_BN.ENABLED, cfg.TEST.PRECISE_BN.NUM_ITER = p.precise_bn, p.precise_bn_iters
+    cfg.OUTPUT_DIR, cfg.SEED = str(out_dir), seed
+    cfg.freeze()
+    return cfg
+
+
+def load_backbone_into(model: torch.nn.Module, backbone_state: dict[str, torch.Tensor]):
+    """Load the backbone as Detectron2 loads the exported .pkl; returns fvcore's incompatible keys."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from .export import detectron2_checkpoint
+
+    return DetectionCheckpointer(model)._load_model(detectron2_checkpoint(backbone_state))
+
+
+def _register(name: str, records: list[dict[str, Any]], classes: list[str]) -> None:
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: [dict(r) for r in records])
+    MetadataCatalog.get(name).set(thing_classes=list(classes))
+
+
+def trial_worker(spec: dict[str, Any]) -> None:
+    """Train and test one trial (run in each of Detectron2's processes); rank 0 writes the trial files."""
+    import detectron2.utils.comm as comm
+    from detectron2.data import build_detection_test_loader
+    from detectron2.engine import DefaultTrainer, hooks
+    from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
+    from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+
+    from .run import finish_trial
+
+    register_extra_norm()
+    p, out_dir = spec["protocol"], Path(spec["trial_dir"])
+    _register("leoclr_train", spec["train"], spec["classes"])
+    _register("leoclr_test", spec["test"], spec["classes"])
+    cfg = build_config(p, spec["solver"], len(spec["classes"]), "leoclr_train", "leoclr_test", out_dir,
+                       spec["device"], spec["seed"])
+
+    class Trainer(DefaultTrainer):
+        def build_hooks(self):
+            drop = (hooks.PeriodicCheckpointer, hooks.EvalHook)
+            return [h for h in super().build_hooks() if not isinstance(h, drop)]
+
+        def build_writers(self):
+            return [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.jsonl"))]
+
+    trainer = Trainer(cfg)
+    incompatible = load_backbone_into(trainer.checkpointer.model, spec["backbone_state"])
+    if incompatible.unexpected_keys:
+        raise RuntimeError(f"backbone weights not matched by Detectron2: {incompatible.unexpected_keys[:3]}")
+    trainer.train()
+
+    class Collect(DatasetEvaluator):
+        def reset(self):
+            self.found = {}
+
+        def process(self, inputs, outputs):
+            for i, o in zip(inputs, outputs):
+                inst = o["instances"].to("cpu")
+                self.found[i["image_id"]] = {"boxes": inst.pred_boxes.tensor, "scores": inst.scores,
+                                             "labels": inst.pred_classes}
+
+        def evaluate(self):
+            return {}
+
+    collect = Collect()
+    inference_on_dataset(trainer.model, build_detection_test_loader(cfg, "leoclr_test"), collect)
+    parts = comm.gather(collect.found, dst=0)
+    if comm.is_main_process():
+        found = {k: v for part in parts for k, v in part.items()}
+        dets = [found[r["image_id"]] for r in spec["test"]]
+        model = trainer.checkpointer.model
+        finish_trial(spec, dets, model.state_dict())

@@ -1,0 +1,161 @@
+"""``leoclr detect voc|coco``: backend choice, the rescale rule, trials, the run directory.
+
+Run directory: ``protocol.yaml``, ``env.json``, ``result.json`` (means over trials), and per trial
+``trial-N/`` with ``metrics.jsonl``, ``model.safetensors`` (the final detector) and ``result.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from rich.console import Console
+
+from .. import checkpoint as ckpt
+from ..errors import UserError
+from ..rundir import prepare, read_json, write_json
+from ..schema import DetectProtocol, protocol_json
+from .datasets import VOC_CLASSES, coco_paths, read_coco, read_voc
+from .export import load_detection_backbone
+from .metrics import coco_ap, voc_ap, voc_ground_truth
+
+KIND_DETECTOR = "detector"
+INSTALL_HINT = "install Detectron2 (README: Detection) or pass --backend torchvision"
+
+
+def load_data(p: DetectProtocol) -> dict[str, Any]:
+    """Train and test records, class names, and what the COCO metric needs."""
+    if p.dataset == "voc":
+        train = [r for s in p.voc_train for r in read_voc(Path(p.root), s)]
+        test = read_voc(Path(p.root), p.voc_test)
+        data = {"train": train, "test": test, "classes": list(VOC_CLASSES), "ann_file": None, "cat_ids": None}
+    else:
+        train, classes, _ = read_coco(Path(p.root), p.coco_train)
+        test, test_classes, cat_ids = read_coco(Path(p.root), p.coco_test)
+        if classes != test_classes:
+            raise UserError(f"COCO {p.coco_train} and {p.coco_test} have different categories")
+        data = {"train": train, "test": test, "classes": classes, "ann_file": str(coco_paths(Path(p.root),
+                                                                                            p.coco_test)[1]),
+                "cat_ids": cat_ids}
+    if p.max_test_images:
+        data["test"] = data["test"][: p.max_test_images]
+    if not data["test"]:
+        raise UserError(f"the {p.dataset} test set is empty")
+    return data
+
+
+def evaluate(spec: dict[str, Any], dets: list[dict[str, Any]]) -> dict[str, Any]:
+    if spec["dataset"] == "voc":
+        return voc_ap(voc_ground_truth(spec["test"]), dets, len(spec["classes"]))
+    return coco_ap(Path(spec["ann_file"]), spec["test"], dets, spec["cat_ids"])
+
+
+def finish_trial(spec: dict[str, Any], dets: list[dict[str, Any]], state: dict[str, torch.Tensor]) -> None:
+    """Score one trial's detections; write trial-N/model.safetensors and trial-N/result.json."""
+    trial_dir = Path(spec["trial_dir"])
+    metrics = evaluate(spec, dets)
+    ckpt.save_tensors(trial_dir / "model.safetensors", state, {
+        "kind": KIND_DETECTOR, "backend": spec["backend"], "dataset": spec["dataset"],
+        "classes": json.dumps(spec["classes"]), "seed": str(spec["seed"]), "protocol": spec["protocol_json"]})
+    write_json(trial_dir / "result.json", {"seed": spec["seed"], **metrics})
+
+
+def choose_backend(p: DetectProtocol, console: Console) -> str:
+    from .detectron2_backend import import_error
+
+    if p.backend == "torchvision":
+        return "torchvision"
+    why = import_error()
+    if why is None:
+        return "detectron2"
+    if p.backend == "detectron2":
+        raise UserError(f"--backend detectron2: Detectron2 cannot be imported ({why}); {INSTALL_HINT}")
+    console.print(f"Detectron2 is not importable ({why}); using the torchvision R50-C4 backend "
+                  "(same model, schedule and augmentation). For Detectron2 see README: Detection.", highlight=False)
+    return "torchvision"
+
+
+def gpu_count(p: DetectProtocol, backend: str) -> int:
+    visible = torch.cuda.device_count() if p.device != "cpu" and torch.cuda.is_available() else 0
+    if p.gpus is not None and p.gpus > max(visible, 1):
+        raise UserError(f"--gpus {p.gpus}: only {visible} CUDA device(s) are visible")
+    if backend == "torchvision":
+        if p.gpus is not None and p.gpus > 1:
+            raise UserError("--gpus above 1 needs the detectron2 backend (the torchvision backend uses one device)")
+        return 1
+    return p.gpus or max(visible, 1)
+
+
+def rescale_line(p: DetectProtocol, gpus: int, solver: dict[str, Any]) -> str:
+    ref = p.solver(p.reference_gpus)
+    line = (f"solver for {gpus} GPU{'s' if gpus > 1 else ''}: batch {solver['ims_per_batch']}, "
+            f"lr {solver['base_lr']:g}, {solver['max_iter']} iterations, steps {solver['steps']}, "
+            f"warm-up {solver['warmup_iters']}")
+    if solver["scale"] != 1.0:
+        line += (f" (the recipe is for {p.reference_gpus} GPUs: batch {ref['ims_per_batch']}, lr {ref['base_lr']:g}, "
+                 f"{ref['max_iter']} iterations; rescaled linearly: x{solver['scale']:g} batch and lr, "
+                 f"/{solver['scale']:g} iterations, steps and warm-up)")
+    return line
+
+
+def run_detect(p: DetectProtocol, backbone_path: Path, run_dir: Path, *, force: bool = False, quiet: bool = False,
+               console: Optional[Console] = None) -> dict[str, Any]:
+    console = console or Console(stderr=True)
+    state, meta = load_detection_backbone(backbone_path, archs=("resnet50",))
+    data = load_data(p)
+    backend = choose_backend(p, console)
+    gpus = gpu_count(p, backend)
+    solver = p.solver(gpus)
+    console.print(rescale_line(p, gpus, solver), highlight=False)
+    prepare(run_dir, p, resume=None, force=force)
+    pjson = protocol_json(p)
+    trials = []
+    for t in range(p.trials):
+        seed = p.seed + t
+        trial_dir = Path(run_dir) / f"trial-{t}"
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        spec = {"protocol": p, "protocol_json": pjson, "dataset": p.dataset, "backend": backend, "seed": seed,
+                "trial_dir": str(trial_dir), "solver": solver, **data}
+        if backend == "detectron2":
+            _detectron2_trial(spec, state, gpus)
+        else:
+            _torchvision_trial(spec, state, quiet, console)
+        trials.append(read_json(trial_dir / "result.json"))
+        console.print(f"trial {t + 1}/{p.trials} (seed {seed}): AP {trials[-1]['AP']:.2f}, "
+                      f"AP50 {trials[-1]['AP50']:.2f}, AP75 {trials[-1]['AP75']:.2f}", highlight=False)
+    result: dict[str, Any] = {
+        "kind": "detect", "dataset": p.dataset, "backend": backend, "backbone": str(backbone_path),
+        "arch": meta.get("arch"), "method": meta.get("method"), "pretrain_epoch": int(meta.get("epoch", 0)),
+        "trials": p.trials, "gpus": gpus, "solver": solver, "test_images": len(data["test"]),
+        "per_trial": [{"seed": tr["seed"], "AP": tr["AP"], "AP50": tr["AP50"], "AP75": tr["AP75"]} for tr in trials],
+    }
+    for key in ("AP", "AP50", "AP75"):
+        values = [tr[key] for tr in trials]
+        result[key] = statistics.fmean(values)
+        result[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    write_json(Path(run_dir) / "result.json", result)
+    return result
+
+
+def _torchvision_trial(spec: dict[str, Any], state: dict[str, torch.Tensor], quiet: bool, console: Console) -> None:
+    from ..engine import resolve_device
+    from .torchvision_r50c4 import predict, train_torchvision
+
+    p = spec["protocol"]
+    model, _ = train_torchvision(p, spec["train"], len(spec["classes"]), state, Path(spec["trial_dir"]),
+                                 spec["seed"], spec["protocol_json"], quiet, console)
+    dets = predict(model, spec["test"], p, resolve_device(p.device))
+    finish_trial(spec, dets, model.state_dict())
+
+
+def _detectron2_trial(spec: dict[str, Any], state: dict[str, torch.Tensor], gpus: int) -> None:
+    from detectron2.engine import launch
+
+    from .detectron2_backend import trial_worker
+
+    device = "cuda" if gpus > 0 and torch.cuda.is_available() and spec["protocol"].device != "cpu" else "cpu"
+    spec = {**spec, "backbone_state": state, "device": device}
+    launch(trial_worker, num_gpus_per_machine=gpus if device == "cuda" else 1, dist_url="auto", args=(spec,))

@@ -1,0 +1,301 @@
+"""Detection transfer: the Detectron2 export, the VOC/COCO readers and metrics, both backends on tiny
+generated VOC and COCO copies, the rescale rule, and one clear line for bad inputs."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import fakedata
+from leoclr_cli import checkpoint as ckpt
+from leoclr_cli.cli import main
+from leoclr_cli.detection import detectron2_backend as d2b
+from leoclr_cli.detection.datasets import DetectionTrainSet, read_coco, read_voc
+from leoclr_cli.detection.export import detectron2_checkpoint, detectron2_name, to_detectron2
+from leoclr_cli.detection.metrics import coco_ap, voc_ap
+from leoclr_cli.detection.torchvision_r50c4 import warmup_multistep
+from leoclr_cli.nets import build_backbone
+from leoclr_cli.schema import DetectProtocol
+
+HAS_D2 = d2b.import_error() is None
+needs_d2 = pytest.mark.skipif(not HAS_D2, reason="Detectron2 is not installed (tools/install-detectron2)")
+
+# tiny budgets: ~64 px images, a few RoIs, 2 iterations, no rescale
+TINY = ["--set", "min_size_train=[64,72]", "--set", "max_size_train=96", "--set", "min_size_test=64",
+        "--set", "max_size_test=96", "--set", "rpn_pre_nms_topk_train=64", "--set", "rpn_post_nms_topk_train=16",
+        "--set", "rpn_pre_nms_topk_test=64", "--set", "rpn_post_nms_topk_test=8",
+        "--set", "rpn_batch_size_per_image=32", "--set", "roi_batch_size_per_image=4", "--set", "max_iter=2",
+        "--set", "steps=[1]", "--set", "warmup_iters=1", "--set", "ims_per_batch=2", "--set", "rescale=false",
+        "--set", "precise_bn_iters=1", "--set", "num_workers=0", "--device", "cpu", "--quiet"]
+
+
+def run(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    cap = capsys.readouterr()
+    return exc.value.code, cap.out, cap.err
+
+
+def error_line(code, err):
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def r50(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bb") / "backbone.safetensors"
+    torch.manual_seed(0)
+    ckpt.save_backbone(path, build_backbone("resnet50"), arch="resnet50", cifar_stem=False, method="leoclr",
+                       epoch=1, protocol_json="{}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory):
+    return fakedata.make_voc(tmp_path_factory.mktemp("voc"))
+
+
+@pytest.fixture(scope="module")
+def coco_root(tmp_path_factory):
+    return fakedata.make_coco(tmp_path_factory.mktemp("coco"))
+
+
+# --------------------------------------------------------------------------- export
+
+
+def expected_detectron2_names() -> set[str]:
+    """Detectron2's R50 names, written out from its module structure (not from the renaming rules)."""
+    bn = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    names = {"stem.conv1.weight"} | {f"stem.conv1.norm.{b}" for b in bn}
+    for stage, blocks in zip(range(2, 6), (3, 4, 6, 3)):
+        for i in range(blocks):
+            for c in (1, 2, 3):
+                names |= {f"res{stage}.{i}.conv{c}.weight"} | {f"res{stage}.{i}.conv{c}.norm.{b}" for b in bn}
+        names |= {f"res{stage}.0.shortcut.weight"} | {f"res{stage}.0.shortcut.norm.{b}" for b in bn}
+    return names
+
+
+def test_every_resnet50_key_maps_to_its_detectron2_name():
+    import torchvision
+
+    state = torchvision.models.resnet50().state_dict()
+    renamed = to_detectron2(state)
+    assert set(renamed) == expected_detectron2_names()  # fc dropped, nothing else lost or invented
+    assert len(renamed) == len(state) - 2
+    assert detectron2_name("bn1.running_var") == "stem.conv1.norm.running_var"
+    assert detectron2_name("layer1.0.downsample.0.weight") == "res2.0.shortcut.weight"
+    assert detectron2_name("layer4.2.bn3.bias") == "res5.2.conv3.norm.bias"
+    np.testing.assert_array_equal(renamed["res3.1.conv2.weight"], state["layer2.1.conv2.weight"].numpy())
+
+
+def test_export_cli_writes_moco_pickle(r50, tmp_path, capsys):
+    out = tmp_path / "r50.pkl"
+    code, text, _ = run(["export", str(r50), "--to", "detectron2", "--out", str(out)], capsys)
+    assert code in (0, None) and "r50.pkl" in text
+    obj = pickle.loads(out.read_bytes())  # our own file, just written
+    assert obj["matching_heuristics"] is True and obj["__author__"] == "leoclr"
+    assert set(obj["model"]) == expected_detectron2_names()
+    np.testing.assert_array_equal(obj["model"]["stem.conv1.weight"], load_file(r50)["conv1.weight"].numpy())
+
+
+def test_export_refuses_a_basic_block_backbone(tmp_path, capsys):
+    bb = tmp_path / "r18.safetensors"
+    ckpt.save_backbone(bb, build_backbone("resnet18"), arch="resnet18", cifar_stem=False, method="leoclr", epoch=1,
+                       protocol_json="{}")
+    code, _, err = run(["export", str(bb), "--out", str(tmp_path / "x.pkl")], capsys)
+    assert "resnet18" in error_line(code, err)
+    assert not (tmp_path / "x.pkl").exists()
+
+
+@needs_d2
+def test_export_loads_into_detectron2_r50c4_with_no_backbone_weight_unmatched(r50):
+    from detectron2.modeling import build_model
+
+    d2b.register_extra_norm()
+    p = DetectProtocol(root="x", rpn_pre_nms_topk_test=8)
+    cfg = d2b.build_config(p, p.solver(8), 3, "a", "b", "/tmp", "cpu", 0)
+    model = build_model(cfg)
+    state = {k: v for k, v in load_file(r50).items()}
+    incompatible = d2b.load_backbone_into(model, state)
+    assert incompatible.unexpected_keys == []  # every exported tensor found its place
+    loaded = model.state_dict()
+    torch.testing.assert_close(loaded["backbone.stem.conv1.weight"], state["conv1.weight"])
+    torch.testing.assert_close(loaded["roi_heads.res5.2.conv3.norm.running_var"], state["layer4.2.bn3.running_var"])
+    missing = set(incompatible.missing_keys)
+    assert not any(k.startswith(("backbone.stem", "backbone.res", "roi_heads.res5.0", "roi_heads.res5.1",
+                                 "roi_heads.res5.2")) for k in missing), sorted(missing)[:5]
+    assert any(k.startswith("roi_heads.res5.norm") for k in missing)  # MoCo's extra norm is new
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_voc_metric_matches_a_hand_computed_case():
+    box = [0.0, 0.0, 10.0, 10.0]
+    gts = [{"boxes": torch.tensor([box, [20.0, 20, 30, 30]]), "labels": torch.tensor([0, 0]),
+            "difficult": torch.tensor([False, True])},
+           {"boxes": torch.tensor([box]), "labels": torch.tensor([0]), "difficult": torch.tensor([False])}]
+    dets = [{"boxes": torch.tensor([box, [20.0, 20, 30, 30], box, [50.0, 50, 60, 60]]),
+             "scores": torch.tensor([0.9, 0.85, 0.8, 0.5]), "labels": torch.tensor([0, 0, 0, 1])},
+            {"boxes": torch.tensor([[0.0, 0, 10, 7.2]]), "scores": torch.tensor([0.7]), "labels": torch.tensor([0])}]
+    # class 0, npos 2; order: TP (0.9), difficult match ignored (0.85), duplicate FP (0.8), IoU 0.72 (0.7).
+    # IoU thresholds <= 0.70: TP FP TP -> rec .5 .5 1, prec 1 .5 2/3 -> 11-point AP = (6 + 5 * 2/3) / 11 = 28/33
+    # thresholds >= 0.75: TP FP FP -> rec .5, prec 1 .5 1/3 -> AP = 6/11. Class 1 has no ground truth: left out.
+    r = voc_ap(gts, dets, num_classes=2)
+    assert r["AP50"] == pytest.approx(100 * 28 / 33)
+    assert r["AP75"] == pytest.approx(100 * 6 / 11)
+    assert r["AP_per_iou"]["0.70"] == pytest.approx(100 * 28 / 33)
+    assert r["AP"] == pytest.approx(100 * (5 * 28 / 33 + 5 * 18 / 33) / 10)
+
+
+def test_voc_reader_gives_detectron2_boxes_and_flags(voc_root):
+    train = read_voc(voc_root, "2007-trainval") + read_voc(voc_root, "2012-trainval")
+    test = read_voc(voc_root.parent, "2007-test")  # the parent of VOCdevkit works too
+    assert len(train) == 5 and len(test) == 2
+    rec = test[0]
+    image, objects = fakedata.detection_scene(fakedata.zlib.crc32(rec["image_id"].encode()), 96, 72,
+                                              fakedata.VOC_FAKE_CLASSES)
+    assert (rec["width"], rec["height"]) == (96, 72)
+    assert [a["bbox"] for a in rec["annotations"]] == [[float(v) for v in o[1:]] for o in objects]
+    assert [fakedata.VOC_FAKE_CLASSES[0:3].index(o[0]) for o in objects] == \
+        [["cat", "dog", "car"].index(read_voc.__globals__["VOC_CLASSES"][a["category_id"]]) for a in rec["annotations"]]
+    assert [a["difficult"] for a in rec["annotations"]] == [0] * (len(objects) - 1) + [int(len(objects) > 1)]
+    sample_image, target = DetectionTrainSet(train, flip=False)[0]
+    assert sample_image.shape == (3, 72, 96) and 0 <= sample_image.min() and sample_image.max() <= 1
+    assert (target["labels"] >= 1).all()
+
+
+def test_coco_reader_and_pycocotools_metric(coco_root):
+    records, names, cat_ids = read_coco(coco_root, "val2017")
+    assert names == ["car", "cat", "dog"] and cat_ids == [3, 17, 18]
+    perfect = [{"boxes": torch.tensor([a["bbox"] for a in r["annotations"]]),
+                "scores": torch.ones(len(r["annotations"])),
+                "labels": torch.tensor([a["category_id"] for a in r["annotations"]])} for r in records]
+    ann = coco_root / "annotations" / "instances_val2017.json"
+    assert coco_ap(ann, records, perfect, cat_ids) == {"AP": pytest.approx(100), "AP50": pytest.approx(100),
+                                                      "AP75": pytest.approx(100)}
+    shifted = [{**d, "boxes": d["boxes"] + torch.tensor([30.0, 0, 30, 0])} for d in perfect]
+    assert coco_ap(ann, records, shifted, cat_ids)["AP50"] < 100
+
+
+# --------------------------------------------------------------------------- schedule and rescale
+
+
+def test_rescale_rule_halves_batch_and_lr_and_doubles_the_schedule():
+    p = DetectProtocol(root="x")
+    assert p.solver(8) == {"ims_per_batch": 16, "base_lr": 0.02, "max_iter": 24000, "steps": [18000, 22000],
+                           "warmup_iters": 100, "scale": 1.0}
+    four = p.solver(4)
+    assert (four["ims_per_batch"], four["max_iter"], four["steps"], four["warmup_iters"]) == (8, 48000, [36000, 44000],
+                                                                                               200)
+    assert four["base_lr"] == pytest.approx(0.01)
+    coco = DetectProtocol(root="x", dataset="coco", schedule="2x").solver(8)
+    assert (coco["max_iter"], coco["steps"]) == (180000, [120000, 160000])
+    lr = warmup_multistep(0.02, [18000, 22000], 0.1, 100, 0.001)
+    assert lr(0) == pytest.approx(0.00002) and lr(50) == pytest.approx(0.02 * (0.001 * 0.5 + 0.5))
+    assert lr(100) == pytest.approx(0.02) and lr(18000) == pytest.approx(0.002) and lr(23999) == pytest.approx(0.0002)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def check_run(out, dataset, backend, trials=1):
+    result = json.loads((out / "result.json").read_text())
+    assert result["kind"] == "detect" and result["dataset"] == dataset and result["backend"] == backend
+    for key in ("AP", "AP50", "AP75"):
+        assert 0 <= result[key] <= 100
+    assert len(result["per_trial"]) == trials
+    assert (out / "protocol.yaml").is_file()
+    for t in range(trials):
+        metrics = [json.loads(line) for line in (out / f"trial-{t}" / "metrics.jsonl").read_text().splitlines()]
+        assert metrics and all(np.isfinite(m.get("loss", m.get("total_loss", 0.0))) for m in metrics)
+        model = load_file(out / f"trial-{t}" / "model.safetensors")
+        assert len(model) > 300
+    return result
+
+
+def test_detect_voc_torchvision_two_trials_learns_nothing_broken(r50, voc_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(d2b, "import_error", lambda: "ModuleNotFoundError: No module named 'detectron2'")
+    out = tmp_path / "voc"
+    code, text, err = run(["detect", "voc", str(r50), "--data", str(voc_root), "--out", str(out), "--trials", "2",
+                           *TINY], capsys)
+    assert code in (0, None), err
+    assert "Detectron2 is not importable" in err and "torchvision R50-C4" in err  # the automatic fallback, stated
+    assert "solver for 1 GPU" in err
+    result = check_run(out, "voc", "torchvision", trials=2)
+    assert [t["seed"] for t in result["per_trial"]] == [0, 1]
+    assert "AP50" in text and "±" in text
+    trained = load_file(out / "trial-0" / "model.safetensors")
+    initial = load_file(r50)
+    assert not torch.equal(trained["backbone.body.0.weight"], initial["conv1.weight"])  # it trained
+    metrics = [json.loads(line) for line in (out / "trial-0" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["iteration"] == 2 and {"loss_classifier", "loss_objectness"} <= set(metrics[-1])
+
+
+def test_detect_coco_torchvision(r50, coco_root, tmp_path, capsys):
+    out = tmp_path / "coco"
+    code, _, err = run(["detect", "coco", str(r50), "--data", str(coco_root), "--out", str(out), "--backend",
+                        "torchvision", *TINY], capsys)
+    assert code in (0, None), err
+    check_run(out, "coco", "torchvision")
+
+
+@needs_d2
+@pytest.mark.parametrize("dataset", ["voc", "coco"])
+def test_detect_detectron2(dataset, r50, voc_root, coco_root, tmp_path, capsys):
+    out = tmp_path / dataset
+    root = voc_root if dataset == "voc" else coco_root
+    code, _, err = run(["detect", dataset, str(r50), "--data", str(root), "--out", str(out), "--backend",
+                        "detectron2", *TINY], capsys)
+    assert code in (0, None), err
+    check_run(out, dataset, "detectron2")
+    model = load_file(out / "trial-0" / "model.safetensors")
+    assert "roi_heads.res5.norm.weight" in model and "backbone.res4.5.conv3.norm.running_mean" in model
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def test_missing_vocdevkit_is_one_line(r50, tmp_path, capsys):
+    code, _, err = run(["detect", "voc", str(r50), "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")],
+                       capsys)
+    assert "nope" in error_line(code, err)
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_voc2012_is_one_line(r50, tmp_path, capsys):
+    root = fakedata.make_voc(tmp_path / "d", per_split={"2007-trainval": 1, "2007-test": 1})
+    code, _, err = run(["detect", "voc", str(r50), "--data", str(root), "--out", str(tmp_path / "r")], capsys)
+    assert "VOC2012" in error_line(code, err)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["detect", "pascal"], "pascal"),
+    (["detect", "voc", "--schedule", "2x"], "schedule"),
+    (["detect", "voc", "--backend", "mmdet"], "backend"),
+])
+def test_bad_detect_arguments(argv, needle, r50, voc_root, tmp_path, capsys):
+    argv = argv[:2] + [str(r50), "--data", str(voc_root), "--out", str(tmp_path / "r")] + argv[2:]
+    code, _, err = run(argv, capsys)
+    assert needle in error_line(code, err)
+
+
+def test_wrong_arch_backbone_is_one_line(voc_root, tmp_path, capsys):
+    bb = tmp_path / "r18.safetensors"
+    ckpt.save_backbone(bb, build_backbone("resnet18"), arch="resnet18", cifar_stem=False, method="leoclr", epoch=1,
+                       protocol_json="{}")
+    code, _, err = run(["detect", "voc", str(bb), "--data", str(voc_root), "--out", str(tmp_path / "r")], capsys)
+    assert "resnet18" in error_line(code, err)
+
+
+def test_detectron2_backend_asked_but_missing(r50, voc_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(d2b, "import_error", lambda: "ModuleNotFoundError: No module named 'detectron2'")
+    code, _, err = run(["detect", "voc", str(r50), "--data", str(voc_root), "--backend", "detectron2", "--out",
+                        str(tmp_path / "r")], capsys)
+    assert "Detectron2 cannot be imported" in error_line(code, err)
+    assert not (tmp_path / "r").exists()
