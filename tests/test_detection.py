@@ -299,3 +299,18 @@ def test_detectron2_backend_asked_but_missing(r50, voc_root, tmp_path, capsys, m
                         str(tmp_path / "r")], capsys)
     assert "Detectron2 cannot be imported" in error_line(code, err)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name, iters, steps, dataset", [("detect_voc_r50c4_24k", 24000, [18000, 22000], "voc"),
+                                                         ("detect_coco_r50c4_1x", 90000, [60000, 80000], "coco"),
+                                                         ("detect_coco_r50c4_2x", 180000, [120000, 160000], "coco")])
+def test_shipped_detection_protocols(name, iters, steps, dataset):
+    from leoclr_cli.quickstart import protocol_file
+    from leoclr_cli.schema import load_protocol
+
+    p = load_protocol("detect", protocol_file(name + ".yaml"), {"root": "x"})
+    assert p.dataset == dataset and p.norm == "naiveSyncBN" and p.extra_norm and p.freeze_at == 0 and p.precise_bn
+    assert p.pixel_mean == (123.675, 116.28, 103.53) and p.pixel_std == (58.395, 57.12, 57.375)
+    s = p.solver(8)
+    assert (s["ims_per_batch"], s["base_lr"], s["max_iter"], s["steps"]) == (16, 0.02, iters, steps)
+    assert p.train_sizes()[0] == (480 if dataset == "voc" else 640) and p.train_sizes()[-1] == p.min_size_test == 800

@@ -111,10 +111,12 @@ def trial_worker(spec: dict[str, Any]) -> None:
     from detectron2.data import build_detection_test_loader
     from detectron2.engine import DefaultTrainer, hooks
     from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
+    from detectron2.utils.env import seed_all_rng
     from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
     from .run import finish_trial
 
+    seed_all_rng(spec["seed"] + comm.get_rank())
     register_extra_norm()
     p, out_dir = spec["protocol"], Path(spec["trial_dir"])
     _register("leoclr_train", spec["train"], spec["classes"])
