@@ -4,11 +4,17 @@
   no ``fc``), so ``torchvision.models.resnet50().load_state_dict(load_file(p), strict=False)``
   leaves only ``fc.*`` missing. The header carries the metadata (format version, kind, arch,
   cifar_stem, method, epoch, the protocol as JSON).
-* training state (``checkpoints/state_eNNNN.safetensors``): model and optimizer tensors, the
-  RNG states, and the non-tensor parts as JSON in the header.
+* training state (``checkpoints/state_eNNNN.safetensors`` after NNNN epochs, or
+  ``state_eNNNN_sSSSSSS.safetensors`` after SSSSSS more steps of the next epoch): model and
+  optimizer tensors, the RNG states, the partial epoch's metric sums, any task/dataset extra
+  state, and the non-tensor parts as JSON in the header.
 
-Writes go to a temporary file in the same directory, are fsynced and renamed over the target,
-so a crash leaves either the old file or the new one. Reading never unpickles anything.
+Writes go to a temporary file in the same directory, are fsynced and renamed over the target
+(and the directory fsynced), so a crash leaves either the old file or the new one; a failed write
+(disk full, read-only directory) is one :class:`UserError` and leaves the old file as it was.
+Every file carries ``sha256``, a SHA-256 of the whole file with that value blanked, checked
+before any tensor is used: a truncated or altered file is refused in one sentence. Reading never
+unpickles anything.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -37,21 +44,29 @@ KIND_LINEAR = "linear-classifier"
 # --------------------------------------------------------------------------- atomic writes
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, *chunks: bytes | memoryview) -> None:
+    """Write ``chunks`` to ``path`` via a fsynced temporary file and a rename; an OSError (disk full,
+    read-only directory) becomes one UserError and the previous ``path`` is left untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: Optional[str] = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if isinstance(e, OSError):
+            raise UserError(f"could not write {path}: {e.strerror or e} (nothing was overwritten; "
+                            "the files written before are intact)") from None
         raise
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -67,11 +82,53 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+CHECKSUM_KEY = "sha256"
+_BLANK = b'"' + CHECKSUM_KEY.encode() + b'":"' + b"0" * 64 + b'"'
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Atomically write ``tensors`` (made contiguous, on CPU) with string ``metadata``."""
+    """Atomically write ``tensors`` (made contiguous, on CPU) with string ``metadata`` and a checksum."""
     clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    meta = {"format_version": FORMAT_VERSION, **{k: str(v) for k, v in metadata.items()}}
-    atomic_write_bytes(path, st_save(clean, metadata=meta))
+    meta = {"format_version": FORMAT_VERSION, **{k: str(v) for k, v in metadata.items()}, CHECKSUM_KEY: "0" * 64}
+    data = memoryview(st_save(clean, metadata=meta))
+    n = int.from_bytes(data[:8], "little")
+    header = bytes(data[8 : 8 + n])
+    assert header.count(_BLANK) == 1  # JSON escapes quotes inside values: only the key itself matches
+    digest = hashlib.sha256(header)
+    digest.update(data[8 + n :])
+    signed = header.replace(_BLANK, _BLANK[:-65] + digest.hexdigest().encode() + b'"')
+    atomic_write_bytes(path, data[:8], signed, data[8 + n :])
+
+
+def verify(path: Path) -> None:
+    """Refuse a truncated or altered file in one sentence (files without a checksum pass unchecked)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        n = int.from_bytes(f.read(8), "little")
+        if size < 8 or n > size - 8:
+            raise UserError(f"checkpoint {path} is not a readable safetensors file (truncated: its header "
+                            f"claims {n} bytes, the file has {size})")
+        header = f.read(n)
+        try:
+            parsed = json.loads(header)
+        except ValueError:
+            raise UserError(f"checkpoint {path} is not a readable safetensors file (its header is not JSON)") from None
+        digest = (parsed.get("__metadata__") or {}).get(CHECKSUM_KEY) if isinstance(parsed, dict) else None
+        if not isinstance(digest, str):
+            return
+        ends = [e["data_offsets"][1] for k, e in parsed.items()
+                if k != "__metadata__" and isinstance(e, dict) and len(e.get("data_offsets", ())) == 2]
+        expected = 8 + n + max(ends, default=0)
+        if size < expected:
+            raise UserError(f"checkpoint {path} is truncated ({size} of {expected} bytes); "
+                            "use an earlier checkpoint or start over")
+        mine = b'"' + CHECKSUM_KEY.encode() + b'":"' + digest.encode() + b'"'
+        h = hashlib.sha256(header.replace(mine, _BLANK))
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    if h.hexdigest() != digest or size != expected:
+        raise UserError(f"checkpoint {path} is corrupted: its contents do not match the checksum written with it "
+                        "(altered since it was saved); use an earlier checkpoint or start over")
 
 
 def file_sha256(path: Path) -> str:
@@ -97,6 +154,11 @@ def _read(path: Path, expect_kind: Optional[str], with_tensors: bool) -> tuple[d
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    if with_tensors:
+        try:
+            verify(path)
+        except OSError as e:
+            raise UserError(f"checkpoint {path} could not be read ({e.strerror or e})") from None
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
@@ -116,12 +178,75 @@ def _read(path: Path, expect_kind: Optional[str], with_tensors: bool) -> tuple[d
 
 
 def save_backbone(path: Path, backbone: torch.nn.Module, *, arch: str, cifar_stem: bool, method: str,
-                  epoch: int, protocol_json: str) -> None:
+                  epoch: int, protocol_json: str, extra_meta: Optional[dict[str, str]] = None) -> None:
     state = {k: v for k, v in backbone.state_dict().items() if not k.startswith("fc.")}
     save_tensors(path, state, {
         "kind": KIND_BACKBONE, "arch": arch, "cifar_stem": json.dumps(cifar_stem), "method": method,
-        "epoch": str(epoch), "protocol": protocol_json,
+        "epoch": str(epoch), "protocol": protocol_json, **(extra_meta or {}),
     })
+
+
+#: key prefixes of released checkpoints, tried in order: MoCo v1/v2 (DataParallel or not), MoCo v3,
+#: a DataParallel torchvision model, a wrapped ``backbone``, plain torchvision keys
+IMPORT_PREFIXES = ("module.encoder_q.", "encoder_q.", "module.base_encoder.", "base_encoder.", "module.",
+                   "backbone.", "")
+
+
+def import_torch_checkpoint(src: Path, out: Path, *, arch: Optional[str] = None) -> dict[str, Any]:
+    """Convert a foreign ``.pth``/``.pth.tar`` (e.g. MoCo's releases) to ``backbone.safetensors``.
+
+    The file is read with ``torch.load(weights_only=True)``, which only rebuilds tensors and plain
+    containers and refuses any other object, so importing never runs code from the file. The query
+    encoder (``module.encoder_q.*``) or plain torchvision keys become the backbone; ``fc`` (the
+    classifier or MoCo-v2's projection head) is dropped. ``arch`` defaults to the file's ``arch``.
+    """
+    from .nets import build_backbone
+    from .schema import RESNETS
+
+    src, out = Path(src), Path(out)
+    if not src.is_file():
+        raise UserError(f"{src} does not exist")
+    try:
+        obj = torch.load(src, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for code-carrying pickles, RuntimeError/EOFError for junk
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise UserError(f"{src} cannot be imported: torch.load(weights_only=True) refused it ({reason}); "
+                        "leoclr never unpickles other objects") from None
+    state = obj
+    if isinstance(obj, dict):
+        state = next((obj[k] for k in ("state_dict", "model", "model_state_dict") if isinstance(obj.get(k), dict)), obj)
+    if not isinstance(state, dict) or not any(torch.is_tensor(v) for v in state.values()):
+        raise UserError(f"{src} holds no state dict of tensors (looked at the file, 'state_dict' and 'model')")
+    prefix = next((p for p in IMPORT_PREFIXES if f"{p}conv1.weight" in state), None)
+    if prefix is None:
+        raise UserError(f"{src} has no ResNet backbone: no key ends in 'conv1.weight' under any of the prefixes "
+                        f"{', '.join(repr(p) for p in IMPORT_PREFIXES[:-1])} or none")
+    tensors = {k[len(prefix):]: v for k, v in state.items()
+               if k.startswith(prefix) and torch.is_tensor(v) and not k[len(prefix):].startswith("fc.")}
+    if arch is None:
+        arch = obj.get("arch") if isinstance(obj, dict) and isinstance(obj.get("arch"), str) else None
+        if arch not in RESNETS:
+            raise UserError(f"{src} does not name its arch; give --arch (one of {', '.join(RESNETS)})")
+    elif arch not in RESNETS:
+        raise UserError(f"unknown arch '{arch}'; choose one of {', '.join(RESNETS)}")
+    cifar_stem = tensors["conv1.weight"].shape[-1] == 3
+    model = build_backbone(arch, cifar_stem=cifar_stem)
+    expected = model.state_dict()
+    for key, val in expected.items():
+        if key not in tensors:
+            raise UserError(f"{src} does not match a {arch}: missing key '{prefix}{key}'")
+        if tensors[key].shape != val.shape:
+            raise UserError(f"{src} does not match a {arch}: '{prefix}{key}' has shape {tuple(tensors[key].shape)}, "
+                            f"a {arch} needs {tuple(val.shape)}")
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise UserError(f"{src} does not match a {arch}: unexpected key '{prefix}{extra[0]}'")
+    model.load_state_dict(tensors, strict=True)
+    epoch = obj.get("epoch", 0) if isinstance(obj, dict) else 0
+    save_backbone(out, model, arch=arch, cifar_stem=cifar_stem, method="imported",
+                  epoch=int(epoch) if isinstance(epoch, int) else 0, protocol_json="{}",
+                  extra_meta={"imported_from": str(src), "imported_prefix": prefix})
+    return {"arch": arch, "cifar_stem": cifar_stem, "prefix": prefix, "tensors": len(tensors), "out": str(out)}
 
 
 def load_backbone(path: Path, expect_arch: Optional[str] = None) -> tuple[torch.nn.Module, dict[str, str]]:
@@ -194,22 +319,27 @@ def set_rng_state(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> Non
 
 
 def save_train_state(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
-                     protocol_json: str, extra: Optional[dict[str, Any]] = None) -> None:
-    """Everything needed to continue after ``epoch`` completed epochs, bit-exactly on CPU."""
+                     protocol_json: str, extra: Optional[dict[str, Any]] = None, step: int = 0,
+                     extra_tensors: Optional[dict[str, torch.Tensor]] = None) -> None:
+    """Everything needed to continue after ``epoch`` completed epochs and ``step`` batches of the
+    next one, bit-exactly on CPU. ``extra`` (JSON) and ``extra_tensors`` are the engine's own."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt_t, opt_info = flatten_optimizer(optimizer)
     rng_t, rng_info = rng_state()
     tensors.update(opt_t)
     tensors.update(rng_t)
+    tensors.update({f"extra.{k}": v for k, v in (extra_tensors or {}).items()})
     save_tensors(path, tensors, {
-        "kind": KIND_STATE, "epoch": str(epoch), "protocol": protocol_json,
+        "kind": KIND_STATE, "epoch": str(epoch), "step": str(step), "protocol": protocol_json,
         "optimizer": json.dumps(opt_info), "rng": json.dumps(rng_info), "extra": json.dumps(extra or {}),
     })
 
 
 def load_train_state(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      protocol_json: str) -> tuple[int, dict[str, Any]]:
-    """Restore model, optimizer and RNGs; returns (completed epochs, extra). Refuses another protocol."""
+    """Restore model, optimizer and RNGs; returns (completed epochs, extra). ``extra["step"]`` is the
+    number of batches done in the next epoch, ``extra["tensors"]`` the saved ``extra_tensors``.
+    Refuses a file made with another protocol."""
     tensors, meta = load_tensors(path, KIND_STATE)
     if json.loads(meta["protocol"]) != json.loads(protocol_json):
         theirs, ours = json.loads(meta["protocol"]), json.loads(protocol_json)
@@ -224,7 +354,10 @@ def load_train_state(path: Path, *, model: torch.nn.Module, optimizer: torch.opt
     optimizer.load_state_dict(unflatten_optimizer(
         {k: v for k, v in tensors.items() if k.startswith("optim.")}, json.loads(meta["optimizer"])))
     set_rng_state({k: v for k, v in tensors.items() if k.startswith("rng.")}, json.loads(meta["rng"]))
-    return int(meta["epoch"]), json.loads(meta.get("extra", "{}"))
+    extra = json.loads(meta.get("extra", "{}"))
+    extra["step"] = int(meta.get("step", "0"))
+    extra["tensors"] = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+    return int(meta["epoch"]), extra
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
@@ -235,16 +368,33 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
     return prefix.rstrip(".") or "(root)"
 
 
-def state_path(run_dir: Path, epoch: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"state_e{epoch:04d}.safetensors"
+_STATE_NAME = re.compile(r"state_e(\d+)(?:_s(\d+))?\.safetensors")
+
+
+def state_path(run_dir: Path, epoch: int, step: int = 0) -> Path:
+    """``state_eNNNN`` after NNNN epochs; ``state_eNNNN_sSSSSSS`` after SSSSSS more steps of the next."""
+    name = f"state_e{epoch:04d}" + (f"_s{step:06d}" if step else "") + ".safetensors"
+    return Path(run_dir) / "checkpoints" / name
+
+
+def list_states(run_dir: Path) -> list[Path]:
+    """The run's training states, oldest first (by epoch, then step; temporary files excluded)."""
+    found = []
+    for path in (Path(run_dir) / "checkpoints").glob("state_e*.safetensors"):
+        m = _STATE_NAME.fullmatch(path.name)
+        if m:
+            found.append(((int(m[1]), int(m[2] or 0)), path))
+    return [path for _, path in sorted(found)]
 
 
 def latest_state(run_dir: Path) -> Optional[Path]:
-    found = sorted((Path(run_dir) / "checkpoints").glob("state_e*.safetensors"))
+    found = list_states(run_dir)
     return found[-1] if found else None
 
 
 def prune_states(run_dir: Path, keep: int) -> None:
-    found = sorted((Path(run_dir) / "checkpoints").glob("state_e*.safetensors"))
-    for old in found[:-keep]:
+    """Keep the newest ``keep`` states; also remove temporary files left by a killed write."""
+    for old in list_states(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
+    for tmp in (Path(run_dir) / "checkpoints").glob(".state_e*.tmp"):
+        tmp.unlink(missing_ok=True)

@@ -58,6 +58,10 @@ def pretrain(
     workers: Optional[int] = typer.Option(None, "--workers", "-j"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     device: Optional[str] = DeviceOpt,
+    on_bad_image: Optional[str] = typer.Option(None, "--on-bad-image",
+                                               help="an undecodable image: error (stop, naming it) or skip (count it)"),
+    checkpoint_every_steps: Optional[int] = typer.Option(None, "--checkpoint-every-steps",
+                                                         help="also checkpoint every N steps (0 = off)"),
     out_dir: Path = typer.Option(Path("runs/pretrain"), "--out", "-o", help="run directory"),
     resume: Optional[str] = ResumeOpt,
     force: bool = ForceOpt,
@@ -71,7 +75,8 @@ def pretrain(
     p = load_protocol("pretrain", protocol, _overrides(
         sets, **{"method.name": method, "data.split": split, "model.arch": arch, "optim.epochs": epochs,
                  "optim.batch_size": batch_size, "optim.lr": lr, "data.num_workers": workers, "seed": seed,
-                 "device": device}, **_data_flags(source, data)))
+                 "device": device, "data.on_bad_image": on_bad_image,
+                 "checkpoint_every_steps": checkpoint_every_steps}, **_data_flags(source, data)))
     result = run_pretrain(p, out_dir, resume=resume, force=force, quiet=quiet, console=err)
     out.print(f"pretrained {result['method']} {result['arch']} for {result['epochs']} epochs: "
               f"final loss {result['final_loss']:.4f}"
@@ -399,6 +404,23 @@ def info(path: Path = typer.Argument(..., help="any .safetensors file written by
     out.print(f"tensors: {len(tensors)} ({sum(t.numel() for t in tensors.values()):,} values)")
 
 
+@app.command("import")
+def import_(
+    src: Path = typer.Argument(..., help="a .pth / .pth.tar checkpoint (MoCo's releases, torchvision state dicts)"),
+    out_file: Path = typer.Option(..., "--out", "-o", help="the backbone.safetensors to write"),
+    arch: Optional[str] = typer.Option(None, "--arch", help="default: the 'arch' stored in the file"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing --out file"),
+) -> None:
+    """Import a foreign PyTorch checkpoint's backbone (torch.load with weights_only=True; no code runs)."""
+    from . import checkpoint as ckpt
+
+    if out_file.exists() and not force:
+        raise UserError(f"{out_file} already exists; use --force to overwrite it")
+    r = ckpt.import_torch_checkpoint(src, out_file, arch=arch)
+    out.print(f"imported {r['tensors']} tensors of a {r['arch']} (keys under '{r['prefix']}', fc dropped) "
+              f"into {r['out']}")
+
+
 def _one_sentence(e: UserError) -> str:
     """The user's sentence; a DataLoader worker wraps it in a traceback, whose last line holds it."""
     text = str(e)
@@ -412,7 +434,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
     except UserError as e:
-        err.print(f"error: {_one_sentence(e)}", highlight=False, markup=False, soft_wrap=True)
+        err.print(f"{getattr(e, 'prefix', 'error')}: {_one_sentence(e)}", highlight=False, markup=False,
+                  soft_wrap=True)
         sys.exit(e.exit_code)
 
 

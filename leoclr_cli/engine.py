@@ -2,17 +2,33 @@
 
 A *task* is an ``nn.Module`` whose ``forward(inputs, labels)`` returns ``(loss, stats)``; the
 pretraining methods and the linear classifier are tasks. The engine owns everything around the
-step: device placement, the per-epoch learning rate (or a per-step one, for iteration-based schedules
-such as detection's warm-up and steps), the progress bar, ``metrics.jsonl``,
-resumable checkpoints every N epochs and at the end, resume, and the divergence check.
+step: device placement, the per-epoch learning rate (or a per-step one, for iteration-based
+schedules such as detection's warm-up and steps), the progress bar, ``metrics.jsonl``,
+resumable checkpoints every N epochs, every M steps and at the end, exact resume (also from the
+middle of an epoch), preemption (SIGTERM/SIGINT) and the divergence check.
+
+Exact resume: an epoch's sample order comes from a generator seeded by (seed, epoch), the views of
+a sample from (seed, epoch, index), DataLoader worker seeds from another (seed, epoch) generator,
+so a checkpoint only needs the step position within the epoch (the sampler then starts that many
+batches in; skipped batches are never loaded), the global RNGs (torch, CUDA, NumPy, Python; the
+task's own draws such as shuffle-BN use them), the optimizer, the AMP scaler and the partial
+epoch's metric sums. Extra state is saved through two optional hooks, so a task or dataset with
+state of its own needs no engine change: ``task.extra_state() -> dict`` /
+``task.load_extra_state(dict)`` and ``dataset.state_dict() -> dict`` /
+``dataset.load_state_dict(dict)``; tensor values are stored as tensors, the rest as JSON.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import math
+import os
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -21,7 +37,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import checkpoint as ckpt
-from .errors import UserError
+from .errors import Preempted, UserError
 
 
 class Divergence(UserError):
@@ -66,9 +82,44 @@ def step_lr(base: float, milestones: list[int], gamma: float) -> Callable[[int],
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl``; a last line torn by a kill is ignored."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for n, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n + 1 < len(lines):
+                raise UserError(f"{path} line {n + 1} is not valid JSON") from None
+    return records
+
+
+class SkipFirst(torch.utils.data.Sampler):
+    """Wraps a sampler; the next iteration starts ``skip`` indices in (then ``skip`` resets to 0).
+
+    The wrapped sampler draws its order as usual, so a resumed epoch sees the uninterrupted run's
+    remaining batches, and the skipped ones are never loaded.
+    """
+
+    def __init__(self, inner: Any):
+        self.inner, self.skip = inner, 0
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        return itertools.islice(iter(self.inner), skip, None)
+
+
+def _worker_ignores_signals(inner: Optional[Callable[[int], None]], worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM/SIGINT to the main process, which checkpoints and exits."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if inner is not None:
+        inner(worker_id)
 
 
 class Engine:
@@ -80,11 +131,12 @@ class Engine:
                  console: Optional[Console] = None, epoch_end: Optional[Callable[[int], dict[str, Any]]] = None,
                  desc: str = "train", log_every: int = 10, seed: int = 0,
                  amp: Optional[torch.dtype] = None, channels_last: bool = False,
-                 lr_at_step: Optional[Callable[[int], float]] = None):
+                 lr_at_step: Optional[Callable[[int], float]] = None, checkpoint_every_steps: int = 0):
         self.task, self.optimizer, self.loader = task, optimizer, loader
         self.epochs, self.lr_at, self.device = epochs, lr_at, device
         self.run_dir, self.protocol_json = Path(run_dir), protocol_json
         self.checkpoint_every, self.keep = checkpoint_every, keep_checkpoints
+        self.checkpoint_every_steps = checkpoint_every_steps
         self.quiet, self.console = quiet, console or Console(stderr=True)
         self.epoch_end, self.desc, self.log_every, self.seed = epoch_end, desc, log_every, seed
         self.metrics_path = self.run_dir / "metrics.jsonl"
@@ -97,24 +149,97 @@ class Engine:
         sampler = getattr(loader, "sampler", None)
         if isinstance(sampler, torch.utils.data.RandomSampler):
             sampler.generator = self.sampler_gen
+        # worker seeds from (seed, epoch), not from the global RNG (which the task's own draws use)
+        self.worker_gen = torch.Generator()
+        loader.generator = self.worker_gen
+        if loader.num_workers > 0:
+            loader.worker_init_fn = functools.partial(_worker_ignores_signals, loader.worker_init_fn)
+        batches = getattr(loader, "batch_sampler", None)
+        self.skipper: Optional[SkipFirst] = None
+        if batches is not None and hasattr(batches, "sampler"):
+            self.skipper = batches.sampler = SkipFirst(batches.sampler)
+        self.stop_signal: Optional[int] = None
 
     # -------------------------------------------------------------------- state
 
-    def _save(self, epoch: int) -> None:
-        extra = {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}
-        ckpt.save_train_state(ckpt.state_path(self.run_dir, epoch), model=self.task, optimizer=self.optimizer,
-                              epoch=epoch, protocol_json=self.protocol_json, extra=extra)
+    def _save(self, epoch: int, step: int = 0, partial: Optional[dict[str, Any]] = None) -> Path:
+        """Write the state after ``epoch`` epochs and ``step`` batches of the next (``partial``: that
+        epoch's metric sums so far); refuses to save non-finite weights."""
+        params = [q.detach() for q in self.task.parameters()]
+        if params and not bool(torch.stack([torch.isfinite(q).all() for q in params]).all()):
+            raise Divergence(f"the weights became non-finite by epoch {epoch + 1}, step {step}; "
+                             f"{self._kept()} (lower the lr or check the data)")
+        extra: dict[str, Any] = {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}
+        tensors: dict[str, torch.Tensor] = {}
+        for owner, obj, getter in self._hooks():
+            fn = getattr(obj, getter, None)
+            if callable(fn):
+                for key, val in fn().items():
+                    if torch.is_tensor(val):
+                        tensors[f"{owner}.{key}"] = val
+                    else:
+                        extra.setdefault(owner, {})[key] = val
+        if partial is not None:
+            tensors.update({f"sums.{k}": torch.as_tensor(v) for k, v in partial["sums"].items()})
+            extra["partial"] = {"seen": partial["seen"], "bad_images": partial["bad_images"],
+                                "keys": list(partial["sums"])}
+        path = ckpt.state_path(self.run_dir, epoch, step)
+        ckpt.save_train_state(path, model=self.task, optimizer=self.optimizer, epoch=epoch, step=step,
+                              protocol_json=self.protocol_json, extra=extra, extra_tensors=tensors)
         ckpt.prune_states(self.run_dir, self.keep)
+        return path
 
-    def _resume(self, path: Path) -> int:
+    def _hooks(self) -> list[tuple[str, Any, str]]:
+        return [("task", self.task, "extra_state"), ("dataset", self.loader.dataset, "state_dict")]
+
+    def _kept(self) -> str:
+        last = ckpt.latest_state(self.run_dir)
+        return f"the last good checkpoint {last} is kept" if last else "no checkpoint had been written yet"
+
+    def _resume(self, path: Path) -> tuple[int, int, Optional[dict[str, Any]]]:
         done, extra = ckpt.load_train_state(path, model=self.task, optimizer=self.optimizer,
                                             protocol_json=self.protocol_json)
         if self.scaler is not None and "scaler" in extra:
             self.scaler.load_state_dict(extra["scaler"])
+        tensors = extra["tensors"]
+        for owner, obj, getter in self._hooks():
+            fn = getattr(obj, "load_" + getter, None)
+            state = {**extra.get(owner, {}), **{k[len(owner) + 1:]: v for k, v in tensors.items()
+                                               if k.startswith(owner + ".")}}
+            if callable(fn) and state:
+                fn(state)
+        step, partial = extra["step"], None
+        if step:
+            info = extra["partial"]
+            partial = {"sums": {k: tensors[f"sums.{k}"].to(self.device) for k in info["keys"]},
+                       "seen": info["seen"], "bad_images": info["bad_images"]}
         # keep the metrics of the epochs the checkpoint covers, drop any written after it
-        kept = [m for m in read_metrics(self.metrics_path) if m.get("epoch", 0) < done]
+        kept = [m for m in read_metrics(self.metrics_path) if m.get("epoch", 0) <= done]
         ckpt.atomic_write_text(self.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
-        return done
+        return done, step, partial
+
+    @contextmanager
+    def _preemptible(self):
+        """SIGTERM/SIGINT: checkpoint at the next step boundary and exit (Preempted); a second one
+        exits at once (status 128 + signal; the checkpoints on disk are complete either way)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.stop_signal is not None:
+                os._exit(128 + signum)
+            self.stop_signal = signum
+            os.write(2, f"\n{signal.Signals(signum).name}: saving a checkpoint at the next step boundary "
+                        "(send it again to stop at once)\n".encode())
+
+        self.stop_signal = None
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
 
     # -------------------------------------------------------------------- loop
 
@@ -122,8 +247,8 @@ class Engine:
         self.task.to(self.device)
         if self.channels_last:
             self.task.to(memory_format=torch.channels_last)
-        start = self._resume(resume) if resume is not None else 0
-        if start == 0 and hasattr(self.task, "fill_queue"):
+        start, start_step, partial = self._resume(resume) if resume is not None else (0, 0, None)
+        if resume is None and hasattr(self.task, "fill_queue"):
             self._fill_queue()
         if start >= self.epochs:
             return read_metrics(self.metrics_path)
@@ -133,16 +258,20 @@ class Engine:
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                             console=self.console, disable=self.quiet, transient=False)
-        with progress:
-            bar = progress.add_task(self.desc, total=(self.epochs - start) * steps, info="")
+        with progress, self._preemptible():
+            bar = progress.add_task(self.desc, total=(self.epochs - start) * steps - start_step, info="")
             for epoch in range(start, self.epochs):
-                record = self._epoch(epoch, steps, progress, bar)
+                first = epoch == start
+                record = self._epoch(epoch, steps, progress, bar, start_step if first else 0,
+                                     partial if first else None)
                 if self.epoch_end is not None:
                     self.task.eval()
                     record.update(self.epoch_end(epoch))
                 with open(self.metrics_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
-                if self.checkpoint_every and ((epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == self.epochs):
+                every_steps = self.checkpoint_every_steps and (epoch + 1) * steps % self.checkpoint_every_steps == 0
+                if every_steps or (self.checkpoint_every and ((epoch + 1) % self.checkpoint_every == 0
+                                                              or epoch + 1 == self.epochs)):
                     self._save(epoch + 1)
                 if self.quiet:
                     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
@@ -160,27 +289,39 @@ class Engine:
         self.task.train()
         with self._autocast():
             self.task.fill_queue((to_device(x, self.device, self.channels_last), to_device(y, self.device))
-                                 for x, y in self.loader)
+                                 for x, y, *_ in self.loader)
 
-    def _epoch(self, epoch: int, steps: int, progress: Progress, bar: Any) -> dict[str, Any]:
+    def _epoch(self, epoch: int, steps: int, progress: Progress, bar: Any, skip: int = 0,
+               partial: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        """One epoch from batch ``skip`` on (``partial``: the metric sums of the batches before it)."""
         lr = self.lr_at(epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.sampler_gen.manual_seed(self.seed * 100_003 + epoch)
+        self.worker_gen.manual_seed(self.seed * 100_003 + epoch + 1_000_000_007)
         dataset = self.loader.dataset
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
         self.task.train()
-        sums: dict[str, torch.Tensor] = {}
-        seen, t0 = 0, time.perf_counter()
-        window_loss = torch.zeros((), device=self.device)
-        for i, (inputs, labels) in enumerate(self.loader):
+        sums: dict[str, torch.Tensor] = dict(partial["sums"]) if partial else {}
+        seen = partial["seen"] if partial else 0
+        bad_images = partial["bad_images"] if partial else 0
+        t0 = time.perf_counter()
+        window: list[torch.Tensor] = []  # per-step losses since the last finiteness check
+        batches: Any = self.loader
+        if skip and self.skipper is not None:
+            self.skipper.skip = skip * (self.loader.batch_size or 1)
+        elif skip:
+            batches = itertools.islice(self.loader, skip, None)
+        for i, batch in enumerate(batches, start=skip):
             if self.lr_at_step is not None:
                 lr = self.lr_at_step(epoch * steps + i)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-            inputs = to_device(inputs, self.device, self.channels_last)
-            labels = to_device(labels, self.device)
+            inputs = to_device(batch[0], self.device, self.channels_last)
+            labels = to_device(batch[1], self.device)
+            if len(batch) > 2:  # the count of unreadable images replaced in this batch
+                bad_images += int(torch.as_tensor(batch[2]).sum())
             with self._autocast():
                 loss, stats = self.task(inputs, labels)
             self.optimizer.zero_grad(set_to_none=True)
@@ -193,23 +334,44 @@ class Engine:
                 self.optimizer.step()
             n = labels.shape[0] if torch.is_tensor(labels) else len(labels)
             seen += n
-            window_loss += loss.detach()
+            window.append(loss.detach())
             for key, val in {"loss": loss.detach(), **stats}.items():
                 sums[key] = sums.get(key, 0) + torch.as_tensor(val, device=self.device) * n
-            if (i + 1) % self.log_every == 0 or i + 1 == steps:
-                if not torch.isfinite(window_loss):
-                    raise Divergence(f"the loss became {window_loss.item()} at epoch {epoch + 1}, step {i + 1}; "
-                                     "the last good checkpoint is kept in "
-                                     f"{self.run_dir / 'checkpoints'} (lower the lr or check the data)")
-                window_loss.zero_()
-                rate = seen / max(time.perf_counter() - t0, 1e-9)
+            done = i + 1
+            due = (self.checkpoint_every_steps and (epoch * steps + done) % self.checkpoint_every_steps == 0
+                   and done < steps)
+            if self.stop_signal is not None or due:
+                self._check_finite(window, epoch, done, steps)
+                path = self._save(epoch, done, {"sums": sums, "seen": seen, "bad_images": bad_images})
+                if self.stop_signal is not None:
+                    raise Preempted(f"stopped by {signal.Signals(self.stop_signal).name} at epoch {epoch + 1}, "
+                                    f"step {done}; checkpoint {path} written; continue with --resume auto")
+            if done % self.log_every == 0 or done == steps:
+                self._check_finite(window, epoch, done, steps)
+                rate = (seen - (partial["seen"] if partial else 0)) / max(time.perf_counter() - t0, 1e-9)
                 progress.update(bar, info=f"ep {epoch + 1}/{self.epochs} loss {loss.item():.4f} lr {lr:.4g} "
                                           f"{rate:.0f} samples/s")
             progress.advance(bar)
+        self._check_finite(window, epoch, steps, steps)
         elapsed = time.perf_counter() - t0
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
         if self.lr_at_step is not None:
             record["iteration"] = (epoch + 1) * steps
         record.update({k: (v / max(seen, 1)).item() for k, v in sums.items()})
+        if bad_images:
+            record["bad_images_skipped"] = bad_images
         record.update({"samples_per_s": seen / max(elapsed, 1e-9), "time_s": elapsed})
         return record
+
+    def _check_finite(self, window: list[torch.Tensor], epoch: int, done: int, steps: int) -> None:
+        """Raise Divergence naming the exact step if a loss in ``window`` (the steps up to ``done``)
+        is NaN or infinite; one device sync per check, not per step."""
+        if not window:
+            return
+        finite = torch.isfinite(torch.stack(window))
+        if not bool(finite.all()):
+            k = int((~finite).nonzero()[0])
+            step = done - len(window) + k + 1
+            raise Divergence(f"the loss became {window[k].item()} at epoch {epoch + 1}, step {step} of {steps} "
+                             f"(global step {epoch * steps + step}); {self._kept()} (lower the lr or check the data)")
+        window.clear()

@@ -10,3 +10,19 @@ class UserError(Exception):
     """A problem with the user's input, reported as one sentence and exit status 2."""
 
     exit_code = 2
+
+
+#: exit status of a run stopped by SIGTERM/SIGINT after writing its checkpoint ("try again later",
+#: EX_TEMPFAIL in sysexits.h): a job script can requeue it with ``--resume auto``.
+EXIT_PREEMPTED = 75
+
+
+class Preempted(UserError):
+    """SIGTERM/SIGINT stopped the run at a step boundary after its checkpoint was written."""
+
+    exit_code = EXIT_PREEMPTED
+    prefix = "stopped"
+
+
+class BadImage(UserError):
+    """An image file that cannot be read or decoded (skipped with ``data.on_bad_image: skip``)."""

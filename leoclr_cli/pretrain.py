@@ -46,7 +46,7 @@ def monitor_transform(p: PretrainProtocol) -> EvalTransformConfig:
 
 
 def build_loader(p: PretrainProtocol, source, kinds, device: torch.device) -> torch.utils.data.DataLoader:
-    views = AugmentedDataset(source, ViewMaker(p.augment, kinds), seed=p.seed)
+    views = AugmentedDataset(source, ViewMaker(p.augment, kinds), seed=p.seed, on_bad_image=p.data.on_bad_image)
     return torch.utils.data.DataLoader(
         views, batch_size=p.optim.batch_size, shuffle=True, drop_last=True, num_workers=p.data.num_workers,
         pin_memory=device.type == "cuda", persistent_workers=p.data.num_workers > 0)
@@ -87,7 +87,8 @@ def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = 
                     run_dir=run_dir, protocol_json=protocol_json(p), checkpoint_every=p.checkpoint_every,
                     keep_checkpoints=p.keep_checkpoints, quiet=quiet, console=console, epoch_end=epoch_end,
                     desc=f"pretrain {p.method.name}", seed=p.seed, amp=amp_dtype(p.amp, device),
-                    channels_last=p.channels_last and p.model.bn_splits == 1)
+                    channels_last=p.channels_last and p.model.bn_splits == 1,
+                    checkpoint_every_steps=p.checkpoint_every_steps)
     history = engine.run(resume_from)
     ckpt.save_backbone(Path(run_dir) / "backbone.safetensors", method.backbone, arch=p.model.arch,
                        cifar_stem=p.model.cifar_stem, method=p.method.name, epoch=p.optim.epochs,

@@ -67,6 +67,9 @@ class DataConfig(Strict):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     builtin_train: int = Field(4000, ge=16, description="images in the built-in dataset's train split")
     builtin_test: int = Field(1000, ge=16, description="images in the built-in dataset's test split")
+    on_bad_image: Literal["error", "skip"] = Field(
+        "error", description="an image file that cannot be decoded: stop naming it (error), or replace it by "
+                             "the next readable image and count it in metrics.jsonl as bad_images_skipped (skip)")
 
     _root_needed = model_validator(mode="after")(lambda self: _require_root(self))
 
@@ -153,6 +156,8 @@ class PretrainProtocol(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = Field(False, description="torch deterministic algorithms (bit-exact resume on GPU)")
     checkpoint_every: int = Field(10, ge=1, description="epochs between resumable checkpoints")
+    checkpoint_every_steps: int = Field(
+        0, ge=0, description="also a resumable checkpoint every this many training steps, mid-epoch too (0 = off)")
     keep_checkpoints: int = Field(2, ge=1, description="resumable checkpoints kept (oldest deleted)")
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
         "auto", description="mixed precision: auto = bf16 on a CUDA device that supports it, else fp16 with a "

@@ -35,7 +35,7 @@ from torchvision.datasets import CIFAR10, CIFAR100, STL10, ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import check_integrity
 
-from leoclr_cli.errors import UserError
+from leoclr_cli.errors import BadImage, UserError
 
 __all__ = ["SOURCES", "STL10_CLASSES", "Source", "open_source"]
 
@@ -298,8 +298,8 @@ def _load_rgb(path: str) -> Image.Image:
         with open(path, "rb") as f:
             image = Image.open(f)
             return image.convert("RGB")
-    except OSError as exc:
-        raise UserError(f"imagefolder image {path} could not be decoded ({exc})") from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadImage(f"imagefolder image {path} could not be decoded ({exc})") from exc
 
 
 def _open_imagefolder(root: Path, split: str) -> Source:

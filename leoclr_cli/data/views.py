@@ -13,12 +13,14 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+import sys
+from typing import Callable, Literal, Sequence
 
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from ..errors import BadImage, UserError
 from ..schema import NORMALIZATION, AugmentConfig
 
 
@@ -90,10 +92,16 @@ class AugmentedDataset(torch.utils.data.Dataset):
     """``source[i]`` -> (fn(image), label), ``fn``'s random draws seeded from (seed, epoch, i).
 
     Used for pretraining views (``fn`` = a :class:`ViewMaker`) and for evaluation transforms alike.
+    ``on_bad_image="skip"``: an image that cannot be decoded is replaced by the next readable one
+    (so every batch keeps its size) and items become (views, label, 1 if replaced else 0), which
+    the engine counts; ``"error"``: the :class:`BadImage` naming the file stops the run.
     """
 
-    def __init__(self, source: torch.utils.data.Dataset, fn: Callable[[Image.Image], object], seed: int = 0):
+    def __init__(self, source: torch.utils.data.Dataset, fn: Callable[[Image.Image], object], seed: int = 0,
+                 on_bad_image: Literal["error", "skip"] = "error"):
         self.source, self.fn, self.seed, self.epoch = source, fn, seed, 0
+        self.skip_bad = on_bad_image == "skip"
+        self._warned: set[str] = set()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -102,11 +110,24 @@ class AugmentedDataset(torch.utils.data.Dataset):
         return len(self.source)
 
     def __getitem__(self, i: int):
-        img, label = self.source[i]
+        img, label, replaced = self._read(i) if self.skip_bad else (*self.source[i], 0)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed(self.seed, self.epoch, i))
             out = self.fn(img)
-        return out, label
+        return (out, label, replaced) if self.skip_bad else (out, label)
+
+    def _read(self, i: int):
+        """(image, label, 1) of the first readable item from ``i`` on if ``i`` is bad, else (..., 0)."""
+        n = len(self.source)
+        for k in range(n):
+            try:
+                img, label = self.source[(i + k) % n]
+                return img, label, int(k > 0)
+            except BadImage as e:
+                if str(e) not in self._warned:
+                    self._warned.add(str(e))
+                    print(f"warning: {e}; skipped (data.on_bad_image: skip)", file=sys.stderr)
+        raise UserError(f"no image of the dataset could be decoded (e.g. {min(self._warned)})")
 
 
 def eval_transform(size: int, resize: int, test: str, norm: str) -> v2.Compose:
