@@ -102,6 +102,13 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
 def verify(path: Path) -> None:
     """Refuse a truncated or altered file in one sentence (files without a checksum pass unchecked)."""
+    try:
+        _verify(path)
+    except OSError as e:
+        raise UserError(f"checkpoint {path} could not be read ({e.strerror or e})") from None
+
+
+def _verify(path: Path) -> None:
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         n = int.from_bytes(f.read(8), "little")
@@ -155,10 +162,7 @@ def _read(path: Path, expect_kind: Optional[str], with_tensors: bool) -> tuple[d
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     if with_tensors:
-        try:
-            verify(path)
-        except OSError as e:
-            raise UserError(f"checkpoint {path} could not be read ({e.strerror or e})") from None
+        verify(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
@@ -231,17 +235,7 @@ def import_torch_checkpoint(src: Path, out: Path, *, arch: Optional[str] = None)
         raise UserError(f"unknown arch '{arch}'; choose one of {', '.join(RESNETS)}")
     cifar_stem = tensors["conv1.weight"].shape[-1] == 3
     model = build_backbone(arch, cifar_stem=cifar_stem)
-    expected = model.state_dict()
-    for key, val in expected.items():
-        if key not in tensors:
-            raise UserError(f"{src} does not match a {arch}: missing key '{prefix}{key}'")
-        if tensors[key].shape != val.shape:
-            raise UserError(f"{src} does not match a {arch}: '{prefix}{key}' has shape {tuple(tensors[key].shape)}, "
-                            f"a {arch} needs {tuple(val.shape)}")
-    extra = sorted(set(tensors) - set(expected))
-    if extra:
-        raise UserError(f"{src} does not match a {arch}: unexpected key '{prefix}{extra[0]}'")
-    model.load_state_dict(tensors, strict=True)
+    load_fitting(model, tensors, src, arch, prefix)
     epoch = obj.get("epoch", 0) if isinstance(obj, dict) else 0
     save_backbone(out, model, arch=arch, cifar_stem=cifar_stem, method="imported",
                   epoch=int(epoch) if isinstance(epoch, int) else 0, protocol_json="{}",
@@ -261,12 +255,25 @@ def load_backbone(path: Path, expect_arch: Optional[str] = None) -> tuple[torch.
         model = build_backbone(arch, cifar_stem=json.loads(meta.get("cifar_stem", "false")))
     except ValueError:
         raise UserError(f"checkpoint {path} names an unknown arch '{arch}'") from None
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        bad = (missing or unexpected)[0]
-        raise UserError(f"checkpoint {path} does not match a {arch}: "
-                        f"{'missing' if missing else 'unexpected'} key '{bad}'")
+    load_fitting(model, tensors, path, arch)
     return model, meta
+
+
+def load_fitting(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path, arch: str,
+                 prefix: str = "") -> None:
+    """Load ``tensors`` into ``model`` strictly; the first missing, unexpected or misshapen key
+    (shown with ``prefix``, its name in the file) is one sentence."""
+    expected = model.state_dict()
+    for key, val in expected.items():
+        if key not in tensors:
+            raise UserError(f"{path} does not match a {arch}: missing key '{prefix}{key}'")
+        if tensors[key].shape != val.shape:
+            raise UserError(f"{path} does not match a {arch}: '{prefix}{key}' has shape {tuple(tensors[key].shape)}, "
+                            f"a {arch} needs {tuple(val.shape)}")
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise UserError(f"{path} does not match a {arch}: unexpected key '{prefix}{extra[0]}'")
+    model.load_state_dict(tensors, strict=True)
 
 
 # --------------------------------------------------------------------------- training state

@@ -344,7 +344,7 @@ class Engine:
                 self._check_finite(window, epoch, done, steps)
                 path = self._save(epoch, done, {"sums": sums, "seen": seen, "bad_images": bad_images})
                 if self.stop_signal is not None:
-                    raise Preempted(f"stopped by {signal.Signals(self.stop_signal).name} at epoch {epoch + 1}, "
+                    raise Preempted(f"{signal.Signals(self.stop_signal).name} at epoch {epoch + 1}, "
                                     f"step {done}; checkpoint {path} written; continue with --resume auto")
             if done % self.log_every == 0 or done == steps:
                 self._check_finite(window, epoch, done, steps)

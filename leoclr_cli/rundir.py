@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel
 
 from . import __version__
-from .checkpoint import atomic_write_text, latest_state
+from .checkpoint import KIND_STATE, atomic_write_text, latest_state, read_metadata, verify
 from .errors import UserError
 from .schema import write_protocol
 
@@ -46,6 +46,9 @@ def prepare(run_dir: Path, protocol: BaseModel, *, resume: Optional[str], force:
             raise UserError(f"run directory {run_dir} already exists; use --resume auto to continue it "
                             "or --force to start over")
         shutil.rmtree(run_dir)
+    if resume_from is not None:  # a damaged or foreign file is refused before any work starts
+        verify(resume_from)
+        read_metadata(resume_from, KIND_STATE)
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume_from is None:
         write_protocol(protocol, run_dir / "protocol.yaml")
