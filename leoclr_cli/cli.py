@@ -340,6 +340,115 @@ def detect(
               f"AP75 {r['AP75']:.2f}{spread('AP75')}")
 
 
+# --------------------------------------------------------------------------- finetune, transfer
+
+
+def _parse_labels(text: str) -> list[float]:
+    """``10%``, ``1``, ``0.5%`` or a sweep ``1,2,5,10,20,50,100`` -> percents in (0, 100]."""
+    values = []
+    for part in text.split(","):
+        part = part.strip().rstrip("%").strip()
+        try:
+            value = float(part)
+        except ValueError:
+            raise UserError(f"--labels {text!r}: {part!r} is not a percentage (e.g. 10% or 1,10,100)") from None
+        if not 0 < value <= 100:
+            raise UserError(f"--labels {text!r}: {value:g} is not a percentage in (0, 100]")
+        values.append(value)
+    if len(set(values)) != len(values):
+        raise UserError(f"--labels {text!r} names a fraction twice")
+    return values
+
+
+@app.command()
+def finetune(
+    target: Path = typer.Argument(..., help="a pretraining run directory or a backbone.safetensors"),
+    labels: str = typer.Option("10%", "--labels", help="label fraction: 1%, 10%, N%, or a sweep 1,2,5,10,20,50,100"),
+    subset_file: Optional[Path] = typer.Option(None, "--subset-file",
+                                               help="SimCLR list (1percent.txt) or a run's subset.txt"),
+    protocol: Optional[Path] = ProtocolOpt,
+    data: Optional[Path] = typer.Option(None, "--data", help="labelled dataset root"),
+    source: Optional[str] = typer.Option(None, "--source"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="default: 60 below 10% labels, 30 from 10% up"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed of the class-balanced draw (subset_seed)"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j"),
+    device: Optional[str] = DeviceOpt,
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default RUN/finetune-Npct)"),
+    resume: Optional[str] = ResumeOpt,
+    force: bool = ForceOpt,
+    quiet: bool = QuietOpt,
+    sets: Optional[List[str]] = SetOpt,
+) -> None:
+    """Semi-supervised fine-tuning of all layers on a labelled subset (SimCLR's protocol); top-1 / top-5."""
+    from .evaluate.finetune import run_finetune, run_finetune_sweep
+    from .schema import load_protocol
+
+    fractions = _parse_labels(labels)
+    if subset_file is not None and len(fractions) > 1:
+        raise UserError("--subset-file fixes one subset; it cannot be combined with a sweep of --labels")
+    backbone, parent, defaults = _backbone_and_defaults(target)
+    defaults.pop("lr", None)  # the linear-eval lr does not apply
+    if source is not None and source != defaults.get("data.source"):  # another dataset: its own split names
+        from .data import default_eval_splits
+
+        defaults.update(zip(("data.train_split", "data.test_split"), default_eval_splits(source)))
+    flags = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "subset_seed": seed, "device": device,
+             "data.num_workers": workers, "subset_file": str(subset_file.expanduser()) if subset_file else None,
+             **_data_flags(source, data)}
+    protocols = [load_protocol("finetune", protocol, _overrides(sets, **flags, labels=f), defaults) for f in fractions]
+    if len(protocols) == 1:
+        p = protocols[0]
+        r = run_finetune(p, backbone, out_dir or parent / f"finetune-{p.labels:g}pct", resume=resume, force=force,
+                         quiet=quiet, console=err)
+        out.print(f"fine-tuned {backbone} on {r['labels']:g}% labels ({r['num_labelled']} images, {r['epochs']} "
+                  f"epochs): top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}%")
+        return
+    if resume not in (None, "auto"):
+        raise UserError("a sweep of --labels resumes with --resume auto only")
+    summary = run_finetune_sweep(protocols, backbone, out_dir or parent / "finetune", resume=resume, force=force,
+                                 quiet=quiet, console=err)
+    table = Table(title=f"Semi-supervised fine-tuning of {backbone}")
+    for col in ("labels %", "epochs", "top-1 %", "top-5 %"):
+        table.add_column(col, justify="right")
+    for row in summary["runs"]:
+        table.add_row(f"{row['labels']:g}", str(row["epochs"]), f"{row['top1']:.2f}", f"{row['top5']:.2f}")
+    out.print(table)
+
+
+@app.command()
+def transfer(
+    target: Path = typer.Argument(..., help="a pretraining run directory or a backbone.safetensors"),
+    dataset: str = typer.Argument(..., help="cifar10, cifar100, cars, pets or birdsnap"),
+    data: Optional[Path] = typer.Option(None, "--data", help="the dataset's root (official layout)"),
+    mode: Optional[str] = typer.Option(None, "--mode", help="finetune (default) or linear (L-BFGS on frozen features)"),
+    protocol: Optional[Path] = ProtocolOpt,
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j"),
+    device: Optional[str] = DeviceOpt,
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default RUN/transfer-DATASET-MODE)"),
+    force: bool = ForceOpt,
+    quiet: bool = QuietOpt,
+    sets: Optional[List[str]] = SetOpt,
+) -> None:
+    """Transfer (Kornblith et al.): grid on a 20% validation split, refit on train+val, one test score."""
+    from .evaluate.transfer import run_transfer
+    from .schema import load_protocol
+
+    backbone, parent, _ = _backbone_and_defaults(target)
+    p = load_protocol("transfer", protocol, _overrides(
+        sets, dataset=dataset, mode=mode, batch_size=batch_size, device=device, num_workers=workers,
+        root=str(data.expanduser()) if data else None))
+    r = run_transfer(p, backbone, out_dir or parent / f"transfer-{p.dataset}-{p.mode}", force=force, quiet=quiet,
+                     console=err)
+    best = f"C {r['best_c']:.3g}" if p.mode == "linear" else f"lr {r['best_lr']:.3g}, wd {r['best_wd']:.3g}"
+    present = (f" ({r['images_present']} of {r['images_listed']} listed images present)"
+               if "images_present" in r else "")
+    out.print(f"transfer of {backbone} to {p.dataset}{present}, {p.mode}: {r['metric']} {r['value']:.2f}% "
+              f"(best {best}, validation {r['val']:.2f}%)")
+
+
 # --------------------------------------------------------------------------- quickstart, bench
 
 

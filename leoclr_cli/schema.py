@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from .errors import UserError
 
-SourceName = Literal["builtin", "imagefolder", "cifar10", "cifar100", "stl10"]
+SourceName = Literal["builtin", "imagefolder", "cifar10", "cifar100", "stl10", "cars", "pets", "birdsnap"]
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2")
 
 # Per-dataset normalisation constants (mean, std).
@@ -94,7 +94,6 @@ class AugmentConfig(Strict):
     original: Literal["resize", "pad"] = Field(
         "resize", description="LeOCLR original view: squash the whole image (resize) or keep aspect and pad"
     )
-
 
 
 class ModelConfig(Strict):
@@ -334,12 +333,104 @@ class DetectProtocol(Strict):
         return self.min_size_train or DETECT_TRAIN_SIZES[self.dataset]
 
 
+# --------------------------------------------------------------------------- finetune, transfer
+
+
+def _logspace(lo: float, hi: float, n: int) -> list[float]:
+    return [float(10 ** (lo + (hi - lo) * i / (n - 1))) for i in range(n)] if n > 1 else [float(10 ** lo)]
+
+
+class FinetuneProtocol(Strict):
+    """Semi-supervised fine-tuning (SimCLR's protocol, Table 2 / Figure 3): all layers tuned, a new fc,
+    RandomResizedCrop + flip only, no weight decay, top-1/top-5 on the full test/val split."""
+
+    kind: Literal["finetune"] = "finetune"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: EvalDataConfig = EvalDataConfig()
+    transform: EvalTransformConfig = EvalTransformConfig()
+    labels: float = Field(10.0, gt=0, le=100, description="percent of the labelled train split used")
+    subset_file: Optional[str] = Field(
+        None, description="a list of the train images to use: file names, one per line (SimCLR's 1percent.txt / "
+                          "10percent.txt; class from the prefix before '_', or '<class>/<file>'), or image indices "
+                          "for array datasets (CIFAR, STL-10, builtin); None: a class-balanced subset drawn with "
+                          "subset_seed")
+    subset_seed: int = Field(0, description="seed of the class-balanced draw")
+    epochs: Optional[int] = Field(
+        None, ge=1, description="None: 60 epochs below 10% labels, 30 from 10% up (SimCLR: 60 for 1%, 30 for 10%)")
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(0.05, gt=0, description="SimCLR's SGD-Nesterov rule 0.05 x batch/256 at batch 256")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    checkpoint_every: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(1, ge=1)
+
+    def resolved_epochs(self) -> int:
+        return self.epochs if self.epochs is not None else (60 if self.labels < 10 else 30)
+
+
+TRANSFER_DATASETS = ("cifar10", "cifar100", "cars", "pets", "birdsnap")
+
+
+class TransferProtocol(Strict):
+    """Transfer (Kornblith et al. 2019, Table 3): a grid over lr x wd on a seeded 20% validation split of
+    train, refit on train+val with the best cell, one test evaluation; or (mode linear) L-BFGS logistic
+    regression on frozen features over an L2 grid."""
+
+    kind: Literal["transfer"] = "transfer"
+    dataset: Literal["cifar10", "cifar100", "cars", "pets", "birdsnap"] = "cifar10"
+    mode: Literal["finetune", "linear"] = "finetune"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    root: Optional[str] = Field(None, description="dataset root in its official layout")
+    verify_checksums: bool = True
+    num_workers: int = Field(0, ge=0)
+    transform: EvalTransformConfig = EvalTransformConfig()
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="random share of train held out to pick the cell")
+    split_seed: int = Field(0, description="seed of the train/val split")
+    # fine-tuning
+    lrs: list[float] = Field(default_factory=lambda: _logspace(-4, -1, 7), min_length=1)
+    wds: list[float] = Field(default_factory=lambda: [0.0] + _logspace(-6, -3, 7), min_length=1)
+    wd_over_lr: bool = Field(True, description="weight decay divided by lr (Kornblith's parametrisation)")
+    steps: int = Field(20000, ge=1, description="optimizer steps, rounded up to whole epochs over the fit set")
+    batch_size: int = Field(256, ge=1)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    # linear (L-BFGS logistic regression on frozen features)
+    cs: list[float] = Field(default_factory=lambda: _logspace(-6, 5, 45), min_length=1,
+                            description="inverse L2 strengths C (sklearn's: C x summed loss + |W|^2 / 2)")
+    lbfgs_max_iter: int = Field(1000, ge=1)
+
+    @field_validator("lrs", "cs")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(x <= 0 for x in v):
+            raise ValueError("every value must be > 0")
+        return v
+
+    @field_validator("wds")
+    @classmethod
+    def _non_negative(cls, v: list[float]) -> list[float]:
+        if any(x < 0 for x in v):
+            raise ValueError("every value must be >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _root_given(self) -> "TransferProtocol":
+        if not self.root:
+            raise ValueError(f"dataset '{self.dataset}' needs a path: give --data PATH or root")
+        return self
+
+
 PROTOCOLS: dict[str, type[Strict]] = {
     "pretrain": PretrainProtocol,
     "linear-eval": LinearEvalProtocol,
     "knn": KnnProtocol,
     "detect": DetectProtocol,
 }
+PROTOCOLS.update({"finetune": FinetuneProtocol, "transfer": TransferProtocol})
 
 
 # --------------------------------------------------------------------------- crop test, ablations (Table 7, Figure 4)
@@ -363,7 +454,6 @@ class CropTestProtocol(Strict):
     random_ratio: PositiveRange = (3 / 4, 4 / 3)
     repeats: int = Field(1, ge=1, description="b) passes over the test split with fresh crops; the mean is reported")
     batch_size: int = Field(256, ge=1)
-
 
 
 # Figure 4: the names of the removable augmentation parts and the AugmentConfig switches each turns off.

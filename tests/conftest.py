@@ -14,3 +14,20 @@ def tiny_model_cfg():
     from leoclr_cli.schema import ModelConfig
 
     return ModelConfig(arch="resnet18", dim=8, bn_splits=2)
+
+
+@pytest.fixture(scope="session")
+def random_backbone(tmp_path_factory):
+    """A randomly initialised resnet18 backbone.safetensors whose pretraining protocol names the
+    built-in data at 32 px (so evaluation commands derive their data defaults from it)."""
+    from leoclr_cli import checkpoint as ckpt
+    from leoclr_cli.nets import build_backbone
+    from leoclr_cli.schema import PretrainProtocol, protocol_json
+
+    torch.manual_seed(0)
+    p = PretrainProtocol.model_validate({"augment": {"size": 32, "normalize": "builtin"}, "model": {"arch": "resnet18"},
+                                         "data": {"builtin_train": 100, "builtin_test": 30}})
+    path = tmp_path_factory.mktemp("backbone") / "backbone.safetensors"
+    ckpt.save_backbone(path, build_backbone("resnet18"), arch="resnet18", cifar_stem=False, method="leoclr", epoch=0,
+                       protocol_json=protocol_json(p))
+    return path

@@ -255,3 +255,93 @@ def make_coco(root: Path, per_split: dict | None = None, width: int = 96, height
             "images": images, "annotations": annotations,
             "categories": [{"id": c, "name": n, "supercategory": "thing"} for c, n in COCO_FAKE_CATEGORIES]}))
     return Path(root)
+
+
+# --------------------------------------------------------------------------- transfer datasets
+
+
+def _flat_jpeg(path: Path, split: str, k: int, j: int, size: int, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), imagefolder_colour(split, k, j, seed)).save(path, format="JPEG", quality=95)
+
+
+def make_stanford_cars(root: Path, classes: int = 3, n_train: int = 12, n_test: int = 6, size: int = 40,
+                       seed: int = 0) -> Path:
+    """Write torchvision's StanfordCars layout: ``root/stanford_cars/{devkit/cars_meta.mat,
+    devkit/cars_train_annos.mat, cars_train/*.jpg, cars_test_annos_withlabels.mat, cars_test/*.jpg}``.
+
+    The .mat files hold a (1, N) struct array ``annotations`` (bbox_x1..bbox_y2, 1-based ``class``,
+    ``fname``) and a (1, C) cell array ``class_names``, as in the release. Image ``i`` of a split has
+    class ``i % classes``. Return ``root``.
+    """
+    import scipy.io as sio
+
+    base = Path(root) / "stanford_cars"
+    (base / "devkit").mkdir(parents=True, exist_ok=True)
+    names = np.array([f"Make{k} Model{k} 20{10 + k}" for k in range(classes)], dtype=object).reshape(1, -1)
+    sio.savemat(base / "devkit" / "cars_meta.mat", {"class_names": names})
+    fields = [(f, "O") for f in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")]
+    for split, n, mat in (("train", n_train, base / "devkit" / "cars_train_annos.mat"),
+                          ("test", n_test, base / "cars_test_annos_withlabels.mat")):
+        rows = []
+        for i in range(n):
+            fname = f"{i + 1:05d}.jpg"
+            _flat_jpeg(base / f"cars_{split}" / fname, split, i % classes, i, size, seed)
+            rows.append((1, 1, size - 1, size - 1, i % classes + 1, fname))
+        sio.savemat(mat, {"annotations": np.array(rows, dtype=fields).reshape(1, -1)})
+    return Path(root)
+
+
+PET_BREEDS = ["Abyssinian", "american_bulldog", "Bengal", "german_shorthaired"]
+PET_SPECIES = [1, 2, 1, 2]  # 1 = cat, 2 = dog
+
+
+def make_pets(root: Path, classes: int = 3, per_class_trainval: int = 4, per_class_test: int = 2, size: int = 40,
+              seed: int = 0) -> Path:
+    """Write torchvision's OxfordIIITPet layout: ``root/oxford-iiit-pet/images/<Breed>_<n>.jpg`` and
+    ``annotations/{trainval,test}.txt`` with lines ``<image_id> <class 1..C> <species> <breed id>``.
+    Return ``root``."""
+    base = Path(root) / "oxford-iiit-pet"
+    (base / "annotations").mkdir(parents=True, exist_ok=True)
+    number = 0
+    for split, per_class in (("trainval", per_class_trainval), ("test", per_class_test)):
+        lines = []
+        for k in range(classes):
+            for j in range(per_class):
+                number += 1
+                image_id = f"{PET_BREEDS[k]}_{number}"
+                _flat_jpeg(base / "images" / f"{image_id}.jpg", split, k, j, size, seed)
+                lines.append(f"{image_id} {k + 1} {PET_SPECIES[k]} {j + 1}")
+        (base / "annotations" / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return Path(root)
+
+
+BIRDSNAP_SPECIES = [("Blue Jay", "Cyanocitta cristata", "Blue_Jay"), ("Bald Eagle", "Haliaeetus leucocephalus",
+                    "Bald_Eagle"), ("Snow Goose", "Anser caerulescens", "Snow_Goose")]
+
+
+def make_birdsnap(root: Path, per_class_train: int = 4, per_class_test: int = 2, missing: int = 1, size: int = 40,
+                  seed: int = 0) -> Path:
+    """Write a local Birdsnap copy: the official tab-separated list files ``species.txt``,
+    ``images.txt`` and ``test_images.txt`` (each with a header line) and the images under
+    ``root/images/<dir>/<n>.jpg``. The last ``missing`` listed train images of each species are not
+    written (dead URLs). Return ``root``."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    species = ["id\tcommon\tscientific\tdir"] + [f"{k + 1}\t{c}\t{s}\t{d}" for k, (c, s, d) in enumerate(BIRDSNAP_SPECIES)]
+    (root / "species.txt").write_text("\n".join(species) + "\n")
+    header = "url\tmd5\tpath\tspecies_id\tbb_x1\tbb_y1\tbb_x2\tbb_y2\tback_x\tback_y"
+    images, tests, number = [header], ["path"], 0
+    for k, (_, _, folder) in enumerate(BIRDSNAP_SPECIES):
+        for j in range(per_class_train + per_class_test):
+            number += 1
+            path = f"{folder}/{number}.jpg"
+            images.append(f"http://example.invalid/{number}.jpg\t{'0' * 32}\t{path}\t{k + 1}\t1\t1\t{size - 1}\t{size - 1}\t5\t5")
+            is_test = j >= per_class_train
+            if is_test:
+                tests.append(path)
+            if is_test or j < per_class_train - missing:
+                _flat_jpeg(root / "images" / path, "test" if is_test else "train", k, j, size, seed)
+    (root / "images.txt").write_text("\n".join(images) + "\n")
+    (root / "test_images.txt").write_text("\n".join(tests) + "\n")
+    return root

@@ -25,4 +25,6 @@ def open_data(source: str, root: Optional[str], split: str, *, verify_checksums:
 
 def default_eval_splits(source: str) -> tuple[str, str]:
     """(train, test) split names of a labelled source."""
+    if source == "pets":
+        return ("trainval", "test")
     return ("train", "val") if source == "imagefolder" else ("train", "test")

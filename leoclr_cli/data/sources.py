@@ -1,7 +1,8 @@
 """Local datasets in their official on-disk layouts, opened by name.
 
-Every reader here is torchvision's own (``ImageFolder``, ``CIFAR10``, ``CIFAR100``, ``STL10``, all
-with ``download=False``); this module only wraps them so that
+Every reader here is torchvision's own (``ImageFolder``, ``CIFAR10``, ``CIFAR100``, ``STL10``,
+``StanfordCars``, ``OxfordIIITPet``, all with ``download=False``), except Birdsnap, which torchvision
+does not have (:class:`BirdsnapReader` reads the official list files); this module only wraps them so that
 
 * each sample is ``(PIL RGB image, int label)`` and every source exposes the same attributes
   (``classes``, ``num_classes``, ``targets``, ``name``, ``split``, ``root``);
@@ -39,7 +40,7 @@ from leoclr_cli.errors import BadImage, UserError
 
 __all__ = ["SOURCES", "STL10_CLASSES", "Source", "open_source"]
 
-SOURCES = ("imagefolder", "cifar10", "cifar100", "stl10")
+SOURCES = ("imagefolder", "cifar10", "cifar100", "stl10", "cars", "pets", "birdsnap")
 
 #: STL-10 class names in label order, used when ``class_names.txt`` is absent (torchvision then
 #: sets no ``classes`` at all).
@@ -78,11 +79,15 @@ _PLAIN_PICKLE_GLOBALS = frozenset({
 class Source(Dataset):
     """A local dataset: ``source[i] -> (PIL RGB image, int label)``; label -1 means unlabeled.
 
-    ``targets`` holds every label, so class-balanced subsets need no image decoding.
+    ``targets`` holds every label, so class-balanced subsets need no image decoding. ``files``
+    (None for array datasets such as CIFAR) holds each image's path relative to the split's image
+    folder (``<class>/<file>`` for ImageFolder), so a subset can be written as a list of file names.
     """
 
-    def __init__(self, name: str, split: str, root: Path, reader: Dataset, classes: list[str], targets: list[int]):
+    def __init__(self, name: str, split: str, root: Path, reader: Dataset, classes: list[str], targets: list[int],
+                 files: list[str] | None = None):
         self.name = name
+        self.files = files
         self.split = split
         self.root = root
         self.classes = list(classes)
@@ -114,6 +119,8 @@ def open_source(name: str, root: str | Path, split: str, *, verify_checksums: bo
     root = Path(root).expanduser()
     if name == "imagefolder":
         return _open_imagefolder(root, split)
+    if name in _FILE_READERS:
+        return _FILE_READERS[name](root, split)
     return _open_official(_OFFICIAL[name], root, split, verify_checksums)
 
 
@@ -327,4 +334,128 @@ def _open_imagefolder(root: Path, split: str) -> Source:
             f"imagefolder class folder {split_dir / empty[0]} has no images: expected files ending in "
             f"{', '.join(IMG_EXTENSIONS)}"
         )
-    return Source("imagefolder", split, root, dataset, dataset.classes, [int(t) for t in dataset.targets])
+    files = [os.path.relpath(path, split_dir) for path, _ in dataset.samples]
+    return Source("imagefolder", split, root, dataset, dataset.classes, [int(t) for t in dataset.targets], files)
+
+
+# --------------------------------------------------------------------------------------------
+# Stanford Cars, Oxford-IIIT Pets (torchvision's readers), Birdsnap (the official list files)
+
+
+def _check_split(name: str, root: Path, split: str, splits: tuple[str, ...]) -> None:
+    if split not in splits:
+        raise UserError(f"invalid split {split!r} for {name} data at {root}: expected one of {', '.join(splits)}")
+
+
+def _require_files(name: str, root: Path, paths: list[Path], expected: str) -> None:
+    for path in paths:
+        if not path.exists():
+            raise UserError(f"{name} data not found at {root}: {path} is missing (expected {expected})")
+
+
+def _open_cars(root: Path, split: str) -> Source:
+    """torchvision's StanfordCars: ``root/stanford_cars/{devkit/cars_meta.mat, devkit/cars_train_annos.mat,
+    cars_train/, cars_test_annos_withlabels.mat, cars_test/}`` (needs scipy)."""
+    from torchvision.datasets import StanfordCars
+
+    _check_split("cars", root, split, ("train", "test"))
+    base = root / "stanford_cars"
+    expected = (f"{base}/{{devkit/cars_meta.mat,devkit/cars_train_annos.mat,cars_train/*.jpg,"
+                "cars_test_annos_withlabels.mat,cars_test/*.jpg}} (the Stanford Cars release with test labels)")
+    _require_dir("cars", root, expected)
+    annos = base / "devkit" / "cars_train_annos.mat" if split == "train" else base / "cars_test_annos_withlabels.mat"
+    images = base / ("cars_train" if split == "train" else "cars_test")
+    _require_files("cars", root, [base / "devkit" / "cars_meta.mat", annos, images], expected)
+    with _reader_errors(f"cars data at {root}", expected):
+        dataset = StanfordCars(str(root), split=split, download=False, loader=_load_rgb)
+        samples = [(Path(path), int(target)) for path, target in dataset._samples]
+        classes = [str(c) for c in dataset.classes]
+    _require_files("cars", root, [path for path, _ in samples], expected)
+    targets = [t for _, t in samples]
+    _check_consistent("cars", root, expected, len(samples), classes, targets)
+    return Source("cars", split, root, dataset, classes, targets, [path.name for path, _ in samples])
+
+
+def _open_pets(root: Path, split: str) -> Source:
+    """torchvision's OxfordIIITPet: ``root/oxford-iiit-pet/{images/<id>.jpg, annotations/{trainval,test}.txt}``."""
+    from torchvision.datasets import OxfordIIITPet
+
+    _check_split("pets", root, split, ("trainval", "test"))
+    base = root / "oxford-iiit-pet"
+    expected = f"{base}/{{images/<image_id>.jpg,annotations/{{trainval,test}}.txt}} (the Oxford-IIIT Pet release)"
+    _require_dir("pets", root, expected)
+    _require_files("pets", root, [base / "images", base / "annotations" / f"{split}.txt"], expected)
+    with _reader_errors(f"pets data at {root}", expected):
+        dataset = OxfordIIITPet(str(root), split=split, target_types="category", download=False)
+        images, targets = [Path(p) for p in dataset._images], [int(t) for t in dataset._labels]
+    _require_files("pets", root, images, expected)
+    # torchvision names only the classes that occur in this split; a split must hold all 37
+    _check_consistent("pets", root, expected, len(images), list(dataset.classes), targets)
+    return Source("pets", split, root, dataset, list(dataset.classes), targets, [p.name for p in images])
+
+
+class BirdsnapReader(Dataset):
+    """Birdsnap (Berg et al. 2014) from a local copy: ``root/{species.txt, images.txt, test_images.txt}``
+    (the official tab-separated list files, each with a header line) and the downloaded images under
+    ``root/images/<path>`` (``get_birdsnap.py``'s output; ``root/download/images`` is also accepted).
+
+    ``test`` is the 2,443 images of ``test_images.txt``, ``train`` every other image of ``images.txt``.
+    Many of the original Flickr URLs are dead, so only images actually present are used:
+    ``listed`` and ``present`` count them.
+    """
+
+    def __init__(self, root: Path, split: str):
+        self.root = Path(root)
+        self.images_dir = next((d for d in (self.root / "images", self.root / "download" / "images") if d.is_dir()),
+                               self.root / "images")
+        species = _read_table(self.root / "species.txt", ("id", "common"))
+        self.classes = [row["common"] for row in sorted(species, key=lambda r: int(r["id"]))]
+        ids = sorted(int(r["id"]) for r in species)
+        if ids != list(range(1, len(ids) + 1)):
+            raise ValueError("species ids must run from 1 to the number of species")
+        test = {row["path"] for row in _read_table(self.root / "test_images.txt", ("path",))}
+        rows = [r for r in _read_table(self.root / "images.txt", ("path", "species_id")) if (r["path"] in test) == (split == "test")]
+        self.listed = len(rows)
+        kept = [r for r in rows if (self.images_dir / r["path"]).is_file()]
+        self.present = len(kept)
+        self.files = [r["path"] for r in kept]
+        self.targets = [int(r["species_id"]) - 1 for r in kept]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return _load_rgb(str(self.images_dir / self.files[index])), self.targets[index]
+
+
+def _read_table(path: Path, needed: tuple[str, ...]) -> list[dict[str, str]]:
+    """Rows of a tab-separated file with a header line, as dicts; ``needed`` columns must exist."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{path.name} is empty")
+    header = lines[0].split("\t")
+    missing = [c for c in needed if c not in header]
+    if missing:
+        raise ValueError(f"{path.name} has no '{missing[0]}' column in its header")
+    return [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+
+
+def _open_birdsnap(root: Path, split: str) -> Source:
+    _check_split("birdsnap", root, split, ("train", "test"))
+    expected = (f"{root}/{{species.txt,images.txt,test_images.txt}} (the official Birdsnap list files) and the images "
+                f"under {root}/images/<species dir>/<file>.jpg")
+    _require_dir("birdsnap", root, expected)
+    _require_files("birdsnap", root, [root / f for f in ("species.txt", "images.txt", "test_images.txt")], expected)
+    with _reader_errors(f"birdsnap data at {root}", expected):
+        reader = BirdsnapReader(root, split)
+    if reader.present == 0:
+        raise UserError(f"birdsnap data at {root}: none of the {reader.listed} {split} images listed in images.txt is "
+                        f"present under {reader.images_dir} (expected {expected})")
+    _check_consistent("birdsnap", root, expected, len(reader), reader.classes, reader.targets)
+    source = Source("birdsnap", split, root, reader, reader.classes, reader.targets, reader.files)
+    source.listed, source.present = reader.listed, reader.present  # type: ignore[attr-defined]
+    return source
+
+
+_FILE_READERS: dict[str, Callable[[Path, str], Source]] = {"cars": _open_cars, "pets": _open_pets,
+                                                           "birdsnap": _open_birdsnap}

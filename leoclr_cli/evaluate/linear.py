@@ -60,13 +60,18 @@ class LinearClassifier(nn.Module):
 
 
 @torch.no_grad()
-def evaluate_logits(model: LinearClassifier, loader, device: torch.device) -> dict[str, float]:
+def predict_scores(model: nn.Module, loader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class scores (N, C) on CPU, labels (N,)) of any model with a ``logits(x)`` method, in eval mode."""
     model.eval()
     scores, labels = [], []
     for x, y in loader:
         scores.append(model.logits(x.to(device, non_blocking=True)).float().cpu())
         labels.append(torch.as_tensor(y))
-    return topk_accuracy(torch.cat(scores), torch.cat(labels))
+    return torch.cat(scores), torch.cat(labels)
+
+
+def evaluate_logits(model: nn.Module, loader, device: torch.device) -> dict[str, float]:
+    return topk_accuracy(*predict_scores(model, loader, device))
 
 
 def check_unchanged(backbone: nn.Module, reference: dict[str, torch.Tensor], path: Path) -> None:

@@ -1,0 +1,148 @@
+"""Semi-supervised fine-tuning (SimCLR's protocol; the paper's Table 2 and Figure 3).
+
+The whole backbone and a new fc are trained (BN in train mode) on a labelled subset of the train
+split: SimCLR's list file (``subset_file``) or a class-balanced draw of ``labels``% of each class.
+RandomResizedCrop + flip only, no weight decay, SGD-Nesterov with a cosine schedule; then top-1
+and top-5 on the full test/val split. :func:`train_classifier` is also the fine-tuning step of
+``leoclr transfer``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from torch import nn
+
+from .. import checkpoint as ckpt
+from ..data.views import AugmentedDataset, linear_train_transform
+from ..engine import Engine, cosine_lr, resolve_device
+from ..errors import UserError
+from ..rundir import prepare, read_json, write_json
+from ..schema import FinetuneProtocol, protocol_json
+from .features import labelled_split, loader_for
+from .linear import evaluate_logits
+from .subsets import balanced_subset, read_subset_file, take, write_subset_file
+
+RESULT_KEYS = ("kind", "labels", "fraction", "top1", "top5", "epochs", "backbone", "arch", "method", "num_classes",
+               "num_labelled", "num_test", "subset", "subset_file")
+
+
+class FinetuneClassifier(nn.Module):
+    """A backbone (all layers trainable, BN in train mode) with a new zero-initialised fc (SimCLR's
+    ``zero_init_logits_layer``)."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        for p in backbone.parameters():
+            p.requires_grad_(True)
+        self.fc = nn.Linear(backbone.feature_dim, num_classes)
+        nn.init.zeros_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.backbone(x))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = self.logits(x)
+        return F.cross_entropy(out, labels), {"acc": (out.argmax(1) == labels).float().mean() * 100}
+
+
+def train_classifier(model: FinetuneClassifier, train: torch.utils.data.Dataset, *, size: int, normalize: str,
+                     epochs: int, batch_size: int, lr: float, momentum: float, nesterov: bool, weight_decay: float,
+                     schedule: str, device: torch.device, run_dir: Path, protocol: str, seed: int,
+                     checkpoint_every: int, keep_checkpoints: int = 1, num_workers: int = 0,
+                     resume: Optional[Path] = None, quiet: bool = False, console: Optional[Console] = None,
+                     desc: str = "finetune") -> list[dict[str, Any]]:
+    """Train every parameter of ``model`` on ``train`` (RandomResizedCrop + flip) with the one engine."""
+    data = AugmentedDataset(train, linear_train_transform(size, normalize), seed)
+    # a last batch of one image cannot be batch-normalised at 1x1 spatial size
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=num_workers,
+                                         drop_last=len(data) % batch_size == 1 and len(data) > 1,
+                                         pin_memory=device.type == "cuda")
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
+                                weight_decay=weight_decay)
+    lr_at = cosine_lr(lr, epochs) if schedule == "cosine" else (lambda e: lr)
+    engine = Engine(task=model, optimizer=optimizer, loader=loader, epochs=epochs, lr_at=lr_at, device=device,
+                    run_dir=run_dir, protocol_json=protocol, checkpoint_every=checkpoint_every,
+                    keep_checkpoints=keep_checkpoints, quiet=quiet, console=console, desc=desc, seed=seed)
+    return engine.run(resume)
+
+
+def _labelled_subset(p: FinetuneProtocol, train_src) -> tuple[list[int], str]:
+    if all(t < 0 for t in train_src.targets):
+        raise UserError(f"split '{p.data.train_split}' has no labelled images; fine-tuning needs labels")
+    if p.subset_file:
+        return read_subset_file(Path(p.subset_file), train_src), "file"
+    return balanced_subset(train_src.targets, train_src.classes, p.labels, p.subset_seed), "drawn"
+
+
+def run_finetune(p: FinetuneProtocol, backbone_path: Path, run_dir: Path, *, resume: Optional[str] = None,
+                 force: bool = False, quiet: bool = False, console: Optional[Console] = None) -> dict[str, Any]:
+    """Fine-tune on the labelled subset, test on the full test split; writes ``subset.txt`` and ``result.json``."""
+    backbone, meta = ckpt.load_backbone(backbone_path)
+    train_src, test_src = labelled_split(p.data, "train"), labelled_split(p.data, "test")
+    indices, how = _labelled_subset(p, train_src)
+    run_dir = Path(run_dir)
+    resume_from = prepare(run_dir, p, resume=resume, force=force)
+    write_subset_file(run_dir / "subset.txt", train_src, indices)
+    torch.manual_seed(p.seed)
+    device = resolve_device(p.device)
+    model = FinetuneClassifier(backbone, train_src.num_classes)
+    epochs = p.resolved_epochs()
+    train_classifier(model, take(train_src, indices), size=p.transform.size, normalize=p.transform.normalize,
+                     epochs=epochs, batch_size=p.batch_size, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov,
+                     weight_decay=p.weight_decay, schedule=p.schedule, device=device, run_dir=run_dir,
+                     protocol=protocol_json(p), seed=p.seed, checkpoint_every=p.checkpoint_every,
+                     keep_checkpoints=p.keep_checkpoints, num_workers=p.data.num_workers, resume=resume_from,
+                     quiet=quiet, console=console, desc=f"finetune {p.labels:g}%")
+    acc = evaluate_logits(model, loader_for(test_src, p.transform, p.batch_size, p.data.num_workers, device), device)
+    result = {
+        "kind": "finetune", "labels": p.labels, "fraction": p.labels / 100, "top1": acc["top1"], "top5": acc["top5"],
+        "epochs": epochs, "backbone": str(backbone_path), "arch": meta["arch"], "method": meta.get("method"),
+        "num_classes": train_src.num_classes, "num_labelled": len(indices), "num_test": len(test_src),
+        "subset": how, "subset_file": str(run_dir / "subset.txt"),
+    }
+    write_json(run_dir / "result.json", result)
+    return result
+
+
+def fraction_dir(labels: float) -> str:
+    """Subdirectory name of one fraction of a sweep: ``labels_1pct``, ``labels_0.5pct``."""
+    return f"labels_{labels:g}pct"
+
+
+def run_finetune_sweep(protocols: list[FinetuneProtocol], backbone_path: Path, run_dir: Path, *,
+                       resume: Optional[str] = None, force: bool = False, quiet: bool = False,
+                       console: Optional[Console] = None) -> dict[str, Any]:
+    """One fine-tuning run per protocol (one per label fraction) in ``run_dir/labels_<N>pct``, and
+    ``run_dir/summary.json``. With ``resume='auto'`` finished fractions are kept and others resumed."""
+    run_dir = Path(run_dir)
+    train_src = labelled_split(protocols[0].data, "train")
+    for p in protocols:  # every fraction's subset is valid before the first one trains
+        _labelled_subset(p, train_src)
+    if run_dir.exists() and any(run_dir.iterdir()) and resume is None:
+        if not force:
+            raise UserError(f"run directory {run_dir} already exists; use --resume auto to continue it "
+                            "or --force to start over")
+        import shutil
+
+        shutil.rmtree(run_dir)
+    runs = []
+    for p in protocols:
+        sub = run_dir / fraction_dir(p.labels)
+        if resume == "auto" and (sub / "result.json").is_file():
+            result = read_json(sub / "result.json")
+        else:
+            again = "auto" if resume == "auto" and ckpt.latest_state(sub) is not None else None
+            result = run_finetune(p, backbone_path, sub, resume=again, force=resume == "auto", quiet=quiet,
+                                  console=console)
+        runs.append({"dir": sub.name, **{k: result[k] for k in ("labels", "fraction", "top1", "top5", "epochs")}})
+    summary = {"kind": "finetune-sweep", "backbone": str(backbone_path), "runs": runs}
+    write_json(run_dir / "summary.json", summary)
+    return summary
+

@@ -1,0 +1,191 @@
+"""Transfer to CIFAR-10/100, Stanford Cars, Oxford-IIIT Pets and Birdsnap (Kornblith et al. 2019; Table 3).
+
+``finetune`` mode: for every (lr, wd) cell of the grid, fine-tune the whole backbone with a new fc
+(:func:`~leoclr_cli.evaluate.finetune.train_classifier`: SGD-Nesterov, cosine lr, RandomResizedCrop
++ flip) on the train split minus a seeded validation share, and score the cell on that share;
+then refit on all of train with the best cell and evaluate the test split once.
+
+``linear`` mode: the same selection for the inverse L2 strength C of a multinomial logistic
+regression fitted with L-BFGS on frozen features (resize + center crop, no augmentation), computed
+once by :func:`~leoclr_cli.evaluate.features.extract`.
+
+The metric is top-1 accuracy, except mean per-class accuracy for Pets.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+
+from .. import checkpoint as ckpt
+from ..data.sources import open_source
+from ..engine import resolve_device
+from ..errors import UserError
+from ..rundir import prepare, write_json
+from ..schema import TransferProtocol, protocol_json
+from .features import extract, loader_for
+from .finetune import FinetuneClassifier, train_classifier
+from .knn import topk_accuracy
+from .linear import predict_scores
+from .subsets import take
+
+SPLITS = {"cifar10": ("train", "test"), "cifar100": ("train", "test"), "cars": ("train", "test"),
+          "pets": ("trainval", "test"), "birdsnap": ("train", "test")}
+METRIC = {"pets": "mean_per_class"}  # every other dataset: top1
+
+
+def mean_per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over the classes present in ``labels`` of the share of that class predicted right, in
+    percent (the mean of the diagonal of the row-normalised confusion matrix)."""
+    pred, labels = pred.view(-1).cpu(), labels.view(-1).cpu()
+    per_class = [(pred[labels == c] == c).float().mean().item() for c in labels.unique().tolist()]
+    return 100.0 * sum(per_class) / len(per_class)
+
+
+def score(metric: str, scores: torch.Tensor, labels: torch.Tensor) -> float:
+    if metric == "mean_per_class":
+        return mean_per_class_accuracy(scores.argmax(1), labels)
+    return topk_accuracy(scores, labels)["top1"]
+
+
+def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(fit indices, val indices): a random ``val_fraction`` of ``range(n)``, seeded, both sorted."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = min(n - 1, max(1, round(n * val_fraction)))
+    return sorted(perm[n_val:]), sorted(perm[:n_val])
+
+
+def best_cell(cells: list[dict[str, Any]]) -> int:
+    """Index of the cell with the highest validation score (the first one on ties)."""
+    return max(range(len(cells)), key=lambda i: (cells[i]["val"], -i))
+
+
+# --------------------------------------------------------------------------- linear (L-BFGS)
+
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float, max_iter: int) -> torch.nn.Linear:
+    """Multinomial logistic regression minimising sklearn's objective C * sum(CE) + |W|^2 / 2
+    (bias not penalised), divided by C * n for conditioning, with torch.optim.LBFGS."""
+    fc = torch.nn.Linear(x.shape[1], num_classes).to(x.device)
+    torch.nn.init.zeros_(fc.weight)
+    torch.nn.init.zeros_(fc.bias)
+    opt = torch.optim.LBFGS(fc.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
+                            tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
+    penalty = 1.0 / (2.0 * c * x.shape[0])
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(fc(x), y) + penalty * fc.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return fc
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _open(p: TransferProtocol) -> tuple[Any, Any]:
+    train_split, test_split = SPLITS[p.dataset]
+    train = open_source(p.dataset, Path(p.root), train_split, verify_checksums=p.verify_checksums)
+    test = open_source(p.dataset, Path(p.root), test_split, verify_checksums=p.verify_checksums)
+    if len(train) < 2:
+        raise UserError(f"{p.dataset} data at {p.root} has {len(train)} train images; at least 2 are needed "
+                        "to hold out a validation split")
+    return train, test
+
+
+def _cell_name(lr: float, wd: float) -> str:
+    return f"lr{lr:.3g}_wd{wd:.3g}"
+
+
+def run_transfer(p: TransferProtocol, backbone_path: Path, run_dir: Path, *, force: bool = False,
+                 quiet: bool = False, console: Optional[Console] = None) -> dict[str, Any]:
+    """Grid search on the validation split, refit, one test evaluation; writes grid.json and result.json."""
+    console = console or Console(stderr=True)
+    backbone, meta = ckpt.load_backbone(backbone_path)
+    train, test = _open(p)
+    run_dir = Path(run_dir)
+    prepare(run_dir, p, resume=None, force=force)
+    device = resolve_device(p.device)
+    metric = METRIC.get(p.dataset, "top1")
+    fit_idx, val_idx = split_train_val(len(train), p.val_fraction, p.split_seed)
+    grid: dict[str, Any] = {"dataset": p.dataset, "mode": p.mode, "metric": metric, "num_fit": len(fit_idx),
+                            "num_val": len(val_idx), "cells": []}
+    if p.mode == "linear":
+        chosen, final = _linear(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, run_dir)
+    else:
+        chosen, final = _finetune(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, run_dir,
+                                  quiet, console)
+    result = {
+        "kind": "transfer", "dataset": p.dataset, "mode": p.mode, "metric": metric, "value": final[metric],
+        "top1": final["top1"], "val": chosen["val"], "best_lr": chosen.get("lr"), "best_wd": chosen["wd"],
+        "best_c": chosen.get("c"), "epochs": chosen.get("epochs"), "num_classes": train.num_classes,
+        "num_train": len(train), "num_fit": len(fit_idx), "num_val": len(val_idx), "num_test": len(test),
+        "backbone": str(backbone_path), "arch": meta["arch"], "method": meta.get("method"),
+    }
+    if p.dataset == "birdsnap":
+        result.update({"images_listed": train.listed + test.listed, "images_present": train.present + test.present})
+    write_json(run_dir / "result.json", result)
+    return result
+
+
+def _finetune(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, run_dir, quiet, console):
+    def fit(indices: list[int], lr: float, wd: float, where: Path, checkpoint_every: int):
+        epochs = max(1, math.ceil(p.steps * p.batch_size / len(indices)))
+        where.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(p.seed)
+        model = FinetuneClassifier(copy.deepcopy(backbone), train.num_classes)
+        train_classifier(model, take(train, indices), size=p.transform.size, normalize=p.transform.normalize,
+                         epochs=epochs, batch_size=p.batch_size, lr=lr, momentum=p.momentum, nesterov=p.nesterov,
+                         weight_decay=wd / lr if p.wd_over_lr else wd, schedule="cosine", device=device,
+                         run_dir=where, protocol=protocol_json(p), seed=p.seed, checkpoint_every=checkpoint_every,
+                         num_workers=p.num_workers, quiet=quiet, console=console, desc=where.name)
+        return model, epochs
+
+    def evaluate(model, source) -> dict[str, float]:
+        scores, labels = predict_scores(model, loader_for(source, p.transform, p.batch_size, p.num_workers, device),
+                                        device)
+        return {"top1": score("top1", scores, labels), metric: score(metric, scores, labels)}
+
+    val = take(train, val_idx)
+    for lr in p.lrs:
+        for wd in p.wds:
+            model, epochs = fit(fit_idx, lr, wd, run_dir / "grid" / _cell_name(lr, wd), 0)
+            grid["cells"].append({"lr": lr, "wd": wd, "weight_decay": wd / lr if p.wd_over_lr else wd,
+                                  "epochs": epochs, "val": evaluate(model, val)[metric]})
+            write_json(run_dir / "grid.json", grid)  # progress is visible while the grid runs
+    grid["best"] = best_cell(grid["cells"])
+    write_json(run_dir / "grid.json", grid)
+    chosen = grid["cells"][grid["best"]]
+    model, epochs = fit(list(range(len(train))), chosen["lr"], chosen["wd"], run_dir / "refit", 10**9)
+    return {**chosen, "epochs": epochs}, evaluate(model, test)
+
+
+def _linear(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, run_dir):
+    backbone.to(device)
+    feats, labels = extract(backbone, loader_for(train, p.transform, p.batch_size, p.num_workers, device), device)
+    test_f, test_y = extract(backbone, loader_for(test, p.transform, p.batch_size, p.num_workers, device), device)
+    feats, labels, test_f, test_y = feats.to(device), labels.to(device), test_f.to(device), test_y.to(device)
+    fit_t, val_t = torch.tensor(fit_idx, device=device), torch.tensor(val_idx, device=device)
+    for c in p.cs:
+        fc = fit_logistic(feats[fit_t], labels[fit_t], train.num_classes, c, p.lbfgs_max_iter)
+        with torch.no_grad():
+            val = score(metric, fc(feats[val_t]).cpu(), labels[val_t].cpu())
+        grid["cells"].append({"c": c, "wd": 1.0 / c, "val": val})
+    grid["best"] = best_cell(grid["cells"])
+    write_json(run_dir / "grid.json", grid)
+    chosen = grid["cells"][grid["best"]]
+    fc = fit_logistic(feats, labels, train.num_classes, chosen["c"], p.lbfgs_max_iter)
+    ckpt.save_tensors(run_dir / "linear.safetensors", {"fc.weight": fc.weight, "fc.bias": fc.bias},
+                      {"kind": ckpt.KIND_LINEAR, "num_classes": str(train.num_classes), "protocol": protocol_json(p)})
+    with torch.no_grad():
+        scores = fc(test_f).cpu()
+    return chosen, {"top1": score("top1", scores, test_y.cpu()), metric: score(metric, scores, test_y.cpu())}
