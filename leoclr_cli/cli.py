@@ -363,7 +363,8 @@ def _parse_labels(text: str) -> list[float]:
 @app.command()
 def finetune(
     target: Path = typer.Argument(..., help="a pretraining run directory or a backbone.safetensors"),
-    labels: str = typer.Option("10%", "--labels", help="label fraction: 1%, 10%, N%, or a sweep 1,2,5,10,20,50,100"),
+    labels: Optional[str] = typer.Option(None, "--labels", help="label fraction: 1%, 10%, N%, or a sweep "
+                                         "1,2,5,10,20,50,100 (default: the protocol's labels, 10%)"),
     subset_file: Optional[Path] = typer.Option(None, "--subset-file",
                                                help="SimCLR list (1percent.txt) or a run's subset.txt"),
     protocol: Optional[Path] = ProtocolOpt,
@@ -385,7 +386,7 @@ def finetune(
     from .evaluate.finetune import run_finetune, run_finetune_sweep
     from .schema import load_protocol
 
-    fractions = _parse_labels(labels)
+    fractions: list[Optional[float]] = list(_parse_labels(labels)) if labels is not None else [None]
     if subset_file is not None and len(fractions) > 1:
         raise UserError("--subset-file fixes one subset; it cannot be combined with a sweep of --labels")
     backbone, parent, defaults = _backbone_and_defaults(target)

@@ -119,6 +119,9 @@ def test_finetune_sweep_and_subset_reuse_end_to_end(random_backbone, tmp_path, c
     for pct, sub in ((10, "labels_10pct"), (50, "labels_50pct")):
         result = json.loads((out / sub / "result.json").read_text())
         assert result["fraction"] == pct / 100 and result["epochs"] == 1 and result["num_test"] == 30
+        from leoclr_cli.evaluate.finetune import RESULT_KEYS
+
+        assert set(result) == set(RESULT_KEYS) and result["dataset"] == "builtin" and result["method"] == "leoclr"
         assert 0 <= result["top1"] <= result["top5"] <= 100
         assert result["num_labelled"] == pct  # 100 built-in train images, 10 per class
         # the subset file is class balanced and the result is the checkpoint's accuracy
@@ -181,3 +184,12 @@ def test_finetune_bad_inputs(random_backbone, tmp_path, capsys, extra, needle):
     code, _, err = run(["finetune", str(random_backbone), "--out", str(tmp_path / "r"), *extra], capsys)
     assert needle in error_line(code, err)
     assert not (tmp_path / "r").exists()
+
+
+def test_protocol_files_of_table_2():
+    from leoclr_cli.schema import load_protocol
+
+    one = load_protocol("finetune", "protocols/finetune_imagenet_1pct.yaml", {"data.root": "/data/imagenet"})
+    ten = load_protocol("finetune", "protocols/finetune_imagenet_10pct.yaml", {"data.root": "/data/imagenet"})
+    assert (one.labels, one.resolved_epochs(), ten.labels, ten.resolved_epochs()) == (1, 60, 10, 30)
+    assert one.weight_decay == 0 == ten.weight_decay and one.data.test_split == "val"

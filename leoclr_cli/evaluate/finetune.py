@@ -27,8 +27,8 @@ from .features import labelled_split, loader_for
 from .linear import evaluate_logits
 from .subsets import balanced_subset, read_subset_file, take, write_subset_file
 
-RESULT_KEYS = ("kind", "labels", "fraction", "top1", "top5", "epochs", "backbone", "arch", "method", "num_classes",
-               "num_labelled", "num_test", "subset", "subset_file")
+RESULT_KEYS = ("kind", "dataset", "pretrain_epoch", "labels", "fraction", "top1", "top5", "epochs", "backbone", "arch",
+               "method", "num_classes", "num_labelled", "num_test", "subset", "subset_file")
 
 
 class FinetuneClassifier(nn.Module):
@@ -102,7 +102,7 @@ def run_finetune(p: FinetuneProtocol, backbone_path: Path, run_dir: Path, *, res
                      quiet=quiet, console=console, desc=f"finetune {p.labels:g}%")
     acc = evaluate_logits(model, loader_for(test_src, p.transform, p.batch_size, p.data.num_workers, device), device)
     result = {
-        "kind": "finetune", "labels": p.labels, "fraction": p.labels / 100, "top1": acc["top1"], "top5": acc["top5"],
+        "kind": "finetune", "dataset": p.data.source, "pretrain_epoch": int(meta.get("epoch", 0)), "labels": p.labels, "fraction": p.labels / 100, "top1": acc["top1"], "top5": acc["top5"],
         "epochs": epochs, "backbone": str(backbone_path), "arch": meta["arch"], "method": meta.get("method"),
         "num_classes": train_src.num_classes, "num_labelled": len(indices), "num_test": len(test_src),
         "subset": how, "subset_file": str(run_dir / "subset.txt"),

@@ -130,6 +130,7 @@ def run_transfer(p: TransferProtocol, backbone_path: Path, run_dir: Path, *, for
         "best_c": chosen.get("c"), "epochs": chosen.get("epochs"), "num_classes": train.num_classes,
         "num_train": len(train), "num_fit": len(fit_idx), "num_val": len(val_idx), "num_test": len(test),
         "backbone": str(backbone_path), "arch": meta["arch"], "method": meta.get("method"),
+        "pretrain_epoch": int(meta.get("epoch", 0)),
     }
     if p.dataset == "birdsnap":
         result.update({"images_listed": train.listed + test.listed, "images_present": train.present + test.present})
