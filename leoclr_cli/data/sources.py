@@ -358,11 +358,11 @@ def _open_cars(root: Path, split: str) -> Source:
     cars_train/, cars_test_annos_withlabels.mat, cars_test/}`` (needs scipy)."""
     from torchvision.datasets import StanfordCars
 
-    _check_split("cars", root, split, ("train", "test"))
     base = root / "stanford_cars"
     expected = (f"{base}/{{devkit/cars_meta.mat,devkit/cars_train_annos.mat,cars_train/*.jpg,"
                 "cars_test_annos_withlabels.mat,cars_test/*.jpg}} (the Stanford Cars release with test labels)")
     _require_dir("cars", root, expected)
+    _check_split("cars", root, split, ("train", "test"))
     annos = base / "devkit" / "cars_train_annos.mat" if split == "train" else base / "cars_test_annos_withlabels.mat"
     images = base / ("cars_train" if split == "train" else "cars_test")
     _require_files("cars", root, [base / "devkit" / "cars_meta.mat", annos, images], expected)
@@ -380,10 +380,10 @@ def _open_pets(root: Path, split: str) -> Source:
     """torchvision's OxfordIIITPet: ``root/oxford-iiit-pet/{images/<id>.jpg, annotations/{trainval,test}.txt}``."""
     from torchvision.datasets import OxfordIIITPet
 
-    _check_split("pets", root, split, ("trainval", "test"))
     base = root / "oxford-iiit-pet"
     expected = f"{base}/{{images/<image_id>.jpg,annotations/{{trainval,test}}.txt}} (the Oxford-IIIT Pet release)"
     _require_dir("pets", root, expected)
+    _check_split("pets", root, split, ("trainval", "test"))
     _require_files("pets", root, [base / "images", base / "annotations" / f"{split}.txt"], expected)
     with _reader_errors(f"pets data at {root}", expected):
         dataset = OxfordIIITPet(str(root), split=split, target_types="category", download=False)
@@ -441,10 +441,10 @@ def _read_table(path: Path, needed: tuple[str, ...]) -> list[dict[str, str]]:
 
 
 def _open_birdsnap(root: Path, split: str) -> Source:
-    _check_split("birdsnap", root, split, ("train", "test"))
     expected = (f"{root}/{{species.txt,images.txt,test_images.txt}} (the official Birdsnap list files) and the images "
                 f"under {root}/images/<species dir>/<file>.jpg")
     _require_dir("birdsnap", root, expected)
+    _check_split("birdsnap", root, split, ("train", "test"))
     _require_files("birdsnap", root, [root / f for f in ("species.txt", "images.txt", "test_images.txt")], expected)
     with _reader_errors(f"birdsnap data at {root}", expected):
         reader = BirdsnapReader(root, split)
