@@ -27,6 +27,8 @@ QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress bar; one log l
 ForceOpt = typer.Option(False, "--force", help="delete and redo an existing run directory")
 ResumeOpt = typer.Option(None, "--resume", help="a checkpoint file, a run directory, or 'auto'")
 DeviceOpt = typer.Option(None, "--device", help="auto, cpu or cuda")
+METHOD_HELP = "leoclr, mocov2, simclr, leoclr-e2e, leoclr-random-original or leoclr-attract-all"
+CROPS_HELP = "random (RandomResizedCrop), contrastive (ContrastiveCrop) or center-box"
 
 
 def _overrides(sets: Optional[List[str]], **flags: Any) -> dict[str, Any]:
@@ -47,7 +49,8 @@ def _data_flags(source: Optional[str], data: Optional[Path], prefix: str = "data
 @app.command()
 def pretrain(
     protocol: Optional[Path] = ProtocolOpt,
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="leoclr or mocov2"),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help=METHOD_HELP),
+    crops: Optional[str] = typer.Option(None, "--crops", help=CROPS_HELP),
     data: Optional[Path] = typer.Option(None, "--data", help="dataset root (official on-disk layout)"),
     source: Optional[str] = typer.Option(None, "--source", help="builtin, imagefolder, cifar10, cifar100, stl10"),
     split: Optional[str] = typer.Option(None, "--split", help="split to pretrain on"),
@@ -68,12 +71,12 @@ def pretrain(
     quiet: bool = QuietOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
-    """Pretrain a backbone with LeOCLR or MoCo-v2; writes RUN/backbone.safetensors."""
+    """Pretrain a backbone (LeOCLR, MoCo-v2, SimCLR and the paper's variants); writes RUN/backbone.safetensors."""
     from .pretrain import run_pretrain
     from .schema import load_protocol
 
     p = load_protocol("pretrain", protocol, _overrides(
-        sets, **{"method.name": method, "data.split": split, "model.arch": arch, "optim.epochs": epochs,
+        sets, **{"method.name": method, "augment.crops": crops, "data.split": split, "model.arch": arch, "optim.epochs": epochs,
                  "optim.batch_size": batch_size, "optim.lr": lr, "data.num_workers": workers, "seed": seed,
                  "device": device, "data.on_bad_image": on_bad_image,
                  "checkpoint_every_steps": checkpoint_every_steps}, **_data_flags(source, data)))
@@ -455,17 +458,20 @@ def transfer(
 
 @app.command()
 def quickstart(
-    method: str = typer.Option("leoclr", "--method", "-m", help="leoclr or mocov2"),
+    method: str = typer.Option("leoclr", "--method", "-m", help=METHOD_HELP),
+    crops: Optional[str] = typer.Option(None, "--crops", help=CROPS_HELP),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="default runs/quickstart-METHOD"),
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
+    sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Pretrain on the built-in data, linear-evaluate, and compare with a random-init backbone."""
     from .quickstart import run_quickstart
 
-    rows = run_quickstart(method, out_dir or Path(f"runs/quickstart-{method}"), epochs=epochs, force=force,
-                          quiet=quiet, console=err)
+    default_dir = f"runs/quickstart-{method}" + (f"-{crops}" if crops and crops != "random" else "")
+    rows = run_quickstart(method, out_dir or Path(default_dir), epochs=epochs, force=force, quiet=quiet,
+                          console=err, overrides=_overrides(sets, **{"augment.crops": crops}))
     table = Table(title="Linear evaluation on the built-in shapes test split (10 classes)")
     for col in ("backbone", "top-1 %", "top-5 %", "wall time"):
         table.add_column(col, justify="left" if col == "backbone" else "right")
@@ -500,6 +506,43 @@ def bench(
         from .rundir import write_json
 
         write_json(json_out, {"rows": rows, "train_step_cost_ratio": ratio})
+
+
+@app.command()
+def boxes(
+    run_dir: Path = typer.Argument(..., help="a pretraining run directory made with --crops contrastive or center-box"),
+    out_file: Path = typer.Option(Path("boxes.png"), "--out", "-o", help="PNG file to write"),
+    count: int = typer.Option(16, "--count", "-n", min=1, max=256, help="images in the grid"),
+    cell: int = typer.Option(128, "--cell", min=16, max=1024, help="pixels per image in the grid"),
+) -> None:
+    """Draw the ContrastiveCrop boxes of a run on a grid of its first images (RUN/boxes.safetensors)."""
+    import io
+
+    from .checkpoint import atomic_write_bytes
+    from .data import open_data
+    from .data.ccrop import box_stats, draw_boxes, load_boxes
+    from .schema import load_protocol
+
+    run_dir = run_dir.expanduser()
+    path = run_dir / "boxes.safetensors"
+    if not path.is_file():
+        raise UserError(f"{run_dir} holds no boxes.safetensors (pretrain with --crops contrastive or center-box)")
+    if out_file.suffix.lower() != ".png":
+        raise UserError(f"--out {out_file}: the grid is written as PNG, give a file name ending in .png")
+    all_boxes, meta = load_boxes(path)
+    p = load_protocol("pretrain", run_dir / "protocol.yaml")
+    d = p.data
+    source = open_data(d.source, d.root, d.split, verify_checksums=d.verify_checksums, builtin_n=d.builtin_train)
+    if len(source) != all_boxes.shape[0]:
+        raise UserError(f"{path} holds {all_boxes.shape[0]} boxes, but the run's data has {len(source)} images")
+    n = min(count, len(source))
+    grid = draw_boxes([source[i][0] for i in range(n)], all_boxes[:n], cell=cell)
+    buf = io.BytesIO()
+    grid.save(buf, format="PNG")
+    atomic_write_bytes(out_file, buf.getvalue())
+    whole = box_stats(all_boxes)["ccrop_whole"]
+    out.print(f"{n} images with their {meta.get('mode', '')} boxes (computed after epoch {meta.get('epoch', '?')}; "
+              f"{100 * whole:.0f}% of all boxes are the whole image): {out_file}")
 
 
 @app.command()

@@ -13,7 +13,8 @@ from rich.console import Console
 
 from . import checkpoint as ckpt
 from .data import default_eval_splits, open_data
-from .data.views import AugmentedDataset, ViewMaker
+from .data.ccrop import CropBoxes, box_stats, localise
+from .data.views import AugmentedDataset, ViewMaker, eval_transform
 from .engine import Engine, amp_dtype, cosine_lr, resolve_device
 from .evaluate.features import extract, labelled_split, loader_for, subset
 from .evaluate.knn import knn_accuracy
@@ -45,11 +46,30 @@ def monitor_transform(p: PretrainProtocol) -> EvalTransformConfig:
                                test="none" if small else "resize-center-crop", normalize=p.augment.normalize)
 
 
-def build_loader(p: PretrainProtocol, source, kinds, device: torch.device) -> torch.utils.data.DataLoader:
-    views = AugmentedDataset(source, ViewMaker(p.augment, kinds), seed=p.seed, on_bad_image=p.data.on_bad_image)
+def build_loader(p: PretrainProtocol, source, kinds, device: torch.device,
+                 boxes: Optional[CropBoxes] = None) -> torch.utils.data.DataLoader:
+    views = AugmentedDataset(source, ViewMaker(p.augment, kinds, boxes), seed=p.seed, on_bad_image=p.data.on_bad_image)
     return torch.utils.data.DataLoader(
         views, batch_size=p.optim.batch_size, shuffle=True, drop_last=True, num_workers=p.data.num_workers,
         pin_memory=device.type == "cuda", persistent_workers=p.data.num_workers > 0)
+
+
+def box_updater(p: PretrainProtocol, source, boxes: CropBoxes, method, device: torch.device, run_dir: Path):
+    """The epoch-end hook of ContrastiveCrop: record whether box crops were used, and recompute the boxes
+    from the query backbone on the un-augmented images when due (written to RUN/boxes.safetensors)."""
+    plain = AugmentedDataset(source, eval_transform(p.augment.size, p.augment.size, "none", p.augment.normalize))
+    loader = torch.utils.data.DataLoader(plain, batch_size=p.optim.batch_size, shuffle=False,
+                                         num_workers=p.data.num_workers, pin_memory=device.type == "cuda")
+
+    def hook(epoch: int) -> dict[str, Any]:
+        record: dict[str, Any] = {"ccrop_active": boxes.active(epoch)}
+        if boxes.due(epoch + 1, p.optim.epochs):
+            boxes.update(localise(method.backbone, loader, device, p.augment.ccrop.threshold), epoch + 1)
+            boxes.save(run_dir / "boxes.safetensors", protocol_json(p))
+            record.update({"ccrop_updated": True, **box_stats(boxes.boxes)})
+        return record
+
+    return hook
 
 
 def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = None, force: bool = False,
@@ -61,12 +81,15 @@ def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = 
     seed_everything(p.seed, p.deterministic)
     device = resolve_device(p.device)
     method = build_method(p.model, p.method)
-    loader = build_loader(p, source, method.views, device)
+    boxes = CropBoxes(len(source), p.augment) if p.augment.crops != "random" else None
+    loader = build_loader(p, source, method.views, device, boxes)
     optimizer = torch.optim.SGD([q for q in method.parameters() if q.requires_grad], lr=p.optim.lr,
                                 momentum=p.optim.momentum, weight_decay=p.optim.weight_decay)
     lr_at = cosine_lr(p.optim.lr, p.optim.epochs) if p.optim.schedule == "cosine" else (lambda e: p.optim.lr)
 
-    epoch_end = None
+    hooks: list[Any] = []
+    if boxes is not None:
+        hooks.append(box_updater(p, source, boxes, method, device, Path(run_dir)))
     if p.monitor.knn_every:
         data, tf = monitor_data(p), monitor_transform(p)
         bank_src = subset(labelled_split(data, "train"), p.monitor.max_bank)
@@ -74,13 +97,21 @@ def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = 
         bank_loader = loader_for(bank_src, tf, p.optim.batch_size, p.data.num_workers, device)
         test_loader = loader_for(test_src, tf, p.optim.batch_size, p.data.num_workers, device)
 
-        def epoch_end(epoch: int) -> dict[str, Any]:
+        def knn_monitor(epoch: int) -> dict[str, Any]:
             if (epoch + 1) % p.monitor.knn_every and epoch + 1 != p.optim.epochs:
                 return {}
             bank, bank_y = extract(method.backbone, bank_loader, device)
             test, test_y = extract(method.backbone, test_loader, device)
             acc = knn_accuracy(bank, bank_y, test, test_y, bank_src.num_classes, p.monitor.k, p.monitor.t)
             return {"knn_top1": acc["top1"]}
+
+        hooks.append(knn_monitor)
+
+    def epoch_end(epoch: int) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        for hook in hooks:
+            record.update(hook(epoch))
+        return record
 
     started = time.perf_counter()
     engine = Engine(task=method, optimizer=optimizer, loader=loader, epochs=p.optim.epochs, lr_at=lr_at, device=device,
@@ -90,6 +121,8 @@ def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = 
                     channels_last=p.channels_last and p.model.bn_splits == 1,
                     checkpoint_every_steps=p.checkpoint_every_steps)
     history = engine.run(resume_from)
+    if boxes is not None:
+        boxes.save(Path(run_dir) / "boxes.safetensors", protocol_json(p))
     ckpt.save_backbone(Path(run_dir) / "backbone.safetensors", method.backbone, arch=p.model.arch,
                        cifar_stem=p.model.cifar_stem, method=p.method.name, epoch=p.optim.epochs,
                        protocol_json=protocol_json(p))

@@ -44,9 +44,12 @@ def _resume_or_fresh(run_dir: Path, force: bool) -> tuple[Optional[str], bool]:
 
 
 def run_quickstart(method: str, out_dir: Path, *, epochs: Optional[int] = None, force: bool = False,
-                   quiet: bool = False, console: Optional[Console] = None) -> list[dict[str, Any]]:
+                   quiet: bool = False, console: Optional[Console] = None,
+                   overrides: Optional[dict[str, Any]] = None) -> list[dict[str, Any]]:
+    """``overrides``: more dotted protocol fields (e.g. ``augment.crops``) on top of quickstart.yaml."""
     console = console or Console(stderr=True)
-    p = load_protocol("pretrain", protocol_file("quickstart.yaml"), {"method.name": method, "optim.epochs": epochs})
+    p = load_protocol("pretrain", protocol_file("quickstart.yaml"),
+                      {"method.name": method, "optim.epochs": epochs, **(overrides or {})})
     lin_over = {**LINEAR_OVERRIDES, "data.builtin_train": p.data.builtin_train,
                 "data.builtin_test": p.data.builtin_test, "seed": p.seed}
     rows = []
@@ -59,7 +62,8 @@ def run_quickstart(method: str, out_dir: Path, *, epochs: Optional[int] = None, 
     resume, fresh = _resume_or_fresh(out_dir / "linear-eval", force)
     r = run_linear_eval(lin, pre_dir / "backbone.safetensors", out_dir / "linear-eval", resume=resume, force=fresh,
                         quiet=quiet, console=console)
-    rows.append({"name": f"{method}, {p.optim.epochs} epochs", "top1": r["top1_best"], "top5": r["top5_best"],
+    crops = f", {p.augment.crops} crops" if p.augment.crops != "random" else ""
+    rows.append({"name": f"{method}{crops}, {p.optim.epochs} epochs", "top1": r["top1_best"], "top5": r["top5_best"],
                  "wall_s": time.perf_counter() - t0})
 
     t0 = time.perf_counter()

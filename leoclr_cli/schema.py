@@ -74,6 +74,17 @@ class DataConfig(Strict):
     _root_needed = model_validator(mode="after")(lambda self: _require_root(self))
 
 
+class ContrastiveCropConfig(Strict):
+    """ContrastiveCrop (Peng et al. 2022): crops placed within a per-image box that the query encoder
+    localised. Defaults: the paper's ImageNet values (warm-up 20 of 100 epochs, boxes every 20 epochs,
+    threshold 0.1, alpha 0.6); the reference small-data configs use 100 / 100 of 500 epochs."""
+
+    warmup_epochs: int = Field(20, ge=0, description="epochs of plain random crops before the first boxes")
+    loc_interval: int = Field(20, ge=1, description="epochs between box updates after the warm-up")
+    threshold: float = Field(0.1, ge=0, lt=1, description="k: heat-map pixels above it are inside the box")
+    alpha: float = Field(0.6, gt=0, description="Beta(alpha, alpha) draws the crop position in the box")
+
+
 class AugmentConfig(Strict):
     """The MoCo-v2 augmentation with every part switchable (ablations remove parts)."""
 
@@ -94,6 +105,16 @@ class AugmentConfig(Strict):
     original: Literal["resize", "pad"] = Field(
         "resize", description="LeOCLR original view: squash the whole image (resize) or keep aspect and pad"
     )
+    crops: Literal["random", "contrastive", "center-box"] = Field(
+        "random", description="random: RandomResizedCrop; contrastive: ContrastiveCrop boxes from the query "
+                              "encoder; center-box: one fixed box (0.25, 0.25, 0.75, 0.75) for every image")
+    ccrop: ContrastiveCropConfig = ContrastiveCropConfig()
+
+    @model_validator(mode="after")
+    def _crops_need_crop(self) -> "AugmentConfig":
+        if self.crops != "random" and not self.crop:
+            raise ValueError(f"augment.crops '{self.crops}' places crops, but augment.crop is false")
+        return self
 
 
 class ModelConfig(Strict):
@@ -112,11 +133,18 @@ class ModelConfig(Strict):
         return v
 
 
+METHOD_NAMES = ("mocov2", "leoclr", "simclr", "leoclr-e2e", "leoclr-random-original", "leoclr-attract-all")
+MethodName = Literal["mocov2", "leoclr", "simclr", "leoclr-e2e", "leoclr-random-original", "leoclr-attract-all"]
+
+
 class MethodConfig(Strict):
-    name: Literal["mocov2", "leoclr"] = "leoclr"
+    """``queue_size``, ``momentum``, ``enqueue``, ``key_forward`` and ``queue_init`` belong to the momentum
+    methods; the end-to-end ones (simclr, leoclr-e2e) have no key encoder and no queue and ignore them."""
+
+    name: MethodName = "leoclr"
     queue_size: int = Field(65536, ge=1, description="K, keys in the queue")
     momentum: float = Field(0.999, ge=0, lt=1, description="m of the key encoder's EMA")
-    temperature: float = Field(0.2, gt=0, description="T of InfoNCE")
+    temperature: float = Field(0.2, gt=0, description="T of InfoNCE / NT-Xent")
     enqueue: Literal["both", "k1"] = Field("both", description="LeOCLR: enqueue both crop keys or only k1")
     key_forward: Literal["separate", "joint"] = Field(
         "separate", description="LeOCLR: the two crops through f_k as two forwards (per-view BN) or one"
@@ -169,6 +197,13 @@ class PretrainProtocol(Strict):
     method: MethodConfig = MethodConfig()
     optim: OptimConfig = OptimConfig()
     monitor: MonitorConfig = MonitorConfig()
+
+    @model_validator(mode="after")
+    def _ccrop_fits(self) -> "PretrainProtocol":
+        if self.augment.crops == "contrastive" and self.augment.ccrop.warmup_epochs >= self.optim.epochs:
+            raise ValueError(f"augment.ccrop.warmup_epochs ({self.augment.ccrop.warmup_epochs}) must be less than "
+                             f"optim.epochs ({self.optim.epochs}) for augment.crops 'contrastive'")
+        return self
 
     @model_validator(mode="after")
     def _splits_fit(self) -> "PretrainProtocol":

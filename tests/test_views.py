@@ -109,3 +109,69 @@ def test_views_depend_on_seed_epoch_and_index_only():
     a.set_epoch(1)
     assert not torch.equal(a[2][0][1], va[1])  # a new epoch, new crops
     assert not torch.equal(a[3][0][1], a[2][0][1])
+
+
+def test_random_original_view_is_cropped_like_a_crop():
+    from leoclr_cli.data.views import VIEW_KINDS
+
+    assert "random-original" in VIEW_KINDS
+    maker = ViewMaker(AugmentConfig(**PLAIN), ("random-original", "original"))
+    torch.manual_seed(0)
+    lost = 0
+    for _ in range(20):
+        anchor, original = maker(corners_image())
+        lost += not all(marks_present(anchor).values())
+        assert all(marks_present(original).values())
+    assert lost > 10
+
+
+class _Blank(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return Image.new("RGB", (8, 8)), 0
+
+
+def _draw(img):
+    return torch.rand(3)
+
+
+def test_persistent_workers_see_set_epoch():
+    ds = AugmentedDataset(_Blank(), _draw, seed=3)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1, persistent_workers=True)
+    in_process = []
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        in_process.append(torch.stack([ds[i][0] for i in range(2)]))
+    ds.set_epoch(0)
+    first = next(iter(loader))[0]
+    ds.set_epoch(1)
+    second = next(iter(loader))[0]  # the same worker process, which must use epoch 1's seeds
+    torch.testing.assert_close(first, in_process[0])
+    torch.testing.assert_close(second, in_process[1])
+
+
+class _FirstUnreadable(_Blank):
+    def __getitem__(self, i):
+        from leoclr_cli.errors import BadImage
+
+        if i == 0:
+            raise BadImage("image 0 could not be decoded")
+        return super().__getitem__(i)
+
+
+class _RecordingMaker(ViewMaker):
+    def __call__(self, img, index=None, epoch=0):
+        return torch.tensor([index, epoch])
+
+
+def test_skipped_bad_image_crops_with_the_box_of_the_image_read(capsys):
+    ds = AugmentedDataset(_FirstUnreadable(), _RecordingMaker(AugmentConfig(size=8), ("crop",)), on_bad_image="skip")
+    ds.set_epoch(4)
+    views, _, replaced = ds[0]  # image 1 stands in for the unreadable image 0
+    assert views.tolist() == [1, 4] and replaced == 1
+    views, _, replaced = ds[1]
+    assert views.tolist() == [1, 4] and replaced == 0
+    assert "image 0 could not be decoded" in capsys.readouterr().err
+    assert ds.state_dict() == {}  # no ContrastiveCrop boxes, nothing for the training state

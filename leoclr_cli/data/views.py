@@ -5,16 +5,20 @@
 * :class:`ViewMaker` turns one decoded image into the views a method asks for, e.g.
   ``("original", "crop", "crop")`` for LeOCLR: the original is the whole image resized to the
   crop size (``resize`` squashes, ``pad`` keeps the aspect ratio), then augmented like the crops
-  minus the crop. The image is decoded once for all its views.
+  minus the crop. The image is decoded once for all its views. View kinds: ``crop``, ``original``,
+  and ``random-original`` (Table 8's ablation: the anchor is cropped exactly like a crop).
+  With :class:`~.ccrop.CropBoxes` (ContrastiveCrop), the crop kinds place their crop within the
+  image's box once the boxes are active.
 * :class:`AugmentedDataset` seeds each sample's augmentation from (seed, epoch, index), so the views
-  do not depend on the number of DataLoader workers and a resumed run sees the same views.
+  do not depend on the number of DataLoader workers and a resumed run sees the same views. The
+  epoch lives in shared memory, so persistent DataLoader workers see ``set_epoch`` too.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from typing import Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Optional, Sequence
 
 import torch
 from PIL import Image
@@ -22,6 +26,13 @@ from torchvision.transforms import v2
 
 from ..errors import BadImage, UserError
 from ..schema import NORMALIZATION, AugmentConfig
+
+if TYPE_CHECKING:
+    from .ccrop import CropBoxes
+
+#: view kinds that are random crops of the image (ContrastiveCrop places them)
+CROP_KINDS = ("crop", "random-original")
+VIEW_KINDS = ("original", *CROP_KINDS)
 
 
 def normalize(name: str) -> v2.Transform:
@@ -50,14 +61,22 @@ class PadToSquare(v2.Transform):
 
 
 def augmentation(cfg: AugmentConfig, *, view: str = "crop") -> v2.Compose:
-    """The pipeline of one view: ``crop`` (RandomResizedCrop) or ``original`` (whole image)."""
-    ops: list[Callable] = []
+    """The pipeline of one view: ``crop`` / ``random-original`` (RandomResizedCrop) or ``original``
+    (whole image)."""
+    if view not in VIEW_KINDS:
+        raise ValueError(f"unknown view kind {view!r}")
     if view == "original":
-        ops.append(PadToSquare(cfg.size) if cfg.original == "pad" else v2.Resize((cfg.size, cfg.size), antialias=True))
+        first: Callable = PadToSquare(cfg.size) if cfg.original == "pad" else v2.Resize((cfg.size, cfg.size), antialias=True)
     elif cfg.crop:
-        ops.append(v2.RandomResizedCrop(cfg.size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, antialias=True))
+        first = v2.RandomResizedCrop(cfg.size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, antialias=True)
     else:
-        ops.append(v2.Resize((cfg.size, cfg.size), antialias=True))
+        first = v2.Resize((cfg.size, cfg.size), antialias=True)
+    return v2.Compose([first, *after_crop(cfg)])
+
+
+def after_crop(cfg: AugmentConfig) -> list[Callable]:
+    """Everything after the crop: colour jitter, grayscale, blur, flip, tensor + normalise."""
+    ops: list[Callable] = []
     if cfg.color_jitter:
         ops.append(v2.RandomApply([v2.ColorJitter(*cfg.jitter)], p=cfg.jitter_p))
     if cfg.grayscale:
@@ -69,18 +88,33 @@ def augmentation(cfg: AugmentConfig, *, view: str = "crop") -> v2.Compose:
     if cfg.flip:
         ops.append(v2.RandomHorizontalFlip())
     ops.append(to_tensor(cfg.normalize))
-    return v2.Compose(ops)
+    return ops
 
 
 class ViewMaker:
-    """One image in, the list of views ``kinds`` out (each kind 'original' or 'crop')."""
+    """One image in, the list of views ``kinds`` out (each kind one of :data:`VIEW_KINDS`).
 
-    def __init__(self, cfg: AugmentConfig, kinds: Sequence[str]):
-        self.kinds = tuple(kinds)
+    With ``boxes`` (ContrastiveCrop), a crop kind of image ``index`` in an epoch where the boxes are
+    active is cropped within ``boxes.box(index)`` (:func:`~.ccrop.sample_crop`) instead of anywhere.
+    """
+
+    def __init__(self, cfg: AugmentConfig, kinds: Sequence[str], boxes: Optional["CropBoxes"] = None):
+        self.kinds, self.cfg, self.boxes = tuple(kinds), cfg, boxes
         self.pipelines = {k: augmentation(cfg, view=k) for k in set(self.kinds)}
+        self.rest = v2.Compose(after_crop(cfg))
 
-    def __call__(self, img: Image.Image) -> list[torch.Tensor]:
-        return [self.pipelines[k](img) for k in self.kinds]
+    def __call__(self, img: Image.Image, index: Optional[int] = None, epoch: int = 0) -> list[torch.Tensor]:
+        if self.boxes is None or index is None or not self.boxes.active(epoch):
+            return [self.pipelines[k](img) for k in self.kinds]
+        return [self._box_crop(img, self.boxes.box(index)) if k in CROP_KINDS else self.pipelines[k](img)
+                for k in self.kinds]
+
+    def _box_crop(self, img: Image.Image, box: tuple[float, float, float, float]) -> torch.Tensor:
+        from .ccrop import sample_crop
+
+        c = self.cfg
+        top, left, h, w = sample_crop(img.height, img.width, box, c.crop_scale, c.crop_ratio, c.ccrop.alpha)
+        return self.rest(v2.functional.resized_crop(img, top, left, h, w, [c.size, c.size], antialias=True))
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -91,7 +125,10 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 class AugmentedDataset(torch.utils.data.Dataset):
     """``source[i]`` -> (fn(image), label), ``fn``'s random draws seeded from (seed, epoch, i).
 
-    Used for pretraining views (``fn`` = a :class:`ViewMaker`) and for evaluation transforms alike.
+    Used for pretraining views (``fn`` = a :class:`ViewMaker`, which also gets the index and epoch)
+    and for evaluation transforms alike. The epoch lives in shared memory, so persistent DataLoader
+    workers see :meth:`set_epoch` too. ``state_dict``/``load_state_dict`` carry the ViewMaker's
+    ContrastiveCrop boxes (if any) in the engine's resumable training state.
     ``on_bad_image="skip"``: an image that cannot be decoded is replaced by the next readable one
     (so every batch keeps its size) and items become (views, label, 1 if replaced else 0), which
     the engine counts; ``"error"``: the :class:`BadImage` naming the file stops the run.
@@ -99,35 +136,55 @@ class AugmentedDataset(torch.utils.data.Dataset):
 
     def __init__(self, source: torch.utils.data.Dataset, fn: Callable[[Image.Image], object], seed: int = 0,
                  on_bad_image: Literal["error", "skip"] = "error"):
-        self.source, self.fn, self.seed, self.epoch = source, fn, seed, 0
+        self.source, self.fn, self.seed = source, fn, seed
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self.skip_bad = on_bad_image == "skip"
         self._warned: set[str] = set()
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.fill_(epoch)  # in place: persistent workers share this memory
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, i: int):
-        img, label, replaced = self._read(i) if self.skip_bad else (*self.source[i], 0)
+        img, label, index, replaced = self._read(i) if self.skip_bad else (*self.source[i], i, 0)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, self.epoch, i))
-            out = self.fn(img)
+            epoch = self.epoch
+            torch.manual_seed(sample_seed(self.seed, epoch, i))
+            out = self.fn(img, index, epoch) if isinstance(self.fn, ViewMaker) else self.fn(img)
         return (out, label, replaced) if self.skip_bad else (out, label)
 
     def _read(self, i: int):
-        """(image, label, 1) of the first readable item from ``i`` on if ``i`` is bad, else (..., 0)."""
+        """(image, label, index read, 1) of the first readable item from ``i`` on if ``i`` is bad, else
+        (image, label, i, 0)."""
         n = len(self.source)
         for k in range(n):
             try:
                 img, label = self.source[(i + k) % n]
-                return img, label, int(k > 0)
+                return img, label, (i + k) % n, int(k > 0)
             except BadImage as e:
                 if str(e) not in self._warned:
                     self._warned.add(str(e))
                     print(f"warning: {e}; skipped (data.on_bad_image: skip)", file=sys.stderr)
         raise UserError(f"no image of the dataset could be decoded (e.g. {min(self._warned)})")
+
+    def _boxes(self) -> Optional["CropBoxes"]:
+        return getattr(self.fn, "boxes", None)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The engine's dataset hook: the ContrastiveCrop boxes (none without them)."""
+        boxes = self._boxes()
+        return boxes.state_dict() if boxes is not None else {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        boxes = self._boxes()
+        if boxes is not None:
+            boxes.load_state_dict(state)
 
 
 def eval_transform(size: int, resize: int, test: str, norm: str) -> v2.Compose:

@@ -26,14 +26,21 @@ class LeOCLR(MomentumContrast):
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, x1, x2 = views
         q = F.normalize(self.encoder_q(x), dim=1)
-        with torch.no_grad():
-            self.momentum_update()
-            if self.cfg.key_forward == "joint":
-                k1, k2 = self.encode_keys(torch.cat([x1, x2])).chunk(2)
-            else:
-                k1, k2 = self.encode_keys(x1), self.encode_keys(x2)
+        k1, k2 = self.crop_keys(x1, x2)
         loss1, logits1 = self.contrast(q, k1)
         loss2, logits2 = self.contrast(q, k2)
-        self.enqueue(torch.cat([k1, k2]) if self.cfg.enqueue == "both" else k1)
+        self.enqueue_crop_keys(k1, k2)
         acc = (top1_positive(logits1) + top1_positive(logits2)) / 2
         return loss1 + loss2, {"acc": acc, "loss1": loss1.detach(), "loss2": loss2.detach()}
+
+    @torch.no_grad()
+    def crop_keys(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Momentum update, then f_k(x1), f_k(x2) (two forwards, or one with ``key_forward: joint``)."""
+        self.momentum_update()
+        if self.cfg.key_forward == "joint":
+            k1, k2 = self.encode_keys(torch.cat([x1, x2])).chunk(2)
+            return k1, k2
+        return self.encode_keys(x1), self.encode_keys(x2)
+
+    def enqueue_crop_keys(self, k1: torch.Tensor, k2: torch.Tensor) -> None:
+        self.enqueue(torch.cat([k1, k2]) if self.cfg.enqueue == "both" else k1)

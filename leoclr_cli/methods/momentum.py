@@ -1,8 +1,10 @@
 """What every momentum-contrast method shares: the key encoder, its EMA update, the shuffled
 key forward, the queue, and InfoNCE against the queue.
 
-A method subclasses :class:`MomentumContrast` and implements ``forward(views) -> (loss, stats)``;
-the engine knows nothing else about it.
+A method subclasses :class:`MomentumContrast` (or :class:`~.endtoend.EndToEnd` for the methods
+without a key encoder) and implements ``forward(views) -> (loss, stats)``; the engine knows nothing
+else about it. Every method exposes ``views`` (the view kinds it needs, see data/views.py) and
+``backbone`` (the query backbone, what pretraining exports).
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ def top1_positive(logits: torch.Tensor) -> torch.Tensor:
     return (logits.detach().argmax(dim=1) == 0).float().mean()
 
 
-class MomentumContrast(nn.Module):
-    """Query encoder f_q (trained), key encoder f_k (EMA of f_q), and a FIFO queue of keys."""
+class ContrastiveMethod(nn.Module):
+    """The query encoder f_q (backbone + projection head) and the method's config."""
 
     #: the views the data pipeline must produce, in order: ("original", "crop", "crop", ...)
     views: tuple[str, ...] = ("crop", "crop")
@@ -43,18 +45,28 @@ class MomentumContrast(nn.Module):
     def __init__(self, model: ModelConfig, method: MethodConfig):
         super().__init__()
         self.cfg = method
-        self.shuffle_bn = model.shuffle_bn
         self.encoder_q = Encoder(model)
-        self.encoder_k = copy.deepcopy(self.encoder_q)
-        for p in self.encoder_k.parameters():
-            p.requires_grad_(False)
-        self.register_buffer("queue", F.normalize(torch.randn(model.dim, method.queue_size), dim=0))
-        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
 
     @property
     def backbone(self) -> nn.Module:
         """The query backbone: what pretraining produces."""
         return self.encoder_q.backbone
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # pragma: no cover
+        raise NotImplementedError
+
+
+class MomentumContrast(ContrastiveMethod):
+    """Query encoder f_q (trained), key encoder f_k (EMA of f_q), and a FIFO queue of keys."""
+
+    def __init__(self, model: ModelConfig, method: MethodConfig):
+        super().__init__(model, method)
+        self.shuffle_bn = model.shuffle_bn
+        self.encoder_k = copy.deepcopy(self.encoder_q)
+        for p in self.encoder_k.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("queue", F.normalize(torch.randn(model.dim, method.queue_size), dim=0))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
 
     @torch.no_grad()
     def momentum_update(self) -> None:
@@ -101,6 +113,3 @@ class MomentumContrast(nn.Module):
 
     def contrast(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return info_nce(q, k, self.queue.clone().detach(), self.cfg.temperature)
-
-    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # pragma: no cover
-        raise NotImplementedError

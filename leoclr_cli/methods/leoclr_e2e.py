@@ -1,0 +1,28 @@
+"""LeOCLR in the end-to-end mechanism (Table 5): one encoder, the two crops pulled to the original.
+
+    L = NCE(z -> z1+) + NCE(z -> z2+), z = f(x), z1 = f(x1), z2 = f(x2),
+
+anchors the originals only (as in LeOCLR, the crops are never anchors), negatives every view
+(original and crops) of every other image in the batch; gradients flow through all three views.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .endtoend import EndToEnd, in_batch_nce
+from .momentum import top1_positive
+
+
+class LeOCLRE2E(EndToEnd):
+    """``views = [original, crop_1, crop_2]``."""
+
+    views = ("original", "crop", "crop")
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        z, z1, z2 = self.embed(views)
+        t = self.cfg.temperature
+        loss1, logits1 = in_batch_nce(z, z1, [z, z1, z2], t)
+        loss2, logits2 = in_batch_nce(z, z2, [z, z1, z2], t)
+        acc = (top1_positive(logits1) + top1_positive(logits2)) / 2
+        return loss1 + loss2, {"acc": acc, "loss1": loss1.detach(), "loss2": loss2.detach()}

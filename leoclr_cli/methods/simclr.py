@@ -1,0 +1,27 @@
+"""SimCLR (the end-to-end baseline of Table 5): two crops, NT-Xent with in-batch negatives.
+
+    L = (NCE(z1 -> z2+) + NCE(z2 -> z1+)) / 2, negatives: both views of every other image,
+
+which is SimCLR's NT-Xent averaged over the 2N anchors.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .endtoend import EndToEnd, in_batch_nce
+from .momentum import top1_positive
+
+
+class SimCLR(EndToEnd):
+    """``views = [crop_1, crop_2]``."""
+
+    views = ("crop", "crop")
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        z1, z2 = self.embed(views)
+        t = self.cfg.temperature
+        loss12, logits12 = in_batch_nce(z1, z2, [z1, z2], t)
+        loss21, logits21 = in_batch_nce(z2, z1, [z1, z2], t)
+        acc = (top1_positive(logits12) + top1_positive(logits21)) / 2
+        return (loss12 + loss21) / 2, {"acc": acc}
