@@ -239,7 +239,7 @@ def ablate(
     metric: Optional[str] = typer.Option(None, "--metric", help="top1_best (default) or top1_last"),
     protocol: Optional[Path] = typer.Option(None, "--protocol", "-p", help="pretraining protocol YAML "
                                             "(default: the baseline's)"),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="leoclr or mocov2"),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help=METHOD_HELP),
     data: Optional[Path] = typer.Option(None, "--data", help="dataset root (official on-disk layout)"),
     source: Optional[str] = typer.Option(None, "--source"),
     arch: Optional[str] = typer.Option(None, "--arch"),

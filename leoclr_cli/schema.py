@@ -133,7 +133,6 @@ class ModelConfig(Strict):
         return v
 
 
-METHOD_NAMES = ("mocov2", "leoclr", "simclr", "leoclr-e2e", "leoclr-random-original", "leoclr-attract-all")
 MethodName = Literal["mocov2", "leoclr", "simclr", "leoclr-e2e", "leoclr-random-original", "leoclr-attract-all"]
 
 
