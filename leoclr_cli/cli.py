@@ -453,6 +453,24 @@ def transfer(
               f"(best {best}, validation {r['val']:.2f}%)")
 
 
+# --------------------------------------------------------------------------- report (Tables 1-9, Figures 3-4)
+
+
+@app.command()
+def report(
+    run_dirs: List[Path] = typer.Argument(..., help="run directories, searched recursively for result.json"),
+    out_dir: Path = typer.Option(Path("report"), "--out", "-o", help="where report.md and the PNGs go"),
+    force: bool = typer.Option(False, "--force", help="replace an existing report in --out"),
+) -> None:
+    """The paper's Tables 1-9 with our numbers beside them (Markdown) and Figures 3-4 (PNG)."""
+    from .report import build_report
+
+    r = build_report(run_dirs, out_dir, force=force)
+    runs = ", ".join(f"{n} {k}" for k, n in r["runs"].items()) or "none"
+    out.print(f"report: {r['report']} (runs read: {runs}; files not used: {r['ignored']})\nfigures: "
+              + ", ".join(str(f) for f in r["figures"]))
+
+
 # --------------------------------------------------------------------------- quickstart, bench
 
 

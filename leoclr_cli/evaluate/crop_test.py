@@ -75,7 +75,7 @@ def run_crop_test(protocol: CropTestProtocol, linear_dir: Path, run_dir: Path, *
     result = {
         "kind": "crop-test", "linear_run": str(linear_dir), "backbone": str(backbone_path), "arch": bmeta["arch"],
         "method": bmeta.get("method"), "pretrain_epoch": int(bmeta.get("epoch", 0)), "dataset": protocol.data.source,
-        "test_images": len(test_src), "repeats": protocol.repeats,
+        "num_classes": int(weight.shape[0]), "test_images": len(test_src), "repeats": protocol.repeats,
         "center_top1": center["top1"], "center_top5": center["top5"],
         "random_top1": random_top1, "random_top5": random_top5,
         "random_top1_each": [r["top1"] for r in randoms],

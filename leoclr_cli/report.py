@@ -1,0 +1,437 @@
+"""``leoclr report``: the paper's Tables 1-9 with our numbers beside them, and Figures 3 and 4 as PNGs.
+
+Every ``result.json`` under the given directories is read and recognised by its ``kind`` (keys in the
+README). A run feeds a paper table when its dataset and method match the table's (ImageNet-1K: an
+``imagefolder`` source with 1000 classes); when several match, the one whose pretraining epochs are
+closest to the table's is shown, with its epochs. Results inside an ablation directory belong to that
+ablation only. Every run also appears in the per-kind tables at the end. Nothing is filled in: a
+number we do not have is a "—".
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import yaml
+
+from . import paper
+from .checkpoint import atomic_write_bytes, atomic_write_text
+from .errors import UserError
+
+GAP = "—"
+KINDS = ("pretrain", "linear-eval", "knn", "crop-test", "ablate", "finetune", "transfer", "detection")
+KIND_ALIASES = {"detect": "detection"}
+FIGURE3_FILE, FIGURE4_FILE, REPORT_FILE = "figure3_label_fractions.png", "figure4_augmentation_drop.png", "report.md"
+PART_ORDER = ("color", "grayscale", "blur", "flip", "all-but-crop")
+FRACTION_TICKS = (1, 2, 5, 10, 20, 50, 100)
+
+
+@dataclass
+class Run:
+    kind: str
+    dir: Path
+    result: dict[str, Any]
+    dataset: Optional[str] = None
+    label: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.result.get(key, default)
+
+    @property
+    def method(self) -> Optional[str]:
+        return self.result.get("method")
+
+    @property
+    def epochs(self) -> Optional[int]:
+        """Pretraining epochs of the backbone this run used."""
+        for key in ("pretrain_epoch", "pretrain_epochs"):
+            if self.result.get(key) is not None:
+                return int(self.result[key])
+        if self.kind == "pretrain":
+            return self.result.get("epochs")
+        return self.extra.get("backbone_epoch")
+
+
+# --------------------------------------------------------------------------- reading run directories
+
+
+def _protocol_of(run_dir: Path) -> dict[str, Any]:
+    try:
+        tree = yaml.safe_load((run_dir / "protocol.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return tree if isinstance(tree, dict) else {}
+
+
+def _backbone_info(result: dict[str, Any]) -> dict[str, Any]:
+    """Epoch and pretraining dataset from the header of the backbone a run names, if that file is here."""
+    from .checkpoint import read_metadata
+
+    path = Path(str(result.get("backbone", "")))
+    if not result.get("backbone") or not path.is_file():
+        return {}
+    try:
+        meta = read_metadata(path)
+    except UserError:
+        return {}
+    pre = json.loads(meta.get("protocol", "{}") or "{}")
+    return {"backbone_epoch": int(meta["epoch"]) if meta.get("epoch", "").isdigit() else None,
+            "pretrain_dataset": pre.get("data", {}).get("source"), "pretrain_dir": path.parent}
+
+
+def dataset_label(source: Optional[str], num_classes: Optional[int]) -> Optional[str]:
+    """A data source as the report names it: an ImageNet-layout folder of 1000 classes is ``imagenet``."""
+    if source == "imagefolder" and num_classes == 1000:
+        return "imagenet"
+    return source
+
+
+def _dataset(kind: str, result: dict[str, Any], run_dir: Path, extra: dict[str, Any]) -> Optional[str]:
+    source = result.get("dataset")
+    if source is None:
+        proto = _protocol_of(run_dir)
+        source = proto.get("dataset") or (proto.get("data") or {}).get("source")
+    if source is None:
+        source = result.get("pretrain_dataset") or extra.get("pretrain_dataset")
+    return dataset_label(source, result.get("num_classes"))
+
+
+def collect(run_dirs: Iterable[Path]) -> tuple[list[Run], list[tuple[Path, str]]]:
+    """(recognised runs, [(file, why it was not used)]) under ``run_dirs``."""
+    files: dict[Path, None] = {}
+    for top in run_dirs:
+        top = Path(top).expanduser()
+        if not top.is_dir():
+            raise UserError(f"run directory {top} does not exist")
+        found = sorted(top.rglob("result.json"))
+        if not found:
+            raise UserError(f"{top} holds no result.json (not a run directory, or the run has not finished)")
+        files.update((f.resolve(), None) for f in found)
+    runs, ignored = [], []
+    for f in files:
+        try:
+            result = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise UserError(f"{f} is not valid JSON") from None
+        kind = KIND_ALIASES.get(result.get("kind"), result.get("kind")) if isinstance(result, dict) else None
+        if kind not in KINDS:
+            ignored.append((f, f"kind {result.get('kind')!r}" if isinstance(result, dict) else "not a mapping"))
+            continue
+        extra = _backbone_info(result)
+        runs.append(Run(kind, f.parent, result, _dataset(kind, result, f.parent, extra), extra=extra))
+    ablations = [r.dir for r in runs if r.kind == "ablate"]
+    kept = [r for r in runs if r.kind == "ablate" or not any(a in r.dir.parents for a in ablations)]
+    for r in kept:
+        r.label = _short(r.dir)
+    return kept, ignored
+
+
+def _short(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return GAP
+    if isinstance(value, bool) or isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def fmt_paper(value: Any) -> str:
+    if value is None:
+        return GAP
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def pretrain_hours(run: Run) -> Optional[float]:
+    """Wall time of the pretraining behind ``run`` (sum of metrics.jsonl's per-epoch time_s), in hours."""
+    pre_dir = run.dir if run.kind == "pretrain" else run.extra.get("pretrain_dir")
+    if pre_dir is None or not (Path(pre_dir) / "metrics.jsonl").is_file():
+        return None
+    total = 0.0
+    for line in (Path(pre_dir) / "metrics.jsonl").read_text().splitlines():
+        try:
+            total += float(json.loads(line).get("time_s", 0.0))
+        except (ValueError, AttributeError):
+            return None
+    return total / 3600 if total else None
+
+
+# --------------------------------------------------------------------------- the paper's tables
+
+
+def pick(runs: list[Run], kind: str, method: str, datasets: tuple[str, ...], epochs: Optional[int],
+         where: Callable[[Run], bool] = lambda r: True) -> Optional[Run]:
+    """The run of ``kind``/``method`` on one of ``datasets`` whose pretraining epochs are closest to ``epochs``."""
+    cands = [r for r in runs if r.kind == kind and r.method == method and r.dataset in datasets and where(r)]
+    if not cands:
+        return None
+    return min(cands, key=lambda r: (abs((r.epochs if r.epochs is not None else 10**9) - (epochs or 0)), r.label))
+
+
+OursFn = Callable[[str], tuple[list[Any], list[Run]]]
+
+
+def paper_table(table: paper.PaperTable, ours_header: list[str], ours: OursFn) -> str:
+    """The paper's rows and values, then our values for the row's method and the runs they came from."""
+    header = ["Approach", *[f"{c} (paper)" for c in table.columns], *[f"ours: {c}" for c in ours_header], "our run"]
+    rows = []
+    for approach, method, values in table.rows:
+        mine, used = ours(method) if method is not None else ([None] * len(ours_header), [])
+        rows.append([approach, *[fmt_paper(v) for v in values], *[fmt(v) for v in mine],
+                     ", ".join(dict.fromkeys(r.label for r in used)) or GAP])
+    return f"### {table.title}\n\n" + md_table(header, rows)
+
+
+def _fraction(run: Run) -> Optional[float]:
+    """Percent of labels of a fine-tuning run (``labels`` in percent, or ``fraction`` in [0, 1])."""
+    if run.get("labels") is not None:
+        return float(run.get("labels"))
+    if run.get("fraction") is not None:
+        return float(run.get("fraction")) * 100
+    return None
+
+
+def tables(runs: list[Run]) -> list[str]:
+    IN = ("imagenet",)
+    out = []
+
+    def linear_top1(key: str, datasets: tuple[str, ...] = IN) -> OursFn:
+        def ours(method: str):
+            r = pick(runs, "linear-eval", method, datasets, paper.EPOCHS.get(key))
+            return ([r.epochs, r.get("pretrain_batch_size"), r.get("top1_best")] if r else [None] * 3), [r] if r else []
+        return ours
+
+    out.append(paper_table(paper.TABLE1, ["epochs", "batch", "top-1"], linear_top1("table1")))
+
+    def t2(method: str):
+        got = [pick(runs, "finetune", method, IN, paper.EPOCHS["table2"], lambda r, f=f: _fraction(r) == f)
+               for f in (1.0, 10.0)]
+        return [r.get("top1") if r else None for r in got], [r for r in got if r]
+    out.append(paper_table(paper.TABLE2, ["1%", "10%"], t2))
+
+    def t3(method: str):
+        got = [pick(runs, "transfer", method, (d,), paper.EPOCHS["table3"],
+                    lambda r: r.get("mode", "finetune") == "finetune") for d in paper.TABLE3_DATASETS]
+        return [r.get("value") if r else None for r in got], [r for r in got if r]
+    out.append(paper_table(paper.TABLE3, list(paper.TABLE3.columns), t3))
+
+    def detection(key: str, dataset: str) -> OursFn:
+        def ours(method: str):
+            r = pick(runs, "detection", method, (dataset,), paper.EPOCHS.get(key))
+            return ([r.get("AP50"), r.get("AP"), r.get("AP75")] if r else [None] * 3), [r] if r else []
+        return ours
+
+    out.append(paper_table(paper.TABLE4, ["AP50", "AP", "AP75"], detection("table4", "voc")))
+
+    def top1_only(key: str) -> OursFn:
+        def ours(method: str):
+            r = pick(runs, "linear-eval", method, IN, paper.EPOCHS.get(key))
+            return ([r.epochs, r.get("top1_best")] if r else [None] * 2), [r] if r else []
+        return ours
+
+    out.append(paper_table(paper.TABLE5, ["epochs", "top-1"], top1_only("table5")))
+
+    def t6(method: str):
+        got = [pick(runs, "linear-eval", method, (d,), 800) for d in paper.TABLE6_DATASETS]
+        return [x for r in got for x in ((r.epochs, r.get("top1_best")) if r else (None, None))], [r for r in got if r]
+    out.append(paper_table(paper.TABLE6, ["STL-10 epochs", "STL-10", "CIFAR-10 epochs", "CIFAR-10"], t6))
+
+    def t7(method: str):
+        r = pick(runs, "crop-test", method, IN, paper.EPOCHS["table7"])
+        if r is None:
+            return [None] * 5, []
+        hours = pretrain_hours(r)
+        return [r.epochs, r.get("center_top1"), r.get("random_top1"), r.get("drop"),
+                f"{hours:.1f}h" if hours is not None else None], [r]
+    out.append(paper_table(paper.TABLE7, ["epochs", "center crop", "random crop", "drop", "time"], t7))
+    out.append(paper_table(paper.TABLE8, ["epochs", "top-1"], top1_only("table8")))
+    out.append(paper_table(paper.TABLE9, ["AP50", "AP", "AP75"], detection("table9", "coco")))
+    return out
+
+
+def figure4_table(runs: list[Run]) -> str:
+    header = ["Method", "removed", "dataset", "epochs", "full aug. top-1", "ablated top-1", "drop (points)", "source"]
+    rows = [[paper.METHOD_LABELS.get(m, m), part, "imagenet", "200", fmt_paper(full), fmt_paper(abl),
+             f"{full - abl:.1f}", "paper"] for (m, part), (full, abl) in paper.FIGURE4.items()]
+    for r in sorted((r for r in runs if r.kind == "ablate"), key=lambda r: r.label):
+        rows.append([paper.METHOD_LABELS.get(r.method, str(r.method)), "+".join(r.get("removed", [])),
+                     r.dataset or GAP, fmt(r.epochs), fmt(r.get("baseline_top1")), fmt(r.get("top1")),
+                     fmt(r.get("drop")), r.label])
+    return "### Figure 4: drop in linear top-1 when augmentation parts are removed\n\n" + md_table(header, rows)
+
+
+# --------------------------------------------------------------------------- every run, per kind
+
+PER_KIND: dict[str, tuple[tuple[str, Callable[[Run], Any]], ...]] = {
+    "pretrain": (("arch", lambda r: r.get("arch")), ("epochs", lambda r: r.get("epochs")),
+                 ("final loss", lambda r: r.get("final_loss")), ("kNN top-1", lambda r: r.get("knn_top1")),
+                 ("time (h)", pretrain_hours)),
+    "linear-eval": (("arch", lambda r: r.get("arch")), ("pretrain epochs", lambda r: r.epochs),
+                    ("top-1 best", lambda r: r.get("top1_best")), ("top-1 last", lambda r: r.get("top1_last")),
+                    ("top-5 best", lambda r: r.get("top5_best"))),
+    "knn": (("k", lambda r: r.get("k")), ("top-1", lambda r: r.get("top1")), ("top-5", lambda r: r.get("top5"))),
+    "crop-test": (("pretrain epochs", lambda r: r.epochs), ("center top-1", lambda r: r.get("center_top1")),
+                  ("random top-1", lambda r: r.get("random_top1")), ("drop", lambda r: r.get("drop"))),
+    "ablate": (("removed", lambda r: "+".join(r.get("removed", []))), ("pretrain epochs", lambda r: r.epochs),
+               ("top-1", lambda r: r.get("top1")), ("baseline top-1", lambda r: r.get("baseline_top1")),
+               ("drop", lambda r: r.get("drop"))),
+    "finetune": (("labels %", lambda r: None if _fraction(r) is None else f"{_fraction(r):g}"), ("pretrain epochs", lambda r: r.epochs), ("top-1", lambda r: r.get("top1")),
+                 ("top-5", lambda r: r.get("top5"))),
+    "transfer": (("mode", lambda r: r.get("mode")), ("metric", lambda r: r.get("metric")),
+                 ("value", lambda r: r.get("value"))),
+    "detection": (("AP50", lambda r: r.get("AP50")), ("AP", lambda r: r.get("AP")), ("AP75", lambda r: r.get("AP75"))),
+}
+
+
+def run_tables(runs: list[Run]) -> list[str]:
+    out = []
+    for kind, cols in PER_KIND.items():
+        mine = sorted((r for r in runs if r.kind == kind), key=lambda r: r.label)
+        if not mine:
+            continue
+        header = ["run", "dataset", "method", *[c for c, _ in cols]]
+        rows = [[r.label, r.dataset or GAP, str(r.method or GAP), *[fmt(f(r)) for _, f in cols]] for r in mine]
+        out.append(f"### {kind}\n\n" + md_table(header, rows))
+    return out
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def figure3(runs: list[Run]) -> tuple[bytes, list[dict[str, Any]]]:
+    """Fine-tuning accuracy vs percent of labels: (PNG, the plotted series as read back from the axes)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for r in runs:
+        if r.kind == "finetune" and _fraction(r) is not None:
+            groups.setdefault((r.dataset or "?", str(r.method)), []).append(r)
+    for panel, (ax, key) in enumerate(zip(axes, ("top1", "top5"))):
+        for (dataset, method), rs in sorted(groups.items()):
+            pts = sorted((_fraction(r), r.get(key)) for r in rs if r.get(key) is not None)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=f"ours: {paper.METHOD_LABELS.get(method, method)} ({dataset})")
+        if key == "top1":
+            for method, pts in paper.FIGURE3_TOP1.items():
+                ax.plot(list(pts), list(pts.values()), linestyle="--", marker="s",
+                        label=f"paper: {paper.METHOD_LABELS.get(method, method)} (ImageNet-1K)")
+        ax.set_xscale("log")
+        ax.set_xticks(FRACTION_TICKS, [f"{t:g}" for t in FRACTION_TICKS])
+        ax.minorticks_off()
+        ax.set_xlabel("labelled fraction of the training set (%)")
+        ax.set_ylabel(f"{'top-1' if key == 'top1' else 'top-5'} accuracy (%)")
+        ax.set_title(f"({'ab'[panel]}) {'Top-1' if key == 'top1' else 'Top-5'} accuracy")
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle("Semi-supervised fine-tuning with a fraction of the labels (Figure 3)")
+    plotted = [{"panel": key, "label": line.get_label(), "x": [float(v) for v in line.get_xdata()],
+                "y": [float(v) for v in line.get_ydata()]} for ax, key in zip(axes, ("top1", "top5")) for line in ax.lines]
+    data = _png(fig)
+    plt.close(fig)
+    return data, plotted
+
+
+def _part_key(name: str) -> tuple[int, str]:
+    first = name.split("+")[0]
+    return (PART_ORDER.index(first) if first in PART_ORDER else len(PART_ORDER), name)
+
+
+def figure4(runs: list[Run]) -> tuple[bytes, list[dict[str, Any]]]:
+    """Drop in points per removed augmentation, one bar group per removal: (PNG, the plotted bars)."""
+    plt = _pyplot()
+    series: dict[str, dict[str, float]] = {}
+    for (method, part), (full, abl) in paper.FIGURE4.items():
+        series.setdefault(f"paper: {paper.METHOD_LABELS.get(method, method)} (ImageNet-1K)", {})[part] = full - abl
+    for r in runs:
+        if r.kind == "ablate" and r.get("drop") is not None:
+            name = f"ours: {paper.METHOD_LABELS.get(r.method, r.method)} ({r.dataset}, {r.epochs} ep)"
+            series.setdefault(name, {})["+".join(r.get("removed", []))] = float(r.get("drop"))
+    categories = sorted({c for s in series.values() for c in s}, key=_part_key)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(categories) + 3), 4))
+    width = 0.8 / max(1, len(series))
+    for i, (name, values) in enumerate(series.items()):
+        xs = [categories.index(c) + (i - (len(series) - 1) / 2) * width for c in values]
+        bars = ax.bar(xs, list(values.values()), width=width, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(range(len(categories)), [c.replace("all-but-crop", "only crop") for c in categories])
+    ax.set_ylabel("decrease in linear top-1 (points)")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_title("Drop in top-1 with augmentation parts removed (Figure 4)")
+    ax.legend(fontsize=7)
+    plotted = [{"label": c.get_label(), "x": float(p.get_x() + p.get_width() / 2), "height": float(p.get_height())}
+               for c in ax.containers for p in c.patches]
+    data = _png(fig)
+    plt.close(fig)
+    return data, plotted
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def build_report(run_dirs: list[Path], out_dir: Path, *, force: bool = False) -> dict[str, Any]:
+    runs, ignored = collect(run_dirs)
+    out_dir = Path(out_dir)
+    targets = [out_dir / REPORT_FILE, out_dir / FIGURE3_FILE, out_dir / FIGURE4_FILE]
+    existing = [t for t in targets if t.exists()]
+    if existing and not force:
+        raise UserError(f"{existing[0]} already exists; use --force to replace the report")
+    fig3, fig3_series = figure3(runs)
+    fig4, fig4_bars = figure4(runs)
+    counts = {k: sum(r.kind == k for r in runs) for k in KINDS if any(r.kind == k for r in runs)}
+    parts = [
+        "# LeOCLR: the paper's numbers and ours",
+        "Read from: " + ", ".join(f"`{_short(Path(d).expanduser().resolve())}`" for d in run_dirs) + ". Runs: "
+        + ", ".join(f"{n} {k}" for k, n in counts.items()) + ".",
+        "Paper values are transcribed from the paper's text (`leoclr_cli/paper.py`); \"ours\" comes from the run "
+        "named in the last column: a run feeds a table when its dataset and method match the table's "
+        "(ImageNet-1K = an `imagefolder` source of 1000 classes), the closest in pretraining epochs if several do. "
+        f"{GAP} = no such number (the paper has none, or no run of ours matches).",
+        "## The paper's tables", *tables(runs),
+        "## Figures", f"![Figure 3]({FIGURE3_FILE})", f"![Figure 4]({FIGURE4_FILE})", figure4_table(runs),
+        "## Every run, by kind", *(run_tables(runs) or ["No runs."]),
+    ]
+    if ignored:
+        parts.append("Not used: " + "; ".join(f"`{_short(f)}` ({why})" for f, why in ignored) + ".")
+    atomic_write_bytes(targets[1], fig3)
+    atomic_write_bytes(targets[2], fig4)
+    atomic_write_text(targets[0], "\n\n".join(parts) + "\n")
+    return {"report": targets[0], "figures": targets[1:], "runs": counts, "ignored": len(ignored),
+            "figure3": fig3_series, "figure4": fig4_bars}

@@ -1,0 +1,120 @@
+"""leoclr report: paper tables with our numbers in the right rows, gaps for missing runs, PNG figures."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from leoclr_cli.cli import main
+
+IN1K = {"dataset": "imagefolder", "num_classes": 1000}
+
+
+def put(root, rel, result, protocol=None):
+    d = root / rel
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "result.json").write_text(json.dumps(result))
+    if protocol is not None:
+        (d / "protocol.yaml").write_text(protocol)
+    return d
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "runs"
+    put(root, "in1k-leoclr/linear-eval", {"kind": "linear-eval", "method": "leoclr", **IN1K, "pretrain_epoch": 800,
+                                          "pretrain_batch_size": 256, "top1_best": 12.34, "top1_last": 12.0,
+                                          "top5_best": 30.0})
+    put(root, "in1k-leoclr/linear-eval/crop-test", {"kind": "crop-test", "method": "leoclr", **IN1K,
+                                                    "pretrain_epoch": 200, "center_top1": 11.11, "random_top1": 9.99,
+                                                    "drop": 1.12})
+    put(root, "c10-moco/linear-eval", {"kind": "linear-eval", "method": "mocov2", "dataset": "cifar10",
+                                       "num_classes": 10, "pretrain_epoch": 10, "top1_best": 55.55})
+    for labels, top1, top5 in ((1, 5.5, 15.0), (10, 20.25, 40.0), (50, 33.0, 60.0)):
+        # no dataset key: taken from the run's protocol.yaml
+        put(root, f"ft/labels_{labels}pct", {"kind": "finetune", "method": "leoclr", "labels": labels,
+                                             "fraction": labels / 100, "num_classes": 1000, "top1": top1,
+                                             "top5": top5}, protocol="kind: finetune\ndata: {source: imagefolder}\n")
+    put(root, "tr/cifar10", {"kind": "transfer", "method": "leoclr", "dataset": "cifar10", "mode": "finetune",
+                             "metric": "top1", "value": 88.8})
+    put(root, "tr/pets-linear", {"kind": "transfer", "method": "leoclr", "dataset": "pets", "mode": "linear",
+                                 "metric": "mean_per_class", "value": 40.0})
+    put(root, "voc", {"kind": "detection", "method": "leoclr", "dataset": "voc", "AP50": 70.1, "AP": 40.2,
+                      "AP75": 45.3})
+    ab = put(root, "ablate-color", {"kind": "ablate", "method": "leoclr", "dataset": "builtin", "pretrain_epochs": 5,
+                                    "removed": ["color"], "top1": 20.0, "baseline_top1": 23.5, "drop": 3.5})
+    # the ablation's own linear eval must not pass for a full-augmentation ImageNet run
+    put(ab, "pretrain/linear-eval", {"kind": "linear-eval", "method": "leoclr", **IN1K, "pretrain_epoch": 800,
+                                     "top1_best": 99.99})
+    put(root, "odd", {"kind": "something-else"})
+    return root
+
+
+def section(md, title_start):
+    start = md.index(f"### {title_start}")
+    end = md.find("\n###", start + 1)
+    return md[start:end if end > 0 else None]
+
+
+def row(md, title_start, approach):
+    for line in section(md, title_start).splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == approach:
+            return cells
+    raise AssertionError(f"no row {approach!r} in {title_start}")
+
+
+def call(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in argv])
+    return exc.value.code or 0, capsys.readouterr().err
+
+
+def test_report_tables_and_figures(runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    code, err = call(["report", runs, "--out", out], capsys)
+    assert code == 0, err
+    md = (out / "report.md").read_text()
+
+    # Table 1: paper columns (epochs, batch, accuracy), then ours (epochs, batch, top-1), then the run
+    assert row(md, "Table 1", "LeOCLR (ours)")[1:7] == ["800", "256", "76.2", "800", "256", "12.34"]
+    assert row(md, "Table 1", "LeOCLR (ours)")[7].endswith("in1k-leoclr/linear-eval")
+    assert row(md, "Table 1", "MoCo-v2")[1:] == ["800", "256", "71.1", "—", "—", "—", "—"]  # no run: gaps
+    assert "99.99" not in md  # the ablation's inner linear eval feeds nothing but the ablation
+    assert row(md, "Table 2", "LeOCLR (ours)")[1:5] == ["62.8", "71.5", "5.50", "20.25"]
+    t3 = row(md, "Table 3", "LeOCLR (ours)")
+    assert t3[1:6] == ["98.1", "86.9", "91.6", "76.8", "92.1"] and t3[6] == "88.80"
+    assert t3[7:11] == ["—"] * 4  # Pets only in linear mode: not the paper's fine-tuning protocol
+    assert row(md, "Table 3", "DINO")[4] == "—"  # the paper's own gap (Birdsnap) stays a gap
+    assert row(md, "Table 4", "LeOCLR (ours)")[1:7] == ["83.2", "57.5", "64.2", "70.10", "40.20", "45.30"]
+    assert row(md, "Table 6", "MoCo-v2")[1:7] == ["80.08", "73.88", "—", "—", "10", "55.55"]
+    assert row(md, "Table 7", "LeOCLR (ours)")[1:8] == ["71.7", "68.9", "81h", "200", "11.11", "9.99", "1.12"]
+    assert row(md, "Table 9", "LeOCLR (ours)")[4:7] == ["—", "—", "—"]
+    fig4 = section(md, "Figure 4")
+    assert "| 3.50 |" in fig4 and "| 28.0 |" in fig4 and "| 25.1 |" in fig4
+    assert "something-else" in md  # unrecognised files are listed, not silently dropped
+
+    for name in ("figure3_label_fractions.png", "figure4_augmentation_drop.png"):
+        with Image.open(out / name) as im:
+            assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+            assert len(np.unique(np.asarray(im.convert("L")))) > 2  # something is drawn
+
+    from leoclr_cli.report import build_report
+
+    r = build_report([runs], tmp_path / "again")
+    ours = [s for s in r["figure3"] if s["label"].startswith("ours")]
+    assert [(s["panel"], s["x"], s["y"]) for s in ours] == [("top1", [1, 10, 50], [5.5, 20.25, 33.0]),
+                                                            ("top5", [1, 10, 50], [15.0, 40.0, 60.0])]
+    assert sorted(len(s["x"]) for s in r["figure3"] if s["label"].startswith("paper")) == [2, 2]
+    assert sorted(round(b["height"], 2) for b in r["figure4"]) == [3.5, 25.1, 28.0]
+
+
+def test_report_refuses_to_overwrite_and_names_missing_dirs(runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert call(["report", runs, "--out", out], capsys)[0] == 0
+    code, err = call(["report", runs, "--out", out], capsys)
+    assert code == 2 and "already exists" in err and "--force" in err
+    assert call(["report", runs, "--out", out, "--force"], capsys)[0] == 0
+    code, err = call(["report", tmp_path / "nope", "--out", tmp_path / "r2"], capsys)
+    assert code == 2 and "nope" in err and not (tmp_path / "r2").exists()
