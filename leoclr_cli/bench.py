@@ -1,42 +1,138 @@
-"""``leoclr bench``: throughput of the view pipeline and of the train step, MoCo-v2 vs LeOCLR.
+"""``leoclr bench``: where the time of a pretraining step goes, MoCo-v2 vs LeOCLR, on this machine.
 
-* view pipeline: images/s through the PIL augmentation of one process (one core), 2 views for
-  MoCo-v2 and 3 (original + 2 crops) for LeOCLR, on photo-sized random images;
-* train step: samples/s of the engine's own loop on synthetic views already in memory, so the
-  number is the device's compute alone;
-* end to end (estimate): both stages in series on one core, 1 / (1/pipeline + 1/step).
+Rows (samples/s; a LeOCLR sample is 3 views, a MoCo-v2 sample 2):
+
+* views, per CPU core, on photo-sized JPEGs (ImageNet's typical 500x375, scaled with
+  ``--view-size``) decoded in the loop: the reference torchvision-PIL pipeline (full decode, HSV
+  hue); the fast PIL path (reduced-scale JPEG decode, YIQ hue); the tensor backend's worker part
+  (decode once + parameter draws) and its batched views, on one CPU thread and on the device;
+* train step: the engine's own loop on synthetic views already in memory (the device's compute);
+* end to end: the engine fed by the real loader (``--workers`` processes) over generated JPEGs,
+  for each backend.
+
+On CUDA the train-step and end-to-end rows also give the peak memory and the mean GPU utilisation
+(``torch.cuda.utilization``, which needs the ``pynvml`` module); on the CPU they are blank.
 Speed is measured here and printed, never asserted in tests.
 """
 
 from __future__ import annotations
 
+import io
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 from PIL import Image
 from rich.console import Console
 
-from .data.views import ViewMaker
+from .data.gpu_views import DecodeAndDraw, TensorViews
+from .data.sources import open_rgb
+from .data.views import AugmentedDataset, ViewMaker, draft_side
 from .engine import Engine, amp_dtype, resolve_device
 from .methods import build_method
-from .schema import AugmentConfig, MethodConfig, ModelConfig
+from .schema import AugmentConfig, MethodConfig, ModelConfig, PretrainProtocol
+
+KINDS = {"mocov2": ("crop", "crop"), "leoclr": ("original", "crop", "crop")}
+#: the view-pipeline variants: (row label, augment fields)
+VARIANTS = {
+    "reference": ("views: PIL reference (full decode, HSV hue)", {"hue": "hsv", "draft": False}),
+    "fast": ("views: PIL fast (draft decode, YIQ hue)", {"hue": "yiq", "draft": True}),
+}
 
 
-def pipeline_rate(kinds: tuple[str, ...], size: int, images: int) -> float:
-    aug = AugmentConfig(size=size, blur=size >= 96, normalize="imagenet")
-    maker = ViewMaker(aug, kinds)
-    rng = np.random.default_rng(0)
-    side = size if size < 96 else round(size * 8 / 7 * 1.5)
-    pics = [Image.fromarray(rng.integers(0, 256, (side, side * 4 // 3, 3), dtype=np.uint8)) for _ in range(16)]
-    maker(pics[0])
+def photo_size(view_size: int) -> tuple[int, int]:
+    return max(8, round(view_size * 500 / 224)), max(8, round(view_size * 375 / 224))
+
+
+def jpeg_photos(n: int, size: tuple[int, int], seed: int = 0) -> list[bytes]:
+    """Smooth random colour fields as JPEG files (noise would make decoding unrealistically slow)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        small = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
+        buf = io.BytesIO()
+        small.resize(size, Image.Resampling.BICUBIC).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+class JpegPhotos(torch.utils.data.Dataset):
+    """``(decoded photo, 0)`` from in-memory JPEGs, with a source's ``set_draft``."""
+
+    def __init__(self, photos: list[bytes], length: int):
+        self.photos, self.length, self.min_side = photos, length, None
+
+    def set_draft(self, min_side: Optional[int]) -> None:
+        self.min_side = min_side
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        return open_rgb(io.BytesIO(self.photos[i % len(self.photos)]), self.min_side), 0
+
+
+def augment(size: int, **fields: Any) -> AugmentConfig:
+    return AugmentConfig(size=size, blur=size >= 96, normalize="imagenet", **fields)
+
+
+def _rate(fn: Callable[[], None], n: int) -> float:
+    fn()  # warm-up
     t0 = time.perf_counter()
-    for i in range(images):
-        maker(pics[i % len(pics)])
-    return images / (time.perf_counter() - t0)
+    fn()
+    return n / (time.perf_counter() - t0)
+
+
+def view_rates(view_size: int, images: int, batch: int, device: torch.device) -> list[dict[str, Any]]:
+    """The view-pipeline rows, every CPU part on one core (one torch thread)."""
+    photos = JpegPhotos(jpeg_photos(16, photo_size(view_size)), images)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows: list[dict[str, Any]] = []
+    try:
+        for key, (label, fields) in VARIANTS.items():
+            rates = {}
+            for method, kinds in KINDS.items():
+                cfg = augment(view_size, **fields)
+                photos.set_draft(draft_side(cfg) if cfg.draft else None)
+                data = AugmentedDataset(photos, ViewMaker(cfg, kinds))
+                rates[method] = _rate(lambda: [data[i] for i in range(images)], images)
+            rows.append({"what": label, "device": "cpu, 1 core", **rates})
+        worker, views_cpu, views_dev = {}, {}, {}
+        for method, kinds in KINDS.items():
+            cfg = augment(view_size, backend="tensor", hue="yiq")
+            photos.set_draft(draft_side(cfg))
+            data = AugmentedDataset(photos, DecodeAndDraw(cfg, kinds))
+            worker[method] = _rate(lambda: [data[i] for i in range(images)], images)
+            items = [data[i][0] for i in range(min(batch, images))]
+            inputs = (torch.stack([a for a, _ in items]), torch.stack([p for _, p in items]))
+            make = TensorViews(cfg, kinds)
+            views_cpu[method] = _rate(lambda: make(inputs), len(items))
+            if device.type == "cuda":
+                on_dev, make_dev = tuple(t.to(device) for t in inputs), TensorViews(cfg, kinds).to(device)
+
+                def run_dev() -> None:
+                    make_dev(on_dev)
+                    torch.cuda.synchronize(device)
+
+                views_dev[method] = _rate(run_dev, len(items))
+        rows.append({"what": "views: tensor backend, worker part (decode + draws)", "device": "cpu, 1 core", **worker})
+        rows.append({"what": "views: tensor backend, batched views", "device": "cpu, 1 core", **views_cpu})
+        rows.append({"what": "views: tensor backend, both parts", "device": "cpu, 1 core",
+                     **{m: 1 / (1 / worker[m] + 1 / views_cpu[m]) for m in KINDS}})
+        if views_dev:
+            rows.append({"what": "views: tensor backend, batched views", "device": str(device), **views_dev})
+    finally:
+        torch.set_num_threads(threads)
+    ref = rows[0]["leoclr"]
+    for row in rows:
+        if row["device"].startswith("cpu"):
+            row["vs_reference"] = row["leoclr"] / ref
+    return rows
 
 
 class SyntheticViews(torch.utils.data.Dataset):
@@ -51,30 +147,76 @@ class SyntheticViews(torch.utils.data.Dataset):
         return self.views, 0
 
 
-def step_rate(method: str, arch: str, size: int, batch: int, steps: int, device: torch.device) -> float:
+def _gpu_util(device: torch.device, stop: threading.Event, samples: list[float]) -> None:
+    while not stop.wait(0.1):
+        try:
+            samples.append(float(torch.cuda.utilization(device)))
+        except Exception:  # no pynvml / no NVML: leave it blank
+            return
+
+
+def engine_rate(method: str, arch: str, batch: int, loader: torch.utils.data.DataLoader, device: torch.device,
+                batch_transform: Optional[Callable] = None) -> dict[str, Any]:
+    """Samples/s of the engine's second epoch over ``loader`` (the first warms up), with peak
+    memory and mean utilisation on CUDA."""
     splits = 8 if batch % 8 == 0 and batch >= 32 else 1  # at least 4 samples per split
     model = build_method(ModelConfig(arch=arch, bn_splits=splits), MethodConfig(name=method, queue_size=4096))
-    ds = SyntheticViews(len(model.views), size, batch * steps)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch, drop_last=True)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    stop, util = threading.Event(), []
+    poll = threading.Thread(target=_gpu_util, args=(device, stop, util), daemon=True) if cuda else None
+    if poll:
+        poll.start()
     with tempfile.TemporaryDirectory() as tmp:
         engine = Engine(task=model, optimizer=opt, loader=loader, epochs=2, lr_at=lambda e: 0.01, device=device,
                         run_dir=Path(tmp), protocol_json="{}", checkpoint_every=0, quiet=True,
                         console=Console(quiet=True), desc=f"bench {method}", amp=amp_dtype("auto", device),
-                        channels_last=splits == 1)
-        history = engine.run()  # epoch 1 warms up (allocator, cudnn autotune), epoch 2 is timed
-    return history[-1]["samples_per_s"]
+                        channels_last=splits == 1, batch_transform=batch_transform)
+        history = engine.run()
+    stop.set()
+    out = {"rate": history[-1]["samples_per_s"], "peak_gib": None, "gpu_util": None}
+    if cuda:
+        out["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        out["gpu_util"] = float(np.mean(util)) if util else None
+    return out
 
 
-def run_bench(*, device: str, arch: str, size: int, batch_size: int, steps: int, images: int) -> tuple[list[dict[str, Any]], float]:
+def _row(what: str, device: torch.device, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    row: dict[str, Any] = {"what": what, "device": str(device), **{m: r["rate"] for m, r in results.items()}}
+    peaks = [r["peak_gib"] for r in results.values() if r["peak_gib"] is not None]
+    utils = [r["gpu_util"] for r in results.values() if r["gpu_util"] is not None]
+    row["peak_gib"] = max(peaks) if peaks else None
+    row["gpu_util"] = float(np.mean(utils)) if utils else None
+    return row
+
+
+def end_to_end(method: str, arch: str, size: int, batch: int, steps: int, workers: int, device: torch.device,
+               backend: str) -> dict[str, Any]:
+    from .pretrain import build_loader
+
+    fields = {"tensor": {"backend": "tensor", "hue": "yiq"}, **{k: v[1] for k, v in VARIANTS.items()}}[backend]
+    p = PretrainProtocol(augment=augment(size, **fields), model=ModelConfig(bn_splits=1),
+                         data={"num_workers": workers}, optim={"batch_size": batch})
+    source = JpegPhotos(jpeg_photos(16, photo_size(size)), batch * steps)
+    loader = build_loader(p, source, KINDS[method], device)
+    transform = TensorViews(p.augment, KINDS[method]).to(device) if backend == "tensor" else None
+    return engine_rate(method, arch, batch, loader, device, transform)
+
+
+def run_bench(*, device: str, arch: str, size: int, batch_size: int, steps: int, images: int,
+              view_size: int = 224, workers: int = 0) -> tuple[list[dict[str, Any]], float]:
+    """The table's rows and the LeOCLR/MoCo-v2 cost per sample of the train step."""
     dev = resolve_device(device)
-    pipe = {m: pipeline_rate(kinds, size, images)
-            for m, kinds in (("mocov2", ("crop", "crop")), ("leoclr", ("original", "crop", "crop")))}
-    step = {m: step_rate(m, arch, size, batch_size, steps, dev) for m in ("mocov2", "leoclr")}
-    rows = [
-        {"what": "view pipeline, 1 core (PIL)", "device": "cpu", **pipe},
-        {"what": f"train step ({arch})", "device": str(dev), **step},
-        {"what": "end to end, 1 core + device (estimate)", "device": str(dev),
-         **{m: 1.0 / (1.0 / pipe[m] + 1.0 / step[m]) for m in pipe}},
-    ]
-    return rows, step["mocov2"] / step["leoclr"]
+    rows = view_rates(view_size, images, batch_size, dev)
+    step = {}
+    for m, kinds in KINDS.items():
+        loader = torch.utils.data.DataLoader(SyntheticViews(len(kinds), size, batch_size * steps),
+                                             batch_size=batch_size, drop_last=True)
+        step[m] = engine_rate(m, arch, batch_size, loader, dev)
+    rows.append(_row(f"train step ({arch}, {size} px, synthetic views)", dev, step))
+    for backend in ("reference", "fast", "tensor"):
+        results = {m: end_to_end(m, arch, size, batch_size, steps, workers, dev, backend) for m in KINDS}
+        rows.append(_row(f"end to end ({backend} views, {workers} workers, {size} px)", dev, results))
+    return rows, step["mocov2"]["rate"] / step["leoclr"]["rate"]

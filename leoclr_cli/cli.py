@@ -81,6 +81,8 @@ def pretrain(
                  "device": device, "data.on_bad_image": on_bad_image,
                  "checkpoint_every_steps": checkpoint_every_steps}, **_data_flags(source, data)))
     result = run_pretrain(p, out_dir, resume=resume, force=force, quiet=quiet, console=err)
+    if result["rank"]:
+        return  # under torchrun only rank 0 reports
     out.print(f"pretrained {result['method']} {result['arch']} for {result['epochs']} epochs: "
               f"final loss {result['final_loss']:.4f}"
               + (f", kNN top-1 {result['knn_top1']:.2f}%" if result["knn_top1"] is not None else "")
@@ -502,28 +504,42 @@ def quickstart(
 def bench(
     device: Optional[str] = DeviceOpt,
     arch: str = typer.Option("resnet18", "--arch"),
-    size: int = typer.Option(32, "--size", help="view size in pixels"),
+    size: int = typer.Option(32, "--size", help="view size of the train-step and end-to-end rows"),
+    view_size: int = typer.Option(224, "--view-size", help="view size of the view-pipeline rows"),
     batch_size: int = typer.Option(64, "--batch-size", "-b"),
     steps: int = typer.Option(5, "--steps", help="timed train steps per method"),
-    images: int = typer.Option(256, "--images", help="images through the view pipeline"),
+    images: int = typer.Option(128, "--images", help="images through each view pipeline"),
+    workers: int = typer.Option(0, "--workers", "-j", help="DataLoader workers of the end-to-end rows"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the numbers as JSON"),
 ) -> None:
-    """Samples/s of the view pipeline and the train step, MoCo-v2 vs LeOCLR, on this device."""
+    """Samples/s of the view pipelines, the train step and end to end, MoCo-v2 vs LeOCLR, on this device."""
     from .bench import run_bench
 
     rows, ratio = run_bench(device=device or "auto", arch=arch, size=size, batch_size=batch_size, steps=steps,
-                            images=images)
-    table = Table(title=f"leoclr bench: {arch}, {size} px, batch {batch_size}")
-    for col in ("what", "device", "mocov2 samples/s", "leoclr samples/s", "leoclr / mocov2 cost"):
+                            images=images, view_size=view_size, workers=workers)
+    table = Table(title=f"leoclr bench: {arch}, batch {batch_size}; views at {view_size} px from "
+                        f"photo-sized JPEGs, train at {size} px")
+    cols = ("what", "device", "mocov2 samples/s", "leoclr samples/s", "leoclr / mocov2 cost", "leoclr vs reference",
+            "peak GiB", "GPU util %")
+    for col in cols:
         table.add_column(col, justify="left" if col in ("what", "device") else "right")
+
+    def fmt(v: Any, spec: str) -> str:
+        return "" if v is None else format(v, spec)
+
     for r in rows:
-        table.add_row(r["what"], r["device"], f"{r['mocov2']:.1f}", f"{r['leoclr']:.1f}", f"{r['mocov2'] / r['leoclr']:.2f}x")
+        table.add_row(r["what"], r["device"], f"{r['mocov2']:.1f}", f"{r['leoclr']:.1f}",
+                      f"{r['mocov2'] / r['leoclr']:.2f}x", fmt(r.get("vs_reference"), ".2f"),
+                      fmt(r.get("peak_gib"), ".2f"), fmt(r.get("gpu_util"), ".0f"))
     out.print(table)
     out.print(f"LeOCLR/MoCo-v2 cost per sample (train step): {ratio:.2f}x (paper, 3 A100s end to end: 1.19x)")
     if json_out is not None:
-        from .rundir import write_json
+        from .rundir import environment, write_json
 
-        write_json(json_out, {"rows": rows, "train_step_cost_ratio": ratio})
+        write_json(json_out, {"rows": rows, "train_step_cost_ratio": ratio, "environment": environment(),
+                              "settings": {"arch": arch, "size": size, "view_size": view_size,
+                                           "batch_size": batch_size, "steps": steps, "images": images,
+                                           "workers": workers}})
 
 
 @app.command()

@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import checkpoint as ckpt
+from . import distributed
 from .errors import Preempted, UserError
 
 
@@ -131,7 +132,8 @@ class Engine:
                  console: Optional[Console] = None, epoch_end: Optional[Callable[[int], dict[str, Any]]] = None,
                  desc: str = "train", log_every: int = 10, seed: int = 0,
                  amp: Optional[torch.dtype] = None, channels_last: bool = False,
-                 lr_at_step: Optional[Callable[[int], float]] = None, checkpoint_every_steps: int = 0):
+                 lr_at_step: Optional[Callable[[int], float]] = None, checkpoint_every_steps: int = 0,
+                 batch_transform: Optional[Callable[[Any], Any]] = None):
         self.task, self.optimizer, self.loader = task, optimizer, loader
         self.epochs, self.lr_at, self.device = epochs, lr_at, device
         self.run_dir, self.protocol_json = Path(run_dir), protocol_json
@@ -145,6 +147,10 @@ class Engine:
         self.lr_at_step = lr_at_step
         # fp16 needs loss scaling; bf16 has fp32's range and does not
         self.scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+        # runs on the device before the task, e.g. the tensor view generator (data/gpu_views.py)
+        self.batch_transform = batch_transform
+        self.main = distributed.is_main()  # under DDP only rank 0 writes metrics and checkpoints
+        self.model: torch.nn.Module = task  # DistributedDataParallel(task) under torchrun, set by run()
         self.sampler_gen = torch.Generator()
         sampler = getattr(loader, "sampler", None)
         if isinstance(sampler, torch.utils.data.RandomSampler):
@@ -162,13 +168,23 @@ class Engine:
 
     # -------------------------------------------------------------------- state
 
-    def _save(self, epoch: int, step: int = 0, partial: Optional[dict[str, Any]] = None) -> Path:
+    def _save(self, epoch: int, step: int = 0, partial: Optional[dict[str, Any]] = None) -> Optional[Path]:
         """Write the state after ``epoch`` epochs and ``step`` batches of the next (``partial``: that
-        epoch's metric sums so far); refuses to save non-finite weights."""
+        epoch's metric sums so far); refuses to save non-finite weights. Under DDP every rank calls
+        it (the BN statistics and the partial sums are reduced across ranks) and only rank 0 writes;
+        the other ranks return None."""
+        distributed.average_buffers(self.task)
+        if partial is not None and distributed.active():
+            partial = {"sums": {k: distributed.all_reduce_sum(torch.as_tensor(v, device=self.device).clone())
+                                for k, v in partial["sums"].items()},
+                       **{k: int(distributed.all_reduce_sum(torch.tensor(partial[k], device=self.device)))
+                          for k in ("seen", "bad_images")}}
         params = [q.detach() for q in self.task.parameters()]
         if params and not bool(torch.stack([torch.isfinite(q).all() for q in params]).all()):
             raise Divergence(f"the weights became non-finite by epoch {epoch + 1}, step {step}; "
                              f"{self._kept()} (lower the lr or check the data)")
+        if not self.main:
+            return None
         extra: dict[str, Any] = {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}
         tensors: dict[str, torch.Tensor] = {}
         for owner, obj, getter in self._hooks():
@@ -213,9 +229,13 @@ class Engine:
             info = extra["partial"]
             partial = {"sums": {k: tensors[f"sums.{k}"].to(self.device) for k in info["keys"]},
                        "seen": info["seen"], "bad_images": info["bad_images"]}
+            if not self.main:  # the sums are over all ranks (see _save): rank 0 carries them
+                partial = {"sums": {k: torch.zeros_like(v) for k, v in partial["sums"].items()},
+                           "seen": 0, "bad_images": 0}
         # keep the metrics of the epochs the checkpoint covers, drop any written after it
-        kept = [m for m in read_metrics(self.metrics_path) if m.get("epoch", 0) <= done]
-        ckpt.atomic_write_text(self.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
+        if self.main:
+            kept = [m for m in read_metrics(self.metrics_path) if m.get("epoch", 0) <= done]
+            ckpt.atomic_write_text(self.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
         return done, step, partial
 
     @contextmanager
@@ -247,6 +267,7 @@ class Engine:
         self.task.to(self.device)
         if self.channels_last:
             self.task.to(memory_format=torch.channels_last)
+        self.model = distributed.wrap(self.task, self.device)  # DistributedDataParallel under torchrun
         start, start_step, partial = self._resume(resume) if resume is not None else (0, 0, None)
         if resume is None and hasattr(self.task, "fill_queue"):
             self._fill_queue()
@@ -267,13 +288,14 @@ class Engine:
                 if self.epoch_end is not None:
                     self.task.eval()
                     record.update(self.epoch_end(epoch))
-                with open(self.metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                if self.main:
+                    with open(self.metrics_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
                 every_steps = self.checkpoint_every_steps and (epoch + 1) * steps % self.checkpoint_every_steps == 0
                 if every_steps or (self.checkpoint_every and ((epoch + 1) % self.checkpoint_every == 0
                                                               or epoch + 1 == self.epochs)):
                     self._save(epoch + 1)
-                if self.quiet:
+                if self.quiet and self.main:
                     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
                     self.console.print(f"{self.desc} {json.dumps(shown)}", highlight=False)
         return read_metrics(self.metrics_path)
@@ -281,15 +303,27 @@ class Engine:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else nullcontext()
 
+    def _set_epoch(self, epoch: int) -> None:
+        """Seed the epoch's order (RandomSampler or DistributedSampler), worker seeds and views."""
+        self.sampler_gen.manual_seed(self.seed * 100_003 + epoch)
+        self.worker_gen.manual_seed(self.seed * 100_003 + epoch + 1_000_000_007)
+        if hasattr(self.loader.sampler, "set_epoch"):
+            self.loader.sampler.set_epoch(epoch)
+        if hasattr(self.loader.dataset, "set_epoch"):
+            self.loader.dataset.set_epoch(epoch)
+
+    def _inputs(self, inputs: Any) -> Any:
+        inputs = to_device(inputs, self.device, self.channels_last and self.batch_transform is None)
+        if self.batch_transform is not None:
+            inputs = to_device(self.batch_transform(inputs), self.device, self.channels_last)
+        return inputs
+
     def _fill_queue(self) -> None:
         """Let the task see epoch 0's batches once before training (e.g. to fill a queue)."""
-        self.sampler_gen.manual_seed(self.seed * 100_003)
-        if hasattr(self.loader.dataset, "set_epoch"):
-            self.loader.dataset.set_epoch(0)
+        self._set_epoch(0)
         self.task.train()
         with self._autocast():
-            self.task.fill_queue((to_device(x, self.device, self.channels_last), to_device(y, self.device))
-                                 for x, y, *_ in self.loader)
+            self.task.fill_queue((self._inputs(x), to_device(y, self.device)) for x, y, *_ in self.loader)
 
     def _epoch(self, epoch: int, steps: int, progress: Progress, bar: Any, skip: int = 0,
                partial: Optional[dict[str, Any]] = None) -> dict[str, Any]:
@@ -297,11 +331,7 @@ class Engine:
         lr = self.lr_at(epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.sampler_gen.manual_seed(self.seed * 100_003 + epoch)
-        self.worker_gen.manual_seed(self.seed * 100_003 + epoch + 1_000_000_007)
-        dataset = self.loader.dataset
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
+        self._set_epoch(epoch)
         self.task.train()
         sums: dict[str, torch.Tensor] = dict(partial["sums"]) if partial else {}
         seen = partial["seen"] if partial else 0
@@ -318,12 +348,12 @@ class Engine:
                 lr = self.lr_at_step(epoch * steps + i)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-            inputs = to_device(batch[0], self.device, self.channels_last)
+            inputs = self._inputs(batch[0])
             labels = to_device(batch[1], self.device)
             if len(batch) > 2:  # the count of unreadable images replaced in this batch
                 bad_images += int(torch.as_tensor(batch[2]).sum())
             with self._autocast():
-                loss, stats = self.task(inputs, labels)
+                loss, stats = self.model(inputs, labels)
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -340,12 +370,14 @@ class Engine:
             done = i + 1
             due = (self.checkpoint_every_steps and (epoch * steps + done) % self.checkpoint_every_steps == 0
                    and done < steps)
-            if self.stop_signal is not None or due:
+            stop = self._stop_requested()
+            if stop is not None or due:
                 self._check_finite(window, epoch, done, steps)
                 path = self._save(epoch, done, {"sums": sums, "seen": seen, "bad_images": bad_images})
-                if self.stop_signal is not None:
-                    raise Preempted(f"{signal.Signals(self.stop_signal).name} at epoch {epoch + 1}, "
-                                    f"step {done}; checkpoint {path} written; continue with --resume auto")
+                if stop is not None:
+                    written = f"checkpoint {path} written" if path else "checkpoint written by rank 0"
+                    raise Preempted(f"{signal.Signals(stop).name} at epoch {epoch + 1}, "
+                                    f"step {done}; {written}; continue with --resume auto")
             if done % self.log_every == 0 or done == steps:
                 self._check_finite(window, epoch, done, steps)
                 rate = (seen - (partial["seen"] if partial else 0)) / max(time.perf_counter() - t0, 1e-9)
@@ -354,6 +386,11 @@ class Engine:
             progress.advance(bar)
         self._check_finite(window, epoch, steps, steps)
         elapsed = time.perf_counter() - t0
+        if distributed.active():  # the epoch's totals over all ranks
+            seen = int(distributed.all_reduce_sum(torch.tensor(seen, device=self.device)))
+            bad_images = int(distributed.all_reduce_sum(torch.tensor(bad_images, device=self.device)))
+            sums = {k: distributed.all_reduce_sum(torch.as_tensor(v, device=self.device).clone())
+                    for k, v in sums.items()}
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
         if self.lr_at_step is not None:
             record["iteration"] = (epoch + 1) * steps
@@ -363,15 +400,25 @@ class Engine:
         record.update({"samples_per_s": seen / max(elapsed, 1e-9), "time_s": elapsed})
         return record
 
+    def _stop_requested(self) -> Optional[int]:
+        """The signal that asked to stop (None: keep going); under DDP any rank's, so that every
+        rank checkpoints and stops at the same step (one small all-reduce per step)."""
+        if not distributed.active():
+            return self.stop_signal
+        flag = torch.tensor(self.stop_signal or 0, device=self.device)
+        return int(distributed.all_reduce_max(flag)) or None
+
     def _check_finite(self, window: list[torch.Tensor], epoch: int, done: int, steps: int) -> None:
         """Raise Divergence naming the exact step if a loss in ``window`` (the steps up to ``done``)
         is NaN or infinite; one device sync per check, not per step."""
         if not window:
             return
-        finite = torch.isfinite(torch.stack(window))
+        # under DDP the losses summed over ranks: every rank stops at the same check
+        losses = distributed.all_reduce_sum(torch.stack(window).float())
+        finite = torch.isfinite(losses)
         if not bool(finite.all()):
             k = int((~finite).nonzero()[0])
             step = done - len(window) + k + 1
-            raise Divergence(f"the loss became {window[k].item()} at epoch {epoch + 1}, step {step} of {steps} "
+            raise Divergence(f"the loss became {losses[k].item()} at epoch {epoch + 1}, step {step} of {steps} "
                              f"(global step {epoch * steps + step}); {self._kept()} (lower the lr or check the data)")
         window.clear()

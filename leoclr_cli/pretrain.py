@@ -12,9 +12,11 @@ import torch
 from rich.console import Console
 
 from . import checkpoint as ckpt
+from . import distributed
 from .data import default_eval_splits, open_data
 from .data.ccrop import CropBoxes, box_stats, localise
-from .data.views import AugmentedDataset, ViewMaker, eval_transform
+from .data.views import AugmentedDataset, ViewMaker, draft_side, eval_transform
+from .errors import UserError
 from .engine import Engine, amp_dtype, cosine_lr, resolve_device
 from .evaluate.features import extract, labelled_split, loader_for, subset
 from .evaluate.knn import knn_accuracy
@@ -47,16 +49,66 @@ def monitor_transform(p: PretrainProtocol) -> EvalTransformConfig:
 
 
 def build_loader(p: PretrainProtocol, source, kinds, device: torch.device,
-                 boxes: Optional[CropBoxes] = None) -> torch.utils.data.DataLoader:
-    views = AugmentedDataset(source, ViewMaker(p.augment, kinds, boxes), seed=p.seed, on_bad_image=p.data.on_bad_image)
+                 batch_size: Optional[int] = None, boxes: Optional[CropBoxes] = None) -> torch.utils.data.DataLoader:
+    """Pretraining batches of ``batch_size`` (default optim.batch_size); under DDP this rank's share."""
+    if p.augment.backend == "tensor":
+        from .data.gpu_views import DecodeAndDraw
+
+        if boxes is not None:
+            raise UserError(f"augment.crops '{p.augment.crops}' needs augment.backend 'pil' (the tensor backend "
+                            "draws random crops only)")
+        fn = DecodeAndDraw(p.augment, kinds)
+    else:
+        fn = ViewMaker(p.augment, kinds, boxes)
+    if hasattr(source, "set_draft"):
+        source.set_draft(draft_side(p.augment) if p.augment.draft else None)
+    views = AugmentedDataset(source, fn, seed=p.seed, on_bad_image=p.data.on_bad_image)
+    sampler = distributed.sampler(views, shuffle=p.data.shuffle, seed=p.seed * 100_003)
     return torch.utils.data.DataLoader(
-        views, batch_size=p.optim.batch_size, shuffle=True, drop_last=True, num_workers=p.data.num_workers,
-        pin_memory=device.type == "cuda", persistent_workers=p.data.num_workers > 0)
+        views, batch_size=batch_size or p.optim.batch_size, shuffle=p.data.shuffle if sampler is None else None,
+        sampler=sampler, drop_last=True, num_workers=p.data.num_workers, pin_memory=device.type == "cuda",
+        persistent_workers=p.data.num_workers > 0)
+
+
+def scale_out(p: PretrainProtocol, world: int) -> tuple[int, float, str]:
+    """(per-rank batch, lr, the sentence that states them) for ``world`` ranks."""
+    if p.distributed.batch_size == "global":
+        if p.optim.batch_size % world:
+            raise UserError(f"optim.batch_size ({p.optim.batch_size}) is the global batch and must be a multiple of "
+                            f"the {world} ranks (or set distributed.batch_size=per_rank)")
+        local, lr = p.optim.batch_size // world, p.optim.lr
+        rule = f"lr {lr:g} as in the protocol, for the global batch"
+    else:
+        local, lr = p.optim.batch_size, p.optim.lr * world
+        rule = f"lr {lr:g} = {p.optim.lr:g} x {world} ranks (linear scaling)"
+    splits = p.model.bn_splits
+    if splits > 1 and (local % splits or local < 2 * splits):
+        raise UserError(f"the per-rank batch ({local}) must be a multiple of model.bn_splits ({splits}) and at least "
+                        "twice it; lower model.bn_splits (1 is usual with several GPUs)")
+    text = f"distributed: {world} ranks x {local} = global batch {local * world}; {rule}"
+    return local, lr, text
+
+
+def prepare_on_main(run_dir: Path, p: PretrainProtocol, resume: Optional[str], force: bool) -> Optional[Path]:
+    """Rank 0 prepares the run directory; every rank gets the checkpoint to resume from (or its error)."""
+    outcome: tuple[str, Any] = ("ok", None)
+    if distributed.is_main():
+        try:
+            outcome = ("ok", prepare(run_dir, p, resume=resume, force=force))
+        except UserError as e:
+            outcome = ("error", str(e))
+    outcome = distributed.broadcast_object(outcome)
+    if outcome[0] == "error":
+        raise UserError(outcome[1])
+    return outcome[1]
 
 
 def box_updater(p: PretrainProtocol, source, boxes: CropBoxes, method, device: torch.device, run_dir: Path):
     """The epoch-end hook of ContrastiveCrop: record whether box crops were used, and recompute the boxes
-    from the query backbone on the un-augmented images when due (written to RUN/boxes.safetensors)."""
+    from the query backbone on the un-augmented images when due (written to RUN/boxes.safetensors).
+    Under DDP every rank recomputes the boxes over the whole dataset with its own copy of the backbone
+    (same weights; BN statistics of its own share, averaged only at checkpoints) and rank 0 writes
+    them; the boxes are not all-gathered across ranks."""
     plain = AugmentedDataset(source, eval_transform(p.augment.size, p.augment.size, "none", p.augment.normalize))
     loader = torch.utils.data.DataLoader(plain, batch_size=p.optim.batch_size, shuffle=False,
                                          num_workers=p.data.num_workers, pin_memory=device.type == "cuda")
@@ -65,7 +117,8 @@ def box_updater(p: PretrainProtocol, source, boxes: CropBoxes, method, device: t
         record: dict[str, Any] = {"ccrop_active": boxes.active(epoch)}
         if boxes.due(epoch + 1, p.optim.epochs):
             boxes.update(localise(method.backbone, loader, device, p.augment.ccrop.threshold), epoch + 1)
-            boxes.save(run_dir / "boxes.safetensors", protocol_json(p))
+            if distributed.is_main():
+                boxes.save(run_dir / "boxes.safetensors", protocol_json(p))
             record.update({"ccrop_updated": True, **box_stats(boxes.boxes)})
         return record
 
@@ -77,15 +130,40 @@ def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = 
     console = console or Console(stderr=True)
     source = open_data(p.data.source, p.data.root, p.data.split, verify_checksums=p.data.verify_checksums,
                        builtin_n=p.data.builtin_train)
-    resume_from = prepare(run_dir, p, resume=resume, force=force)
+    _, world, device = distributed.init_from_env(resolve_device(p.device))
+    try:
+        return _pretrain(p, run_dir, source, device, world, resume=resume, force=force, quiet=quiet, console=console)
+    finally:
+        distributed.shutdown()
+
+
+def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, world: int, *,
+              resume: Optional[str], force: bool, quiet: bool, console: Console) -> dict[str, Any]:
+    main = distributed.is_main()
+    local_batch, lr, scale_text = scale_out(p, world)
+    resume_from = prepare_on_main(run_dir, p, resume, force)
+    if not main:
+        quiet, console = True, Console(quiet=True)
+    if world > 1:
+        console.print(scale_text, highlight=False)
+        if p.model.bn_splits > 1:
+            console.print(f"note: model.bn_splits={p.model.bn_splits} splits each rank's batch again for BN; "
+                          "set model.bn_splits=1 for one BN per process", highlight=False)
     seed_everything(p.seed, p.deterministic)
-    device = resolve_device(p.device)
     method = build_method(p.model, p.method)
+    if world > 1 and p.distributed.bn == "sync":
+        method = distributed.sync_batchnorm(method, device)
+        method.shuffle_bn = False  # SyncBN sees the whole global batch: nothing to hide by shuffling
     boxes = CropBoxes(len(source), p.augment) if p.augment.crops != "random" else None
-    loader = build_loader(p, source, method.views, device, boxes)
-    optimizer = torch.optim.SGD([q for q in method.parameters() if q.requires_grad], lr=p.optim.lr,
+    loader = build_loader(p, source, method.views, device, local_batch, boxes)
+    batch_transform = None
+    if p.augment.backend == "tensor":
+        from .data.gpu_views import TensorViews
+
+        batch_transform = TensorViews(p.augment, method.views).to(device)
+    optimizer = torch.optim.SGD([q for q in method.parameters() if q.requires_grad], lr=lr,
                                 momentum=p.optim.momentum, weight_decay=p.optim.weight_decay)
-    lr_at = cosine_lr(p.optim.lr, p.optim.epochs) if p.optim.schedule == "cosine" else (lambda e: p.optim.lr)
+    lr_at = cosine_lr(lr, p.optim.epochs) if p.optim.schedule == "cosine" else (lambda e: lr)
 
     hooks: list[Any] = []
     if boxes is not None:
@@ -98,7 +176,7 @@ def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = 
         test_loader = loader_for(test_src, tf, p.optim.batch_size, p.data.num_workers, device)
 
         def knn_monitor(epoch: int) -> dict[str, Any]:
-            if (epoch + 1) % p.monitor.knn_every and epoch + 1 != p.optim.epochs:
+            if not main or (epoch + 1) % p.monitor.knn_every and epoch + 1 != p.optim.epochs:
                 return {}
             bank, bank_y = extract(method.backbone, bank_loader, device)
             test, test_y = extract(method.backbone, test_loader, device)
@@ -118,19 +196,23 @@ def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = 
                     run_dir=run_dir, protocol_json=protocol_json(p), checkpoint_every=p.checkpoint_every,
                     keep_checkpoints=p.keep_checkpoints, quiet=quiet, console=console, epoch_end=epoch_end,
                     desc=f"pretrain {p.method.name}", seed=p.seed, amp=amp_dtype(p.amp, device),
-                    channels_last=p.channels_last and p.model.bn_splits == 1,
+                    channels_last=p.channels_last and p.model.bn_splits == 1, batch_transform=batch_transform,
                     checkpoint_every_steps=p.checkpoint_every_steps)
     history = engine.run(resume_from)
+    distributed.average_buffers(method)
+    result = {"kind": "pretrain", "method": p.method.name, "arch": p.model.arch, "epochs": p.optim.epochs,
+              "rank": distributed.rank(), "world_size": world, "global_batch": local_batch * world, "lr": lr}
+    if not main:
+        return result
     if boxes is not None:
         boxes.save(Path(run_dir) / "boxes.safetensors", protocol_json(p))
     ckpt.save_backbone(Path(run_dir) / "backbone.safetensors", method.backbone, arch=p.model.arch,
                        cifar_stem=p.model.cifar_stem, method=p.method.name, epoch=p.optim.epochs,
                        protocol_json=protocol_json(p))
     last = history[-1] if history else {}
-    result = {"kind": "pretrain", "method": p.method.name, "arch": p.model.arch, "epochs": p.optim.epochs,
-              "final_loss": last.get("loss"), "knn_top1": next((m["knn_top1"] for m in reversed(history)
+    result.update({"final_loss": last.get("loss"), "knn_top1": next((m["knn_top1"] for m in reversed(history)
                                                                 if "knn_top1" in m), None),
               "wall_s_this_invocation": time.perf_counter() - started, "device": str(device),
-              "backbone": str(Path(run_dir) / "backbone.safetensors")}
+              "backbone": str(Path(run_dir) / "backbone.safetensors")})
     write_json(Path(run_dir) / "result.json", result)
     return result

@@ -65,6 +65,8 @@ class DataConfig(Strict):
     split: str = Field("train", description="split to pretrain on (stl10: unlabeled, train+unlabeled, ...)")
     verify_checksums: bool = Field(True, description="check torchvision's MD5s of CIFAR/STL-10 files")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    shuffle: bool = Field(True, description="reshuffle the pretraining images every epoch (off: a fixed order, "
+                                            "for reproducibility checks)")
     builtin_train: int = Field(4000, ge=16, description="images in the built-in dataset's train split")
     builtin_test: int = Field(1000, ge=16, description="images in the built-in dataset's test split")
     on_bad_image: Literal["error", "skip"] = Field(
@@ -105,6 +107,17 @@ class AugmentConfig(Strict):
     original: Literal["resize", "pad"] = Field(
         "resize", description="LeOCLR original view: squash the whole image (resize) or keep aspect and pad"
     )
+    backend: Literal["pil", "tensor"] = Field(
+        "pil", description="pil: every view made by PIL in the DataLoader workers; tensor: the workers decode each "
+                           "image once to a fixed-size uint8 tensor and the views are made batched on the training "
+                           "device (data/gpu_views.py), the choice for a GPU")
+    hue: Literal["hsv", "yiq"] = Field(
+        "hsv", description="colour-jitter hue: hsv = torchvision's exact HSV shift; yiq = a rotation of the "
+                           "chroma plane in YIQ space, one 3x3 colour matrix (cheaper, about the same effect)")
+    draft: bool = Field(True, description="decode JPEGs at a reduced scale (1/2, 1/4, 1/8) when the result still "
+                                          "has at least size/sqrt(min crop scale) pixels on each side")
+    decode_size: Optional[int] = Field(None, ge=8, description="backend tensor: the side of the uint8 image the "
+                                                               "workers decode to (default 2 x size)")
     crops: Literal["random", "contrastive", "center-box"] = Field(
         "random", description="random: RandomResizedCrop; contrastive: ContrastiveCrop boxes from the query "
                               "encoder; center-box: one fixed box (0.25, 0.25, 0.75, 0.75) for every image")
@@ -165,6 +178,17 @@ class OptimConfig(Strict):
     schedule: Literal["cosine", "constant"] = "cosine"
 
 
+class DistributedConfig(Strict):
+    """Choices for a torchrun / SLURM data-parallel run (ignored in one process)."""
+
+    bn: Literal["shuffle", "sync"] = Field(
+        "shuffle", description="shuffle: per-rank BN with the key encoder's batch shuffled across ranks "
+                               "(MoCo, when model.shuffle_bn); sync: SyncBatchNorm in both encoders (CUDA)")
+    batch_size: Literal["global", "per_rank"] = Field(
+        "global", description="global: optim.batch_size is split over the ranks, lr unchanged; per_rank: every "
+                              "rank takes optim.batch_size, and the lr is scaled linearly by the number of ranks")
+
+
 class MonitorConfig(Strict):
     """Periodic weighted-kNN accuracy of the query backbone during pretraining."""
 
@@ -196,6 +220,7 @@ class PretrainProtocol(Strict):
     method: MethodConfig = MethodConfig()
     optim: OptimConfig = OptimConfig()
     monitor: MonitorConfig = MonitorConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
     @model_validator(mode="after")
     def _ccrop_fits(self) -> "PretrainProtocol":

@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from leoclr_cli.bench import run_bench
 from leoclr_cli.cli import main
 
 
@@ -26,8 +25,19 @@ def test_quickstart_table_and_reuse(tmp_path, capsys):
     assert [r["top1"] for r in again] == [r["top1"] for r in rows]
 
 
-def test_bench_reports_both_methods(tmp_path):
-    rows, ratio = run_bench(device="cpu", arch="resnet18", size=16, batch_size=8, steps=1, images=4)
-    assert [r["what"].split(" ")[0] for r in rows] == ["view", "train", "end"]
+def test_bench_reports_both_methods(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--device", "cpu", "--size", "16", "--view-size", "16", "-b", "8", "--steps", "1",
+              "--images", "4", "--json", str(tmp_path / "b.json")])
+    assert "LeOCLR/MoCo-v2 cost per sample" in capsys.readouterr().out
+    data = json.loads((tmp_path / "b.json").read_text())
+    rows, ratio = data["rows"], data["train_step_cost_ratio"]
+    assert data["settings"]["view_size"] == 16
+    kinds = [r["what"].split(":")[0].split(" (")[0] for r in rows]
+    assert kinds == ["views"] * 5 + ["train step"] + ["end to end"] * 3
     assert all(r["mocov2"] > 0 and r["leoclr"] > 0 for r in rows)
-    assert ratio == pytest.approx(rows[1]["mocov2"] / rows[1]["leoclr"])
+    assert rows[0]["vs_reference"] == 1.0 and all(r["vs_reference"] > 0 for r in rows[:5])
+    assert all(r["peak_gib"] is None and r["gpu_util"] is None for r in rows[5:])  # blank on the CPU
+    assert ratio == pytest.approx(rows[5]["mocov2"] / rows[5]["leoclr"])
+    # the tensor backend's two parts in series: slower than either alone
+    assert rows[4]["leoclr"] < min(rows[2]["leoclr"], rows[3]["leoclr"])

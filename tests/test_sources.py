@@ -356,3 +356,25 @@ def test_plain_cifar_pickles_of_every_protocol_load(data, tmp_path, protocol):
     source = open_source("cifar10", root, "test", verify_checksums=False)
     assert source.classes == CIFAR10_CLASSES and len(source) == 20
     np.testing.assert_array_equal(np.asarray(source[3][0]), pattern("test", 3, 32))
+
+
+def test_draft_decodes_large_jpegs_at_a_reduced_scale(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from leoclr_cli.data.views import draft_side
+    from leoclr_cli.schema import AugmentConfig
+
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    big = np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8)
+    Image.fromarray(big).save(tmp_path / "train" / "a" / "x.jpg", quality=90)
+    src = open_source("imagefolder", tmp_path, "train")
+    assert src[0][0].size == (800, 600)
+    side = draft_side(AugmentConfig(size=32))  # 32 / sqrt(0.2) -> 72
+    assert side == 72
+    src.set_draft(side)
+    assert src[0][0].size == (100, 75)  # 1/8: the largest reduction that keeps both sides >= 72
+    src.set_draft(100)
+    assert src[0][0].size == (200, 150)  # 1/4: 1/8 would leave 75 < 100 rows
+    src.set_draft(None)
+    assert src[0][0].size == (800, 600)

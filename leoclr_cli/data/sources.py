@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -97,6 +98,13 @@ class Source(Dataset):
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def set_draft(self, min_side: Optional[int]) -> None:
+        """Decode JPEG files at a reduced scale that keeps ``min_side`` pixels (imagefolder only:
+        the other sources hold decoded pixels)."""
+        loader = getattr(self._reader, "loader", None)
+        if isinstance(loader, _LoadRGB):
+            loader.min_side = min_side
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         image, _ = self._reader[index]
@@ -299,14 +307,32 @@ def _check_consistent(name: str, root: Path, expected: str, length: int, classes
 # ImageFolder (ImageNet train/val layout)
 
 
+def open_rgb(fp, min_side: Optional[int] = None) -> Image.Image:
+    """Decode an image file into RGB; a JPEG at the smallest reduced scale (1/2, 1/4, 1/8) that
+    keeps both sides at least ``min_side`` (PIL's ``draft``), when ``min_side`` is given."""
+    image = Image.open(fp)
+    if min_side:
+        image.draft("RGB", (min_side, min_side))
+    return image.convert("RGB")
+
+
+class _LoadRGB:
+    """ImageFolder's loader: :func:`open_rgb`, naming the file if it cannot be decoded."""
+
+    def __init__(self) -> None:
+        self.min_side: Optional[int] = None
+
+    def __call__(self, path: str) -> Image.Image:
+        try:
+            with open(path, "rb") as f:
+                return open_rgb(f, self.min_side)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise BadImage(f"imagefolder image {path} could not be decoded ({exc})") from exc
+
+
 def _load_rgb(path: str) -> Image.Image:
-    """ImageFolder's loader: decode with PIL into RGB, naming the file if it cannot be decoded."""
-    try:
-        with open(path, "rb") as f:
-            image = Image.open(f)
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise BadImage(f"imagefolder image {path} could not be decoded ({exc})") from exc
+    """:class:`_LoadRGB` at full scale, for the readers that do not draft."""
+    return _LoadRGB()(path)
 
 
 def _open_imagefolder(root: Path, split: str) -> Source:
@@ -326,7 +352,7 @@ def _open_imagefolder(root: Path, split: str) -> Source:
         raise UserError(f"imagefolder split directory {split_dir} has no class folders: expected {expected}")
 
     with _reader_errors(f"imagefolder data at {split_dir}", expected):
-        dataset = ImageFolder(str(split_dir), loader=_load_rgb, allow_empty=True)
+        dataset = ImageFolder(str(split_dir), loader=_LoadRGB(), allow_empty=True)
     present = set(dataset.targets)
     empty = [c for i, c in enumerate(dataset.classes) if i not in present]
     if empty:

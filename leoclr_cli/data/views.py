@@ -60,6 +60,36 @@ class PadToSquare(v2.Transform):
         return out
 
 
+# RGB -> YIQ (NTSC); hue is the angle of the (I, Q) chroma vector
+_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
+
+
+def yiq_hue_matrix(shift: torch.Tensor | float) -> torch.Tensor:
+    """The RGB -> RGB matrix (..., 3, 3) that turns hue by ``shift`` of a full circle (the sign as
+    HSV's: red goes towards green), rotating I and Q at constant luma Y."""
+    theta = -2 * math.pi * torch.as_tensor(shift, dtype=torch.float64)
+    c, s = torch.cos(theta), torch.sin(theta)
+    rot = torch.zeros(*theta.shape, 3, 3, dtype=torch.float64)
+    rot[..., 0, 0] = 1
+    rot[..., 1, 1], rot[..., 1, 2], rot[..., 2, 1], rot[..., 2, 2] = c, -s, s, c
+    return torch.linalg.inv(_YIQ) @ rot @ _YIQ
+
+
+class ColorJitterYIQ(v2.ColorJitter):
+    """ColorJitter whose hue step is one colour matrix in YIQ (PIL's ``convert(matrix=)``, in C)
+    instead of torchvision's round trip through HSV; the other steps and all draws are ColorJitter's."""
+
+    def transform(self, inpt, params):  # type: ignore[override]
+        out = inpt
+        for fn_id in params["fn_idx"]:
+            if fn_id == 3 and params["hue_factor"] is not None and isinstance(out, Image.Image):
+                m = yiq_hue_matrix(params["hue_factor"]).tolist()
+                out = out.convert("RGB", matrix=tuple(v for row in m for v in (*row, 0.0)))
+            else:
+                out = super().transform(out, {**params, "fn_idx": [fn_id]})
+        return out
+
+
 def augmentation(cfg: AugmentConfig, *, view: str = "crop") -> v2.Compose:
     """The pipeline of one view: ``crop`` / ``random-original`` (RandomResizedCrop) or ``original``
     (whole image)."""
@@ -78,7 +108,8 @@ def after_crop(cfg: AugmentConfig) -> list[Callable]:
     """Everything after the crop: colour jitter, grayscale, blur, flip, tensor + normalise."""
     ops: list[Callable] = []
     if cfg.color_jitter:
-        ops.append(v2.RandomApply([v2.ColorJitter(*cfg.jitter)], p=cfg.jitter_p))
+        jitter = ColorJitterYIQ if cfg.hue == "yiq" else v2.ColorJitter
+        ops.append(v2.RandomApply([jitter(*cfg.jitter)], p=cfg.jitter_p))
     if cfg.grayscale:
         ops.append(v2.RandomGrayscale(p=cfg.grayscale_p))
     if cfg.blur:
@@ -89,6 +120,18 @@ def after_crop(cfg: AugmentConfig) -> list[Callable]:
         ops.append(v2.RandomHorizontalFlip())
     ops.append(to_tensor(cfg.normalize))
     return ops
+
+
+def decode_size(cfg: AugmentConfig) -> int:
+    """Backend tensor: the side of the uint8 square each image is decoded to."""
+    return cfg.decode_size or 2 * cfg.size
+
+
+def draft_side(cfg: AugmentConfig) -> int:
+    """The fewest pixels per side a decoded image needs: the smallest crop still fills ``size``
+    (and, for the tensor backend, the decoded square keeps its resolution)."""
+    side = math.ceil(cfg.size / math.sqrt(cfg.crop_scale[0])) if cfg.crop else cfg.size
+    return max(side, decode_size(cfg)) if cfg.backend == "tensor" else side
 
 
 class ViewMaker:

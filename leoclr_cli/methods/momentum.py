@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..nets import Encoder
 from ..schema import MethodConfig, ModelConfig
 
@@ -77,23 +78,26 @@ class MomentumContrast(ContrastiveMethod):
 
     @torch.no_grad()
     def encode_keys(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised f_k(x); with shuffle-BN the batch is permuted before and restored after."""
+        """Normalised f_k(x); with shuffle-BN the batch is permuted before and restored after
+        (under DDP across all ranks' batches, MoCo's batch_shuffle_ddp)."""
         if self.shuffle_bn:
-            perm = torch.randperm(x.shape[0], device=x.device)
-            k = self.encoder_k(x[perm])
-            k = k[torch.argsort(perm)]
+            shuffled, unshuffle = distributed.batch_shuffle(x)
+            k = distributed.batch_unshuffle(self.encoder_k(shuffled), unshuffle)
         else:
             k = self.encoder_k(x)
         return F.normalize(k, dim=1)
 
     @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
-        """Write ``keys`` (N, D) at the pointer, oldest first out, wrapping around the ring."""
+    def enqueue(self, keys: torch.Tensor) -> int:
+        """Write ``keys`` (N, D) of every rank at the pointer, oldest first out, wrapping around the
+        ring; returns the number of keys written."""
+        keys = distributed.all_gather(keys)
         size = self.queue.shape[1]
         keys = keys[-size:]
         idx = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % size
         self.queue[:, idx] = keys.T.to(self.queue.dtype)
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
+        return keys.shape[0]
 
     @torch.no_grad()
     def fill_queue(self, batches) -> int:
@@ -101,13 +105,13 @@ class MomentumContrast(ContrastiveMethod):
         (``(views, labels)`` pairs already on the device), no gradient step; returns batches used."""
         if self.cfg.queue_init != "keys":
             return 0
-        used = 0
+        used = written = 0
         for views, _ in batches:
             crops = [v for v, kind in zip(views, self.views) if kind == "crop"]
             keys = [self.encode_keys(c) for c in crops[: 1 if self.cfg.enqueue == "k1" else None]]
-            self.enqueue(torch.cat(keys))
+            written += self.enqueue(torch.cat(keys))
             used += 1
-            if used * keys[0].shape[0] * len(keys) >= self.queue.shape[1]:
+            if written >= self.queue.shape[1]:
                 break
         return used
 

@@ -1,0 +1,207 @@
+"""Batched view generation on tensors (``augment.backend: tensor``): on the GPU when training there.
+
+The work is split in two:
+
+* :class:`DecodeAndDraw` runs in the DataLoader workers (wrapped in
+  :class:`~leoclr_cli.data.views.AugmentedDataset`, so its draws are seeded per (seed, epoch,
+  index)): it decodes each image once, resizes it to a fixed ``decode_size`` square of uint8, and
+  draws every view's random parameters with torchvision's own samplers (RandomResizedCrop's
+  box, ColorJitter's order and factors, the grayscale/blur/flip coins, the blur sigma), so the
+  distributions are the PIL pipeline's. No per-view pixel work happens here.
+* :class:`TensorViews` runs on the training device before the task, on the whole batch: the
+  crops (``torchvision.ops.roi_align``: bilinear with averaging over each output pixel's
+  footprint, i.e. antialiased when shrinking), flips, colour jitter (each sample's own order of
+  brightness, contrast, saturation and hue), grayscale, Gaussian blur (a per-sample separable
+  kernel), normalisation. The original view is the whole image (squashed, or padded with grey for
+  ``augment.original: pad``).
+
+Crop boxes are drawn in the source image's own pixels and kept as fractions of its width and
+height, so squashing it into the fixed square does not change the crops' aspect ratios.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torchvision import transforms as v1
+from torchvision.ops import roi_align
+from torchvision.transforms import v2
+from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
+
+from ..schema import NORMALIZATION, AugmentConfig
+from .views import PadToSquare, decode_size, yiq_hue_matrix
+
+# one row of parameters per view
+X0, Y0, X1, Y1, FLIP, JITTER, BRIGHT, CONTRAST, SAT, HUE, ORDER, GRAY, BLUR, SIGMA = (
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 14, 15, 16)
+N_PARAMS = 17
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
+
+
+def blur_kernel_size(cfg: AugmentConfig) -> int:
+    """The PIL pipeline's kernel: wide enough for the largest sigma."""
+    return 2 * math.ceil(3 * cfg.blur_sigma[1]) + 1
+
+
+class DecodeAndDraw:
+    """PIL image -> (uint8 (3, S, S) image, float (views, N_PARAMS) parameters); S = decode size."""
+
+    def __init__(self, cfg: AugmentConfig, kinds: Sequence[str]):
+        self.cfg, self.kinds, self.size = cfg, tuple(kinds), decode_size(cfg)
+        self.jitter = v2.ColorJitter(*cfg.jitter)
+
+    def __call__(self, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        w, h = img.size
+        pixels = img.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR)
+        image = torch.frombuffer(bytearray(pixels.tobytes()), dtype=torch.uint8).view(self.size, self.size, 3)
+        params = torch.stack([self.draw(kind, img, w, h) for kind in self.kinds])
+        return image.permute(2, 0, 1).contiguous(), params
+
+    def draw(self, kind: str, img: Image.Image, w: int, h: int) -> torch.Tensor:
+        cfg, p = self.cfg, torch.zeros(N_PARAMS)
+        if kind == "original" and cfg.original == "pad":
+            # the longer side fills the view; the shorter one is centred with grey around it
+            ex, ey = max(h / w, 1.0), max(w / h, 1.0)
+            p[X0:Y1 + 1] = torch.tensor([(1 - ex) / 2, (1 - ey) / 2, (1 + ex) / 2, (1 + ey) / 2])
+        elif kind == "crop" and cfg.crop:
+            i, j, ch, cw = v1.RandomResizedCrop.get_params(img, list(cfg.crop_scale), list(cfg.crop_ratio))
+            p[X0:Y1 + 1] = torch.tensor([j / w, i / h, (j + cw) / w, (i + ch) / h])
+        else:
+            p[X0:Y1 + 1] = torch.tensor([0.0, 0.0, 1.0, 1.0])
+        p[BRIGHT:HUE + 1] = torch.tensor([1.0, 1.0, 1.0, 0.0])
+        p[ORDER:ORDER + 4] = torch.arange(4.0)
+        if cfg.color_jitter and torch.rand(1) < cfg.jitter_p:  # RandomApply's coin
+            j = self.jitter.make_params([])
+            p[JITTER] = 1
+            p[ORDER:ORDER + 4] = j["fn_idx"].float()
+            for col, key, neutral in ((BRIGHT, "brightness_factor", 1.0), (CONTRAST, "contrast_factor", 1.0),
+                                      (SAT, "saturation_factor", 1.0), (HUE, "hue_factor", 0.0)):
+                p[col] = neutral if j[key] is None else j[key]
+        if cfg.grayscale and torch.rand(1) < cfg.grayscale_p:
+            p[GRAY] = 1
+        if cfg.blur and torch.rand(1) < cfg.blur_p:
+            p[BLUR] = 1
+            p[SIGMA] = torch.empty(1).uniform_(*cfg.blur_sigma).item()
+        if cfg.flip and torch.rand(1) < 0.5:
+            p[FLIP] = 1
+        return p
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    w = torch.tensor(GRAY_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    f = factor.view(-1, 1, 1, 1)
+    return (f * x + (1 - f) * other).clamp_(0, 1)
+
+
+def brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return (x * f.view(-1, 1, 1, 1)).clamp_(0, 1)
+
+
+def contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True), f)
+
+
+def saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return _blend(x, _gray(x), f)
+
+
+def hue_hsv(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """torchvision's adjust_hue with a per-sample shift (fraction of the hue circle)."""
+    hsv = _rgb_to_hsv(x)
+    hsv[:, 0] = (hsv[:, 0] + shift.view(-1, 1, 1)) % 1.0
+    return _hsv_to_rgb(hsv)
+
+
+def hue_yiq(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """The cheap hue: rotate the chroma (I, Q) plane by 2 pi shift, one 3x3 matrix per sample."""
+    m = yiq_hue_matrix(shift.to(torch.float64)).to(x.dtype)
+    return torch.einsum("bij,bjhw->bihw", m, x).clamp_(0, 1)
+
+
+class TensorViews(nn.Module):
+    """``(uint8 images (B, 3, S, S), params (B, views, N_PARAMS))`` -> the list of normalised views."""
+
+    def __init__(self, cfg: AugmentConfig, kinds: Sequence[str]):
+        super().__init__()
+        self.cfg, self.kinds = cfg, tuple(kinds)
+        self.hue = hue_yiq if cfg.hue == "yiq" else hue_hsv
+        mean, std = NORMALIZATION[cfg.normalize]
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.fill = PadToSquare(cfg.size).fill / 255.0
+
+    @torch.no_grad()
+    def forward(self, batch: tuple[torch.Tensor, torch.Tensor]) -> list[torch.Tensor]:
+        images, params = batch
+        x = images.float().div_(255)
+        return [self.view(x, params[:, v].float(), kind) for v, kind in enumerate(self.kinds)]
+
+    def view(self, x: torch.Tensor, p: torch.Tensor, kind: str) -> torch.Tensor:
+        out = self.crop(x, p, pad=kind == "original" and self.cfg.original == "pad")
+        out = self.jitter(out, p)
+        out = torch.where(p[:, GRAY].view(-1, 1, 1, 1) > 0, _gray(out).expand_as(out), out)
+        if self.cfg.blur:
+            out = self.blur(out, p)
+        out = torch.where(p[:, FLIP].view(-1, 1, 1, 1) > 0, out.flip(-1), out)
+        return (out - self.mean) / self.std
+
+    def crop(self, x: torch.Tensor, p: torch.Tensor, pad: bool) -> torch.Tensor:
+        b, _, s, _ = x.shape
+        if pad:  # a channel of ones tells the image from the outside of it
+            x = torch.cat([x, torch.ones_like(x[:, :1])], 1)
+        boxes = torch.cat([torch.arange(b, device=x.device, dtype=x.dtype).view(-1, 1), p[:, X0:Y1 + 1] * s], 1)
+        out = roi_align(x, boxes, output_size=self.cfg.size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        if pad:
+            inside = out[:, 3:]
+            out = out[:, :3] + (1 - inside) * self.fill
+        return out.clamp_(0, 1)
+
+    def jitter(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """Four slots; in each, every sample gets the op its own order puts there (none when its
+        jitter coin came up off). Samples are grouped by op, so each op runs once per slot on
+        only its samples; one host sync per view for the group sizes."""
+        ops = (brightness, contrast, saturation, self.hue)
+        order = torch.where(p[:, JITTER:JITTER + 1] > 0, p[:, ORDER:ORDER + 4], torch.full_like(p[:, :4], 4)).long()
+        counts = torch.stack([torch.bincount(order[:, k], minlength=5) for k in range(4)]).tolist()
+        for k in range(4):
+            if counts[k][4] == x.shape[0]:
+                continue
+            perm = torch.argsort(order[:, k], stable=True)
+            xs, ps = x[perm], p[perm]
+            start = 0
+            for op, n in enumerate(counts[k][:4]):
+                if n:
+                    part = slice(start, start + n)
+                    xs[part] = ops[op](xs[part], ps[part, BRIGHT + op])
+                start += n
+            x = torch.empty_like(xs).index_copy_(0, perm, xs)
+        return x
+
+    def blur(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """torchvision's GaussianBlur (reflect padding) with each sample's sigma; off: a delta kernel."""
+        b, c, h, w = x.shape
+        k = blur_kernel_size(self.cfg)
+        half = (k - 1) / 2
+        t = torch.linspace(-half, half, k, device=x.device, dtype=x.dtype)
+        sigma = torch.where(p[:, BLUR] > 0, p[:, SIGMA], torch.ones_like(p[:, SIGMA]))
+        kern = torch.exp(-0.5 * (t.view(1, -1) / sigma.view(-1, 1)) ** 2)
+        kern = kern / kern.sum(1, keepdim=True)
+        delta = (t == 0).to(x.dtype).view(1, -1)
+        kern = torch.where(p[:, BLUR:BLUR + 1] > 0, kern, delta).repeat_interleave(c, 0)  # (b*c, k)
+        pad = min(k // 2, h - 1, w - 1)
+        if pad < k // 2:  # an image smaller than the kernel: trim the kernel (its tails are ~0)
+            kern = kern[:, k // 2 - pad:k // 2 + pad + 1]
+            kern = kern / kern.sum(1, keepdim=True)
+        y = F.pad(x.reshape(1, b * c, h, w), (pad, pad, pad, pad), mode="reflect")
+        y = F.conv2d(y, kern.view(b * c, 1, 1, -1), groups=b * c)
+        y = F.conv2d(y, kern.view(b * c, 1, -1, 1), groups=b * c)
+        return y.view(b, c, h, w)

@@ -1,0 +1,109 @@
+"""DDP: two gloo processes under torchrun train exactly like one process with the same global batch."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from leoclr_cli import checkpoint as ckpt
+from leoclr_cli import distributed
+from leoclr_cli.cli import main
+from leoclr_cli.engine import read_metrics
+
+# 16 images, global batch 8: 2 steps, fixed order; per-rank BN in 2 ranks = SplitBatchNorm(2) in one
+# (well conditioned: CIFAR stem, so BN never sees 4 values alone; the DistributedSampler deals rank r the samples r, r+2, ..., as SplitBatchNorm's split r holds)
+COMMON = ["--source", "builtin", "--method", "leoclr", "--arch", "resnet18", "--epochs", "1", "--batch-size", "8",
+          "--lr", "0.03", "--device", "cpu", "--quiet",
+          "--set", "data.builtin_train=16", "--set", "data.builtin_test=16", "--set", "data.shuffle=false",
+          "--set", "augment.size=16", "--set", "augment.normalize=builtin", "--set", "model.dim=8", "--set", "model.cifar_stem=true",
+          "--set", "model.shuffle_bn=false", "--set", "method.queue_size=32", "--set", "checkpoint_every=1",
+          "--set", "optim.weight_decay=0.001"]
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "leoclr_cli",
+         "pretrain", *COMMON, "--set", "model.bn_splits=1", *args], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+def test_two_rank_ddp_equals_one_process(tmp_path):
+    # also a mid-epoch checkpoint after step 1 (BN statistics and partial sums reduced over the ranks)
+    ddp = torchrun("--set", "checkpoint_every_steps=1", "--set", "keep_checkpoints=4", "--out", str(tmp_path / "ddp"))
+    # rank 0 alone reports, and states the global batch and the lr rule
+    assert ddp.stdout.count("pretrained leoclr") == 1
+    assert "distributed: 2 ranks x 4 = global batch 8; lr 0.03 as in the protocol" in ddp.stderr
+    with pytest.raises(SystemExit) as exc:
+        main(["pretrain", *COMMON, "--set", "model.bn_splits=2", "--out", str(tmp_path / "one")])
+    assert exc.value.code in (0, None)
+
+    a, _ = ckpt.load_tensors(ckpt.state_path(tmp_path / "ddp", 1))
+    b, _ = ckpt.load_tensors(ckpt.state_path(tmp_path / "one", 1))
+    assert a.keys() == b.keys()
+    weights = [k for k in a if k.startswith("model.encoder") and a[k].is_floating_point()]
+    diff = max((a[k] - b[k]).abs().max().item() for k in weights)
+    print(f"max |DDP - one process| over {len(weights)} tensors: {diff:.3g}")
+    assert diff < 1e-4
+    moved = (a["model.encoder_q.backbone.conv1.weight"] - a["model.encoder_k.backbone.conv1.weight"]).abs().max()
+    assert moved > 1e-3  # the query encoder really trained away from its EMA copy
+    # the queue: the same 32 keys (16 per step: k1 and k2 of both ranks), in gathered order
+    qa, qb = a["model.queue"].T, b["model.queue"].T
+    assert torch.equal(a["model.queue_ptr"], b["model.queue_ptr"])
+    perm = torch.cdist(qa, qb).argmin(dim=1)
+    assert sorted(perm.tolist()) == list(range(qa.shape[0]))  # a one-to-one matching
+    assert (qa - qb[perm]).abs().max() < 1e-4
+    # step 1 wrote rank 0's (k1, k2) of samples 0, 2, 4, 6, then rank 1's of samples 1, 3, 5, 7
+    assert perm[:8].tolist() == [0, 2, 4, 6, 8, 10, 12, 14] and perm[8:12].tolist() == [1, 3, 5, 7]
+    # the optimizer state too (momentum buffers): identical updates
+    mom = [k for k in a if k.startswith("optim") and a[k].is_floating_point() and a[k].dim() > 0]
+    assert mom and max(((a[k] - b[k]).abs().max() / b[k].abs().max()).item() for k in mom) < 1e-4
+
+    # resumed from the mid-epoch checkpoint, each rank skips the batch it had consumed from its own
+    # shard and the run ends exactly as the uninterrupted one, metrics included
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "ddp", resumed)
+    ckpt.state_path(resumed, 1).unlink()
+    assert ckpt.latest_state(resumed) == ckpt.state_path(resumed, 0, 1)
+    torchrun("--set", "checkpoint_every_steps=1", "--set", "keep_checkpoints=4", "--out", str(resumed),
+             "--resume", "auto")
+    c, _ = ckpt.load_tensors(ckpt.state_path(resumed, 1))
+    assert c.keys() == a.keys()
+    assert max((c[k].double() - a[k].double()).abs().max().item() for k in a if k.startswith(("model", "optim"))) < 1e-6
+    m_a, m_c = read_metrics(tmp_path / "ddp" / "metrics.jsonl"), read_metrics(resumed / "metrics.jsonl")
+    assert len(m_a) == len(m_c) == 1 and m_c[0]["loss"] == pytest.approx(m_a[0]["loss"], rel=1e-6)
+
+def test_one_process_is_the_identity(monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "SLURM_NTASKS", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.env_world() == (0, 1, 0)
+    x = torch.arange(12.0).view(6, 2)
+    assert torch.equal(distributed.all_gather(x), x)
+    shuffled, undo = distributed.batch_shuffle(x)
+    assert sorted(shuffled[:, 0].tolist()) == x[:, 0].tolist()
+    assert torch.equal(distributed.batch_unshuffle(shuffled, undo), x)
+    # SLURM's variables stand in for torchrun's when MASTER_ADDR is set
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    assert distributed.env_world() == (0, 1, 0)
+    monkeypatch.setenv("MASTER_ADDR", "node1")
+    assert distributed.env_world() == (5, 8, 1)
+
+
+def test_global_batch_must_divide(tmp_path, capsys):
+    from leoclr_cli.pretrain import scale_out
+    from leoclr_cli.errors import UserError
+    from leoclr_cli.schema import load_protocol
+
+    p = load_protocol("pretrain", None, {"optim.batch_size": 10, "model.bn_splits": 1})
+    with pytest.raises(UserError, match="multiple of the 3 ranks"):
+        scale_out(p, 3)
+    local, lr, text = scale_out(load_protocol("pretrain", None, {"optim.batch_size": 64, "optim.lr": 0.03,
+                                                                 "distributed.batch_size": "per_rank"}), 4)
+    assert (local, lr) == (64, pytest.approx(0.12)) and "linear scaling" in text
+
