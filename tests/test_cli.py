@@ -7,25 +7,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from leoclr_cli.cli import main
+from cliutil import error_line, run
 
 TINY = ["--set", "augment.size=32", "--set", "augment.normalize=builtin", "--set", "data.builtin_train=64", "--set", "data.builtin_test=32", "--set", "method.queue_size=32",
         "--set", "model.dim=16", "--set", "model.bn_splits=2", "--arch", "resnet18", "--batch-size", "16",
         "--quiet"]
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    cap = capsys.readouterr()
-    return exc.value.code, cap.out, cap.err
-
-
-def error_line(code, err):
-    assert code == 2
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 @pytest.mark.parametrize("argv, needle", [

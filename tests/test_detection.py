@@ -11,14 +11,14 @@ from safetensors.torch import load_file
 
 import fakedata
 from leoclr_cli import checkpoint as ckpt
-from leoclr_cli.cli import main
 from leoclr_cli.detection import detectron2_backend as d2b
 from leoclr_cli.detection.datasets import DetectionTrainSet, read_coco, read_voc
-from leoclr_cli.detection.export import detectron2_checkpoint, detectron2_name, to_detectron2
+from leoclr_cli.detection.export import detectron2_name, to_detectron2
 from leoclr_cli.detection.metrics import coco_ap, voc_ap
 from leoclr_cli.detection.torchvision_r50c4 import warmup_multistep
 from leoclr_cli.nets import build_backbone
 from leoclr_cli.schema import DetectProtocol
+from cliutil import error_line, run
 
 HAS_D2 = d2b.import_error() is None
 needs_d2 = pytest.mark.skipif(not HAS_D2, reason="Detectron2 is not installed (tools/install-detectron2)")
@@ -30,20 +30,6 @@ TINY = ["--set", "min_size_train=[64,72]", "--set", "max_size_train=96", "--set"
         "--set", "rpn_batch_size_per_image=32", "--set", "roi_batch_size_per_image=4", "--set", "max_iter=2",
         "--set", "steps=[1]", "--set", "warmup_iters=1", "--set", "ims_per_batch=2", "--set", "rescale=false",
         "--set", "precise_bn_iters=1", "--set", "num_workers=0", "--device", "cpu", "--quiet"]
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    cap = capsys.readouterr()
-    return exc.value.code, cap.out, cap.err
-
-
-def error_line(code, err):
-    assert code == 2
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

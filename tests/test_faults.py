@@ -13,26 +13,12 @@ from PIL import Image
 
 from fakedata import imagefolder_class, make_imagefolder
 from leoclr_cli import checkpoint as ckpt
-from leoclr_cli.cli import main
 from leoclr_cli.nets import build_backbone
+from cliutil import error_line, run
 
 TINY = ["--method", "mocov2", "--arch", "resnet18", "--batch-size", "4", "--epochs", "1", "--device", "cpu",
         "--quiet", "--set", "augment.size=16", "--set", "augment.blur=false", "--set", "augment.normalize=builtin",
         "--set", "method.queue_size=8", "--set", "model.dim=8", "--set", "model.bn_splits=2"]
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    cap = capsys.readouterr()
-    return exc.value.code, cap.out, cap.err
-
-
-def error_line(code, err):
-    assert code == 2, err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 def no_result(run_dir: Path):

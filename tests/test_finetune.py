@@ -8,26 +8,12 @@ import pytest
 import torch
 
 from leoclr_cli import checkpoint as ckpt
-from leoclr_cli.cli import main
 from leoclr_cli.data.sources import open_source
 from leoclr_cli.errors import UserError
 from leoclr_cli.evaluate.subsets import balanced_subset, read_subset_file, write_subset_file
+from cliutil import error_line, run
 
 FAST = ["--epochs", "1", "--batch-size", "16", "--quiet"]
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    cap = capsys.readouterr()
-    return exc.value.code, cap.out, cap.err
-
-
-def error_line(code, err):
-    assert code == 2
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- subsets

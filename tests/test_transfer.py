@@ -8,24 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from leoclr_cli.cli import main
 from leoclr_cli.data.sources import open_source
 from leoclr_cli.errors import UserError
 from leoclr_cli.evaluate import transfer as tr
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    cap = capsys.readouterr()
-    return exc.value.code, cap.out, cap.err
-
-
-def error_line(code, err):
-    assert code == 2
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
+from cliutil import error_line, run
 
 
 @pytest.fixture(scope="module")
