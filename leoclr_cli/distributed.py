@@ -90,12 +90,50 @@ def init_from_env(device: torch.device) -> tuple[int, int, torch.device]:
         device = torch.device("cuda", local)
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, init_method="env://", timeout=datetime.timedelta(minutes=30))
+    global _control
+    # host-side flags (the stop signal) travel over gloo on CPU tensors, so reading one never waits for the GPU
+    _control = dist.new_group(backend="gloo") if backend != "gloo" else None
     return rank(), world_size(), device
 
 
+_control = None  # the gloo group for host-side flags when the main group is NCCL
+
+
 def shutdown() -> None:
+    global _control
     if active():
         dist.destroy_process_group()
+    _control = None
+
+
+class HostFlag:
+    """An int every rank reports each step, reduced (max) across ranks without a device sync.
+
+    ``exchange(v)`` starts the reduction of ``v`` on a CPU tensor (asynchronously, over gloo) and
+    returns the result of the previous call's reduction, so every rank reads the same value at the
+    same step and the host never waits for the GPU; the answer arrives one step late. One process:
+    ``v`` itself, at once.
+    """
+
+    def __init__(self) -> None:
+        self._pending: Optional[tuple[torch.Tensor, object]] = None
+
+    def exchange(self, value: int) -> int:
+        if not active():
+            return value
+        previous = self.drain()
+        flag = torch.tensor([value], dtype=torch.int64)
+        self._pending = (flag, dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=_control, async_op=True))
+        return previous
+
+    def drain(self) -> int:
+        """Wait for the reduction in flight (if any) and return it (0 when none)."""
+        if self._pending is None:
+            return 0
+        flag, work = self._pending
+        self._pending = None
+        work.wait()  # type: ignore[attr-defined]
+        return int(flag[0])
 
 
 def barrier() -> None:
@@ -126,13 +164,6 @@ def all_gather(x: torch.Tensor) -> torch.Tensor:
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     if active():
         dist.all_reduce(x)
-    return x
-
-
-@torch.no_grad()
-def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
-    if active():
-        dist.all_reduce(x, op=dist.ReduceOp.MAX)
     return x
 
 

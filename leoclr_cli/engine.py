@@ -165,6 +165,7 @@ class Engine:
         if batches is not None and hasattr(batches, "sampler"):
             self.skipper = batches.sampler = SkipFirst(batches.sampler)
         self.stop_signal: Optional[int] = None
+        self.stop_flag = distributed.HostFlag()
 
     # -------------------------------------------------------------------- state
 
@@ -298,6 +299,7 @@ class Engine:
                 if self.quiet and self.main:
                     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
                     self.console.print(f"{self.desc} {json.dumps(shown)}", highlight=False)
+        self.stop_flag.drain()
         return read_metrics(self.metrics_path)
 
     def _autocast(self):
@@ -375,6 +377,7 @@ class Engine:
                 self._check_finite(window, epoch, done, steps)
                 path = self._save(epoch, done, {"sums": sums, "seen": seen, "bad_images": bad_images})
                 if stop is not None:
+                    self.stop_flag.drain()
                     written = f"checkpoint {path} written" if path else "checkpoint written by rank 0"
                     raise Preempted(f"{signal.Signals(stop).name} at epoch {epoch + 1}, "
                                     f"step {done}; {written}; continue with --resume auto")
@@ -402,11 +405,10 @@ class Engine:
 
     def _stop_requested(self) -> Optional[int]:
         """The signal that asked to stop (None: keep going); under DDP any rank's, so that every
-        rank checkpoints and stops at the same step (one small all-reduce per step)."""
-        if not distributed.active():
-            return self.stop_signal
-        flag = torch.tensor(self.stop_signal or 0, device=self.device)
-        return int(distributed.all_reduce_max(flag)) or None
+        rank checkpoints and stops at the same step. The ranks' flags are reduced on the host
+        (:class:`~.distributed.HostFlag`), so the check costs no device sync and the stop comes
+        one step after the signal."""
+        return self.stop_flag.exchange(self.stop_signal or 0) or None
 
     def _check_finite(self, window: list[torch.Tensor], epoch: int, done: int, steps: int) -> None:
         """Raise Divergence naming the exact step if a loss in ``window`` (the steps up to ``done``)

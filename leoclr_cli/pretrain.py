@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
@@ -106,23 +107,41 @@ def prepare_on_main(run_dir: Path, p: PretrainProtocol, resume: Optional[str], f
 def box_updater(p: PretrainProtocol, source, boxes: CropBoxes, method, device: torch.device, run_dir: Path):
     """The epoch-end hook of ContrastiveCrop: record whether box crops were used, and recompute the boxes
     from the query backbone on the un-augmented images when due (written to RUN/boxes.safetensors).
-    Under DDP every rank recomputes the boxes over the whole dataset with its own copy of the backbone
-    (same weights; BN statistics of its own share, averaged only at checkpoints) and rank 0 writes
-    them; the boxes are not all-gathered across ranks."""
+    Under DDP each rank localises its share of the images (every world-th one) and the boxes are
+    all-gathered, so every rank holds the same boxes for the whole dataset."""
     plain = AugmentedDataset(source, eval_transform(p.augment.size, p.augment.size, "none", p.augment.normalize))
-    loader = torch.utils.data.DataLoader(plain, batch_size=p.optim.batch_size, shuffle=False,
-                                         num_workers=p.data.num_workers, pin_memory=device.type == "cuda")
 
     def hook(epoch: int) -> dict[str, Any]:
         record: dict[str, Any] = {"ccrop_active": boxes.active(epoch)}
         if boxes.due(epoch + 1, p.optim.epochs):
-            boxes.update(localise(method.backbone, loader, device, p.augment.ccrop.threshold), epoch + 1)
+            found = localise_shared(method.backbone, plain, p.optim.batch_size, p.data.num_workers, device,
+                                    p.augment.ccrop.threshold)
+            boxes.update(found, epoch + 1)
             if distributed.is_main():
                 boxes.save(run_dir / "boxes.safetensors", protocol_json(p))
             record.update({"ccrop_updated": True, **box_stats(boxes.boxes)})
         return record
 
     return hook
+
+
+def localise_shared(backbone: torch.nn.Module, plain: torch.utils.data.Dataset, batch_size: int, workers: int,
+                    device: torch.device, threshold: float) -> torch.Tensor:
+    """:func:`localise` over ``plain`` split across the ranks: rank r takes images r, r + world, ...
+    (shares padded to one length with the last image), then the boxes are all-gathered back into
+    dataset order. One process: every image."""
+    n, world, rank = len(plain), distributed.world_size(), distributed.rank()
+    per = math.ceil(n / world)
+    share = torch.utils.data.Subset(plain, [min(rank + j * world, n - 1) for j in range(per)])
+    loader = torch.utils.data.DataLoader(share, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         pin_memory=device.type == "cuda")
+    gathered = distributed.all_gather(localise(backbone, loader, device, threshold).to(device)).cpu()
+    pos = torch.arange(world * per)
+    index = pos // per + (pos % per) * world  # rank-major: rank pos // per, its (pos % per)-th image
+    keep = index < n
+    out = torch.empty(n, gathered.shape[1], dtype=gathered.dtype)
+    out[index[keep]] = gathered[keep]
+    return out
 
 
 def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = None, force: bool = False,

@@ -1,5 +1,6 @@
 """DDP: two gloo processes under torchrun train exactly like one process with the same global batch."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -107,3 +108,65 @@ def test_global_batch_must_divide(tmp_path, capsys):
                                                                  "distributed.batch_size": "per_rank"}), 4)
     assert (local, lr) == (64, pytest.approx(0.12)) and "linear scaling" in text
 
+
+
+def two_ranks(tmp_path, source: str) -> list[dict]:
+    """Run the Python ``source`` as two gloo ranks under torchrun; each prints one JSON line."""
+    script = tmp_path / "two_ranks.py"
+    script.write_text(source)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [json.loads(line) for line in run.stdout.splitlines()]
+
+
+FLAG_SCRIPT = """
+import json, sys, torch
+from leoclr_cli import distributed
+rank, world, _ = distributed.init_from_env(torch.device("cpu"))
+flag = distributed.HostFlag()
+# rank 1 raises its flag at step 2 only; rank 0 never does
+seen = [flag.exchange(15 if (rank == 1 and step == 2) else 0) for step in range(5)]
+seen.append(flag.drain())
+print(json.dumps({"rank": rank, "seen": seen}))
+distributed.shutdown()
+"""
+
+
+def test_host_flag_reaches_every_rank_one_step_late(tmp_path):
+    seen = {r["rank"]: r["seen"] for r in two_ranks(tmp_path, FLAG_SCRIPT)}
+    # the value raised at step 2 is read by both ranks at step 3; nothing is left in flight
+    assert seen[0] == seen[1] == [0, 0, 0, 15, 0, 0]
+    # one process: the value itself, at once
+    assert distributed.HostFlag().exchange(7) == 7
+
+
+BOXES_SCRIPT = """
+import json, torch
+from leoclr_cli import distributed
+from leoclr_cli.data.builtin import BuiltinShapes
+from leoclr_cli.data.ccrop import localise
+from leoclr_cli.data.views import AugmentedDataset, eval_transform
+from leoclr_cli.nets import build_backbone
+from leoclr_cli.pretrain import localise_shared
+rank, world, dev = distributed.init_from_env(torch.device("cpu"))
+torch.manual_seed(0)
+backbone = build_backbone("resnet18").eval()
+plain = AugmentedDataset(BuiltinShapes("train", 13), eval_transform(64, 64, "none", "builtin"))
+shared = localise_shared(backbone, plain, 4, 0, dev, 0.8)
+whole = torch.utils.data.DataLoader(plain, batch_size=4)
+alone = localise(backbone, whole, dev, 0.8)
+print(json.dumps({"rank": rank, "n": len(shared), "equal": bool(torch.equal(shared, alone)),
+                  "distinct": len({tuple(b) for b in alone.tolist()})}))
+distributed.shutdown()
+"""
+
+
+def test_contrastive_crop_boxes_are_shared_across_ranks(tmp_path):
+    # each rank localises every other image (13: shares of 7 and 6, padded); the gathered boxes are
+    # those of one process over all images, in dataset order, on both ranks
+    rows = two_ranks(tmp_path, BOXES_SCRIPT)
+    assert sorted(r["rank"] for r in rows) == [0, 1]
+    assert all(r["n"] == 13 and r["equal"] for r in rows)
+    assert rows[0]["distinct"] > 8  # the boxes differ from image to image, so the order is checked

@@ -1,5 +1,6 @@
 """The view pipeline: the original keeps the whole image, crops do not; parts switch off; seeding."""
 
+import math
 import numpy as np
 import pytest
 import torch
@@ -175,3 +176,25 @@ def test_skipped_bad_image_crops_with_the_box_of_the_image_read(capsys):
     assert views.tolist() == [1, 4] and replaced == 0
     assert "image 0 could not be decoded" in capsys.readouterr().err
     assert ds.state_dict() == {}  # no ContrastiveCrop boxes, nothing for the training state
+
+
+def test_blur_is_pils_gaussian_with_sigma_drawn_from_its_range():
+    from leoclr_cli.data.views import GaussianBlurPIL
+
+    # a bright impulse in the middle: after a Gaussian blur its spread (std of the mass) is sigma
+    impulse = np.zeros((65, 65), np.uint8)
+    impulse[32, 32] = 255
+    img = Image.fromarray(impulse).convert("RGB")
+    yy, xx = np.mgrid[0:65, 0:65] - 32
+    blur, spreads = GaussianBlurPIL((0.1, 2.0)), []
+    for seed in range(200):
+        torch.manual_seed(seed)
+        sigma = float(torch.empty(1).uniform_(0.1, 2.0))  # the draw the blur is about to make
+        torch.manual_seed(seed)
+        mass = np.asarray(blur(img), np.float64)[..., 0]
+        spread = math.sqrt((mass * xx**2).sum() / mass.sum())
+        if sigma > 0.8:  # below that PIL's box approximation is coarser than a pixel
+            assert abs(spread - sigma) < 0.25 * sigma, (sigma, spread)
+        spreads.append(spread)
+    assert 0 <= min(spreads) and max(spreads) < 2.3
+    assert np.std(spreads) > 0.4  # sigma varies from view to view
