@@ -40,7 +40,7 @@ KINDS = {"mocov2": ("crop", "crop"), "leoclr": ("original", "crop", "crop")}
 #: the view-pipeline variants: (row label, augment fields)
 VARIANTS = {
     "reference": ("views: PIL reference (full decode, HSV hue)", {"hue": "hsv", "draft": False}),
-    "fast": ("views: PIL fast (draft decode, YIQ hue)", {"hue": "yiq", "draft": True}),
+    "fast": ("views: PIL fast (draft decode, fused colour)", {"hue": "fused", "draft": True}),
 }
 
 

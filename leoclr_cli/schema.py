@@ -111,9 +111,11 @@ class AugmentConfig(Strict):
         "pil", description="pil: every view made by PIL in the DataLoader workers; tensor: the workers decode each "
                            "image once to a fixed-size uint8 tensor and the views are made batched on the training "
                            "device (data/gpu_views.py), the choice for a GPU")
-    hue: Literal["hsv", "yiq"] = Field(
+    hue: Literal["hsv", "yiq", "fused"] = Field(
         "hsv", description="colour-jitter hue: hsv = torchvision's exact HSV shift; yiq = a rotation of the "
-                           "chroma plane in YIQ space, one 3x3 colour matrix (cheaper, about the same effect)")
+                           "chroma plane in YIQ space, one 3x3 colour matrix (cheaper, about the same effect); "
+                           "fused = yiq, and all four jitter steps composed into one affine colour matrix applied "
+                           "in one pass (no clamping between the steps)")
     draft: bool = Field(True, description="decode JPEGs at a reduced scale (1/2, 1/4, 1/8) when the result still "
                                           "has at least size/sqrt(min crop scale) pixels on each side")
     decode_size: Optional[int] = Field(None, ge=8, description="backend tensor: the side of the uint8 image the "

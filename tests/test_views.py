@@ -198,3 +198,37 @@ def test_blur_is_pils_gaussian_with_sigma_drawn_from_its_range():
         spreads.append(spread)
     assert 0 <= min(spreads) and max(spreads) < 2.3
     assert np.std(spreads) > 0.4  # sigma varies from view to view
+
+
+def test_to_tensor_equals_torchvisions_normalize():
+    from torchvision.transforms import v2
+
+    from leoclr_cli.data.views import to_tensor
+    from leoclr_cli.schema import NORMALIZATION
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (9, 7, 3), dtype=np.uint8))
+    for name, (mean, std) in NORMALIZATION.items():
+        want = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])(img)
+        got = to_tensor(name)(img)
+        assert got.shape == (3, 9, 7) and got.dtype == torch.float32
+        assert torch.allclose(got, want, atol=1e-5)
+        assert torch.allclose(to_tensor(name)(img.convert("L")), to_tensor(name)(img.convert("L").convert("RGB")))
+
+
+def test_fused_colour_jitter_matches_the_steps_it_composes():
+    from leoclr_cli.data.views import ColorJitterFused, ColorJitterYIQ
+
+    # mid-range colours, so that the step-by-step version never clamps between its steps
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(50, 110, (32, 32, 3), dtype=np.uint8))
+    fused, steps = ColorJitterFused(0.2, 0.2, 0.2, 0.1), ColorJitterYIQ(0.2, 0.2, 0.2, 0.1)
+    worst, moved = 0.0, 0.0
+    for seed in range(50):
+        torch.manual_seed(seed)
+        a = np.asarray(fused(img), np.float64)
+        torch.manual_seed(seed)  # the same draws: order and the four factors
+        b = np.asarray(steps(img), np.float64)
+        worst = max(worst, np.abs(a - b).max())
+        moved = max(moved, np.abs(a - np.asarray(img, np.float64)).mean())
+    assert worst <= 4  # uint8 rounding after each step of the step-by-step version
+    assert moved > 5  # and it really changes the colours

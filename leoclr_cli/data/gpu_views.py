@@ -133,7 +133,7 @@ class TensorViews(nn.Module):
     def __init__(self, cfg: AugmentConfig, kinds: Sequence[str]):
         super().__init__()
         self.cfg, self.kinds = cfg, tuple(kinds)
-        self.hue = hue_yiq if cfg.hue == "yiq" else hue_hsv
+        self.hue = hue_yiq if cfg.hue in ("yiq", "fused") else hue_hsv
         mean, std = NORMALIZATION[cfg.normalize]
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
