@@ -3,8 +3,9 @@
 Rows (samples/s; a LeOCLR sample is 3 views, a MoCo-v2 sample 2):
 
 * views, per CPU core, on photo-sized JPEGs (ImageNet's typical 500x375, scaled with
-  ``--view-size``) decoded in the loop: the reference torchvision-PIL pipeline (full decode, HSV
-  hue); the fast PIL path (reduced-scale JPEG decode, YIQ hue); the tensor backend's worker part
+  ``--view-size``) decoded in the loop: the reference, MoCo v2's loader (torchvision.transforms v1
+  on PIL, full decode); our default PIL path (full decode, HSV hue); the fast PIL path
+  (reduced-scale JPEG decode, fused colour matrix); the tensor backend's worker part
   (decode once + parameter draws) and its batched views, on one CPU thread and on the device;
 * train step: the engine's own loop on synthetic views already in memory (the device's compute);
 * end to end: the engine fed by the real loader (``--workers`` processes) over generated JPEGs,
@@ -18,6 +19,7 @@ Speed is measured here and printed, never asserted in tests.
 from __future__ import annotations
 
 import io
+import random
 import tempfile
 import threading
 import time
@@ -26,7 +28,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from rich.console import Console
 
 from .data.gpu_views import DecodeAndDraw, TensorViews
@@ -37,11 +39,37 @@ from .methods import build_method
 from .schema import AugmentConfig, MethodConfig, ModelConfig, PretrainProtocol
 
 KINDS = {"mocov2": ("crop", "crop"), "leoclr": ("original", "crop", "crop")}
-#: the view-pipeline variants: (row label, augment fields)
+#: the view-pipeline variants of ours: (row label, augment fields)
 VARIANTS = {
-    "reference": ("views: PIL reference (full decode, HSV hue)", {"hue": "hsv", "draft": False}),
+    "pil": ("views: PIL default (full decode, HSV hue)", {"hue": "hsv", "draft": False}),
     "fast": ("views: PIL fast (draft decode, fused colour)", {"hue": "fused", "draft": True}),
 }
+
+
+class _MocoBlur:
+    """moco/loader.py's GaussianBlur: sigma ~ U(0.1, 2.0) from Python's RNG, PIL's filter."""
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
+
+
+class MocoLoaderViews:
+    """The reference: MoCo v2's loader as its main_moco.py writes it, torchvision.transforms (v1) on a
+    fully decoded PIL image, one Compose call per view; LeOCLR's original view is Resize((size, size))
+    followed by the same steps minus the crop."""
+
+    def __init__(self, size: int, kinds: tuple[str, ...]):
+        from torchvision import transforms as T
+
+        rest = [T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2),
+                T.RandomApply([_MocoBlur()], p=0.5), T.RandomHorizontalFlip(), T.ToTensor(),
+                T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])]
+        crop = T.Compose([T.RandomResizedCrop(size, scale=(0.2, 1.0)), *rest])
+        original = T.Compose([T.Resize((size, size)), *rest])
+        self.pipelines = [original if k == "original" else crop for k in kinds]
+
+    def __call__(self, img: Image.Image) -> list[torch.Tensor]:
+        return [f(img) for f in self.pipelines]
 
 
 def photo_size(view_size: int) -> tuple[int, int]:
@@ -94,6 +122,13 @@ def view_rates(view_size: int, images: int, batch: int, device: torch.device) ->
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
     try:
+        photos.set_draft(None)
+        rates = {}
+        for method, kinds in KINDS.items():
+            make = MocoLoaderViews(view_size, kinds)
+            rates[method] = _rate(lambda: [make(photos[i][0]) for i in range(images)], images)
+        rows.append({"what": "views: reference, MoCo's loader (torchvision.transforms v1, PIL)",
+                     "device": "cpu, 1 core", **rates})
         for key, (label, fields) in VARIANTS.items():
             rates = {}
             for method, kinds in KINDS.items():
@@ -216,7 +251,7 @@ def run_bench(*, device: str, arch: str, size: int, batch_size: int, steps: int,
                                              batch_size=batch_size, drop_last=True)
         step[m] = engine_rate(m, arch, batch_size, loader, dev)
     rows.append(_row(f"train step ({arch}, {size} px, synthetic views)", dev, step))
-    for backend in ("reference", "fast", "tensor"):
+    for backend in ("pil", "fast", "tensor"):
         results = {m: end_to_end(m, arch, size, batch_size, steps, workers, dev, backend) for m in KINDS}
         rows.append(_row(f"end to end ({backend} views, {workers} workers, {size} px)", dev, results))
     return rows, step["mocov2"]["rate"] / step["leoclr"]["rate"]

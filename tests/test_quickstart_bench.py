@@ -34,10 +34,11 @@ def test_bench_reports_both_methods(tmp_path, capsys):
     rows, ratio = data["rows"], data["train_step_cost_ratio"]
     assert data["settings"]["view_size"] == 16
     kinds = [r["what"].split(":")[0].split(" (")[0] for r in rows]
-    assert kinds == ["views"] * 5 + ["train step"] + ["end to end"] * 3
+    assert kinds == ["views"] * 6 + ["train step"] + ["end to end"] * 3
     assert all(r["mocov2"] > 0 and r["leoclr"] > 0 for r in rows)
-    assert rows[0]["vs_reference"] == 1.0 and all(r["vs_reference"] > 0 for r in rows[:5])
-    assert all(r["peak_gib"] is None and r["gpu_util"] is None for r in rows[5:])  # blank on the CPU
-    assert ratio == pytest.approx(rows[5]["mocov2"] / rows[5]["leoclr"])
+    assert "MoCo's loader" in rows[0]["what"]
+    assert rows[0]["vs_reference"] == 1.0 and all(r["vs_reference"] > 0 for r in rows[:6])
+    assert all(r["peak_gib"] is None and r["gpu_util"] is None for r in rows[6:])  # blank on the CPU
+    assert ratio == pytest.approx(rows[6]["mocov2"] / rows[6]["leoclr"])
     # the tensor backend's two parts in series: slower than either alone
-    assert rows[4]["leoclr"] < min(rows[2]["leoclr"], rows[3]["leoclr"])
+    assert rows[5]["leoclr"] < min(rows[3]["leoclr"], rows[4]["leoclr"])
