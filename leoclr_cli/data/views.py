@@ -43,13 +43,15 @@ class ToNormalized(torch.nn.Module):
 
     def __init__(self, name: str):
         super().__init__()
-        mean, std = (torch.tensor(v, dtype=torch.float32).view(3, 1, 1) for v in NORMALIZATION[name])
+        mean, std = (torch.tensor(v, dtype=torch.float32) for v in NORMALIZATION[name])
         self.name, self.scale, self.shift = name, 1 / (255 * std), -mean / std
 
     def forward(self, img):
         if isinstance(img, Image.Image):
-            img = v2.functional.pil_to_tensor(img.convert("RGB") if img.mode != "RGB" else img)
-        return torch.addcmul(self.shift, img.to(torch.float32), self.scale)
+            # in the image's own HWC order (contiguous, so the multiply-add vectorises), then a CHW view
+            hwc = torch.from_numpy(np.array(img.convert("RGB") if img.mode != "RGB" else img))
+            return torch.addcmul(self.shift, hwc.to(torch.float32), self.scale).permute(2, 0, 1)
+        return torch.addcmul(self.shift[:, None, None], img.to(torch.float32), self.scale[:, None, None])
 
     def extra_repr(self) -> str:
         return f"normalize={self.name!r}"
