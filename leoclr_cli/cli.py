@@ -492,7 +492,7 @@ def quickstart(
     default_dir = f"runs/quickstart-{method}" + (f"-{crops}" if crops and crops != "random" else "")
     rows = run_quickstart(method, out_dir or Path(default_dir), epochs=epochs, force=force, quiet=quiet,
                           console=err, overrides=_overrides(sets, **{"augment.crops": crops}))
-    table = Table(title="Linear evaluation on the built-in shapes test split (10 classes)")
+    table = Table(title="Linear evaluation on the built-in textures test split (10 classes)")
     for col in ("backbone", "top-1 %", "top-5 %", "wall time"):
         table.add_column(col, justify="left" if col == "backbone" else "right")
     for row in rows:

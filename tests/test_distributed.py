@@ -145,7 +145,7 @@ def test_host_flag_reaches_every_rank_one_step_late(tmp_path):
 BOXES_SCRIPT = """
 import json, torch
 from leoclr_cli import distributed
-from leoclr_cli.data.builtin import BuiltinShapes
+from leoclr_cli.data.builtin import BuiltinTextures
 from leoclr_cli.data.ccrop import localise
 from leoclr_cli.data.views import AugmentedDataset, eval_transform
 from leoclr_cli.nets import build_backbone
@@ -153,7 +153,7 @@ from leoclr_cli.pretrain import localise_shared
 rank, world, dev = distributed.init_from_env(torch.device("cpu"))
 torch.manual_seed(0)
 backbone = build_backbone("resnet18").eval()
-plain = AugmentedDataset(BuiltinShapes("train", 13), eval_transform(64, 64, "none", "builtin"))
+plain = AugmentedDataset(BuiltinTextures("train", 13), eval_transform(64, 64, "none", "builtin"))
 shared = localise_shared(backbone, plain, 4, 0, dev, 0.8)
 whole = torch.utils.data.DataLoader(plain, batch_size=4)
 alone = localise(backbone, whole, dev, 0.8)

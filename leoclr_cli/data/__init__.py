@@ -8,14 +8,14 @@ from typing import Optional
 import torch
 
 from ..errors import UserError
-from .builtin import BuiltinShapes
+from .builtin import BuiltinTextures
 
 
 def open_data(source: str, root: Optional[str], split: str, *, verify_checksums: bool = True,
               builtin_n: int = 4000) -> torch.utils.data.Dataset:
     """A dataset of (PIL RGB image, label) with ``classes``, ``num_classes`` and ``targets``."""
     if source == "builtin":
-        return BuiltinShapes(split, n=builtin_n)
+        return BuiltinTextures(split, n=builtin_n)
     from .sources import open_source
 
     if root is None:

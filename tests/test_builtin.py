@@ -1,0 +1,58 @@
+"""The built-in dataset: deterministic, balanced, objects off-centre, crops that can miss them."""
+
+import numpy as np
+import pytest
+
+from leoclr_cli.data import builtin
+from leoclr_cli.data.builtin import BuiltinTextures, render_with_mask
+from leoclr_cli.errors import UserError
+
+
+def test_deterministic_balanced_and_split_apart():
+    a, b = BuiltinTextures("train", 50), BuiltinTextures("train", 50)
+    assert a.images.shape == (50, builtin.SIZE, builtin.SIZE, 3) and a.images.dtype == np.uint8
+    assert np.array_equal(a.images, b.images) and a.targets == b.targets
+    assert np.bincount(a.targets).tolist() == [5] * 10
+    assert not np.array_equal(a.images, BuiltinTextures("test", 50).images)
+    assert not np.array_equal(a.images, BuiltinTextures("train", 50, seed=1).images)
+    img, label = a[3]
+    assert img.size == (builtin.SIZE, builtin.SIZE) and img.mode == "RGB" and label == a.targets[3]
+    with pytest.raises(UserError, match="splits train and test"):
+        BuiltinTextures("val", 10)
+
+
+def test_objects_are_off_centre_and_a_small_crop_can_miss_them():
+    rng = np.random.default_rng(0)
+    side = round(builtin.SIZE * np.sqrt(0.2))  # a crop at RandomResizedCrop's smallest scale
+    centroids, missed, crops = [], 0, 0
+    for i in range(200):
+        pixels, mask = render_with_mask(i % 10, np.random.default_rng(i))
+        assert mask.sum() > 10  # the whole image always shows an object
+        ys, xs = np.nonzero(mask > 0.5)
+        centroids.append((ys.mean(), xs.mean()))
+        for _ in range(5):
+            y, x = rng.integers(0, builtin.SIZE - side + 1, 2)
+            crops += 1
+            missed += mask[y:y + side, x:x + side].max() == 0
+    centroids = np.array(centroids)
+    assert centroids.std(0).min() > 3  # objects wander over the image, not centred
+    assert 0.02 < missed / crops < 0.5, missed / crops  # some crops show background only
+
+
+def test_the_label_is_the_texture_not_the_grey_level():
+    # every class uses the same two grey levels on the same background: mean brightness hardly
+    # tells classes apart, the pattern does (e.g. the direction in which the grey level changes)
+    data = BuiltinTextures("train", 400)
+    grey = data.images.mean((1, 2, 3))
+    targets = np.array(data.targets)
+    means = np.array([grey[targets == c].mean() for c in range(10)])
+    assert means.std() < 0.4 * grey.std()  # (dots and grid differ a little in their light fraction)
+
+    def orientation_energy(img: np.ndarray) -> tuple[float, float]:
+        g = img[..., 0].astype(np.float64)
+        return np.abs(np.diff(g, axis=0)).mean(), np.abs(np.diff(g, axis=1)).mean()
+
+    h = np.array([orientation_energy(data.images[i]) for i in np.nonzero(targets == 0)[0]])  # hstripes
+    v = np.array([orientation_energy(data.images[i]) for i in np.nonzero(targets == 1)[0]])  # vstripes
+    # horizontal stripes change along y, vertical ones along x
+    assert (h[:, 0] > h[:, 1]).mean() > 0.9 and (v[:, 1] > v[:, 0]).mean() > 0.9
