@@ -67,6 +67,15 @@ def test_original_view_is_uncropped(mode):
         assert (r[:, 0, :2, :2] > 0.9).all() and (r[:, 2, -2:, :2] > 0.9).all()
 
 
+def test_random_original_anchor_is_cropped_like_a_crop():
+    cfg = AugmentConfig(**PLAIN)
+    _, params = batch(cfg, ("random-original", "original"), [corners_image()] * 16)
+    anchor, original = params[:, 0, gv.X0:gv.Y1 + 1], params[:, 1, gv.X0:gv.Y1 + 1]
+    assert torch.equal(original, torch.tensor([0.0, 0.0, 1.0, 1.0]).expand_as(original))
+    area = (anchor[:, 2] - anchor[:, 0]) * (anchor[:, 3] - anchor[:, 1])
+    assert (area < 0.99).sum() >= 12 and (area >= 0.2 - 1e-6).all()
+
+
 def test_crop_boxes_flips_and_scales_follow_the_configuration():
     cfg = AugmentConfig(**{**PLAIN, "flip": True}, decode_size=96)
     img = gradient_image()

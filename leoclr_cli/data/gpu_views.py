@@ -34,7 +34,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
 from ..schema import NORMALIZATION, AugmentConfig
-from .views import PadToSquare, decode_size, yiq_hue_matrix
+from .views import CROP_KINDS, PadToSquare, decode_size, yiq_hue_matrix
 
 # one row of parameters per view
 X0, Y0, X1, Y1, FLIP, JITTER, BRIGHT, CONTRAST, SAT, HUE, ORDER, GRAY, BLUR, SIGMA = (
@@ -68,7 +68,7 @@ class DecodeAndDraw:
             # the longer side fills the view; the shorter one is centred with grey around it
             ex, ey = max(h / w, 1.0), max(w / h, 1.0)
             p[X0:Y1 + 1] = torch.tensor([(1 - ex) / 2, (1 - ey) / 2, (1 + ex) / 2, (1 + ey) / 2])
-        elif kind == "crop" and cfg.crop:
+        elif kind in CROP_KINDS and cfg.crop:
             i, j, ch, cw = v1.RandomResizedCrop.get_params(img, list(cfg.crop_scale), list(cfg.crop_ratio))
             p[X0:Y1 + 1] = torch.tensor([j / w, i / h, (j + cw) / w, (i + ch) / h])
         else:
