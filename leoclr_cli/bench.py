@@ -42,7 +42,8 @@ KINDS = {"mocov2": ("crop", "crop"), "leoclr": ("original", "crop", "crop")}
 #: the view-pipeline variants of ours: (row label, augment fields)
 VARIANTS = {
     "pil": ("views: PIL default (full decode, HSV hue)", {"hue": "hsv", "draft": False}),
-    "fast": ("views: PIL fast (draft decode, fused colour)", {"hue": "fused", "draft": True}),
+    "fast": ("views: PIL fast (direct: draft decode, drawn params, fused colour)",
+             {"hue": "fused", "draft": True, "direct": True}),
 }
 
 

@@ -232,3 +232,35 @@ def test_fused_colour_jitter_matches_the_steps_it_composes():
         moved = max(moved, np.abs(a - np.asarray(img, np.float64)).mean())
     assert worst <= 4  # uint8 rounding after each step of the step-by-step version
     assert moved > 5  # and it really changes the colours
+
+
+def test_direct_views_keep_the_pipelines_behaviour():
+    from leoclr_cli.data.views import DirectViews
+
+    # nothing random: exactly the regular pipeline's resize + tensor
+    plain = AugmentConfig(**{**PLAIN, "crop": False}, direct=True)
+    img = corners_image(64, 48)
+    (direct,) = DirectViews(plain, ("crop",))(img)
+    (regular,) = ViewMaker(AugmentConfig(**{**PLAIN, "crop": False}), ("crop",))(img)
+    assert torch.allclose(direct, regular, atol=1e-5)
+
+    # random crops only: the original keeps all four corners, crops lose some
+    data = AugmentedDataset(Constant(), ViewMaker(AugmentConfig(**PLAIN, direct=True), ("original", "crop", "crop")),
+                            seed=3)
+    lost, n = 0, 0
+    for epoch in range(12):
+        data.set_epoch(epoch)
+        for i in range(len(data)):
+            (original, c1, c2), _ = data[i]
+            assert original.shape == c1.shape == (3, 32, 32) and original.dtype == torch.float32
+            lost, n = lost + (not all(marks_present(c1).values())), n + 1
+    assert lost > n // 3  # crops at scale 0.2-1 lose corners
+    assert torch.equal(data[1][0][1], data[1][0][1])  # seeded per (seed, epoch, index)
+    assert all(all(marks_present(o).values()) for o in (data[i][0][0] for i in range(len(data))))
+    # the full augmentation on a colourful image: grayscale at its rate
+    cfg = AugmentConfig(size=32, normalize="builtin", direct=True)
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    maker = DirectViews(cfg, ("crop",))
+    torch.manual_seed(0)
+    grey = sum(bool(torch.allclose(v[0], v[1], atol=1e-4)) for v in (maker(noise)[0] for _ in range(400)))
+    assert 40 < grey < 120  # RandomGrayscale(0.2)
