@@ -235,7 +235,7 @@ def test_fused_colour_jitter_matches_the_steps_it_composes():
 
 
 def test_direct_views_keep_the_pipelines_behaviour():
-    from leoclr_cli.data.views import DirectViews
+    from leoclr_cli.data.gpu_views import DirectViews
 
     # nothing random: exactly the regular pipeline's resize + tensor
     plain = AugmentConfig(**{**PLAIN, "crop": False}, direct=True)

@@ -14,6 +14,8 @@ The work is split in two:
   brightness, contrast, saturation and hue), grayscale, Gaussian blur (a per-sample separable
   kernel), normalisation. The original view is the whole image (squashed, or padded with grey for
   ``augment.original: pad``).
+* :class:`DirectViews` (``augment.direct``, PIL backend) applies the same drawn parameters with
+  direct PIL calls in the workers instead.
 
 Crop boxes are drawn in the source image's own pixels and kept as fractions of its width and
 height, so squashing it into the fixed square does not change the crops' aspect ratios.
@@ -26,7 +28,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageFilter
 from torch import nn
 from torchvision import transforms as v1
 from torchvision.ops import roi_align
@@ -34,7 +36,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
 from ..schema import NORMALIZATION, AugmentConfig
-from .views import CROP_KINDS, PadToSquare, decode_size, yiq_hue_matrix
+from .views import CROP_KINDS, PadToSquare, decode_size, fused_colour, to_tensor, yiq_hue_matrix
 
 # one row of parameters per view
 X0, Y0, X1, Y1, FLIP, JITTER, BRIGHT, CONTRAST, SAT, HUE, ORDER, GRAY, BLUR, SIGMA = (
@@ -90,6 +92,41 @@ class DecodeAndDraw:
         if cfg.flip and torch.rand(1) < 0.5:
             p[FLIP] = 1
         return p
+
+
+class DirectViews:
+    """``augment.direct`` (PIL backend): the views of one image from parameters drawn once per view by
+    :class:`DecodeAndDraw` (so the distributions are the PIL pipeline's), applied by direct PIL calls in
+    the pipeline's order: crop + resize in one ``resize(box=)``, colour jitter as one matrix
+    (:func:`~.views.fused_colour`), grayscale, blur, flip, then the tensor."""
+
+    def __init__(self, cfg: AugmentConfig, kinds: Sequence[str]):
+        self.cfg, self.kinds = cfg, tuple(kinds)
+        self.draw = DecodeAndDraw(cfg, kinds).draw
+        self.pad = PadToSquare(cfg.size) if cfg.original == "pad" else None
+        self.out = to_tensor(cfg.normalize)
+
+    def __call__(self, img: Image.Image) -> list[torch.Tensor]:
+        img = img.convert("RGB") if img.mode != "RGB" else img
+        w, h, size = img.width, img.height, self.cfg.size
+        views = []
+        for kind in self.kinds:
+            p = self.draw(kind, img, w, h).tolist()
+            if kind == "original" and self.pad is not None:
+                v = self.pad(img)
+            else:
+                box = (p[X0] * w, p[Y0] * h, p[X1] * w, p[Y1] * h)
+                v = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
+            if p[JITTER]:
+                v = fused_colour(v, [int(o) for o in p[ORDER:ORDER + 4]], p[BRIGHT:HUE + 1])
+            if p[GRAY]:
+                v = v.convert("L").convert("RGB")
+            if p[BLUR]:
+                v = v.filter(ImageFilter.GaussianBlur(radius=p[SIGMA]))
+            if p[FLIP]:
+                v = v.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            views.append(self.out(v))
+        return views
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:

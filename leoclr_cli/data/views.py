@@ -79,8 +79,6 @@ class PadToSquare(v2.Transform):
 
 # RGB -> YIQ (NTSC); hue is the angle of the (I, Q) chroma vector
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
-
-
 _YIQ_INV = torch.linalg.inv(_YIQ)
 
 
@@ -130,11 +128,10 @@ class GaussianBlurPIL(torch.nn.Module):
 
 
 #: PIL's "L" weights (ITU-R 601-2), which ImageEnhance's contrast and saturation blend towards
-_LUMA_NP = np.array([0.299, 0.587, 0.114])
-_YIQ_NP, _YIQ_INV_NP = _YIQ.numpy(), _YIQ_INV.numpy()
+_LUMA = np.array([0.299, 0.587, 0.114])
 
 
-class ColorJitterFused(v2.ColorJitter):
+class ColorJitterFused(ColorJitterYIQ):
     """ColorJitter with ColorJitterYIQ's steps and draws, composed into one affine colour map
     ``x -> A x + b`` applied by a single PIL ``convert(matrix=)`` pass in C: brightness ``f x``,
     contrast ``f x + (1 - f) m`` (``m`` the mean grey of the image at that step, from the image's mean
@@ -143,7 +140,7 @@ class ColorJitterFused(v2.ColorJitter):
 
     def transform(self, inpt, params):  # type: ignore[override]
         if not isinstance(inpt, Image.Image):
-            return ColorJitterYIQ.transform(self, inpt, params)  # type: ignore[arg-type]
+            return super().transform(inpt, params)
         factors = [params[k] for k in ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor")]
         return fused_colour(inpt, params["fn_idx"].tolist(), factors)
 
@@ -151,7 +148,7 @@ class ColorJitterFused(v2.ColorJitter):
 def fused_colour(img: Image.Image, order: Sequence[int], factors: Sequence[Optional[float]]) -> Image.Image:
     """:class:`ColorJitterFused`'s one pass: ``factors`` = (brightness, contrast, saturation, hue), each
     None or neutral for a step left out, applied in ``order`` (ColorJitter's ``fn_idx``). The 3x3
-    algebra is numpy (a few microseconds), the pixels one PIL ``convert(matrix=)``."""
+    algebra is numpy, the pixels one PIL ``convert(matrix=)``."""
     a, b = np.eye(3), np.zeros(3)
     mean_rgb = None
     for fn_id in order:
@@ -164,15 +161,13 @@ def fused_colour(img: Image.Image, order: Sequence[int], factors: Sequence[Optio
             if mean_rgb is None:
                 small = img.reduce(4) if min(img.size) >= 16 else img
                 mean_rgb = np.asarray(small, dtype=np.float64).reshape(-1, 3).mean(0)
-            m = float(_LUMA_NP @ (a @ mean_rgb + b))
+            m = float(_LUMA @ (a @ mean_rgb + b))
             a, b = a * f, b * f + (1 - f) * m
         elif fn_id == 2:
-            sat = f * np.eye(3) + (1 - f) * np.tile(_LUMA_NP, (3, 1))
+            sat = f * np.eye(3) + (1 - f) * np.tile(_LUMA, (3, 1))
             a, b = sat @ a, sat @ b
         else:
-            theta = -2 * math.pi * f
-            c, s_ = math.cos(theta), math.sin(theta)
-            rot = _YIQ_INV_NP @ np.array([[1, 0, 0], [0, c, -s_], [0, s_, c]]) @ _YIQ_NP
+            rot = yiq_hue_matrix(f).numpy()
             a, b = rot @ a, rot @ b
     return img.convert("RGB", matrix=tuple(np.concatenate([a, b[:, None]], 1).ravel().tolist()))
 
@@ -219,45 +214,6 @@ def draft_side(cfg: AugmentConfig) -> int:
     return max(side, decode_size(cfg)) if cfg.backend == "tensor" else side
 
 
-class DirectViews:
-    """``augment.direct``: the views of one image from parameters drawn once per view by the tensor
-    backend's :class:`~.gpu_views.DecodeAndDraw` (so the distributions are the PIL pipeline's), applied
-    by direct PIL calls in the pipeline's order: crop + resize in one ``resize(box=)``, colour jitter as
-    one matrix (:func:`fused_colour`), grayscale, blur, flip, then the tensor."""
-
-    def __init__(self, cfg: AugmentConfig, kinds: Sequence[str]):
-        from .gpu_views import DecodeAndDraw
-
-        self.cfg, self.kinds = cfg, tuple(kinds)
-        self.draw = DecodeAndDraw(cfg, kinds).draw
-        self.pad = PadToSquare(cfg.size) if cfg.original == "pad" else None
-        self.out = to_tensor(cfg.normalize)
-
-    def __call__(self, img: Image.Image) -> list[torch.Tensor]:
-        from . import gpu_views as gv
-
-        img = img.convert("RGB") if img.mode != "RGB" else img
-        w, h, size = img.width, img.height, self.cfg.size
-        views = []
-        for kind in self.kinds:
-            p = self.draw(kind, img, w, h).tolist()
-            if kind == "original" and self.pad is not None:
-                v = self.pad(img)
-            else:
-                box = (p[gv.X0] * w, p[gv.Y0] * h, p[gv.X1] * w, p[gv.Y1] * h)
-                v = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
-            if p[gv.JITTER]:
-                v = fused_colour(v, [int(o) for o in p[gv.ORDER:gv.ORDER + 4]], p[gv.BRIGHT:gv.HUE + 1])
-            if p[gv.GRAY]:
-                v = v.convert("L").convert("RGB")
-            if p[gv.BLUR]:
-                v = v.filter(ImageFilter.GaussianBlur(radius=p[gv.SIGMA]))
-            if p[gv.FLIP]:
-                v = v.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            views.append(self.out(v))
-        return views
-
-
 class ViewMaker:
     """One image in, the list of views ``kinds`` out (each kind one of :data:`VIEW_KINDS`).
 
@@ -269,7 +225,11 @@ class ViewMaker:
         self.kinds, self.cfg, self.boxes = tuple(kinds), cfg, boxes
         self.pipelines = {k: augmentation(cfg, view=k) for k in set(self.kinds)}
         self.rest = v2.Compose(after_crop(cfg))
-        self.direct = DirectViews(cfg, kinds) if cfg.direct else None
+        self.direct = None
+        if cfg.direct:
+            from .gpu_views import DirectViews
+
+            self.direct = DirectViews(cfg, kinds)
 
     def __call__(self, img: Image.Image, index: Optional[int] = None, epoch: int = 0) -> list[torch.Tensor]:
         if self.boxes is None or index is None or not self.boxes.active(epoch):
