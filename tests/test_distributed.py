@@ -111,25 +111,35 @@ def test_global_batch_must_divide(tmp_path, capsys):
 
 
 def two_ranks(tmp_path, source: str) -> list[dict]:
-    """Run the Python ``source`` as two gloo ranks under torchrun; each prints one JSON line."""
+    """Run the Python ``source`` as two gloo ranks under torchrun; each calls ``report(dict)`` once.
+
+    Each rank writes its own file: two processes printing to one pipe can interleave their lines.
+    """
     script = tmp_path / "two_ranks.py"
-    script.write_text(source)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    script.write_text(REPORT + source)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "REPORT_DIR": str(tmp_path)}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
-    return [json.loads(line) for line in run.stdout.splitlines()]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+REPORT = """
+import json, os, pathlib
+def report(row):
+    pathlib.Path(os.environ["REPORT_DIR"], f"rank{row['rank']}.json").write_text(json.dumps(row))
+"""
 
 
 FLAG_SCRIPT = """
-import json, sys, torch
+import torch
 from leoclr_cli import distributed
 rank, world, _ = distributed.init_from_env(torch.device("cpu"))
 flag = distributed.HostFlag()
 # rank 1 raises its flag at step 2 only; rank 0 never does
 seen = [flag.exchange(15 if (rank == 1 and step == 2) else 0) for step in range(5)]
 seen.append(flag.drain())
-print(json.dumps({"rank": rank, "seen": seen}))
+report({"rank": rank, "seen": seen})
 distributed.shutdown()
 """
 
@@ -143,7 +153,7 @@ def test_host_flag_reaches_every_rank_one_step_late(tmp_path):
 
 
 BOXES_SCRIPT = """
-import json, torch
+import torch
 from leoclr_cli import distributed
 from leoclr_cli.data.builtin import BuiltinTextures
 from leoclr_cli.data.ccrop import localise
@@ -157,8 +167,8 @@ plain = AugmentedDataset(BuiltinTextures("train", 13), eval_transform(64, 64, "n
 shared = localise_shared(backbone, plain, 4, 0, dev, 0.8)
 whole = torch.utils.data.DataLoader(plain, batch_size=4)
 alone = localise(backbone, whole, dev, 0.8)
-print(json.dumps({"rank": rank, "n": len(shared), "equal": bool(torch.equal(shared, alone)),
-                  "distinct": len({tuple(b) for b in alone.tolist()})}))
+report({"rank": rank, "n": len(shared), "equal": bool(torch.equal(shared, alone)),
+        "distinct": len({tuple(b) for b in alone.tolist()})})
 distributed.shutdown()
 """
 
