@@ -14,6 +14,7 @@ What is distributed:
 * the gradients: the task is wrapped in ``DistributedDataParallel`` (the query encoder's
   gradients are averaged across ranks);
 * the keys: all-gathered before they are enqueued, so every rank's queue holds every rank's keys;
+* the end-to-end methods' negatives: every rank's embeddings, gathered with their gradient;
 * BatchNorm: MoCo's shuffle-BN across ranks for the key encoder (:func:`batch_shuffle`,
   :func:`batch_unshuffle`), or SyncBatchNorm (``distributed.bn: sync``, CUDA only); the running
   statistics are averaged across ranks before anything is saved;
@@ -158,6 +159,34 @@ def all_gather(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
+
+
+class _GatherGrad(torch.autograd.Function):
+    """all_gather whose backward hands each rank the sum over ranks of the gradient of its own slice
+    (an all-reduce, then the slice: backend-agnostic, gloo included)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.rows = x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        start = rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
+def all_gather_grad(x: torch.Tensor) -> torch.Tensor:
+    """:func:`all_gather` that gradients flow back through, to the rank each slice came from. With
+    each rank's loss a mean over its own rows and DDP averaging the parameter gradients, the update
+    is that of one process whose loss is the mean over the global batch."""
+    if not active():
+        return x
+    return _GatherGrad.apply(x)
 
 
 @torch.no_grad()

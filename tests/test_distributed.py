@@ -180,3 +180,51 @@ def test_contrastive_crop_boxes_are_shared_across_ranks(tmp_path):
     assert sorted(r["rank"] for r in rows) == [0, 1]
     assert all(r["n"] == 13 and r["equal"] for r in rows)
     assert rows[0]["distinct"] > 8  # the boxes differ from image to image, so the order is checked
+
+
+E2E_SCRIPT = """
+import torch
+from leoclr_cli import distributed
+from leoclr_cli.methods import build_method
+from leoclr_cli.schema import MethodConfig, ModelConfig
+rank, world, _ = distributed.init_from_env(torch.device("cpu"))
+out = {"rank": rank}
+for name in ("simclr", "leoclr-e2e"):
+    torch.manual_seed(0)
+    views = [torch.randn(8, 6) for _ in range(3 if name == "leoclr-e2e" else 2)]
+    m = build_method(ModelConfig(arch="resnet18", dim=4, bn_splits=1, shuffle_bn=False),
+                     MethodConfig(name=name, temperature=0.5))
+    m.encoder_q = torch.nn.Linear(6, 4)
+    loss, _ = m([v[rank * 4:(rank + 1) * 4] for v in views])  # this rank's half of the global batch of 8
+    loss.backward()
+    grad = m.encoder_q.weight.grad
+    distributed.all_reduce_sum(grad)  # what DDP does, then / world
+    distributed.all_reduce_sum(loss := loss.detach())
+    out[name] = {"loss": loss.item() / world, "grad": (grad / world).tolist()}
+report(out)
+distributed.shutdown()
+"""
+
+
+@pytest.mark.parametrize("name", ["simclr", "leoclr-e2e"])
+def test_end_to_end_negatives_span_the_global_batch(tmp_path, name):
+    # two ranks of 4 images each: the same loss and the same averaged gradient as one process over
+    # all 8 (each rank's anchors meet the other rank's images as negatives, and their gradient
+    # flows back to the rank that embedded them)
+    from leoclr_cli.methods import build_method
+    from leoclr_cli.schema import MethodConfig, ModelConfig
+
+    rows = two_ranks(tmp_path, E2E_SCRIPT)
+    torch.manual_seed(0)
+    views = [torch.randn(8, 6) for _ in range(3 if name == "leoclr-e2e" else 2)]
+    m = build_method(ModelConfig(arch="resnet18", dim=4, bn_splits=1, shuffle_bn=False),
+                     MethodConfig(name=name, temperature=0.5))
+    m.encoder_q = torch.nn.Linear(6, 4)
+    loss, _ = m(views)
+    loss.backward()
+    local, _ = m([v[:4] for v in views])  # what a rank alone would compute: a different loss
+    for row in rows:
+        got = row[name]
+        assert got["loss"] == pytest.approx(loss.item(), rel=1e-5)
+        assert torch.allclose(torch.tensor(got["grad"]), m.encoder_q.weight.grad, atol=1e-6)
+    assert abs(local.item() - loss.item()) > 1e-3

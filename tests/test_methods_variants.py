@@ -38,6 +38,16 @@ def test_in_batch_nce_drops_own_image_views():
     assert loss.item() == pytest.approx(hand_nce(a, p, [others([a, p, o], i) for i in range(3)], 0.3), rel=1e-5)
 
 
+def test_in_batch_nce_anchors_can_be_a_slice_of_the_batch():
+    # a rank's anchors (rows 2..3 of a global batch of 5) against every view of the global batch
+    g = torch.Generator().manual_seed(2)
+    a, p, o = (F.normalize(torch.randn(5, 5, generator=g), dim=1) for _ in range(3))
+    loss, logits = in_batch_nce(a[2:4], p[2:4], [a, p, o], 0.3, offset=2)
+    assert logits.shape == (2, 1 + 3 * 4)
+    want = hand_nce(a[2:4], p[2:4], [others([a, p, o], i) for i in (2, 3)], 0.3)
+    assert loss.item() == pytest.approx(want, rel=1e-5)
+
+
 def test_simclr_is_nt_xent_over_the_2n_anchors():
     torch.manual_seed(0)
     table = torch.randn(6, 4)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .endtoend import EndToEnd, in_batch_nce
+from .endtoend import EndToEnd
 from .momentum import top1_positive
 
 
@@ -21,8 +21,8 @@ class LeOCLRE2E(EndToEnd):
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z, z1, z2 = self.embed(views)
-        t = self.cfg.temperature
-        loss1, logits1 = in_batch_nce(z, z1, [z, z1, z2], t)
-        loss2, logits2 = in_batch_nce(z, z2, [z, z1, z2], t)
+        everyone = self.gather([z, z1, z2])
+        loss1, logits1 = self.nce(z, z1, everyone)
+        loss2, logits2 = self.nce(z, z2, everyone)
         acc = (top1_positive(logits1) + top1_positive(logits2)) / 2
         return loss1 + loss2, {"acc": acc, "loss1": loss1.detach(), "loss2": loss2.detach()}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .endtoend import EndToEnd, in_batch_nce
+from .endtoend import EndToEnd
 from .momentum import top1_positive
 
 
@@ -20,8 +20,8 @@ class SimCLR(EndToEnd):
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z1, z2 = self.embed(views)
-        t = self.cfg.temperature
-        loss12, logits12 = in_batch_nce(z1, z2, [z1, z2], t)
-        loss21, logits21 = in_batch_nce(z2, z1, [z1, z2], t)
+        everyone = self.gather([z1, z2])
+        loss12, logits12 = self.nce(z1, z2, everyone)
+        loss21, logits21 = self.nce(z2, z1, everyone)
         acc = (top1_positive(logits12) + top1_positive(logits21)) / 2
         return (loss12 + loss21) / 2, {"acc": acc}
