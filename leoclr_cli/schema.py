@@ -118,8 +118,9 @@ class AugmentConfig(Strict):
                            "in one pass (no clamping between the steps)")
     direct: bool = Field(False, description="backend pil: draw each view's parameters once (with the tensor "
                                             "backend's samplers) and apply them by direct PIL calls: crop and resize "
-                                            "in one pass, the jitter as one colour matrix (as hue: fused), no "
-                                            "per-transform dispatch (ContrastiveCrop's box crops take the regular path)")
+                                            "in one pass, the jitter as one colour matrix (as hue: fused), the blur "
+                                            "as the tensor backend's Gaussian on the float view, no per-transform "
+                                            "dispatch (ContrastiveCrop's box crops take the regular path)")
     draft: bool = Field(True, description="decode JPEGs at a reduced scale (1/2, 1/4, 1/8) when the result still "
                                           "has at least size/sqrt(min crop scale) pixels on each side")
     decode_size: Optional[int] = Field(None, ge=8, description="backend tensor: the side of the uint8 image the "

@@ -170,3 +170,44 @@ def test_pretrain_with_the_tensor_backend(tmp_path):
         "device": "cpu"})
     result = run_pretrain(p, tmp_path / "run", quiet=True)
     assert np.isfinite(result["final_loss"]) and (tmp_path / "run" / "backbone.safetensors").is_file()
+
+
+def test_direct_views_blur_with_the_tensor_backends_gaussian():
+    # blur_hwc (the direct PIL path's blur, in place on the normalised HWC tensor) is torchvision's
+    # reflect-padded Gaussian: equal at the largest sigma (the same 13 taps), within the 3-sigma
+    # truncation below it; images smaller than the kernel keep their shape
+    torch.manual_seed(0)
+    x = torch.rand(20, 17, 3)
+    scratch: dict = {}
+    for sigma, tol in ((2.0, 1e-5), (1.0, 5e-3), (0.4, 5e-3)):
+        want = TF.gaussian_blur(x.permute(2, 0, 1), [13, 13], [sigma, sigma]).permute(1, 2, 0)
+        got = gv.blur_hwc(x.clone(), sigma, scratch)
+        assert torch.allclose(got, want, atol=tol), sigma
+        assert (got - x).abs().max() > 0.05  # it did blur
+    small = torch.rand(4, 5, 3)
+    assert gv.blur_hwc(small.clone(), 2.0).shape == (4, 5, 3)
+
+    # DirectViews: blur at its rate, with the sigma it drew; the view stays in [0, 1] once unnormalised
+    cfg = AugmentConfig(size=24, crop=False, flip=False, color_jitter=False, grayscale=False, blur=True,
+                        normalize="builtin", direct=True)
+    impulse = np.zeros((24, 24, 3), np.uint8)
+    impulse[12, 12] = 255
+    img = Image.fromarray(impulse)
+    maker, seen, spreads = gv.DirectViews(cfg, ("crop",)), 0, []
+    yy, xx = np.mgrid[0:24, 0:24] - 12
+    for seed in range(200):
+        torch.manual_seed(seed)
+        p = gv.DecodeAndDraw(cfg, ("crop",)).draw_row("crop", img, 24, 24)  # the draws it is about to make
+        torch.manual_seed(seed)
+        (view,) = maker(img)
+        mass = raw(view[None], cfg)[0, 0].numpy()
+        assert mass.min() > -1e-5 and mass.max() < 1 + 1e-5
+        if p[gv.BLUR]:
+            seen += 1
+            spread = float(np.sqrt((mass * xx**2).sum() / mass.sum()))
+            if p[gv.SIGMA] > 0.8:  # below that a sampled Gaussian is narrower than its sigma
+                assert abs(spread - p[gv.SIGMA]) < 0.05 * p[gv.SIGMA], (p[gv.SIGMA], spread)
+            spreads.append(spread)
+        else:
+            assert mass[12, 12] > 0.99 and mass.sum() < 1.01  # untouched
+    assert 70 < seen < 130 and np.std(spreads) > 0.4

@@ -206,12 +206,16 @@ def test_to_tensor_equals_torchvisions_normalize():
     from leoclr_cli.data.views import to_tensor
     from leoclr_cli.schema import NORMALIZATION
 
-    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (9, 7, 3), dtype=np.uint8))
+    rng = np.random.default_rng(0)
     for name, (mean, std) in NORMALIZATION.items():
-        want = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])(img)
-        got = to_tensor(name)(img)
-        assert got.shape == (3, 9, 7) and got.dtype == torch.float32
-        assert torch.allclose(got, want, atol=1e-5)
+        make = to_tensor(name)
+        for h, w in ((9, 7), (5, 12), (9, 7)):  # one object, images of several widths
+            img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            want = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                               v2.Normalize(list(mean), list(std))])(img)
+            got = make(img)
+            assert got.shape == (3, h, w) and got.dtype == torch.float32
+            assert torch.allclose(got, want, atol=1e-5)
         assert torch.allclose(to_tensor(name)(img.convert("L")), to_tensor(name)(img.convert("L").convert("RGB")))
 
 

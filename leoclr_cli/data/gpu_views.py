@@ -24,11 +24,11 @@ height, so squashing it into the fixed square does not change the crops' aspect 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFilter
+from PIL import Image
 from torch import nn
 from torchvision import transforms as v1
 from torchvision.ops import roi_align
@@ -65,32 +65,37 @@ class DecodeAndDraw:
         return image.permute(2, 0, 1).contiguous(), params
 
     def draw(self, kind: str, img: Image.Image, w: int, h: int) -> torch.Tensor:
-        cfg, p = self.cfg, torch.zeros(N_PARAMS)
+        return torch.tensor(self.draw_row(kind, img, w, h))
+
+    def draw_row(self, kind: str, img: Image.Image, w: int, h: int) -> list[float]:
+        """One view's parameters as a plain list (the torch RNG draws are torchvision's samplers;
+        the row itself is Python, as tensor slicing per field costs more than the draws)."""
+        cfg, p = self.cfg, [0.0] * N_PARAMS
         if kind == "original" and cfg.original == "pad":
             # the longer side fills the view; the shorter one is centred with grey around it
             ex, ey = max(h / w, 1.0), max(w / h, 1.0)
-            p[X0:Y1 + 1] = torch.tensor([(1 - ex) / 2, (1 - ey) / 2, (1 + ex) / 2, (1 + ey) / 2])
+            p[X0:Y1 + 1] = [(1 - ex) / 2, (1 - ey) / 2, (1 + ex) / 2, (1 + ey) / 2]
         elif kind in CROP_KINDS and cfg.crop:
             i, j, ch, cw = v1.RandomResizedCrop.get_params(img, list(cfg.crop_scale), list(cfg.crop_ratio))
-            p[X0:Y1 + 1] = torch.tensor([j / w, i / h, (j + cw) / w, (i + ch) / h])
+            p[X0:Y1 + 1] = [j / w, i / h, (j + cw) / w, (i + ch) / h]
         else:
-            p[X0:Y1 + 1] = torch.tensor([0.0, 0.0, 1.0, 1.0])
-        p[BRIGHT:HUE + 1] = torch.tensor([1.0, 1.0, 1.0, 0.0])
-        p[ORDER:ORDER + 4] = torch.arange(4.0)
-        if cfg.color_jitter and torch.rand(1) < cfg.jitter_p:  # RandomApply's coin
+            p[X0:Y1 + 1] = [0.0, 0.0, 1.0, 1.0]
+        p[BRIGHT:HUE + 1] = [1.0, 1.0, 1.0, 0.0]
+        p[ORDER:ORDER + 4] = [0.0, 1.0, 2.0, 3.0]
+        if cfg.color_jitter and torch.rand(1).item() < cfg.jitter_p:  # RandomApply's coin
             j = self.jitter.make_params([])
-            p[JITTER] = 1
-            p[ORDER:ORDER + 4] = j["fn_idx"].float()
+            p[JITTER] = 1.0
+            p[ORDER:ORDER + 4] = [float(o) for o in j["fn_idx"].tolist()]
             for col, key, neutral in ((BRIGHT, "brightness_factor", 1.0), (CONTRAST, "contrast_factor", 1.0),
                                       (SAT, "saturation_factor", 1.0), (HUE, "hue_factor", 0.0)):
-                p[col] = neutral if j[key] is None else j[key]
-        if cfg.grayscale and torch.rand(1) < cfg.grayscale_p:
-            p[GRAY] = 1
-        if cfg.blur and torch.rand(1) < cfg.blur_p:
-            p[BLUR] = 1
+                p[col] = neutral if j[key] is None else float(j[key])
+        if cfg.grayscale and torch.rand(1).item() < cfg.grayscale_p:
+            p[GRAY] = 1.0
+        if cfg.blur and torch.rand(1).item() < cfg.blur_p:
+            p[BLUR] = 1.0
             p[SIGMA] = torch.empty(1).uniform_(*cfg.blur_sigma).item()
-        if cfg.flip and torch.rand(1) < 0.5:
-            p[FLIP] = 1
+        if cfg.flip and torch.rand(1).item() < 0.5:
+            p[FLIP] = 1.0
         return p
 
 
@@ -98,20 +103,23 @@ class DirectViews:
     """``augment.direct`` (PIL backend): the views of one image from parameters drawn once per view by
     :class:`DecodeAndDraw` (so the distributions are the PIL pipeline's), applied by direct PIL calls in
     the pipeline's order: crop + resize in one ``resize(box=)``, colour jitter as one matrix
-    (:func:`~.views.fused_colour`), grayscale, blur, flip, then the tensor."""
+    (:func:`~.views.fused_colour`), grayscale (kept one channel through the flip), flip, the tensor,
+    then blur (:func:`blur_hwc`, the tensor backend's Gaussian; it commutes with the flip and with
+    the per-channel normalisation, so the order is the pipeline's)."""
 
     def __init__(self, cfg: AugmentConfig, kinds: Sequence[str]):
         self.cfg, self.kinds = cfg, tuple(kinds)
-        self.draw = DecodeAndDraw(cfg, kinds).draw
+        self.draw = DecodeAndDraw(cfg, kinds).draw_row
         self.pad = PadToSquare(cfg.size) if cfg.original == "pad" else None
         self.out = to_tensor(cfg.normalize)
+        self.scratch: dict = {}  # blur_hwc's padded copies
 
     def __call__(self, img: Image.Image) -> list[torch.Tensor]:
         img = img.convert("RGB") if img.mode != "RGB" else img
         w, h, size = img.width, img.height, self.cfg.size
         views = []
         for kind in self.kinds:
-            p = self.draw(kind, img, w, h).tolist()
+            p = self.draw(kind, img, w, h)
             if kind == "original" and self.pad is not None:
                 v = self.pad(img)
             else:
@@ -120,13 +128,48 @@ class DirectViews:
             if p[JITTER]:
                 v = fused_colour(v, [int(o) for o in p[ORDER:ORDER + 4]], p[BRIGHT:HUE + 1])
             if p[GRAY]:
-                v = v.convert("L").convert("RGB")
-            if p[BLUR]:
-                v = v.filter(ImageFilter.GaussianBlur(radius=p[SIGMA]))
+                v = v.convert("L")  # flipped as one channel; the tensor repeats it
             if p[FLIP]:
                 v = v.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            views.append(self.out(v))
+            x = self.out.hwc(v)
+            if p[BLUR]:  # after the flip and the normalisation, which it commutes with
+                x = blur_hwc(x, p[SIGMA], self.scratch)
+            views.append(x.permute(2, 0, 1))
         return views
+
+
+def gaussian_taps(sigma: float, radius: int) -> list[float]:
+    """The normalised 1-D Gaussian on -radius..radius."""
+    taps = [math.exp(-0.5 * (i / sigma) ** 2) for i in range(-radius, radius + 1)]
+    total = sum(taps)
+    return [t / total for t in taps]
+
+
+def blur_hwc(x: torch.Tensor, sigma: float, scratch: Optional[dict] = None) -> torch.Tensor:
+    """:class:`TensorViews`' Gaussian blur (reflect padding) of one float HWC image, in place (``x`` is
+    returned). Separable, one multiply-add per tap over the whole image (far cheaper on a CPU core
+    than a grouped convolution or PIL's three box passes); the kernel spans 3 sigma each side. The
+    padded copies live in ``scratch`` (reused from call to call: no fresh memory per view)."""
+    scratch = {} if scratch is None else scratch
+    for dim in (0, 1):
+        n = x.shape[dim]
+        r = min(math.ceil(3 * sigma), n - 1)
+        if r < 1:
+            continue
+        shape = list(x.shape)
+        shape[dim] += 2 * r
+        key = (dim, *shape)
+        if key not in scratch:
+            scratch[key] = torch.empty(shape, dtype=x.dtype)
+        padded = scratch[key]
+        padded.narrow(dim, r, n).copy_(x)
+        padded.narrow(dim, 0, r).copy_(x.narrow(dim, 1, r).flip(dim))
+        padded.narrow(dim, n + r, r).copy_(x.narrow(dim, n - 1 - r, r).flip(dim))
+        taps = gaussian_taps(sigma, r)
+        torch.mul(padded.narrow(dim, 0, n), taps[0], out=x)
+        for k in range(1, 2 * r + 1):
+            x.add_(padded.narrow(dim, k, n), alpha=taps[k])
+    return x
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:

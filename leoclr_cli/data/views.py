@@ -45,13 +45,22 @@ class ToNormalized(torch.nn.Module):
         super().__init__()
         mean, std = (torch.tensor(v, dtype=torch.float32) for v in NORMALIZATION[name])
         self.name, self.scale, self.shift = name, 1 / (255 * std), -mean / std
+        self._rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward(self, img):
         if isinstance(img, Image.Image):
-            # in the image's own HWC order (contiguous, so the multiply-add vectorises), then a CHW view
-            hwc = torch.from_numpy(np.array(img.convert("RGB") if img.mode != "RGB" else img))
-            return torch.addcmul(self.shift, hwc.to(torch.float32), self.scale).permute(2, 0, 1)
+            return self.hwc(img).permute(2, 0, 1)  # a CHW view
         return torch.addcmul(self.shift[:, None, None], img.to(torch.float32), self.scale[:, None, None])
+
+    def hwc(self, img: Image.Image) -> torch.Tensor:
+        """The normalised image, contiguous in its own HWC order: each pixel row is one vector of
+        W x 3 with the per-channel factors tiled along it, so the multiply-add vectorises."""
+        hwc = torch.from_numpy(np.array(img.convert("RGB") if img.mode != "RGB" else img))
+        h, w, _ = hwc.shape
+        if w not in self._rows:
+            self._rows[w] = (self.shift.repeat(w), self.scale.repeat(w))
+        shift, scale = self._rows[w]
+        return torch.addcmul(shift, hwc.view(h, w * 3), scale).view(h, w, 3)
 
     def extra_repr(self) -> str:
         return f"normalize={self.name!r}"
@@ -129,6 +138,15 @@ class GaussianBlurPIL(torch.nn.Module):
 
 #: PIL's "L" weights (ITU-R 601-2), which ImageEnhance's contrast and saturation blend towards
 _LUMA = np.array([0.299, 0.587, 0.114])
+_LUMA_ROWS, _EYE = np.tile(_LUMA, (3, 1)), np.eye(3)
+_YIQ_NP, _YIQ_INV_NP = _YIQ.numpy(), _YIQ_INV.numpy()
+
+
+def _yiq_hue_np(shift: float) -> np.ndarray:
+    """:func:`yiq_hue_matrix` of one float, in numpy (no tensor round trip per view)."""
+    theta = -2 * math.pi * shift
+    c, s = math.cos(theta), math.sin(theta)
+    return _YIQ_INV_NP @ np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]]) @ _YIQ_NP
 
 
 class ColorJitterFused(ColorJitterYIQ):
@@ -148,7 +166,8 @@ class ColorJitterFused(ColorJitterYIQ):
 def fused_colour(img: Image.Image, order: Sequence[int], factors: Sequence[Optional[float]]) -> Image.Image:
     """:class:`ColorJitterFused`'s one pass: ``factors`` = (brightness, contrast, saturation, hue), each
     None or neutral for a step left out, applied in ``order`` (ColorJitter's ``fn_idx``). The 3x3
-    algebra is numpy, the pixels one PIL ``convert(matrix=)``."""
+    algebra is numpy on constants made once, the pixels one PIL ``convert(matrix=)``; the mean colour
+    (contrast) comes from an ~8x8 box reduction of the image."""
     a, b = np.eye(3), np.zeros(3)
     mean_rgb = None
     for fn_id in order:
@@ -159,15 +178,15 @@ def fused_colour(img: Image.Image, order: Sequence[int], factors: Sequence[Optio
             a, b = a * f, b * f
         elif fn_id == 1:
             if mean_rgb is None:
-                small = img.reduce(4) if min(img.size) >= 16 else img
+                small = img.reduce(max(1, min(img.size) // 8))
                 mean_rgb = np.asarray(small, dtype=np.float64).reshape(-1, 3).mean(0)
             m = float(_LUMA @ (a @ mean_rgb + b))
             a, b = a * f, b * f + (1 - f) * m
         elif fn_id == 2:
-            sat = f * np.eye(3) + (1 - f) * np.tile(_LUMA, (3, 1))
+            sat = f * _EYE + (1 - f) * _LUMA_ROWS
             a, b = sat @ a, sat @ b
         else:
-            rot = yiq_hue_matrix(f).numpy()
+            rot = _yiq_hue_np(f)
             a, b = rot @ a, rot @ b
     return img.convert("RGB", matrix=tuple(np.concatenate([a, b[:, None]], 1).ravel().tolist()))
 
