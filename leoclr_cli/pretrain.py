@@ -71,6 +71,20 @@ def build_loader(p: PretrainProtocol, source, kinds, device: torch.device,
         persistent_workers=p.data.num_workers > 0)
 
 
+#: torch.compile's backend for ``compile`` (tests swap in a cheaper one; the modes are inductor's)
+COMPILE_BACKEND = "inductor"
+
+
+def compile_encoders(method: torch.nn.Module, mode: str) -> list[str]:
+    """Compile the method's encoders in place (``nn.Module.compile``: parameter names, checkpoints and
+    the EMA update are unchanged; the loss, queue and collectives stay eager). Returns their names."""
+    names = [n for n in ("encoder_q", "encoder_k") if isinstance(getattr(method, n, None), torch.nn.Module)]
+    options = {"mode": None if mode == "default" else mode} if COMPILE_BACKEND == "inductor" else {}
+    for name in names:
+        getattr(method, name).compile(backend=COMPILE_BACKEND, **options)
+    return names
+
+
 def scale_out(p: PretrainProtocol, world: int) -> tuple[int, float, str]:
     """(per-rank batch, lr, the sentence that states them) for ``world`` ranks."""
     if p.distributed.batch_size == "global":
@@ -173,6 +187,10 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
     if world > 1 and p.distributed.bn == "sync":
         method = distributed.sync_batchnorm(method, device)
         method.shuffle_bn = False  # SyncBN sees the whole global batch: nothing to hide by shuffling
+    if p.compile != "off":
+        names = compile_encoders(method, p.compile)
+        console.print(f"compile: {', '.join(names)} with torch.compile (mode {p.compile}); the first steps "
+                      "compile them", highlight=False)
     boxes = CropBoxes(len(source), p.augment) if p.augment.crops != "random" else None
     loader = build_loader(p, source, method.views, device, local_batch, boxes)
     batch_transform = None

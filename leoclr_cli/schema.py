@@ -221,6 +221,9 @@ class PretrainProtocol(Strict):
                             "gradient scaler on CUDA, off on the CPU")
     channels_last: bool = Field(True, description="channels-last memory format on CUDA, used when model.bn_splits is 1 "
                                       "(SplitBatchNorm regroups channels, which needs the default layout)")
+    compile: Literal["off", "default", "max-autotune-no-cudagraphs"] = Field(
+        "off", description="torch.compile the encoders (inductor) with this mode: faster steps once compiled, "
+                           "minutes of compiling first (off by default for that reason)")
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig = ModelConfig()
