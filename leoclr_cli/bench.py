@@ -5,7 +5,7 @@ Rows (samples/s; a LeOCLR sample is 3 views, a MoCo-v2 sample 2):
 * views, per CPU core, on photo-sized JPEGs (ImageNet's typical 500x375, scaled with
   ``--view-size``) decoded in the loop: the reference, MoCo v2's loader (torchvision.transforms v1
   on PIL, full decode); our default PIL path (full decode, HSV hue); the fast PIL path
-  (reduced-scale JPEG decode, fused colour matrix); the tensor backend's worker part
+  (reduced-scale JPEG decode, fused colour matrix, blur on the float view); the tensor backend's worker part
   (decode once + parameter draws) and its batched views, on one CPU thread and on the device;
 * train step: the engine's own loop on synthetic views already in memory (the device's compute);
 * end to end: the engine fed by the real loader (``--workers`` processes) over generated JPEGs,
@@ -42,7 +42,7 @@ KINDS = {"mocov2": ("crop", "crop"), "leoclr": ("original", "crop", "crop")}
 #: the view-pipeline variants of ours: (row label, augment fields)
 VARIANTS = {
     "pil": ("views: PIL default (full decode, HSV hue)", {"hue": "hsv", "draft": False}),
-    "fast": ("views: PIL fast (direct: draft decode, drawn params, fused colour)",
+    "fast": ("views: PIL fast (direct: draft decode, drawn params, fused colour, float blur)",
              {"hue": "fused", "draft": True, "direct": True}),
 }
 
