@@ -117,7 +117,8 @@ def two_ranks(tmp_path, source: str) -> list[dict]:
     """
     script = tmp_path / "two_ranks.py"
     script.write_text(REPORT + source)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "REPORT_DIR": str(tmp_path)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "REPORT_DIR": str(tmp_path),
+           "TESTS_DIR": os.path.dirname(os.path.abspath(__file__))}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -182,19 +183,29 @@ def test_contrastive_crop_boxes_are_shared_across_ranks(tmp_path):
     assert rows[0]["distinct"] > 8  # the boxes differ from image to image, so the order is checked
 
 
-E2E_SCRIPT = """
-import torch
-from leoclr_cli import distributed
-from leoclr_cli.methods import build_method
-from leoclr_cli.schema import MethodConfig, ModelConfig
-rank, world, _ = distributed.init_from_env(torch.device("cpu"))
-out = {"rank": rank}
-for name in ("simclr", "leoclr-e2e"):
+def e2e_case(name: str):
+    """A ``name`` method (simclr / leoclr-e2e) whose encoder is one seeded linear layer, and its views
+    of a global batch of 8 (the same in every process)."""
+    from leoclr_cli.methods import build_method
+    from leoclr_cli.schema import MethodConfig, ModelConfig
+
     torch.manual_seed(0)
     views = [torch.randn(8, 6) for _ in range(3 if name == "leoclr-e2e" else 2)]
     m = build_method(ModelConfig(arch="resnet18", dim=4, bn_splits=1, shuffle_bn=False),
                      MethodConfig(name=name, temperature=0.5))
     m.encoder_q = torch.nn.Linear(6, 4)
+    return m, views
+
+
+E2E_SCRIPT = """
+import sys, torch
+sys.path.insert(0, os.environ["TESTS_DIR"])
+from leoclr_cli import distributed
+from test_distributed import e2e_case
+rank, world, _ = distributed.init_from_env(torch.device("cpu"))
+out = {"rank": rank}
+for name in ("simclr", "leoclr-e2e"):
+    m, views = e2e_case(name)
     loss, _ = m([v[rank * 4:(rank + 1) * 4] for v in views])  # this rank's half of the global batch of 8
     loss.backward()
     grad = m.encoder_q.weight.grad
@@ -210,16 +221,9 @@ def test_end_to_end_negatives_span_the_global_batch(tmp_path):
     # two ranks of 4 images each: the same loss and the same averaged gradient as one process over
     # all 8 (each rank's anchors meet the other rank's images as negatives, and their gradient
     # flows back to the rank that embedded them)
-    from leoclr_cli.methods import build_method
-    from leoclr_cli.schema import MethodConfig, ModelConfig
-
     rows = two_ranks(tmp_path, E2E_SCRIPT)
     for name in ("simclr", "leoclr-e2e"):
-        torch.manual_seed(0)
-        views = [torch.randn(8, 6) for _ in range(3 if name == "leoclr-e2e" else 2)]
-        m = build_method(ModelConfig(arch="resnet18", dim=4, bn_splits=1, shuffle_bn=False),
-                         MethodConfig(name=name, temperature=0.5))
-        m.encoder_q = torch.nn.Linear(6, 4)
+        m, views = e2e_case(name)
         loss, _ = m(views)
         loss.backward()
         local, _ = m([v[:4] for v in views])  # what a rank alone would compute: a different loss
