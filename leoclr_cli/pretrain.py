@@ -71,17 +71,13 @@ def build_loader(p: PretrainProtocol, source, kinds, device: torch.device,
         persistent_workers=p.data.num_workers > 0)
 
 
-#: torch.compile's backend for ``compile`` (tests swap in a cheaper one; the modes are inductor's)
-COMPILE_BACKEND = "inductor"
-
-
 def compile_encoders(method: torch.nn.Module, mode: str) -> list[str]:
-    """Compile the method's encoders in place (``nn.Module.compile``: parameter names, checkpoints and
-    the EMA update are unchanged; the loss, queue and collectives stay eager). Returns their names."""
+    """Compile the method's encoders in place with inductor (``nn.Module.compile``: parameter names,
+    checkpoints and the EMA update are unchanged; the loss, queue and collectives stay eager).
+    Returns their names."""
     names = [n for n in ("encoder_q", "encoder_k") if isinstance(getattr(method, n, None), torch.nn.Module)]
-    options = {"mode": None if mode == "default" else mode} if COMPILE_BACKEND == "inductor" else {}
     for name in names:
-        getattr(method, name).compile(backend=COMPILE_BACKEND, **options)
+        getattr(method, name).compile(mode=None if mode == "default" else mode)
     return names
 
 

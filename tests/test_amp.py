@@ -33,7 +33,7 @@ def test_mixed_precision_pretraining_runs_and_keeps_fp32_state(tmp_path, mode):
     assert ("scaler" in meta["extra"]) == (mode == "fp16")  # the fp16 loss scale is resumable state
 
 
-def test_compiled_encoders_train_like_eager_ones(tmp_path, capsys):
+def test_compiled_encoders_train_like_eager_ones(tmp_path, capsys, monkeypatch):
     # the real inductor backend on the CPU (about half a minute of compiling): the same state keys,
     # the same weights to float tolerance, and both encoders really went through torch.compile
     from leoclr_cli import pretrain
@@ -49,11 +49,8 @@ def test_compiled_encoders_train_like_eager_ones(tmp_path, capsys):
         compiled_calls.extend((n, getattr(method, n)._compiled_call_impl is not None) for n in names)
         return names
 
-    pretrain.compile_encoders = spy
-    try:
-        result = run_pretrain(load_protocol("pretrain", None, {**small, "compile": "default"}), tmp_path / "compiled")
-    finally:
-        pretrain.compile_encoders = original
+    monkeypatch.setattr(pretrain, "compile_encoders", spy)
+    result = run_pretrain(load_protocol("pretrain", None, {**small, "compile": "default"}), tmp_path / "compiled")
     assert compiled_calls == [("encoder_q", True), ("encoder_k", True)]
     said = " ".join(capsys.readouterr().err.split())
     assert "compile: encoder_q, encoder_k with torch.compile (mode default)" in said
