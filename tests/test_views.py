@@ -268,3 +268,11 @@ def test_direct_views_keep_the_pipelines_behaviour():
     torch.manual_seed(0)
     grey = sum(bool(torch.allclose(v[0], v[1], atol=1e-4)) for v in (maker(noise)[0] for _ in range(400)))
     assert 40 < grey < 120  # RandomGrayscale(0.2)
+
+
+def test_numpy_hue_matrix_equals_the_torch_one():
+    from leoclr_cli.data.views import _yiq_hue_np, yiq_hue_matrix
+
+    for shift in (-0.5, -0.1, 0.0, 0.05, 0.3):
+        assert np.allclose(_yiq_hue_np(shift), yiq_hue_matrix(shift).numpy(), atol=1e-12)
+    assert not np.allclose(_yiq_hue_np(0.1), np.eye(3), atol=1e-3)  # it does turn the hue
