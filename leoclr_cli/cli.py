@@ -117,7 +117,7 @@ def _eval_defaults(pre: dict[str, Any]) -> dict[str, Any]:
         defaults.update({"data.source": data["source"], "data.root": data.get("root"), "data.train_split": train,
                          "data.test_split": test, "data.verify_checksums": data.get("verify_checksums", True),
                          "data.num_workers": data.get("num_workers", 0)})
-        if data["source"] == "builtin":
+        if data["source"].startswith("builtin"):
             defaults.update({"data.builtin_train": data.get("builtin_train"),
                              "data.builtin_test": data.get("builtin_test")})
     size = aug.get("size")
@@ -478,26 +478,40 @@ def report(
 
 @app.command()
 def quickstart(
-    method: str = typer.Option("leoclr", "--method", "-m", help=METHOD_HELP),
+    methods: Optional[List[str]] = typer.Option(None, "--method", "-m",
+                                                help=f"repeatable; default leoclr and mocov2 ({METHOD_HELP})"),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="seeds to repeat everything with (mean ± std when > 1)"),
     crops: Optional[str] = typer.Option(None, "--crops", help=CROPS_HELP),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="default runs/quickstart-METHOD"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="default runs/quickstart"),
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
-    """Pretrain on the built-in data, linear-evaluate, and compare with a random-init backbone."""
-    from .quickstart import run_quickstart
+    """Pretrain LeOCLR and MoCo-v2 on the built-in data, linear-probe both and a random-init backbone."""
+    from .quickstart import DEFAULT_METHODS, run_quickstart
 
-    default_dir = f"runs/quickstart-{method}" + (f"-{crops}" if crops and crops != "random" else "")
-    rows = run_quickstart(method, out_dir or Path(default_dir), epochs=epochs, force=force, quiet=quiet,
-                          console=err, overrides=_overrides(sets, **{"augment.crops": crops}))
-    table = Table(title="Linear evaluation on the built-in textures test split (10 classes)")
-    for col in ("backbone", "top-1 %", "top-5 %", "wall time"):
+    default_dir = "runs/quickstart" + (f"-{crops}" if crops and crops != "random" else "")
+    result = run_quickstart(methods or DEFAULT_METHODS, out_dir or Path(default_dir), seeds=seeds, epochs=epochs,
+                            force=force, quiet=quiet, console=err, overrides=_overrides(sets, **{"augment.crops": crops}))
+    out.print(quickstart_table(result["summary"], seeds))
+
+
+def quickstart_table(summary: list[dict[str, Any]], seeds: int) -> Table:
+    def pm(mean: float, std: Optional[float], digits: int = 1) -> str:
+        return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+    table = Table(title=f"Linear probe on the built-in test split (10 classes), {seeds} seed{'s' * (seeds > 1)}")
+    for col in ("backbone", "top-1 %", "top-5 %", "top-1 per seed", "top-1 gap to next row", "wall time"):
         table.add_column(col, justify="left" if col == "backbone" else "right")
-    for row in rows:
-        table.add_row(row["name"], f"{row['top1']:.1f}", f"{row['top5']:.1f}", f"{row['wall_s']:.0f} s")
-    out.print(table)
+    for row in summary:
+        gap = ""
+        if "gap_to_next" in row:
+            gap = pm(row["gap_to_next"], row["gap_to_next_std"]) + {True: " (holds)", False: " (does not hold)",
+                                                                    None: ""}[row["gap_holds"]]
+        table.add_row(row["name"], pm(row["top1"], row["top1_std"]), pm(row["top5"], row["top5_std"]),
+                      " / ".join(f"{v:.1f}" for v in row["top1_per_seed"]), gap, f"{row['wall_s']:.0f} s")
+    return table
 
 
 @app.command()

@@ -1,13 +1,19 @@
-"""``leoclr quickstart``: pretrain on the built-in data, linear-evaluate, compare with random init.
+"""``leoclr quickstart``: pretrain LeOCLR and MoCo-v2 on the built-in data, linear-probe both and a
+random-init backbone, over one or more seeds, and summarise as mean ± std.
 
 Uses ``protocols/quickstart.yaml`` (installed as ``leoclr_cli.protocols``, so an installed leoclr runs
-it from any directory). Linear evaluation uses cached features (``train_augment: none``), so the
-whole run fits in a few minutes of a 2-core CPU. A finished quickstart directory is reused: the
-second call prints the table again from the checkpoints; ``--force`` redoes it.
+it from any directory) with identical hyper-parameters for every method. The probe works on cached
+features (``train_augment: none``), so a seed of the whole comparison fits in a few minutes of a
+2-core CPU. Finished runs are reused: a second call prints the table again from the run directories;
+``--force`` redoes them.
+
+Layout: ``OUT/seed-S/METHOD/`` (a pretraining run with its ``linear-eval/``), ``OUT/seed-S/random-init/``,
+and ``OUT/quickstart.json`` with every run's numbers and the summary.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -20,8 +26,12 @@ from .checkpoint import latest_state
 from .evaluate.linear import run_linear_eval
 from .nets import build_backbone
 from .pretrain import run_pretrain
+from .rundir import write_json
 from .schema import load_protocol, protocol_json
 
+#: the methods the quickstart compares by default, in the order of its table
+DEFAULT_METHODS = ("leoclr", "mocov2")
+RANDOM_INIT = "random init"
 
 
 def protocol_file(name: str) -> Path:
@@ -32,6 +42,9 @@ def protocol_file(name: str) -> Path:
     from importlib.resources import files
 
     return Path(str(files("leoclr_cli.protocols").joinpath(name)))
+
+
+#: the linear probe of the quickstart: cached features of the 32-px images, the small-data schedule
 LINEAR_OVERRIDES = {"train_augment": "none", "epochs": 100, "lr": 10.0, "batch_size": 256,
                     "transform.size": 32, "transform.resize": 32, "transform.test": "none",
                     "transform.normalize": "builtin"}
@@ -43,41 +56,75 @@ def _resume_or_fresh(run_dir: Path, force: bool) -> tuple[Optional[str], bool]:
     return None, True
 
 
-def run_quickstart(method: str, out_dir: Path, *, epochs: Optional[int] = None, force: bool = False,
-                   quiet: bool = False, console: Optional[Console] = None,
-                   overrides: Optional[dict[str, Any]] = None) -> list[dict[str, Any]]:
-    """``overrides``: more dotted protocol fields (e.g. ``augment.crops``) on top of quickstart.yaml."""
+def _probe(lin, backbone: Path, run_dir: Path, force: bool, quiet: bool, console: Console) -> dict[str, Any]:
+    resume, fresh = _resume_or_fresh(run_dir, force)
+    return run_linear_eval(lin, backbone, run_dir, resume=resume, force=fresh, quiet=quiet, console=console)
+
+
+def run_quickstart(methods: tuple[str, ...] | list[str], out_dir: Path, *, seeds: int = 1,
+                   epochs: Optional[int] = None, force: bool = False, quiet: bool = False,
+                   console: Optional[Console] = None, overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Every method and a random-init backbone for ``seeds`` seeds (the protocol's seed, +1, ...).
+    ``overrides``: more dotted protocol fields (e.g. ``augment.crops``) on top of quickstart.yaml, the same
+    for every method. Returns ``{"runs": [...], "summary": [...]}`` (also written to quickstart.json)."""
     console = console or Console(stderr=True)
-    p = load_protocol("pretrain", protocol_file("quickstart.yaml"),
-                      {"method.name": method, "optim.epochs": epochs, **(overrides or {})})
-    lin_over = {**LINEAR_OVERRIDES, "data.builtin_train": p.data.builtin_train,
-                "data.builtin_test": p.data.builtin_test, "seed": p.seed}
+    base = load_protocol("pretrain", protocol_file("quickstart.yaml"), {"optim.epochs": epochs, **(overrides or {})})
+    runs: list[dict[str, Any]] = []
+    for seed in range(base.seed, base.seed + seeds):
+        seed_dir = out_dir / f"seed-{seed}"
+        lin = load_protocol("linear-eval", None, {**LINEAR_OVERRIDES, "data.source": base.data.source,
+                                                  "data.builtin_train": base.data.builtin_train,
+                                                  "data.builtin_test": base.data.builtin_test, "seed": seed})
+        for method in methods:
+            p = load_protocol("pretrain", protocol_file("quickstart.yaml"),
+                              {"optim.epochs": epochs, **(overrides or {}), "method.name": method, "seed": seed})
+            pre_dir = seed_dir / method
+            t0 = time.perf_counter()
+            resume, fresh = _resume_or_fresh(pre_dir, force)
+            run_pretrain(p, pre_dir, resume=resume, force=fresh, quiet=quiet, console=console)
+            r = _probe(lin, pre_dir / "backbone.safetensors", pre_dir / "linear-eval", force, quiet, console)
+            crops = f", {p.augment.crops} crops" if p.augment.crops != "random" else ""
+            runs.append({"name": f"{method}{crops}, {p.optim.epochs} epochs", "method": method, "seed": seed,
+                         "top1": r["top1"], "top5": r["top5"], "wall_s": time.perf_counter() - t0})
+
+        t0 = time.perf_counter()
+        rand_dir = seed_dir / "random-init"
+        torch.manual_seed(seed)
+        backbone = build_backbone(base.model.arch, cifar_stem=base.model.cifar_stem)
+        ckpt.save_backbone(rand_dir / "backbone.safetensors", backbone, arch=base.model.arch,
+                           cifar_stem=base.model.cifar_stem, method="random-init", epoch=0,
+                           protocol_json=protocol_json(base.model_copy(update={"seed": seed})))
+        r = _probe(lin, rand_dir / "backbone.safetensors", rand_dir / "linear-eval", force, quiet, console)
+        runs.append({"name": RANDOM_INIT, "method": "random-init", "seed": seed, "top1": r["top1"],
+                     "top5": r["top5"], "wall_s": time.perf_counter() - t0})
+    result = {"methods": list(methods), "seeds": seeds, "runs": runs, "summary": summarise(runs)}
+    write_json(out_dir / "quickstart.json", result)
+    return result
+
+
+def _mean_std(values: list[float]) -> tuple[float, Optional[float]]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per backbone (in the order of ``runs``): mean and sample std over seeds of top-1, top-5 and
+    wall time, the per-seed top-1, and the paired top-1 gap to the next row (mean and std over seeds) with
+    whether it holds: the gap exceeds twice the larger of the two rows' top-1 std (None with one seed)."""
+    names = list(dict.fromkeys(r["name"] for r in runs))
+    by_name = {n: {r["seed"]: r for r in runs if r["name"] == n} for n in names}
     rows = []
-
-    pre_dir = out_dir / "pretrain"
-    resume, fresh = _resume_or_fresh(pre_dir, force)
-    t0 = time.perf_counter()
-    run_pretrain(p, pre_dir, resume=resume, force=fresh, quiet=quiet, console=console)
-    lin = load_protocol("linear-eval", None, lin_over)
-    resume, fresh = _resume_or_fresh(out_dir / "linear-eval", force)
-    r = run_linear_eval(lin, pre_dir / "backbone.safetensors", out_dir / "linear-eval", resume=resume, force=fresh,
-                        quiet=quiet, console=console)
-    crops = f", {p.augment.crops} crops" if p.augment.crops != "random" else ""
-    rows.append({"name": f"{method}{crops}, {p.optim.epochs} epochs", "top1": r["top1_best"], "top5": r["top5_best"],
-                 "wall_s": time.perf_counter() - t0})
-
-    t0 = time.perf_counter()
-    rand_dir = out_dir / "random-init"
-    torch.manual_seed(p.seed)
-    backbone = build_backbone(p.model.arch, cifar_stem=p.model.cifar_stem)
-    ckpt.save_backbone(rand_dir / "backbone.safetensors", backbone, arch=p.model.arch, cifar_stem=p.model.cifar_stem,
-                       method="random-init", epoch=0, protocol_json=protocol_json(p))
-    resume, fresh = _resume_or_fresh(rand_dir / "linear-eval", force)
-    r = run_linear_eval(lin, rand_dir / "backbone.safetensors", rand_dir / "linear-eval", resume=resume, force=fresh,
-                        quiet=quiet, console=console)
-    rows.append({"name": "random init", "top1": r["top1_best"], "top5": r["top5_best"],
-                 "wall_s": time.perf_counter() - t0})
-    from .rundir import write_json
-
-    write_json(out_dir / "quickstart.json", {"method": method, "rows": rows})
+    for name in names:
+        seeds = sorted(by_name[name])
+        row: dict[str, Any] = {"name": name, "seeds": seeds, "top1_per_seed": [by_name[name][s]["top1"] for s in seeds]}
+        for key in ("top1", "top5", "wall_s"):
+            row[key], row[f"{key}_std"] = _mean_std([by_name[name][s][key] for s in seeds])
+        rows.append(row)
+    for row, nxt in zip(rows, rows[1:]):
+        common = [s for s in row["seeds"] if s in by_name[nxt["name"]]]
+        if not common:
+            continue
+        gap, gap_std = _mean_std([by_name[row["name"]][s]["top1"] - by_name[nxt["name"]][s]["top1"] for s in common])
+        spread = [v for v in (row["top1_std"], nxt["top1_std"]) if v is not None]
+        row.update({"next": nxt["name"], "gap_to_next": gap, "gap_to_next_std": gap_std,
+                    "gap_holds": gap > 2 * max(spread) if spread else None})
     return rows

@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from .errors import UserError
 
-SourceName = Literal["builtin", "imagefolder", "cifar10", "cifar100", "stl10", "cars", "pets", "birdsnap"]
+SourceName = Literal["builtin", "builtin-textures", "imagefolder", "cifar10", "cifar100", "stl10", "cars", "pets", "birdsnap"]
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2")
 
 # Per-dataset normalisation constants (mean, std).
@@ -29,7 +29,7 @@ NORMALIZATION = {
 
 
 def _require_root(cfg: Any) -> Any:
-    if cfg.source != "builtin" and not cfg.root:
+    if not cfg.source.startswith("builtin") and not cfg.root:
         raise ValueError(f"data source '{cfg.source}' needs a path: give --data PATH or data.root")
     return cfg
 

@@ -56,3 +56,62 @@ def test_the_label_is_the_texture_not_the_grey_level():
     v = np.array([orientation_energy(data.images[i]) for i in np.nonzero(targets == 1)[0]])  # vstripes
     # horizontal stripes change along y, vertical ones along x
     assert (h[:, 0] > h[:, 1]).mean() > 0.9 and (v[:, 1] > v[:, 0]).mean() > 0.9
+
+
+# --------------------------------------------------------------------------- the default set: digits in photos
+
+
+def test_scenes_deterministic_balanced_and_split_apart():
+    a, b = builtin.BuiltinScenes("train", 60), builtin.BuiltinScenes("train", 60, seed=0)
+    assert a.images.shape == (60, builtin.SIZE, builtin.SIZE, 3) and a.images.dtype == np.uint8
+    assert np.array_equal(a.images, b.images) and a.targets == b.targets
+    assert np.bincount(a.targets).tolist() == [6] * 10
+    assert not np.array_equal(a.images, builtin.BuiltinScenes("test", 60).images)
+    assert not np.array_equal(a.images, builtin.BuiltinScenes("train", 60, seed=1).images)
+    img, label = a[7]
+    assert img.size == (builtin.SIZE, builtin.SIZE) and img.mode == "RGB" and label == a.targets[7]
+    with pytest.raises(UserError, match="splits train and test"):
+        builtin.BuiltinScenes("val", 10)
+
+
+def test_scenes_train_and_test_use_disjoint_digit_scans():
+    train, test = builtin.digit_pool("train"), builtin.digit_pool("test")
+    for c in range(10):
+        assert len(set(train[c]) & set(test[c])) == 0 and 30 <= len(test[c]) <= 40 and len(train[c]) >= 3 * len(test[c])
+    _, labels = builtin._digits()
+    assert all((labels[train[c]] == c).all() and (labels[test[c]] == c).all() for c in range(10))
+
+
+def test_scenes_are_real_photographs_with_a_small_off_centre_digit():
+    rng = np.random.default_rng(0)
+    pool = builtin.digit_pool("train")
+    side = round(builtin.SIZE * np.sqrt(0.2))  # a crop at RandomResizedCrop's smallest scale
+    centroids, missed, crops, colourful = [], 0, 0, 0
+    for i in range(200):
+        pixels, ink = builtin.render_scene_with_mask(i % 10, np.random.default_rng(i), pool)
+        assert 10 < (ink > 0.5).sum() < 0.3 * builtin.SIZE**2  # a digit is there, and small
+        ys, xs = np.nonzero(ink > 0.5)
+        centroids.append((ys.mean(), xs.mean()))
+        colourful += np.abs(pixels[..., 0].astype(int) - pixels[..., 2]).mean() > 10  # RGB photos as well as grey
+        for _ in range(5):
+            y, x = rng.integers(0, builtin.SIZE - side + 1, 2)
+            crops += 1
+            missed += ink[y:y + side, x:x + side].max() < 0.5
+    assert np.array(centroids).std(0).min() > 4  # digits wander over the image, not centred
+    assert 0.2 < missed / crops < 0.8, missed / crops  # many small crops show background only
+    assert 20 < colourful < 180
+
+
+def test_scenes_ink_stands_out_and_the_background_does_not_tell_the_class():
+    data = builtin.BuiltinScenes("train", 400)
+    targets = np.array(data.targets)
+    grey = data.images.mean((1, 2, 3))
+    means = np.array([grey[targets == c].mean() for c in range(10)])
+    assert means.std() < 0.25 * grey.std()  # backgrounds are drawn independently of the digit
+    pool = builtin.digit_pool("train")
+    for i in range(50):
+        pixels, ink = builtin.render_scene_with_mask(i % 10, np.random.default_rng(1000 + i), pool)
+        lum = pixels.mean(2)
+        on, off = lum[ink > 0.8], lum[(ink < 0.05)]
+        if on.size and off.size:
+            assert abs(on.mean() - off.mean()) > 15  # the digit is visible against what it is written on

@@ -7,22 +7,55 @@ import pytest
 from leoclr_cli.cli import main
 
 
-def test_quickstart_table_and_reuse(tmp_path, capsys):
+SMALL = ["--epochs", "1", "--set", "data.builtin_train=192", "--set", "data.builtin_test=64",
+         "--set", "optim.batch_size=32", "--set", "method.queue_size=64", "--set", "data.num_workers=0", "--quiet"]
+
+
+def test_quickstart_compares_methods_over_seeds_and_reuses_runs(tmp_path, capsys):
     out = tmp_path / "qs"
     with pytest.raises(SystemExit) as exc:
-        main(["quickstart", "--epochs", "1", "--out", str(out), "--quiet"])
+        main(["quickstart", "--seeds", "2", "--out", str(out), *SMALL])
     assert exc.value.code in (0, None)
     table = capsys.readouterr().out
-    assert "leoclr, 1 epochs" in table and "random init" in table
-    rows = json.loads((out / "quickstart.json").read_text())["rows"]
-    assert [r["name"] for r in rows] == ["leoclr, 1 epochs", "random init"]
-    assert all(0 <= r["top1"] <= r["top5"] <= 100 for r in rows)
-    assert (out / "pretrain" / "backbone.safetensors").is_file()
+    assert "leoclr, 1 epochs" in table and "mocov2, 1 epochs" in table and "random init" in table
+    result = json.loads((out / "quickstart.json").read_text())
+    runs, summary = result["runs"], result["summary"]
+    assert [(r["method"], r["seed"]) for r in runs] == [(m, s) for s in (0, 1) for m in ("leoclr", "mocov2", "random-init")]
+    assert all(0 <= r["top1"] <= r["top5"] <= 100 for r in runs)
+    assert [row["name"] for row in summary] == ["leoclr, 1 epochs", "mocov2, 1 epochs", "random init"]
+    for row in summary:
+        per_seed = [r["top1"] for r in runs if r["name"] == row["name"]]
+        assert row["top1_per_seed"] == per_seed and row["top1"] == pytest.approx(sum(per_seed) / 2)
+        assert f"{row['top1']:.1f} ± {row['top1_std']:.1f}" in table
+    for s in (0, 1):
+        for d in ("leoclr", "mocov2"):
+            assert (out / f"seed-{s}" / d / "backbone.safetensors").is_file()
+        lin = json.loads((out / f"seed-{s}" / "random-init" / "linear-eval" / "result.json").read_text())
+        assert lin["method"] == "random-init"
+    # the seeds give different runs, each method of a seed the same data and probe
+    assert runs[0]["top1"] != runs[3]["top1"] or runs[1]["top1"] != runs[4]["top1"]
     # a second call reuses the finished runs and reports the same numbers
     with pytest.raises(SystemExit):
-        main(["quickstart", "--epochs", "1", "--out", str(out), "--quiet"])
-    again = json.loads((out / "quickstart.json").read_text())["rows"]
-    assert [r["top1"] for r in again] == [r["top1"] for r in rows]
+        main(["quickstart", "--seeds", "2", "--out", str(out), *SMALL])
+    again = json.loads((out / "quickstart.json").read_text())["runs"]
+    assert [r["top1"] for r in again] == [r["top1"] for r in runs]
+
+
+def test_quickstart_summary_means_stds_and_whether_gaps_hold():
+    from leoclr_cli.quickstart import summarise
+
+    runs = [{"name": n, "seed": s, "top1": v, "top5": 90.0, "wall_s": 1.0}
+            for s, (a, b, c) in enumerate([(60.0, 50.0, 49.0), (62.0, 51.0, 45.0), (64.0, 52.0, 47.0)])
+            for n, v in (("a", a), ("b", b), ("c", c))]
+    rows = summarise(runs)
+    assert [r["name"] for r in rows] == ["a", "b", "c"]
+    assert rows[0]["top1"] == pytest.approx(62.0) and rows[0]["top1_std"] == pytest.approx(2.0)
+    assert rows[0]["gap_to_next"] == pytest.approx(11.0) and rows[0]["gap_to_next_std"] == pytest.approx(1.0)
+    assert rows[0]["gap_holds"] is True  # 11 > 2 * max(2, 1)
+    assert rows[1]["gap_to_next"] == pytest.approx(4.0) and rows[1]["gap_holds"] is False  # 4 < 2 * 2
+    assert "gap_to_next" not in rows[2]
+    single = summarise([r for r in runs if r["seed"] == 0])
+    assert single[0]["top1_std"] is None and single[0]["gap_holds"] is None
 
 
 def test_bench_reports_both_methods(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Data: sources by name (the built-in one and local datasets in their official layouts)."""
+"""Data: sources by name (the built-in ones and local datasets in their official layouts)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ from typing import Optional
 import torch
 
 from ..errors import UserError
-from .builtin import BuiltinTextures
+from .builtin import BuiltinScenes, BuiltinTextures
 
 
 def open_data(source: str, root: Optional[str], split: str, *, verify_checksums: bool = True,
               builtin_n: int = 4000) -> torch.utils.data.Dataset:
     """A dataset of (PIL RGB image, label) with ``classes``, ``num_classes`` and ``targets``."""
     if source == "builtin":
+        return BuiltinScenes(split, n=builtin_n)
+    if source == "builtin-textures":
         return BuiltinTextures(split, n=builtin_n)
     from .sources import open_source
 

@@ -1,17 +1,17 @@
-"""The built-in dataset: seeded, generated, labelled textured objects on a plain background. No download.
+"""The built-in datasets: seeded, generated from files that ship with our dependencies. No download.
 
-Each 32x32 grey image holds one or two elliptical objects, each filled with the texture of the
-image's class (ten classes: stripes in four orientations, checker, dots, grid, diamonds, rings,
-blotches) at a random period and phase, placed at a random position (not centred, possibly cut by
-the border) with a random size and aspect, plus a global gain and pixel noise. The label is the
-texture only. A random crop at scale 0.2 covers about 14x14 pixels: it can miss every object or show
-only part of one, which is the situation LeOCLR is about; the whole (original) image always shows them.
+``builtin`` (the default): scikit-learn's bundled handwritten digits (1,797 real 8x8 scans; the label is
+the digit) written small (10-16 px of a 32x32 image), at a random place, over a region of one of
+scikit-image's bundled photographs (astronaut, brick, camera, cat, coffee, coins, grass, gravel, the
+Hubble deep field, a stained tissue slide, the moon, a retina, a rocket) taken at a random scale. The
+ink is light on dark patches and dark on light ones, plus pixel noise. Pixels nobody here drew, and
+LeOCLR's premise: a random crop at scale 0.2 (about 14x14 pixels) often misses the digit, while the
+whole (original) image always shows it. The train and test splits use disjoint digit scans.
 
-Why textures in grey: a short contrastive pretraining on a CPU learns texture features quickly, and
-the class is what the views of one image share once the crops have removed position and size. With
-per-image colours (tried: palette, per-object and per-image hue schemes) the objective learns the
-colours first, and a 12-epoch pretraining ends below a random-init backbone; in grey it ends well
-above it (see the README's quickstart table).
+``builtin-textures``: 32x32 grey images with one or two elliptical objects filled with the texture of
+the image's class (ten classes: stripes in four orientations, checker, dots, grid, diamonds, rings,
+blotches) at a random period and phase, position, size and aspect, plus a global gain and pixel noise.
+The label is the texture only. It was the quickstart's set before the real-pixel one.
 
 Generation is deterministic in (seed, split, index) and takes a few seconds for thousands of images,
 so nothing is stored on disk.
@@ -19,11 +19,14 @@ so nothing is stored on disk.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ..errors import UserError
 
 CLASSES = ("hstripes", "vstripes", "dstripes", "astripes", "checker", "dots", "grid", "diamonds", "rings",
            "blotches")
@@ -32,6 +35,11 @@ _SUPER = 4  # draw at 4x and downsample: antialiased edges
 _SPLIT_SEED = {"train": 0, "test": 1}
 #: grey levels (0..1) of the background and of the texture's two phases
 BACKGROUND, LIGHT, DARK = 0.5, 0.72, 0.3
+
+
+def _check_split(split: str) -> None:
+    if split not in _SPLIT_SEED:
+        raise UserError(f"the built-in datasets have splits train and test, not '{split}'")
 
 
 def texture(name: str, side: int, period: float, rng: np.random.Generator) -> np.ndarray:
@@ -97,13 +105,10 @@ def render(label: int, rng: np.random.Generator) -> np.ndarray:
 class BuiltinTextures(torch.utils.data.Dataset):
     """``split`` in {train, test}; ``n`` images, classes balanced (label = index mod 10, shuffled)."""
 
-    name = "builtin"
+    name = "builtin-textures"
 
     def __init__(self, split: str = "train", n: int = 4000, seed: int = 0):
-        if split not in _SPLIT_SEED:
-            from ..errors import UserError
-
-            raise UserError(f"the built-in dataset has splits train and test, not '{split}'")
+        _check_split(split)
         self.split, self.root, self.classes = split, None, list(CLASSES)
         self.num_classes = len(CLASSES)
         rng = np.random.default_rng([seed, _SPLIT_SEED[split]])
@@ -112,6 +117,114 @@ class BuiltinTextures(torch.utils.data.Dataset):
         self.targets = [int(v) for v in labels]
         streams = rng.bit_generator.spawn(n)
         self.images = np.stack([render(lab, np.random.Generator(bg)) for lab, bg in zip(self.targets, streams)])
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+        return Image.fromarray(self.images[i]), self.targets[i]
+
+
+# --------------------------------------------------------------------------- digits in photographs
+
+#: scikit-image's bundled photographs used as backgrounds (text and page are left out: they hold glyphs)
+PHOTOS = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel", "hubble_deep_field",
+          "immunohistochemistry", "moon", "retina", "rocket")
+#: one in DIGIT_TEST_EVERY of scikit-learn's digit scans of each class is kept for the test split, the rest for train
+DIGIT_TEST_EVERY = 5
+DIGIT_SIDE = (10, 16)  # pixels: a digit covers 10-25% of the 32x32 image
+
+
+@functools.lru_cache(maxsize=1)
+def _photos() -> tuple[np.ndarray, ...]:
+    """The background photographs as (H, W, 3) uint8, read from scikit-image's bundled files."""
+    import skimage.data
+
+    out = []
+    for name in PHOTOS:
+        img = np.asarray(getattr(skimage.data, name)())
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=2)
+        out.append(np.ascontiguousarray(img[..., :3], dtype=np.uint8))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=1)
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled handwritten digits: (1797, 8, 8) ink in 0..1 and their labels."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.images / 16.0).astype(np.float64), d.target.astype(np.int64)
+
+
+def digit_pool(split: str) -> dict[int, np.ndarray]:
+    """Indices of scikit-learn's digits per class for ``split``: the two splits share no digit."""
+    _, labels = _digits()
+    pools = {}
+    for c in range(10):
+        of_c = np.nonzero(labels == c)[0]
+        test = np.arange(len(of_c)) % DIGIT_TEST_EVERY == 0  # every fifth scan of each class
+        pools[c] = of_c[test] if split == "test" else of_c[~test]
+    return pools
+
+
+def render_scene_with_mask(label: int, rng: np.random.Generator, pool: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """One (SIZE, SIZE, 3) uint8 image of a handwritten ``label`` on a photograph, and its (SIZE, SIZE)
+    ink mask (0..1); every free choice drawn from ``rng``."""
+    photos = _photos()
+    photo = photos[rng.integers(len(photos))]
+    h, w = photo.shape[:2]
+    side = int(rng.uniform(0.15, 0.6) * min(h, w))  # a region of the photo, at a random scale
+    y0, x0 = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+    region = Image.fromarray(photo[y0:y0 + side, x0:x0 + side]).resize((SIZE, SIZE), Image.Resampling.BOX)
+    if rng.random() < 0.5:
+        region = region.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    canvas = np.asarray(region, dtype=np.float64)
+
+    images, _ = _digits()
+    ink = images[rng.choice(pool[label])]
+    d = int(rng.integers(DIGIT_SIDE[0], DIGIT_SIDE[1] + 1))
+    alpha_small = Image.fromarray((ink * 255).astype(np.uint8)).resize((d, d), Image.Resampling.BILINEAR)
+    y, x = rng.integers(0, SIZE - d + 1, 2)
+    alpha = np.zeros((SIZE, SIZE))
+    alpha[y:y + d, x:x + d] = np.asarray(alpha_small, dtype=np.float64) / 255
+    # ink that stands out from what it is written on: light on a dark patch, dark on a light one
+    under = canvas[y:y + d, x:x + d].mean()
+    level = rng.uniform(200, 255) if under < 128 else rng.uniform(0, 55)
+    canvas = canvas * (1 - alpha[..., None]) + level * alpha[..., None]
+    pixels = np.clip(canvas + rng.normal(0, 4, canvas.shape), 0, 255).astype(np.uint8)
+    return pixels, alpha
+
+
+@functools.lru_cache(maxsize=8)
+def _scenes(split: str, n: int, seed: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The images and labels of one split (rendered once per process: pretraining, its kNN monitor and
+    the probes open the same splits)."""
+    rng = np.random.default_rng([seed, _SPLIT_SEED[split], 1])
+    labels = np.arange(n) % 10
+    rng.shuffle(labels)
+    pool = digit_pool(split)
+    streams = rng.bit_generator.spawn(n)
+    images = np.stack([render_scene_with_mask(int(lab), np.random.Generator(bg), pool)[0]
+                       for lab, bg in zip(labels, streams)])
+    images.flags.writeable = False
+    return images, tuple(int(v) for v in labels)
+
+
+class BuiltinScenes(torch.utils.data.Dataset):
+    """The default built-in set: scikit-learn's handwritten digits (label = the digit) written small, at a
+    random place and size, on regions of scikit-image's bundled photographs. Real pixels nobody here drew;
+    ``split`` in {train, test} (disjoint digits); ``n`` images, classes balanced."""
+
+    name = "builtin"
+
+    def __init__(self, split: str = "train", n: int = 4000, seed: int = 0):
+        _check_split(split)
+        self.split, self.root, self.classes = split, None, [str(c) for c in range(10)]
+        self.num_classes = 10
+        self.images, targets = _scenes(split, n, seed)
+        self.targets = list(targets)
 
     def __len__(self) -> int:
         return len(self.targets)
