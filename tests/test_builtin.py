@@ -98,7 +98,7 @@ def test_scenes_are_real_photographs_with_a_small_off_centre_digit():
             crops += 1
             missed += ink[y:y + side, x:x + side].max() < 0.5
     assert np.array(centroids).std(0).min() > 4  # digits wander over the image, not centred
-    assert 0.2 < missed / crops < 0.8, missed / crops  # many small crops show background only
+    assert 0.1 < missed / crops < 0.5, missed / crops  # many small crops show background only
     assert 20 < colourful < 180
 
 
