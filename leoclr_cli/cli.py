@@ -23,7 +23,11 @@ err = Console(stderr=True)
 
 ProtocolOpt = typer.Option(None, "--protocol", "-p", help="protocol YAML (see protocols/)")
 SetOpt = typer.Option(None, "--set", help="override any protocol field: --set optim.lr=0.1 (repeatable)")
-QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress bar; one log line per epoch")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress: only warnings and the final summary")
+LogEveryOpt = typer.Option(None, "--log-every", min=1, help="stderr not a terminal (a log file, a pipe): a progress "
+                           "line every N steps (default: about every 30 s)")
+ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads of the training process (default: the cores "
+                          "this process may use less one per loader worker; OMP_NUM_THREADS is kept)")
 ForceOpt = typer.Option(False, "--force", help="delete and redo an existing run directory")
 ResumeOpt = typer.Option(None, "--resume", help="a checkpoint file, a run directory, or 'auto'")
 DeviceOpt = typer.Option(None, "--device", help="auto, cpu or cuda")
@@ -37,6 +41,16 @@ def _overrides(sets: Optional[List[str]], **flags: Any) -> dict[str, Any]:
     merged = {k: v for k, v in flags.items() if v is not None}
     merged.update(parse_set(sets or []))
     return merged
+
+
+def _runtime(p: Any, log_every: Optional[int]) -> None:
+    """Before the runner: progress lines every ``log_every`` steps, and ``p.threads`` CPU threads (or
+    the default share of the cores, given the protocol's loader workers)."""
+    from . import progress, threads
+
+    progress.configure(log_every)
+    data = getattr(p, "data", None)
+    threads.apply(p.threads, data.num_workers if data is not None else p.num_workers)
 
 
 def _data_flags(source: Optional[str], data: Optional[Path], prefix: str = "data") -> dict[str, Any]:
@@ -69,6 +83,8 @@ def pretrain(
     resume: Optional[str] = ResumeOpt,
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
+    log_every: Optional[int] = LogEveryOpt,
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Pretrain a backbone (LeOCLR, MoCo-v2, SimCLR and the paper's variants); writes RUN/backbone.safetensors."""
@@ -79,7 +95,8 @@ def pretrain(
         sets, **{"method.name": method, "augment.crops": crops, "data.split": split, "model.arch": arch, "optim.epochs": epochs,
                  "optim.batch_size": batch_size, "optim.lr": lr, "data.num_workers": workers, "seed": seed,
                  "device": device, "data.on_bad_image": on_bad_image,
-                 "checkpoint_every_steps": checkpoint_every_steps}, **_data_flags(source, data)))
+                 "checkpoint_every_steps": checkpoint_every_steps, "threads": threads}, **_data_flags(source, data)))
+    _runtime(p, log_every)
     result = run_pretrain(p, out_dir, resume=resume, force=force, quiet=quiet, console=err)
     if result["rank"]:
         return  # under torchrun only rank 0 reports
@@ -148,6 +165,8 @@ def linear_eval(
     resume: Optional[str] = ResumeOpt,
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
+    log_every: Optional[int] = LogEveryOpt,
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Linear evaluation of a frozen backbone (top-1 / top-5, best and last epoch)."""
@@ -156,8 +175,9 @@ def linear_eval(
 
     backbone, parent, defaults = _backbone_and_defaults(target)
     p = load_protocol("linear-eval", protocol, _overrides(
-        sets, epochs=epochs, lr=lr, batch_size=batch_size, train_augment=train_augment, device=device,
+        sets, epochs=epochs, lr=lr, batch_size=batch_size, train_augment=train_augment, device=device, threads=threads,
         **{"data.num_workers": workers}, **_data_flags(source, data)), defaults)
+    _runtime(p, log_every)
     r = run_linear_eval(p, backbone, out_dir or parent / "linear-eval", resume=resume, force=force, quiet=quiet,
                         console=err)
     out.print(f"linear eval of {backbone}: top-1 {r['top1_best']:.2f}% (best, epoch {r['best_epoch']}), "
@@ -175,6 +195,9 @@ def knn(
     device: Optional[str] = DeviceOpt,
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default RUN/knn)"),
     force: bool = ForceOpt,
+    quiet: bool = QuietOpt,
+    log_every: Optional[int] = LogEveryOpt,
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Weighted kNN accuracy (k = 200, t = 0.1) of a frozen backbone."""
@@ -183,9 +206,10 @@ def knn(
 
     backbone, parent, defaults = _backbone_and_defaults(target)
     defaults.pop("lr", None)
-    p = load_protocol("knn", protocol, _overrides(sets, k=k, t=t, device=device, **_data_flags(source, data)),
-                      defaults)
-    r = run_knn(p, backbone, out_dir or parent / "knn", force=force)
+    p = load_protocol("knn", protocol, _overrides(sets, k=k, t=t, device=device, threads=threads,
+                                                  **_data_flags(source, data)), defaults)
+    _runtime(p, log_every)
+    r = run_knn(p, backbone, out_dir or parent / "knn", force=force, quiet=quiet, console=err)
     out.print(f"kNN (k={p.k}, t={p.t}) of {backbone}: top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}%")
 
 
@@ -214,6 +238,7 @@ def crop_test(
     device: Optional[str] = DeviceOpt,
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default LINEAR_RUN/crop-test)"),
     force: bool = ForceOpt,
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Table 7: the linear classifier under the center-crop and the random-crop test; both and the drop."""
@@ -222,8 +247,9 @@ def crop_test(
     from .schema import load_protocol
 
     linear_dir, _ = find_linear_run(target)
-    p = load_protocol("crop-test", protocol, _overrides(sets, repeats=repeats, device=device,
+    p = load_protocol("crop-test", protocol, _overrides(sets, repeats=repeats, device=device, threads=threads,
                                                         **_data_flags(source, data)), _linear_run_defaults(linear_dir))
+    _runtime(p, None)
     r = run_crop_test(p, linear_dir, out_dir or linear_dir / "crop-test", backbone=backbone, force=force)
     out.print(f"crop test of {linear_dir}: center crop {r['center_top1']:.2f}%, random crop {r['random_top1']:.2f}% "
               f"(drop {r['drop']:.2f} points; paper, ImageNet 200 ep: MoCo-v2 4.3, LeOCLR 2.8)")
@@ -258,6 +284,8 @@ def ablate(
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted ablation in --out"),
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
+    log_every: Optional[int] = LogEveryOpt,
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Figure 4: pretrain with augmentation parts removed, linear-evaluate, report the drop vs --baseline."""
@@ -271,12 +299,13 @@ def ablate(
     pre_defaults = flat(base.pretrain) if (base is not None and base.pretrain and protocol is None) else None
     pre = load_protocol("pretrain", protocol, _overrides(
         sets, **{"method.name": method, "model.arch": arch, "optim.epochs": epochs, "optim.batch_size": batch_size,
-                 "data.num_workers": workers, "seed": seed, "device": device}, **_data_flags(source, data)),
-        pre_defaults)
+                 "data.num_workers": workers, "seed": seed, "device": device, "threads": threads},
+        **_data_flags(source, data)), pre_defaults)
+    _runtime(pre, log_every)
     lin_file = linear_protocol or (base.linear_protocol if base is not None and base.linear_protocol.is_file() else None)
 
     def linear_for(p: Any) -> Any:
-        return load_protocol("linear-eval", lin_file, _overrides(linear_sets, device=device),
+        return load_protocol("linear-eval", lin_file, _overrides(linear_sets, device=device, threads=threads),
                              _eval_defaults(p.model_dump(mode="json")))
 
     target = out_dir or Path(f"runs/ablate-{pre.method.name}-{'-'.join(ab.remove)}")
@@ -324,6 +353,8 @@ def detect(
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default RUN/detect-DATASET)"),
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
+    log_every: Optional[int] = LogEveryOpt,
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Faster R-CNN R50-C4 transfer (MoCo's recipe): VOC07+12 -> VOC07 test, or COCO train2017 -> val2017."""
@@ -337,7 +368,8 @@ def detect(
     parent = path if path.is_dir() else path.parent
     p = load_protocol("detect", protocol, _overrides(
         sets, dataset=dataset, schedule=schedule, backend=backend, gpus=gpus, trials=trials, seed=seed,
-        device=device, **{"num_workers": workers, "root": str(data.expanduser()) if data else None}))
+        device=device, threads=threads, **{"num_workers": workers, "root": str(data.expanduser()) if data else None}))
+    _runtime(p, log_every)
     r = run_detect(p, backbone, out_dir or parent / f"detect-{dataset}", force=force, quiet=quiet, console=err)
     spread = (lambda k: f" ± {r[k + '_std']:.2f}" if r["trials"] > 1 else "")
     out.print(f"{dataset} detection ({r['backend']}, {r['trials']} trial{'s' if r['trials'] > 1 else ''}): "
@@ -385,6 +417,8 @@ def finetune(
     resume: Optional[str] = ResumeOpt,
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
+    log_every: Optional[int] = LogEveryOpt,
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Semi-supervised fine-tuning of all layers on a labelled subset (SimCLR's protocol); top-1 / top-5."""
@@ -402,8 +436,9 @@ def finetune(
         defaults.update(zip(("data.train_split", "data.test_split"), default_eval_splits(source)))
     flags = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "subset_seed": seed, "device": device,
              "data.num_workers": workers, "subset_file": str(subset_file.expanduser()) if subset_file else None,
-             **_data_flags(source, data)}
+             "threads": threads, **_data_flags(source, data)}
     protocols = [load_protocol("finetune", protocol, _overrides(sets, **flags, labels=f), defaults) for f in fractions]
+    _runtime(protocols[0], log_every)
     if len(protocols) == 1:
         p = protocols[0]
         r = run_finetune(p, backbone, out_dir or parent / f"finetune-{p.labels:g}pct", resume=resume, force=force,
@@ -436,6 +471,8 @@ def transfer(
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default RUN/transfer-DATASET-MODE)"),
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
+    log_every: Optional[int] = LogEveryOpt,
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Transfer (Kornblith et al.): grid on a 20% validation split, refit on train+val, one test score."""
@@ -444,8 +481,9 @@ def transfer(
 
     backbone, parent, _ = _backbone_and_defaults(target)
     p = load_protocol("transfer", protocol, _overrides(
-        sets, dataset=dataset, mode=mode, batch_size=batch_size, device=device, num_workers=workers,
+        sets, dataset=dataset, mode=mode, batch_size=batch_size, device=device, num_workers=workers, threads=threads,
         root=str(data.expanduser()) if data else None))
+    _runtime(p, log_every)
     r = run_transfer(p, backbone, out_dir or parent / f"transfer-{p.dataset}-{p.mode}", force=force, quiet=quiet,
                      console=err)
     best = f"C {r['best_c']:.3g}" if p.mode == "linear" else f"lr {r['best_lr']:.3g}, wd {r['best_wd']:.3g}"
@@ -484,14 +522,18 @@ def quickstart(
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="default runs/quickstart-METHOD"),
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
+    log_every: Optional[int] = LogEveryOpt,
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Pretrain on the built-in data, linear-evaluate, and compare with a random-init backbone."""
+    from . import progress
     from .quickstart import run_quickstart
 
+    progress.configure(log_every)
     default_dir = f"runs/quickstart-{method}" + (f"-{crops}" if crops and crops != "random" else "")
     rows = run_quickstart(method, out_dir or Path(default_dir), epochs=epochs, force=force, quiet=quiet,
-                          console=err, overrides=_overrides(sets, **{"augment.crops": crops}))
+                          console=err, overrides=_overrides(sets, **{"augment.crops": crops, "threads": threads}))
     table = Table(title="Linear evaluation on the built-in textures test split (10 classes)")
     for col in ("backbone", "top-1 %", "top-5 %", "wall time"):
         table.add_column(col, justify="left" if col == "backbone" else "right")
@@ -510,11 +552,14 @@ def bench(
     steps: int = typer.Option(5, "--steps", help="timed train steps per method"),
     images: int = typer.Option(128, "--images", help="images through each view pipeline"),
     workers: int = typer.Option(0, "--workers", "-j", help="DataLoader workers of the end-to-end rows"),
+    threads: Optional[int] = ThreadsOpt,
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the numbers as JSON"),
 ) -> None:
     """Samples/s of the view pipelines, the train step and end to end, MoCo-v2 vs LeOCLR, on this device."""
+    from . import threads as cpu_threads
     from .bench import run_bench
 
+    cpu_threads.apply(threads, workers)
     rows, ratio = run_bench(device=device or "auto", arch=arch, size=size, batch_size=batch_size, steps=steps,
                             images=images, view_size=view_size, workers=workers)
     table = Table(title=f"leoclr bench: {arch}, batch {batch_size}; views at {view_size} px from "

@@ -16,6 +16,7 @@ import torch
 from rich.console import Console
 
 from . import checkpoint as ckpt
+from . import threads
 from .checkpoint import latest_state
 from .evaluate.linear import run_linear_eval
 from .nets import build_backbone
@@ -50,8 +51,9 @@ def run_quickstart(method: str, out_dir: Path, *, epochs: Optional[int] = None, 
     console = console or Console(stderr=True)
     p = load_protocol("pretrain", protocol_file("quickstart.yaml"),
                       {"method.name": method, "optim.epochs": epochs, **(overrides or {})})
+    threads.apply(p.threads, p.data.num_workers)
     lin_over = {**LINEAR_OVERRIDES, "data.builtin_train": p.data.builtin_train,
-                "data.builtin_test": p.data.builtin_test, "seed": p.seed}
+                "data.builtin_test": p.data.builtin_test, "seed": p.seed, "threads": p.threads}
     rows = []
 
     pre_dir = out_dir / "pretrain"

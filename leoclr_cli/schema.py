@@ -51,6 +51,13 @@ PositiveRange = Annotated[tuple[float, float], AfterValidator(ordered_pair)]
 AreaRange = Annotated[tuple[float, float], AfterValidator(ordered_pair), AfterValidator(area_fraction)]
 
 
+def threads_field() -> Any:
+    """The ``threads`` field of every protocol that runs a long loop (see leoclr_cli/threads.py)."""
+    return Field(None, ge=1, description="CPU threads of the training process (--threads); default: the cores "
+                                         "this process may use, divided among torchrun ranks and less one per "
+                                         "loader worker; OMP_NUM_THREADS, when set, is kept")
+
+
 class Strict(BaseModel):
     """Base: unknown keys are errors (a typo in a protocol must not be silently ignored)."""
 
@@ -211,6 +218,7 @@ class PretrainProtocol(Strict):
     name: str = "pretrain"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Optional[int] = threads_field()
     deterministic: bool = Field(False, description="torch deterministic algorithms (bit-exact resume on GPU)")
     checkpoint_every: int = Field(10, ge=1, description="epochs between resumable checkpoints")
     checkpoint_every_steps: int = Field(
@@ -281,6 +289,7 @@ class LinearEvalProtocol(Strict):
     kind: Literal["linear-eval"] = "linear-eval"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Optional[int] = threads_field()
     data: EvalDataConfig = EvalDataConfig()
     transform: EvalTransformConfig = EvalTransformConfig()
     train_augment: Literal["random-resized-crop", "none"] = Field(
@@ -302,6 +311,7 @@ class LinearEvalProtocol(Strict):
 class KnnProtocol(Strict):
     kind: Literal["knn"] = "knn"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Optional[int] = threads_field()
     data: EvalDataConfig = EvalDataConfig()
     transform: EvalTransformConfig = EvalTransformConfig()
     k: int = Field(200, ge=1)
@@ -329,6 +339,7 @@ class DetectProtocol(Strict):
     backend: Literal["auto", "detectron2", "torchvision"] = Field(
         "auto", description="auto: detectron2 when it can be imported, else torchvision")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Optional[int] = threads_field()
     seed: int = 0
     trials: int = Field(1, ge=1, description="independent runs with seeds seed, seed+1, ...; mean and std reported")
     num_workers: int = Field(4, ge=0)
@@ -416,6 +427,7 @@ class FinetuneProtocol(Strict):
     kind: Literal["finetune"] = "finetune"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Optional[int] = threads_field()
     data: EvalDataConfig = EvalDataConfig()
     transform: EvalTransformConfig = EvalTransformConfig()
     labels: float = Field(10.0, gt=0, le=100, description="percent of the labelled train split used")
@@ -453,6 +465,7 @@ class TransferProtocol(Strict):
     mode: Literal["finetune", "linear"] = "finetune"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Optional[int] = threads_field()
     root: Optional[str] = Field(None, description="dataset root in its official layout")
     verify_checksums: bool = True
     num_workers: int = Field(0, ge=0)
@@ -514,6 +527,7 @@ class CropTestProtocol(Strict):
     kind: Literal["crop-test"] = "crop-test"
     seed: int = Field(0, description="seeds the random crops (image i of repeat r: seed + r, i)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Optional[int] = threads_field()
     data: EvalDataConfig = EvalDataConfig()
     size: int = Field(224, ge=8, description="crop size of both tests")
     resize: int = Field(256, ge=8, description="a) shorter side resized to this; b) image resized to resize x resize")

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from rich.console import Console
 from torch import nn
 
 from ..data import open_data
 from ..data.views import AugmentedDataset, eval_transform
+from ..progress import Reporter
 from ..schema import EvalDataConfig, EvalTransformConfig
 
 
@@ -37,13 +39,21 @@ def loader_for(source, transform: EvalTransformConfig, batch_size: int, num_work
 
 
 @torch.no_grad()
-def extract(backbone: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features (N, D) float32 on CPU, labels (N,)) with the backbone in eval mode."""
+def extract(backbone: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device, *,
+            desc: str = "features", console: Optional[Console] = None,
+            quiet: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (N, D) float32 on CPU, labels (N,)) with the backbone in eval mode; progress as
+    ``desc`` on ``console`` (none without one)."""
     was_training = backbone.training
     backbone.eval()
     feats, labels = [], []
-    for x, y in loader:
-        feats.append(backbone(x.to(device, non_blocking=True)).float().cpu())
-        labels.append(torch.as_tensor(y))
+    with Reporter(desc, len(loader), console=console, quiet=quiet) as rep:
+        for x, y in loader:
+            feats.append(backbone(x.to(device, non_blocking=True)).float().cpu())
+            labels.append(torch.as_tensor(y))
+            rep.advance()
+            if rep.mode == "bar" or rep.due():
+                rate = sum(len(f) for f in feats) / max(rep.clock() - rep.started, 1e-9)
+                rep.show(f"batch {rep.done}/{rep.total} {rate:.0f} images/s")
     backbone.train(was_training)
     return torch.cat(feats), torch.cat(labels)

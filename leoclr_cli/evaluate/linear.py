@@ -100,8 +100,9 @@ def run_linear_eval(protocol: LinearEvalProtocol, backbone_path: Path, run_dir: 
     test_loader = loader_for(test_src, protocol.transform, protocol.batch_size, workers, device)
     if protocol.train_augment == "none":
         train_f, train_y = extract(backbone, loader_for(train_src, protocol.transform, protocol.batch_size, workers,
-                                                        device), device)
-        test_f, test_y = extract(backbone, test_loader, device)
+                                                        device), device, desc="train features", console=console,
+                                   quiet=quiet)
+        test_f, test_y = extract(backbone, test_loader, device, desc="test features", console=console, quiet=quiet)
         model = LinearClassifier(None, feature_dim, num_classes)
         train_ds = torch.utils.data.TensorDataset(train_f, train_y)
         test_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(test_f, test_y),
