@@ -21,7 +21,7 @@ from .errors import UserError
 from .engine import Engine, amp_dtype, cosine_lr, resolve_device
 from .evaluate.features import extract, labelled_split, loader_for, subset
 from .evaluate.knn import knn_accuracy
-from .methods import build_method
+from .methods import MomentumContrast, build_method
 from .rundir import prepare, write_json
 from .schema import EvalDataConfig, EvalTransformConfig, PretrainProtocol, protocol_json
 
@@ -187,6 +187,9 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
         names = compile_encoders(method, p.compile)
         console.print(f"compile: {', '.join(names)} with torch.compile (mode {p.compile}); the first steps "
                       "compile them", highlight=False)
+    if isinstance(method, MomentumContrast):
+        for warning in method.queue_warnings(len(source), local_batch * world):
+            console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     boxes = CropBoxes(len(source), p.augment) if p.augment.crops != "random" else None
     loader = build_loader(p, source, method.views, device, local_batch, boxes)
     batch_transform = None

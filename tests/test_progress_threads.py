@@ -123,3 +123,30 @@ def test_omp_num_threads_is_kept(monkeypatch):
     torch.set_num_threads(1)
     assert threads.apply(None, 0) == 1 and threads.recorded()["threads_from"] == "OMP_NUM_THREADS"
     assert threads.apply(2, 0) == 2 and torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("name, enqueue, size, warned", [
+    ("mocov2", "both", 48, []),                        # below 64 images, a multiple of 16 keys a step
+    ("mocov2", "both", 64, ["not below the 64 training images", "e.g. 48"]),
+    ("mocov2", "both", 40, ["not a multiple of the 16 keys", "e.g. 32 is"]),
+    ("leoclr", "both", 48, ["not a multiple of the 32 keys", "global batch 16 x 2", "e.g. 64"]),
+    ("leoclr", "k1", 48, []),
+    ("leoclr", "both", 96, ["not below the 64 training images", "e.g. 32 (a multiple of the 32 keys"]),
+])
+def test_queue_warnings(name, enqueue, size, warned, tiny_model_cfg):
+    from leoclr_cli.methods import build_method
+    from leoclr_cli.schema import MethodConfig
+
+    method = build_method(tiny_model_cfg, MethodConfig(name=name, enqueue=enqueue, queue_size=size))
+    text = " | ".join(method.queue_warnings(64, 16))
+    assert all(w in text for w in warned) and (text == "") == (not warned), text
+
+
+def test_a_queue_as_large_as_the_data_is_warned_about_even_when_quiet(capsys, tmp_path):
+    code, out, err = run(["pretrain", "--out", str(tmp_path / "r"), *TINY, "--quiet", "--set", "method.queue_size=64"],
+                         capsys)
+    assert code in (0, None), err
+    assert err.strip().splitlines() == ["warning: method.queue_size (64) is not below the 64 training images: the queue "
+                                        "holds keys of a query's own image, from earlier steps, among its negatives; "
+                                        "e.g. 32 (a multiple of the 32 keys a step) avoids it"]
+    assert "final loss" in out
