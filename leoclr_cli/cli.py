@@ -123,6 +123,22 @@ def _backbone_and_defaults(target: Path) -> tuple[Path, Path, dict[str, Any]]:
     return backbone, parent, defaults
 
 
+def _backbone_norm(aug: dict[str, Any]) -> dict[str, Any]:
+    """The test transform's normalisation (dotted) that the pretraining augmentation ``aug`` used: its
+    mean and std when it measured (auto) or was given them, else its named constants."""
+    if aug.get("mean") and aug.get("std"):
+        return {"transform.normalize": "custom", "transform.mean": aug["mean"], "transform.std": aug["std"]}
+    return {"transform.normalize": aug.get("normalize", "imagenet")}
+
+
+def _own_stats(defaults: dict[str, Any]) -> dict[str, Any]:
+    """The backbone's own mean and std among eval ``defaults`` (none when it used named constants):
+    transfer and detection, which keep their own defaults otherwise, take these."""
+    if defaults.get("transform.normalize") != "custom":
+        return {}
+    return {k: defaults[k] for k in ("transform.normalize", "transform.mean", "transform.std")}
+
+
 def _eval_defaults(pre: dict[str, Any]) -> dict[str, Any]:
     """Evaluation defaults (dotted) derived from a pretraining protocol (as a plain mapping)."""
     from .data import default_eval_splits
@@ -140,7 +156,7 @@ def _eval_defaults(pre: dict[str, Any]) -> dict[str, Any]:
     size = aug.get("size")
     if size:
         small = size <= 96
-        defaults.update({"transform.size": size, "transform.normalize": aug.get("normalize", "imagenet"),
+        defaults.update({"transform.size": size, **_backbone_norm(aug),
                          "transform.test": "none" if small else "resize-center-crop",
                          "transform.resize": size if small else round(size * 8 / 7)})
         if small:
@@ -222,7 +238,7 @@ def _linear_run_defaults(linear_dir: Path) -> dict[str, Any]:
 
     lin = load_protocol("linear-eval", linear_dir / "protocol.yaml")
     defaults = {f"data.{k}": v for k, v in lin.data.model_dump().items()}
-    defaults.update({"size": lin.transform.size, "resize": lin.transform.resize, "normalize": lin.transform.normalize,
+    defaults.update({"size": lin.transform.size, "resize": lin.transform.resize, **lin.transform.norm_fields(),
                      "device": lin.device, "batch_size": lin.batch_size, "seed": lin.seed})
     return defaults
 
@@ -363,12 +379,13 @@ def detect(
 
     if dataset not in ("voc", "coco"):
         raise UserError(f"dataset {dataset!r} is not known; choose voc or coco")
-    path = target.expanduser()
-    backbone = path / "backbone.safetensors" if path.is_dir() else path
-    parent = path if path.is_dir() else path.parent
+    backbone, parent, defaults = _backbone_and_defaults(target)
+    own = _own_stats(defaults)  # Detectron2's pixel_mean / pixel_std are on the 0..255 scale
+    pixels = {f"pixel_{k}": [255 * v for v in own[f"transform.{k}"]] for k in ("mean", "std")} if own else {}
     p = load_protocol("detect", protocol, _overrides(
         sets, dataset=dataset, schedule=schedule, backend=backend, gpus=gpus, trials=trials, seed=seed,
-        device=device, threads=threads, **{"num_workers": workers, "root": str(data.expanduser()) if data else None}))
+        device=device, threads=threads, **{"num_workers": workers, "root": str(data.expanduser()) if data else None}),
+        pixels)
     _runtime(p, log_every)
     r = run_detect(p, backbone, out_dir or parent / f"detect-{dataset}", force=force, quiet=quiet, console=err)
     spread = (lambda k: f" ± {r[k + '_std']:.2f}" if r["trials"] > 1 else "")
@@ -479,10 +496,10 @@ def transfer(
     from .evaluate.transfer import run_transfer
     from .schema import load_protocol
 
-    backbone, parent, _ = _backbone_and_defaults(target)
+    backbone, parent, defaults = _backbone_and_defaults(target)
     p = load_protocol("transfer", protocol, _overrides(
         sets, dataset=dataset, mode=mode, batch_size=batch_size, device=device, num_workers=workers, threads=threads,
-        root=str(data.expanduser()) if data else None))
+        root=str(data.expanduser()) if data else None), _own_stats(defaults))
     _runtime(p, log_every)
     r = run_transfer(p, backbone, out_dir or parent / f"transfer-{p.dataset}-{p.mode}", force=force, quiet=quiet,
                      console=err)

@@ -33,7 +33,7 @@ def subset(ds: torch.utils.data.Dataset, limit: Optional[int]) -> torch.utils.da
 
 def loader_for(source, transform: EvalTransformConfig, batch_size: int, num_workers: int,
                device: torch.device) -> torch.utils.data.DataLoader:
-    tf = eval_transform(transform.size, transform.resize, transform.test, transform.normalize)
+    tf = eval_transform(transform.size, transform.resize, transform.test, transform.norm)
     return torch.utils.data.DataLoader(AugmentedDataset(source, tf), batch_size=batch_size, shuffle=False,
                                        num_workers=num_workers, pin_memory=device.type == "cuda")
 

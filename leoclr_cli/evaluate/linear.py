@@ -110,7 +110,7 @@ def run_linear_eval(protocol: LinearEvalProtocol, backbone_path: Path, run_dir: 
     else:
         model = LinearClassifier(backbone, feature_dim, num_classes)
         train_ds = AugmentedDataset(train_src, linear_train_transform(protocol.transform.size,
-                                                                      protocol.transform.normalize), protocol.seed)
+                                                                      protocol.transform.norm), protocol.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     assert len(params) == 2, "only fc.weight and fc.bias may be trained"
     optimizer = torch.optim.SGD(params, lr=protocol.lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)

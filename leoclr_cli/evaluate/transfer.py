@@ -145,7 +145,7 @@ def _finetune(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, 
         where.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(p.seed)
         model = FinetuneClassifier(copy.deepcopy(backbone), train.num_classes)
-        train_classifier(model, take(train, indices), size=p.transform.size, normalize=p.transform.normalize,
+        train_classifier(model, take(train, indices), size=p.transform.size, normalize=p.transform.norm,
                          epochs=epochs, batch_size=p.batch_size, lr=lr, momentum=p.momentum, nesterov=p.nesterov,
                          weight_decay=wd / lr if p.wd_over_lr else wd, schedule="cosine", device=device,
                          run_dir=where, protocol=protocol_json(p), seed=p.seed, checkpoint_every=checkpoint_every,
