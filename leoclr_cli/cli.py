@@ -35,6 +35,27 @@ METHOD_HELP = "leoclr, mocov2, simclr, leoclr-e2e, leoclr-random-original or leo
 CROPS_HELP = "random (RandomResizedCrop), contrastive (ContrastiveCrop) or center-box"
 
 
+def examples(*lines: str) -> str:
+    """A command's --help epilog: 1-3 real command lines, each also in the README and short enough for an
+    80-column help (tests/test_help.py checks both and that they parse)."""
+    return "Examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def print_table(table: Table) -> None:
+    """``table`` on stdout: drawn by rich on a terminal; elsewhere (a log, a pipe) as a Markdown table at its
+    natural width, one line per row, never a cell wrapped over lines."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    cols = table.columns
+    cells = [list(col.cells) for col in cols]
+    lines = [str(table.title), ""] if table.title else []
+    lines.append("| " + " | ".join(str(c.header) for c in cols) + " |")
+    lines.append("|" + "|".join("---:" if c.justify == "right" else "---" for c in cols) + "|")
+    lines += ["| " + " | ".join(str(col[i]) for col in cells) + " |" for i in range(table.row_count)]
+    out.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
+
+
 def _overrides(sets: Optional[List[str]], **flags: Any) -> dict[str, Any]:
     from .schema import parse_set
 
@@ -60,7 +81,10 @@ def _data_flags(source: Optional[str], data: Optional[Path], prefix: str = "data
 # --------------------------------------------------------------------------- pretrain
 
 
-@app.command()
+@app.command(epilog=examples(
+    "leoclr pretrain -p protocols/cifar10_r18_leoclr.yaml --data ~/data/cifar10",
+    "leoclr pretrain --source imagefolder --data ~/data/mine -o runs/mine",
+    "leoclr pretrain --resume auto -p protocols/quickstart.yaml -o runs/q"))
 def pretrain(
     protocol: Optional[Path] = ProtocolOpt,
     method: Optional[str] = typer.Option(None, "--method", "-m", help=METHOD_HELP),
@@ -164,7 +188,9 @@ def _eval_defaults(pre: dict[str, Any]) -> dict[str, Any]:
     return defaults
 
 
-@app.command("linear-eval")
+@app.command("linear-eval", epilog=examples(
+    "leoclr linear-eval runs/c10 --data ~/data/cifar10",
+    "leoclr linear-eval runs/mine --data ~/data/mine"))
 def linear_eval(
     target: Path = typer.Argument(..., help="a pretraining run directory or a backbone.safetensors"),
     protocol: Optional[Path] = ProtocolOpt,
@@ -200,7 +226,7 @@ def linear_eval(
               f"{r['top1_last']:.2f}% (last); top-5 {r['top5_best']:.2f}% / {r['top5_last']:.2f}%")
 
 
-@app.command()
+@app.command(epilog=examples("leoclr knn runs/c10/backbone.safetensors --data ~/data/cifar10"))
 def knn(
     target: Path = typer.Argument(..., help="a pretraining run directory or a backbone.safetensors"),
     protocol: Optional[Path] = ProtocolOpt,
@@ -243,7 +269,7 @@ def _linear_run_defaults(linear_dir: Path) -> dict[str, Any]:
     return defaults
 
 
-@app.command("crop-test")
+@app.command("crop-test", epilog=examples("leoclr crop-test runs/in1k-200/linear-eval"))
 def crop_test(
     target: Path = typer.Argument(..., help="a linear-eval run directory (or a pretraining run holding linear-eval/)"),
     protocol: Optional[Path] = ProtocolOpt,
@@ -274,7 +300,7 @@ def crop_test(
 # --------------------------------------------------------------------------- augmentation ablations (Figure 4)
 
 
-@app.command()
+@app.command(epilog=examples("leoclr ablate --remove color --baseline runs/in1k-200 -o runs/in1k-nocolor"))
 def ablate(
     remove: List[str] = typer.Option(..., "--remove", help="color, grayscale, blur, flip, all-but-crop "
                                                            "(repeat, or comma-separated)"),
@@ -334,7 +360,7 @@ def ablate(
 # --------------------------------------------------------------------------- detection
 
 
-@app.command()
+@app.command(epilog=examples("leoclr export runs/in1k/backbone.safetensors --to detectron2 --out r50.pkl"))
 def export(
     backbone: Path = typer.Argument(..., help="a backbone.safetensors (or a pretraining run directory)"),
     to: str = typer.Option("detectron2", "--to", help="target format: detectron2"),
@@ -351,7 +377,9 @@ def export(
     out.print(f"wrote {out_file} ({n} tensors in Detectron2 names; load it with MODEL.WEIGHTS {out_file})")
 
 
-@app.command()
+@app.command(epilog=examples(
+    "leoclr detect voc runs/in1k --data ~/data/VOCdevkit --backend torchvision",
+    "leoclr detect coco runs/coco --data ~/data/coco --schedule 1x"))
 def detect(
     dataset: str = typer.Argument(..., help="voc or coco"),
     target: Path = typer.Argument(..., help="a pretraining run directory or a backbone.safetensors"),
@@ -414,7 +442,9 @@ def _parse_labels(text: str) -> list[float]:
     return values
 
 
-@app.command()
+@app.command(epilog=examples(
+    "leoclr finetune runs/in1k --labels 1% --data ~/data/imagenet",
+    "leoclr finetune runs/c10 --labels 1,10,100 -p protocols/finetune_cifar10.yaml"))
 def finetune(
     target: Path = typer.Argument(..., help="a pretraining run directory or a backbone.safetensors"),
     labels: Optional[str] = typer.Option(None, "--labels", help="label fraction: 1%, 10%, N%, or a sweep "
@@ -472,10 +502,12 @@ def finetune(
         table.add_column(col, justify="right")
     for row in summary["runs"]:
         table.add_row(f"{row['labels']:g}", str(row["epochs"]), f"{row['top1']:.2f}", f"{row['top5']:.2f}")
-    out.print(table)
+    print_table(table)
 
 
-@app.command()
+@app.command(epilog=examples(
+    "leoclr transfer runs/in1k cars --data ~/data/cars",
+    "leoclr transfer runs/in1k pets --data ~/data/pets --mode linear"))
 def transfer(
     target: Path = typer.Argument(..., help="a pretraining run directory or a backbone.safetensors"),
     dataset: str = typer.Argument(..., help="cifar10, cifar100, cars, pets or birdsnap"),
@@ -513,7 +545,7 @@ def transfer(
 # --------------------------------------------------------------------------- report (Tables 1-9, Figures 3-4)
 
 
-@app.command()
+@app.command(epilog=examples("leoclr report runs/ --out report/"))
 def report(
     run_dirs: List[Path] = typer.Argument(..., help="run directories, searched recursively for result.json"),
     out_dir: Path = typer.Option(Path("report"), "--out", "-o", help="where report.md and the PNGs go"),
@@ -531,7 +563,7 @@ def report(
 # --------------------------------------------------------------------------- quickstart, bench
 
 
-@app.command()
+@app.command(epilog=examples("leoclr quickstart", "leoclr quickstart --method mocov2"))
 def quickstart(
     method: str = typer.Option("leoclr", "--method", "-m", help=METHOD_HELP),
     crops: Optional[str] = typer.Option(None, "--crops", help=CROPS_HELP),
@@ -556,10 +588,10 @@ def quickstart(
         table.add_column(col, justify="left" if col == "backbone" else "right")
     for row in rows:
         table.add_row(row["name"], f"{row['top1']:.1f}", f"{row['top5']:.1f}", f"{row['wall_s']:.0f} s")
-    out.print(table)
+    print_table(table)
 
 
-@app.command()
+@app.command(epilog=examples("leoclr bench", "leoclr bench --device cuda --arch resnet50 --size 224 -b 256 -j 16"))
 def bench(
     device: Optional[str] = DeviceOpt,
     arch: str = typer.Option("resnet18", "--arch"),
@@ -593,7 +625,7 @@ def bench(
         table.add_row(r["what"], r["device"], f"{r['mocov2']:.1f}", f"{r['leoclr']:.1f}",
                       f"{r['mocov2'] / r['leoclr']:.2f}x", fmt(r.get("vs_reference"), ".2f"),
                       fmt(r.get("peak_gib"), ".2f"), fmt(r.get("gpu_util"), ".0f"))
-    out.print(table)
+    print_table(table)
     out.print(f"LeOCLR/MoCo-v2 cost per sample (train step): {ratio:.2f}x (paper, 3 A100s end to end: 1.19x)")
     if json_out is not None:
         from .rundir import environment, write_json
@@ -604,7 +636,7 @@ def bench(
                                            "workers": workers}})
 
 
-@app.command()
+@app.command(epilog=examples("leoclr boxes runs/c10-cc --out boxes.png"))
 def boxes(
     run_dir: Path = typer.Argument(..., help="a pretraining run directory made with --crops contrastive or center-box"),
     out_file: Path = typer.Option(Path("boxes.png"), "--out", "-o", help="PNG file to write"),
@@ -641,7 +673,7 @@ def boxes(
               f"{100 * whole:.0f}% of all boxes are the whole image): {out_file}")
 
 
-@app.command()
+@app.command(epilog=examples("leoclr info runs/c10/backbone.safetensors"))
 def info(path: Path = typer.Argument(..., help="any .safetensors file written by leoclr")) -> None:
     """Show a checkpoint's metadata and tensor count (reads the header; unpickles nothing)."""
     from . import checkpoint as ckpt
@@ -653,7 +685,7 @@ def info(path: Path = typer.Argument(..., help="any .safetensors file written by
     out.print(f"tensors: {len(tensors)} ({sum(t.numel() for t in tensors.values()):,} values)")
 
 
-@app.command("import")
+@app.command("import", epilog=examples("leoclr import moco_v2_800ep_pretrain.pth.tar --out moco800.safetensors"))
 def import_(
     src: Path = typer.Argument(..., help="a .pth / .pth.tar checkpoint (MoCo's releases, torchvision state dicts)"),
     out_file: Path = typer.Option(..., "--out", "-o", help="the backbone.safetensors to write"),

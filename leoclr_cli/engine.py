@@ -3,7 +3,7 @@
 A *task* is an ``nn.Module`` whose ``forward(inputs, labels)`` returns ``(loss, stats)``; the
 pretraining methods and the linear classifier are tasks. The engine owns everything around the
 step: device placement, the per-epoch learning rate (or a per-step one, for iteration-based
-schedules such as detection's warm-up and steps), the progress bar, ``metrics.jsonl``,
+schedules such as detection's warm-up and steps), progress (progress.py), ``metrics.jsonl``,
 resumable checkpoints every N epochs, every M steps and at the end, exact resume (also from the
 middle of an epoch), preemption (SIGTERM/SIGINT) and the divergence check.
 

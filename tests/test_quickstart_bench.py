@@ -13,8 +13,11 @@ def test_quickstart_table_and_reuse(tmp_path, capsys):
         main(["quickstart", "--epochs", "1", "--out", str(out), "--quiet"])
     assert exc.value.code in (0, None)
     table = capsys.readouterr().out
-    assert "leoclr, 1 epochs" in table and "random init" in table
     rows = json.loads((out / "quickstart.json").read_text())["rows"]
+    # captured stdout is not a terminal: a Markdown table, one unwrapped line per row
+    assert "| backbone | top-1 % | top-5 % | wall time |" in table.splitlines()
+    for r in rows:
+        assert f"| {r['name']} | {r['top1']:.1f} | {r['top5']:.1f} | {r['wall_s']:.0f} s |" in table.splitlines()
     assert [r["name"] for r in rows] == ["leoclr, 1 epochs", "random init"]
     assert all(0 <= r["top1"] <= r["top5"] <= 100 for r in rows)
     assert (out / "pretrain" / "backbone.safetensors").is_file()
@@ -29,9 +32,15 @@ def test_bench_reports_both_methods(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--device", "cpu", "--size", "16", "--view-size", "16", "-b", "8", "--steps", "1",
               "--images", "4", "--json", str(tmp_path / "b.json")])
-    assert "LeOCLR/MoCo-v2 cost per sample" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "LeOCLR/MoCo-v2 cost per sample" in printed
     data = json.loads((tmp_path / "b.json").read_text())
     rows, ratio = data["rows"], data["train_step_cost_ratio"]
+    # a Markdown table (stdout is not a terminal): the header, then one line per row, no cell wrapped
+    table = [line for line in printed.splitlines() if line.startswith("|")]
+    assert table[0].startswith("| what | device | mocov2 samples/s | leoclr samples/s |")
+    assert len(table) == 2 + len(rows)
+    assert [line.split(" | ")[0][2:] for line in table[2:]] == [r["what"] for r in rows]
     assert data["settings"]["view_size"] == 16
     kinds = [r["what"].split(":")[0].split(" (")[0] for r in rows]
     assert kinds == ["views"] * 6 + ["train step"] + ["end to end"] * 3
