@@ -1,4 +1,5 @@
-"""Progress lines in a log (stderr not a terminal), --quiet, and the CPU thread count (--threads, env.json)."""
+"""Progress lines in a log (stderr not a terminal), --quiet, the CPU thread count (--threads, env.json) and the
+queue-size checks."""
 
 import io
 import json
