@@ -348,8 +348,8 @@ def load_train_state(path: Path, *, model: torch.nn.Module, optimizer: torch.opt
     number of batches done in the next epoch, ``extra["tensors"]`` the saved ``extra_tensors``.
     Refuses a file made with another protocol."""
     tensors, meta = load_tensors(path, KIND_STATE)
-    if json.loads(meta["protocol"]) != json.loads(protocol_json):
-        theirs, ours = json.loads(meta["protocol"]), json.loads(protocol_json)
+    theirs, ours = (_without_runtime(json.loads(text)) for text in (meta["protocol"], protocol_json))
+    if theirs != ours:
         diff = _first_difference(theirs, ours)
         raise UserError(f"checkpoint {path} was made with a different protocol (field '{diff}' differs); "
                         "resume with the protocol it was made with")
@@ -365,6 +365,14 @@ def load_train_state(path: Path, *, model: torch.nn.Module, optimizer: torch.opt
     extra["step"] = int(meta.get("step", "0"))
     extra["tensors"] = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
     return int(meta["epoch"]), extra
+
+
+#: protocol fields that set how fast a run goes, not what it computes: a resume may change them
+RUNTIME_FIELDS = ("threads",)
+
+
+def _without_runtime(protocol: Any) -> Any:
+    return {k: v for k, v in protocol.items() if k not in RUNTIME_FIELDS} if isinstance(protocol, dict) else protocol
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str:

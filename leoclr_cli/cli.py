@@ -23,12 +23,37 @@ err = Console(stderr=True)
 
 ProtocolOpt = typer.Option(None, "--protocol", "-p", help="protocol YAML (see protocols/)")
 SetOpt = typer.Option(None, "--set", help="override any protocol field: --set optim.lr=0.1 (repeatable)")
-QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress bar; one log line per epoch")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress: only warnings and the final summary")
+LogEveryOpt = typer.Option(None, "--log-every", min=1, help="stderr not a terminal (a log file, a pipe): a progress "
+                           "line every N steps (default: about every 30 s)")
+ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads of the training process (default: the cores "
+                          "this process may use less one per loader worker; OMP_NUM_THREADS is kept)")
 ForceOpt = typer.Option(False, "--force", help="delete and redo an existing run directory")
 ResumeOpt = typer.Option(None, "--resume", help="a checkpoint file, a run directory, or 'auto'")
 DeviceOpt = typer.Option(None, "--device", help="auto, cpu or cuda")
 METHOD_HELP = "leoclr, mocov2, simclr, leoclr-e2e, leoclr-random-original or leoclr-attract-all"
 CROPS_HELP = "random (RandomResizedCrop), contrastive (ContrastiveCrop) or center-box"
+
+
+def examples(*lines: str) -> str:
+    """A command's --help epilog: 1-3 real command lines, each also in the README and short enough for an
+    80-column help (tests/test_help.py checks both and that they parse)."""
+    return "Examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def print_table(table: Table) -> None:
+    """``table`` on stdout: drawn by rich on a terminal; elsewhere (a log, a pipe) as a Markdown table at its
+    natural width, one line per row, never a cell wrapped over lines."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    cols = table.columns
+    cells = [list(col.cells) for col in cols]
+    lines = [str(table.title), ""] if table.title else []
+    lines.append("| " + " | ".join(str(c.header) for c in cols) + " |")
+    lines.append("|" + "|".join("---:" if c.justify == "right" else "---" for c in cols) + "|")
+    lines += ["| " + " | ".join(str(col[i]) for col in cells) + " |" for i in range(table.row_count)]
+    out.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
 
 
 def _overrides(sets: Optional[List[str]], **flags: Any) -> dict[str, Any]:
@@ -39,6 +64,16 @@ def _overrides(sets: Optional[List[str]], **flags: Any) -> dict[str, Any]:
     return merged
 
 
+def _runtime(p: Any, log_every: Optional[int]) -> None:
+    """Before the runner: progress lines every ``log_every`` steps, and ``p.threads`` CPU threads (or
+    the default share of the cores, given the protocol's loader workers)."""
+    from . import progress, threads
+
+    progress.configure(log_every)
+    data = getattr(p, "data", None)
+    threads.apply(p.threads, data.num_workers if data is not None else p.num_workers)
+
+
 def _data_flags(source: Optional[str], data: Optional[Path], prefix: str = "data") -> dict[str, Any]:
     return {f"{prefix}.source": source, f"{prefix}.root": str(data.expanduser()) if data else None}
 
@@ -46,7 +81,10 @@ def _data_flags(source: Optional[str], data: Optional[Path], prefix: str = "data
 # --------------------------------------------------------------------------- pretrain
 
 
-@app.command()
+@app.command(epilog=examples(
+    "leoclr pretrain -p protocols/cifar10_r18_leoclr.yaml --data ~/data/cifar10",
+    "leoclr pretrain --source imagefolder --data ~/data/mine -o runs/mine",
+    "leoclr pretrain --resume auto -p protocols/quickstart.yaml -o runs/q"))
 def pretrain(
     protocol: Optional[Path] = ProtocolOpt,
     method: Optional[str] = typer.Option(None, "--method", "-m", help=METHOD_HELP),
@@ -69,6 +107,8 @@ def pretrain(
     resume: Optional[str] = ResumeOpt,
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
+    log_every: Optional[int] = LogEveryOpt,
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Pretrain a backbone (LeOCLR, MoCo-v2, SimCLR and the paper's variants); writes RUN/backbone.safetensors."""
@@ -79,7 +119,8 @@ def pretrain(
         sets, **{"method.name": method, "augment.crops": crops, "data.split": split, "model.arch": arch, "optim.epochs": epochs,
                  "optim.batch_size": batch_size, "optim.lr": lr, "data.num_workers": workers, "seed": seed,
                  "device": device, "data.on_bad_image": on_bad_image,
-                 "checkpoint_every_steps": checkpoint_every_steps}, **_data_flags(source, data)))
+                 "checkpoint_every_steps": checkpoint_every_steps, "threads": threads}, **_data_flags(source, data)))
+    _runtime(p, log_every)
     result = run_pretrain(p, out_dir, resume=resume, force=force, quiet=quiet, console=err)
     if result["rank"]:
         return  # under torchrun only rank 0 reports
@@ -106,6 +147,22 @@ def _backbone_and_defaults(target: Path) -> tuple[Path, Path, dict[str, Any]]:
     return backbone, parent, defaults
 
 
+def _backbone_norm(aug: dict[str, Any]) -> dict[str, Any]:
+    """The test transform's normalisation (dotted) that the pretraining augmentation ``aug`` used: its
+    mean and std when it measured (auto) or was given them, else its named constants."""
+    if aug.get("mean") and aug.get("std"):
+        return {"transform.normalize": "custom", "transform.mean": aug["mean"], "transform.std": aug["std"]}
+    return {"transform.normalize": aug.get("normalize", "imagenet")}
+
+
+def _own_stats(defaults: dict[str, Any]) -> dict[str, Any]:
+    """The backbone's own mean and std among eval ``defaults`` (none when it used named constants):
+    transfer and detection, which keep their own defaults otherwise, take these."""
+    if defaults.get("transform.normalize") != "custom":
+        return {}
+    return {k: defaults[k] for k in ("transform.normalize", "transform.mean", "transform.std")}
+
+
 def _eval_defaults(pre: dict[str, Any]) -> dict[str, Any]:
     """Evaluation defaults (dotted) derived from a pretraining protocol (as a plain mapping)."""
     from .data import default_eval_splits
@@ -123,7 +180,7 @@ def _eval_defaults(pre: dict[str, Any]) -> dict[str, Any]:
     size = aug.get("size")
     if size:
         small = size <= 96
-        defaults.update({"transform.size": size, "transform.normalize": aug.get("normalize", "imagenet"),
+        defaults.update({"transform.size": size, **_backbone_norm(aug),
                          "transform.test": "none" if small else "resize-center-crop",
                          "transform.resize": size if small else round(size * 8 / 7)})
         if small:
@@ -131,7 +188,9 @@ def _eval_defaults(pre: dict[str, Any]) -> dict[str, Any]:
     return defaults
 
 
-@app.command("linear-eval")
+@app.command("linear-eval", epilog=examples(
+    "leoclr linear-eval runs/c10 --data ~/data/cifar10",
+    "leoclr linear-eval runs/mine --data ~/data/mine"))
 def linear_eval(
     target: Path = typer.Argument(..., help="a pretraining run directory or a backbone.safetensors"),
     protocol: Optional[Path] = ProtocolOpt,
@@ -148,6 +207,8 @@ def linear_eval(
     resume: Optional[str] = ResumeOpt,
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
+    log_every: Optional[int] = LogEveryOpt,
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Linear evaluation of a frozen backbone (top-1 / top-5, best and last epoch)."""
@@ -156,15 +217,16 @@ def linear_eval(
 
     backbone, parent, defaults = _backbone_and_defaults(target)
     p = load_protocol("linear-eval", protocol, _overrides(
-        sets, epochs=epochs, lr=lr, batch_size=batch_size, train_augment=train_augment, device=device,
+        sets, epochs=epochs, lr=lr, batch_size=batch_size, train_augment=train_augment, device=device, threads=threads,
         **{"data.num_workers": workers}, **_data_flags(source, data)), defaults)
+    _runtime(p, log_every)
     r = run_linear_eval(p, backbone, out_dir or parent / "linear-eval", resume=resume, force=force, quiet=quiet,
                         console=err)
     out.print(f"linear eval of {backbone}: top-1 {r['top1_best']:.2f}% (best, epoch {r['best_epoch']}), "
               f"{r['top1_last']:.2f}% (last); top-5 {r['top5_best']:.2f}% / {r['top5_last']:.2f}%")
 
 
-@app.command()
+@app.command(epilog=examples("leoclr knn runs/c10/backbone.safetensors --data ~/data/cifar10"))
 def knn(
     target: Path = typer.Argument(..., help="a pretraining run directory or a backbone.safetensors"),
     protocol: Optional[Path] = ProtocolOpt,
@@ -175,6 +237,9 @@ def knn(
     device: Optional[str] = DeviceOpt,
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default RUN/knn)"),
     force: bool = ForceOpt,
+    quiet: bool = QuietOpt,
+    log_every: Optional[int] = LogEveryOpt,
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Weighted kNN accuracy (k = 200, t = 0.1) of a frozen backbone."""
@@ -183,9 +248,10 @@ def knn(
 
     backbone, parent, defaults = _backbone_and_defaults(target)
     defaults.pop("lr", None)
-    p = load_protocol("knn", protocol, _overrides(sets, k=k, t=t, device=device, **_data_flags(source, data)),
-                      defaults)
-    r = run_knn(p, backbone, out_dir or parent / "knn", force=force)
+    p = load_protocol("knn", protocol, _overrides(sets, k=k, t=t, device=device, threads=threads,
+                                                  **_data_flags(source, data)), defaults)
+    _runtime(p, log_every)
+    r = run_knn(p, backbone, out_dir or parent / "knn", force=force, quiet=quiet, console=err)
     out.print(f"kNN (k={p.k}, t={p.t}) of {backbone}: top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}%")
 
 
@@ -198,12 +264,12 @@ def _linear_run_defaults(linear_dir: Path) -> dict[str, Any]:
 
     lin = load_protocol("linear-eval", linear_dir / "protocol.yaml")
     defaults = {f"data.{k}": v for k, v in lin.data.model_dump().items()}
-    defaults.update({"size": lin.transform.size, "resize": lin.transform.resize, "normalize": lin.transform.normalize,
+    defaults.update({"size": lin.transform.size, "resize": lin.transform.resize, **lin.transform.norm_fields(),
                      "device": lin.device, "batch_size": lin.batch_size, "seed": lin.seed})
     return defaults
 
 
-@app.command("crop-test")
+@app.command("crop-test", epilog=examples("leoclr crop-test runs/in1k-200/linear-eval"))
 def crop_test(
     target: Path = typer.Argument(..., help="a linear-eval run directory (or a pretraining run holding linear-eval/)"),
     protocol: Optional[Path] = ProtocolOpt,
@@ -214,6 +280,7 @@ def crop_test(
     device: Optional[str] = DeviceOpt,
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default LINEAR_RUN/crop-test)"),
     force: bool = ForceOpt,
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Table 7: the linear classifier under the center-crop and the random-crop test; both and the drop."""
@@ -222,8 +289,9 @@ def crop_test(
     from .schema import load_protocol
 
     linear_dir, _ = find_linear_run(target)
-    p = load_protocol("crop-test", protocol, _overrides(sets, repeats=repeats, device=device,
+    p = load_protocol("crop-test", protocol, _overrides(sets, repeats=repeats, device=device, threads=threads,
                                                         **_data_flags(source, data)), _linear_run_defaults(linear_dir))
+    _runtime(p, None)
     r = run_crop_test(p, linear_dir, out_dir or linear_dir / "crop-test", backbone=backbone, force=force)
     out.print(f"crop test of {linear_dir}: center crop {r['center_top1']:.2f}%, random crop {r['random_top1']:.2f}% "
               f"(drop {r['drop']:.2f} points; paper, ImageNet 200 ep: MoCo-v2 4.3, LeOCLR 2.8)")
@@ -232,7 +300,7 @@ def crop_test(
 # --------------------------------------------------------------------------- augmentation ablations (Figure 4)
 
 
-@app.command()
+@app.command(epilog=examples("leoclr ablate --remove color --baseline runs/in1k-200 -o runs/in1k-nocolor"))
 def ablate(
     remove: List[str] = typer.Option(..., "--remove", help="color, grayscale, blur, flip, all-but-crop "
                                                            "(repeat, or comma-separated)"),
@@ -258,6 +326,8 @@ def ablate(
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted ablation in --out"),
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
+    log_every: Optional[int] = LogEveryOpt,
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Figure 4: pretrain with augmentation parts removed, linear-evaluate, report the drop vs --baseline."""
@@ -271,12 +341,13 @@ def ablate(
     pre_defaults = flat(base.pretrain) if (base is not None and base.pretrain and protocol is None) else None
     pre = load_protocol("pretrain", protocol, _overrides(
         sets, **{"method.name": method, "model.arch": arch, "optim.epochs": epochs, "optim.batch_size": batch_size,
-                 "data.num_workers": workers, "seed": seed, "device": device}, **_data_flags(source, data)),
-        pre_defaults)
+                 "data.num_workers": workers, "seed": seed, "device": device, "threads": threads},
+        **_data_flags(source, data)), pre_defaults)
+    _runtime(pre, log_every)
     lin_file = linear_protocol or (base.linear_protocol if base is not None and base.linear_protocol.is_file() else None)
 
     def linear_for(p: Any) -> Any:
-        return load_protocol("linear-eval", lin_file, _overrides(linear_sets, device=device),
+        return load_protocol("linear-eval", lin_file, _overrides(linear_sets, device=device, threads=threads),
                              _eval_defaults(p.model_dump(mode="json")))
 
     target = out_dir or Path(f"runs/ablate-{pre.method.name}-{'-'.join(ab.remove)}")
@@ -289,7 +360,7 @@ def ablate(
 # --------------------------------------------------------------------------- detection
 
 
-@app.command()
+@app.command(epilog=examples("leoclr export runs/in1k/backbone.safetensors --to detectron2 --out r50.pkl"))
 def export(
     backbone: Path = typer.Argument(..., help="a backbone.safetensors (or a pretraining run directory)"),
     to: str = typer.Option("detectron2", "--to", help="target format: detectron2"),
@@ -306,7 +377,9 @@ def export(
     out.print(f"wrote {out_file} ({n} tensors in Detectron2 names; load it with MODEL.WEIGHTS {out_file})")
 
 
-@app.command()
+@app.command(epilog=examples(
+    "leoclr detect voc runs/in1k --data ~/data/VOCdevkit --backend torchvision",
+    "leoclr detect coco runs/coco --data ~/data/coco --schedule 1x"))
 def detect(
     dataset: str = typer.Argument(..., help="voc or coco"),
     target: Path = typer.Argument(..., help="a pretraining run directory or a backbone.safetensors"),
@@ -324,6 +397,8 @@ def detect(
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default RUN/detect-DATASET)"),
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
+    log_every: Optional[int] = LogEveryOpt,
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Faster R-CNN R50-C4 transfer (MoCo's recipe): VOC07+12 -> VOC07 test, or COCO train2017 -> val2017."""
@@ -332,12 +407,14 @@ def detect(
 
     if dataset not in ("voc", "coco"):
         raise UserError(f"dataset {dataset!r} is not known; choose voc or coco")
-    path = target.expanduser()
-    backbone = path / "backbone.safetensors" if path.is_dir() else path
-    parent = path if path.is_dir() else path.parent
+    backbone, parent, defaults = _backbone_and_defaults(target)
+    own = _own_stats(defaults)  # Detectron2's pixel_mean / pixel_std are on the 0..255 scale
+    pixels = {f"pixel_{k}": [255 * v for v in own[f"transform.{k}"]] for k in ("mean", "std")} if own else {}
     p = load_protocol("detect", protocol, _overrides(
         sets, dataset=dataset, schedule=schedule, backend=backend, gpus=gpus, trials=trials, seed=seed,
-        device=device, **{"num_workers": workers, "root": str(data.expanduser()) if data else None}))
+        device=device, threads=threads, **{"num_workers": workers, "root": str(data.expanduser()) if data else None}),
+        pixels)
+    _runtime(p, log_every)
     r = run_detect(p, backbone, out_dir or parent / f"detect-{dataset}", force=force, quiet=quiet, console=err)
     spread = (lambda k: f" ± {r[k + '_std']:.2f}" if r["trials"] > 1 else "")
     out.print(f"{dataset} detection ({r['backend']}, {r['trials']} trial{'s' if r['trials'] > 1 else ''}): "
@@ -365,7 +442,9 @@ def _parse_labels(text: str) -> list[float]:
     return values
 
 
-@app.command()
+@app.command(epilog=examples(
+    "leoclr finetune runs/in1k --labels 1% --data ~/data/imagenet",
+    "leoclr finetune runs/c10 --labels 1,10,100 -p protocols/finetune_cifar10.yaml"))
 def finetune(
     target: Path = typer.Argument(..., help="a pretraining run directory or a backbone.safetensors"),
     labels: Optional[str] = typer.Option(None, "--labels", help="label fraction: 1%, 10%, N%, or a sweep "
@@ -385,6 +464,8 @@ def finetune(
     resume: Optional[str] = ResumeOpt,
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
+    log_every: Optional[int] = LogEveryOpt,
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Semi-supervised fine-tuning of all layers on a labelled subset (SimCLR's protocol); top-1 / top-5."""
@@ -402,8 +483,9 @@ def finetune(
         defaults.update(zip(("data.train_split", "data.test_split"), default_eval_splits(source)))
     flags = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "subset_seed": seed, "device": device,
              "data.num_workers": workers, "subset_file": str(subset_file.expanduser()) if subset_file else None,
-             **_data_flags(source, data)}
+             "threads": threads, **_data_flags(source, data)}
     protocols = [load_protocol("finetune", protocol, _overrides(sets, **flags, labels=f), defaults) for f in fractions]
+    _runtime(protocols[0], log_every)
     if len(protocols) == 1:
         p = protocols[0]
         r = run_finetune(p, backbone, out_dir or parent / f"finetune-{p.labels:g}pct", resume=resume, force=force,
@@ -420,10 +502,12 @@ def finetune(
         table.add_column(col, justify="right")
     for row in summary["runs"]:
         table.add_row(f"{row['labels']:g}", str(row["epochs"]), f"{row['top1']:.2f}", f"{row['top5']:.2f}")
-    out.print(table)
+    print_table(table)
 
 
-@app.command()
+@app.command(epilog=examples(
+    "leoclr transfer runs/in1k cars --data ~/data/cars",
+    "leoclr transfer runs/in1k pets --data ~/data/pets --mode linear"))
 def transfer(
     target: Path = typer.Argument(..., help="a pretraining run directory or a backbone.safetensors"),
     dataset: str = typer.Argument(..., help="cifar10, cifar100, cars, pets or birdsnap"),
@@ -436,16 +520,19 @@ def transfer(
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default RUN/transfer-DATASET-MODE)"),
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
+    log_every: Optional[int] = LogEveryOpt,
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Transfer (Kornblith et al.): grid on a 20% validation split, refit on train+val, one test score."""
     from .evaluate.transfer import run_transfer
     from .schema import load_protocol
 
-    backbone, parent, _ = _backbone_and_defaults(target)
+    backbone, parent, defaults = _backbone_and_defaults(target)
     p = load_protocol("transfer", protocol, _overrides(
-        sets, dataset=dataset, mode=mode, batch_size=batch_size, device=device, num_workers=workers,
-        root=str(data.expanduser()) if data else None))
+        sets, dataset=dataset, mode=mode, batch_size=batch_size, device=device, num_workers=workers, threads=threads,
+        root=str(data.expanduser()) if data else None), _own_stats(defaults))
+    _runtime(p, log_every)
     r = run_transfer(p, backbone, out_dir or parent / f"transfer-{p.dataset}-{p.mode}", force=force, quiet=quiet,
                      console=err)
     best = f"C {r['best_c']:.3g}" if p.mode == "linear" else f"lr {r['best_lr']:.3g}, wd {r['best_wd']:.3g}"
@@ -458,7 +545,7 @@ def transfer(
 # --------------------------------------------------------------------------- report (Tables 1-9, Figures 3-4)
 
 
-@app.command()
+@app.command(epilog=examples("leoclr report runs/ --out report/"))
 def report(
     run_dirs: List[Path] = typer.Argument(..., help="run directories, searched recursively for result.json"),
     out_dir: Path = typer.Option(Path("report"), "--out", "-o", help="where report.md and the PNGs go"),
@@ -476,7 +563,7 @@ def report(
 # --------------------------------------------------------------------------- quickstart, bench
 
 
-@app.command()
+@app.command(epilog=examples("leoclr quickstart", "leoclr quickstart --seeds 3", "leoclr quickstart --method leoclr --crops contrastive"))
 def quickstart(
     methods: Optional[List[str]] = typer.Option(None, "--method", "-m",
                                                 help=f"repeatable; default leoclr and mocov2 ({METHOD_HELP})"),
@@ -486,15 +573,19 @@ def quickstart(
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="default runs/quickstart"),
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
+    log_every: Optional[int] = LogEveryOpt,
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Pretrain LeOCLR and MoCo-v2 on the built-in data, linear-probe both and a random-init backbone."""
+    from . import progress
     from .quickstart import DEFAULT_METHODS, run_quickstart
 
+    progress.configure(log_every)
     default_dir = "runs/quickstart" + (f"-{crops}" if crops and crops != "random" else "")
     result = run_quickstart(methods or DEFAULT_METHODS, out_dir or Path(default_dir), seeds=seeds, epochs=epochs,
-                            force=force, quiet=quiet, console=err, overrides=_overrides(sets, **{"augment.crops": crops}))
-    out.print(quickstart_table(result["summary"], seeds))
+                            force=force, quiet=quiet, console=err, overrides=_overrides(sets, **{"augment.crops": crops, "threads": threads}))
+    print_table(quickstart_table(result["summary"], seeds))
 
 
 def quickstart_table(summary: list[dict[str, Any]], seeds: int) -> Table:
@@ -514,7 +605,7 @@ def quickstart_table(summary: list[dict[str, Any]], seeds: int) -> Table:
     return table
 
 
-@app.command()
+@app.command(epilog=examples("leoclr bench", "leoclr bench --device cuda --arch resnet50 --size 224 -b 256 -j 16"))
 def bench(
     device: Optional[str] = DeviceOpt,
     arch: str = typer.Option("resnet18", "--arch"),
@@ -524,11 +615,14 @@ def bench(
     steps: int = typer.Option(5, "--steps", help="timed train steps per method"),
     images: int = typer.Option(128, "--images", help="images through each view pipeline"),
     workers: int = typer.Option(0, "--workers", "-j", help="DataLoader workers of the end-to-end rows"),
+    threads: Optional[int] = ThreadsOpt,
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the numbers as JSON"),
 ) -> None:
     """Samples/s of the view pipelines, the train step and end to end, MoCo-v2 vs LeOCLR, on this device."""
+    from . import threads as cpu_threads
     from .bench import run_bench
 
+    cpu_threads.apply(threads, workers)
     rows, ratio = run_bench(device=device or "auto", arch=arch, size=size, batch_size=batch_size, steps=steps,
                             images=images, view_size=view_size, workers=workers)
     table = Table(title=f"leoclr bench: {arch}, batch {batch_size}; views at {view_size} px from "
@@ -545,7 +639,7 @@ def bench(
         table.add_row(r["what"], r["device"], f"{r['mocov2']:.1f}", f"{r['leoclr']:.1f}",
                       f"{r['mocov2'] / r['leoclr']:.2f}x", fmt(r.get("vs_reference"), ".2f"),
                       fmt(r.get("peak_gib"), ".2f"), fmt(r.get("gpu_util"), ".0f"))
-    out.print(table)
+    print_table(table)
     out.print(f"LeOCLR/MoCo-v2 cost per sample (train step): {ratio:.2f}x (paper, 3 A100s end to end: 1.19x)")
     if json_out is not None:
         from .rundir import environment, write_json
@@ -556,7 +650,7 @@ def bench(
                                            "workers": workers}})
 
 
-@app.command()
+@app.command(epilog=examples("leoclr boxes runs/c10-cc --out boxes.png"))
 def boxes(
     run_dir: Path = typer.Argument(..., help="a pretraining run directory made with --crops contrastive or center-box"),
     out_file: Path = typer.Option(Path("boxes.png"), "--out", "-o", help="PNG file to write"),
@@ -593,7 +687,7 @@ def boxes(
               f"{100 * whole:.0f}% of all boxes are the whole image): {out_file}")
 
 
-@app.command()
+@app.command(epilog=examples("leoclr info runs/c10/backbone.safetensors"))
 def info(path: Path = typer.Argument(..., help="any .safetensors file written by leoclr")) -> None:
     """Show a checkpoint's metadata and tensor count (reads the header; unpickles nothing)."""
     from . import checkpoint as ckpt
@@ -605,7 +699,7 @@ def info(path: Path = typer.Argument(..., help="any .safetensors file written by
     out.print(f"tensors: {len(tensors)} ({sum(t.numel() for t in tensors.values()):,} values)")
 
 
-@app.command("import")
+@app.command("import", epilog=examples("leoclr import moco_v2_800ep_pretrain.pth.tar --out moco800.safetensors"))
 def import_(
     src: Path = typer.Argument(..., help="a .pth / .pth.tar checkpoint (MoCo's releases, torchvision state dicts)"),
     out_file: Path = typer.Option(..., "--out", "-o", help="the backbone.safetensors to write"),

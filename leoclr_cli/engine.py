@@ -3,7 +3,7 @@
 A *task* is an ``nn.Module`` whose ``forward(inputs, labels)`` returns ``(loss, stats)``; the
 pretraining methods and the linear classifier are tasks. The engine owns everything around the
 step: device placement, the per-epoch learning rate (or a per-step one, for iteration-based
-schedules such as detection's warm-up and steps), the progress bar, ``metrics.jsonl``,
+schedules such as detection's warm-up and steps), progress (progress.py), ``metrics.jsonl``,
 resumable checkpoints every N epochs, every M steps and at the end, exact resume (also from the
 middle of an epoch), preemption (SIGTERM/SIGINT) and the divergence check.
 
@@ -34,11 +34,11 @@ from typing import Any, Callable, Optional
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import checkpoint as ckpt
 from . import distributed
 from .errors import Preempted, UserError
+from .progress import Reporter
 
 
 class Divergence(UserError):
@@ -277,14 +277,12 @@ class Engine:
         steps = len(self.loader)
         if steps == 0:
             raise UserError("the dataset has fewer images than one batch; lower the batch size")
-        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                            console=self.console, disable=self.quiet, transient=False)
-        with progress, self._preemptible():
-            bar = progress.add_task(self.desc, total=(self.epochs - start) * steps - start_step, info="")
+        reporter = Reporter(self.desc, (self.epochs - start) * steps - start_step, console=self.console,
+                            quiet=self.quiet or not self.main)
+        with reporter, self._preemptible():
             for epoch in range(start, self.epochs):
                 first = epoch == start
-                record = self._epoch(epoch, steps, progress, bar, start_step if first else 0,
+                record = self._epoch(epoch, steps, reporter, start_step if first else 0,
                                      partial if first else None)
                 if self.epoch_end is not None:
                     self.task.eval()
@@ -296,9 +294,8 @@ class Engine:
                 if every_steps or (self.checkpoint_every and ((epoch + 1) % self.checkpoint_every == 0
                                                               or epoch + 1 == self.epochs)):
                     self._save(epoch + 1)
-                if self.quiet and self.main:
-                    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
-                    self.console.print(f"{self.desc} {json.dumps(shown)}", highlight=False)
+                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
+                reporter.line(json.dumps(shown))  # in a log, each epoch's record
         self.stop_flag.drain()
         return read_metrics(self.metrics_path)
 
@@ -327,7 +324,7 @@ class Engine:
         with self._autocast():
             self.task.fill_queue((self._inputs(x), to_device(y, self.device)) for x, y, *_ in self.loader)
 
-    def _epoch(self, epoch: int, steps: int, progress: Progress, bar: Any, skip: int = 0,
+    def _epoch(self, epoch: int, steps: int, reporter: Reporter, skip: int = 0,
                partial: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         """One epoch from batch ``skip`` on (``partial``: the metric sums of the batches before it)."""
         lr = self.lr_at(epoch)
@@ -381,12 +378,14 @@ class Engine:
                     written = f"checkpoint {path} written" if path else "checkpoint written by rank 0"
                     raise Preempted(f"{signal.Signals(stop).name} at epoch {epoch + 1}, "
                                     f"step {done}; {written}; continue with --resume auto")
-            if done % self.log_every == 0 or done == steps:
+            reporter.advance()
+            checked = done % self.log_every == 0 or done == steps
+            if checked:  # a collective under DDP: on every rank at the same steps
                 self._check_finite(window, epoch, done, steps)
+            if checked or reporter.due():  # due() follows rank 0's clock: no collective in here
                 rate = (seen - (partial["seen"] if partial else 0)) / max(time.perf_counter() - t0, 1e-9)
-                progress.update(bar, info=f"ep {epoch + 1}/{self.epochs} loss {loss.item():.4f} lr {lr:.4g} "
-                                          f"{rate:.0f} samples/s")
-            progress.advance(bar)
+                reporter.show(f"epoch {epoch + 1}/{self.epochs} step {done}/{steps} loss {loss.item():.4f} "
+                              f"lr {lr:.4g} {rate:.0f} samples/s")
         self._check_finite(window, epoch, steps, steps)
         elapsed = time.perf_counter() - t0
         if distributed.active():  # the epoch's totals over all ranks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -16,14 +17,14 @@ from . import checkpoint as ckpt
 from . import distributed
 from .data import default_eval_splits, open_data
 from .data.ccrop import CropBoxes, box_stats, localise
-from .data.views import AugmentedDataset, ViewMaker, draft_side, eval_transform
+from .data.views import AugmentedDataset, ViewMaker, draft_side, eval_transform, measure_normalization
 from .errors import UserError
 from .engine import Engine, amp_dtype, cosine_lr, resolve_device
 from .evaluate.features import extract, labelled_split, loader_for, subset
 from .evaluate.knn import knn_accuracy
-from .methods import build_method
+from .methods import MomentumContrast, build_method
 from .rundir import prepare, write_json
-from .schema import EvalDataConfig, EvalTransformConfig, PretrainProtocol, protocol_json
+from .schema import EvalDataConfig, EvalTransformConfig, PretrainProtocol, load_protocol, norm_stats, protocol_json
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -46,7 +47,7 @@ def monitor_data(p: PretrainProtocol) -> EvalDataConfig:
 def monitor_transform(p: PretrainProtocol) -> EvalTransformConfig:
     small = p.augment.size <= 96
     return EvalTransformConfig(size=p.augment.size, resize=p.augment.size if small else round(p.augment.size * 8 / 7),
-                               test="none" if small else "resize-center-crop", normalize=p.augment.normalize)
+                               test="none" if small else "resize-center-crop", **p.augment.norm_fields())
 
 
 def build_loader(p: PretrainProtocol, source, kinds, device: torch.device,
@@ -79,6 +80,37 @@ def compile_encoders(method: torch.nn.Module, mode: str) -> list[str]:
     for name in names:
         getattr(method, name).compile(mode=None if mode == "default" else mode)
     return names
+
+
+def resolve_normalize(p: PretrainProtocol, source, run_dir: Path, resume: Optional[str], console: Console,
+                      quiet: bool) -> PretrainProtocol:
+    """``augment.normalize: auto`` without mean/std: ``p`` with the mean and std measured on a seeded
+    sample of the train split (rank 0 measures, every rank gets them), or, on a resume, those the run
+    directory's protocol.yaml recorded. Anything else: ``p`` unchanged."""
+    aug = p.augment
+    if aug.normalize != "auto" or aug.mean is not None:
+        return p
+    saved = Path(run_dir) / "protocol.yaml"
+    stats = None
+    if resume is not None and saved.is_file():
+        before = load_protocol("pretrain", saved).augment
+        stats = (before.mean, before.std) if before.normalize == "auto" and before.mean is not None else None
+    if stats is None:
+        outcome: tuple[str, Any] = ("ok", None)
+        if distributed.is_main():
+            try:
+                outcome = ("ok", measure_normalization(source, aug.size, aug.normalize_sample, p.seed,
+                                                       p.data.num_workers, p.data.on_bad_image))
+            except UserError as e:
+                outcome = ("error", str(e))
+        kind, stats = distributed.broadcast_object(outcome)
+        if kind == "error":
+            raise UserError(stats)
+        if distributed.is_main() and not quiet:
+            console.print(f"augment.normalize auto: mean {list(stats[0])}, std {list(stats[1])} from "
+                          f"{min(aug.normalize_sample, len(source))} images of split '{p.data.split}'", highlight=False,
+                          soft_wrap=True)
+    return p.model_copy(update={"augment": aug.model_copy(update={"mean": stats[0], "std": stats[1]})})
 
 
 def scale_out(p: PretrainProtocol, world: int) -> tuple[int, float, str]:
@@ -119,7 +151,7 @@ def box_updater(p: PretrainProtocol, source, boxes: CropBoxes, method, device: t
     from the query backbone on the un-augmented images when due (written to RUN/boxes.safetensors).
     Under DDP each rank localises its share of the images (every world-th one) and the boxes are
     all-gathered, so every rank holds the same boxes for the whole dataset."""
-    plain = AugmentedDataset(source, eval_transform(p.augment.size, p.augment.size, "none", p.augment.normalize))
+    plain = AugmentedDataset(source, eval_transform(p.augment.size, p.augment.size, "none", p.augment.norm))
 
     def hook(epoch: int) -> dict[str, Any]:
         record: dict[str, Any] = {"ccrop_active": boxes.active(epoch)}
@@ -154,6 +186,13 @@ def localise_shared(backbone: torch.nn.Module, plain: torch.utils.data.Dataset, 
     return out
 
 
+def norm_meta(p: PretrainProtocol) -> dict[str, str]:
+    """The backbone header's normalisation: the name and the mean and std the views used."""
+    mean, std = norm_stats(p.augment.norm)
+    return {"normalize": p.augment.normalize, "normalize_mean": json.dumps(list(mean)),
+            "normalize_std": json.dumps(list(std))}
+
+
 def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = None, force: bool = False,
                  quiet: bool = False, console: Optional[Console] = None) -> dict[str, Any]:
     console = console or Console(stderr=True)
@@ -170,6 +209,7 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
               resume: Optional[str], force: bool, quiet: bool, console: Console) -> dict[str, Any]:
     main = distributed.is_main()
     local_batch, lr, scale_text = scale_out(p, world)
+    p = resolve_normalize(p, source, Path(run_dir), resume, console, quiet)
     resume_from = prepare_on_main(run_dir, p, resume, force)
     if not main:
         quiet, console = True, Console(quiet=True)
@@ -187,6 +227,9 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
         names = compile_encoders(method, p.compile)
         console.print(f"compile: {', '.join(names)} with torch.compile (mode {p.compile}); the first steps "
                       "compile them", highlight=False)
+    if isinstance(method, MomentumContrast):
+        for warning in method.queue_warnings(len(source), local_batch * world):
+            console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     boxes = CropBoxes(len(source), p.augment) if p.augment.crops != "random" else None
     loader = build_loader(p, source, method.views, device, local_batch, boxes)
     batch_transform = None
@@ -241,7 +284,7 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
         boxes.save(Path(run_dir) / "boxes.safetensors", protocol_json(p))
     ckpt.save_backbone(Path(run_dir) / "backbone.safetensors", method.backbone, arch=p.model.arch,
                        cifar_stem=p.model.cifar_stem, method=p.method.name, epoch=p.optim.epochs,
-                       protocol_json=protocol_json(p))
+                       protocol_json=protocol_json(p), extra_meta=norm_meta(p))
     last = history[-1] if history else {}
     result.update({"final_loss": last.get("loss"), "knn_top1": next((m["knn_top1"] for m in reversed(history)
                                                                 if "knn_top1" in m), None),

@@ -22,6 +22,8 @@ import torch
 from rich.console import Console
 
 from . import checkpoint as ckpt
+from . import threads
+from . import threads
 from .checkpoint import latest_state
 from .evaluate.linear import run_linear_eval
 from .nets import build_backbone
@@ -69,12 +71,14 @@ def run_quickstart(methods: tuple[str, ...] | list[str], out_dir: Path, *, seeds
     for every method. Returns ``{"runs": [...], "summary": [...]}`` (also written to quickstart.json)."""
     console = console or Console(stderr=True)
     base = load_protocol("pretrain", protocol_file("quickstart.yaml"), {"optim.epochs": epochs, **(overrides or {})})
+    threads.apply(base.threads, base.data.num_workers)
     runs: list[dict[str, Any]] = []
     for seed in range(base.seed, base.seed + seeds):
         seed_dir = out_dir / f"seed-{seed}"
         lin = load_protocol("linear-eval", None, {**LINEAR_OVERRIDES, "data.source": base.data.source,
                                                   "data.builtin_train": base.data.builtin_train,
-                                                  "data.builtin_test": base.data.builtin_test, "seed": seed})
+                                                  "data.builtin_test": base.data.builtin_test, "seed": seed,
+                                                  "threads": base.threads})
         for method in methods:
             p = load_protocol("pretrain", protocol_file("quickstart.yaml"),
                               {"optim.epochs": epochs, **(overrides or {}), "method.name": method, "seed": seed})

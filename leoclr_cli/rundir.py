@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from pydantic import BaseModel
 
-from . import __version__
+from . import __version__, threads
 from .checkpoint import KIND_STATE, atomic_write_text, latest_state, read_metadata, verify
 from .errors import UserError
 from .schema import write_protocol
@@ -77,5 +77,5 @@ def environment() -> dict[str, Any]:
         "torch": torch.__version__, "torchvision": torchvision.__version__,
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-        "threads": torch.get_num_threads(),
+        **threads.recorded(),
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,6 +26,63 @@ NORMALIZATION = {
     "cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "builtin": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
 }
+Triple = tuple[float, float, float]
+#: a normalisation: a name of NORMALIZATION, or (mean, std) per RGB channel on the 0..1 scale
+Norm = Union[str, tuple[Triple, Triple]]
+
+
+def norm_stats(norm: Norm) -> tuple[Triple, Triple]:
+    """(mean, std) of a normalisation given by name or as the pair itself."""
+    return NORMALIZATION[norm] if isinstance(norm, str) else norm
+
+
+def stat_field(which: str) -> Any:
+    return Field(None, description=f"per-channel (R, G, B) {which} on the 0..1 scale, given with "
+                                   f"{'std' if which == 'mean' else 'mean'} (normalize custom or auto)")
+
+
+class Normalized(BaseModel):
+    """The ``normalize`` / ``mean`` / ``std`` fields shared by the augmentation and the test transforms.
+
+    ``normalize`` names a set of constants (``imagenet``, ``cifar``, ``builtin``) or is ``custom`` with
+    ``mean`` and ``std`` given (giving them alone implies ``custom``); pretraining also takes ``auto``,
+    which measures them on the train split before the first step and writes them into ``mean``/``std``.
+    Each model declares the three fields itself (:func:`stat_field`), so they stay together in its YAML."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _custom_when_given(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "normalize" not in data and (data.get("mean") or data.get("std")):
+            data = {**data, "normalize": "custom"}
+        return data
+
+    @model_validator(mode="after")
+    def _stats_fit(self) -> Any:
+        given = self.mean is not None, self.std is not None
+        if any(given) and not all(given):
+            raise ValueError(f"{'std' if given[0] else 'mean'} is missing: mean and std are given together")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"every std must be > 0 (got {list(self.std)})")
+        if self.normalize == "custom" and self.mean is None:
+            raise ValueError("normalize 'custom' needs mean and std")
+        if self.mean is not None and self.normalize not in ("custom", "auto"):
+            raise ValueError(f"mean and std are given, but normalize is '{self.normalize}'; set normalize: custom")
+        return self
+
+    @property
+    def norm(self) -> Norm:
+        """What the transforms take: the constants' name, or (mean, std)."""
+        if self.mean is not None and self.std is not None:
+            return tuple(self.mean), tuple(self.std)  # type: ignore[return-value]
+        if self.normalize == "auto":
+            raise RuntimeError("augment.normalize 'auto' is measured by pretraining before it is used")
+        return self.normalize  # type: ignore[attr-defined,no-any-return]
+
+    def norm_fields(self) -> dict[str, Any]:
+        """The test transforms' ``normalize``/``mean``/``std`` that reproduce this normalisation."""
+        if self.mean is not None:
+            return {"normalize": "custom", "mean": list(self.mean), "std": list(self.std or ())}
+        return {"normalize": self.normalize}  # type: ignore[attr-defined]
 
 
 def _require_root(cfg: Any) -> Any:
@@ -49,6 +106,13 @@ def area_fraction(v: tuple[float, float]) -> tuple[float, float]:
 # (low, high) with 0 < low <= high; an area range also has high <= 1
 PositiveRange = Annotated[tuple[float, float], AfterValidator(ordered_pair)]
 AreaRange = Annotated[tuple[float, float], AfterValidator(ordered_pair), AfterValidator(area_fraction)]
+
+
+def threads_field() -> Any:
+    """The ``threads`` field of every protocol that runs a long loop (see leoclr_cli/threads.py)."""
+    return Field(None, ge=1, description="CPU threads of the training process (--threads); default: the cores "
+                                         "this process may use, divided among torchrun ranks and less one per "
+                                         "loader worker; OMP_NUM_THREADS, when set, is kept")
 
 
 class Strict(BaseModel):
@@ -87,7 +151,7 @@ class ContrastiveCropConfig(Strict):
     alpha: float = Field(0.6, gt=0, description="Beta(alpha, alpha) draws the crop position in the box")
 
 
-class AugmentConfig(Strict):
+class AugmentConfig(Normalized, Strict):
     """The MoCo-v2 augmentation with every part switchable (ablations remove parts)."""
 
     size: int = Field(224, ge=8, description="output size of every view")
@@ -103,7 +167,13 @@ class AugmentConfig(Strict):
     blur_p: float = Field(0.5, ge=0, le=1)
     blur_sigma: PositiveRange = (0.1, 2.0)
     flip: bool = True
-    normalize: Literal["imagenet", "cifar", "builtin"] = "imagenet"
+    normalize: Literal["imagenet", "cifar", "builtin", "custom", "auto"] = Field(
+        "imagenet", description="imagenet, cifar, builtin constants; custom: mean and std given; auto: measured on "
+                                "a seeded sample of the train split before the first step (written to mean/std)")
+    mean: Optional[Triple] = stat_field("mean")
+    std: Optional[Triple] = stat_field("std")
+    normalize_sample: int = Field(2000, ge=1, description="normalize auto: images drawn (seeded) from the train "
+                                                          "split to measure mean and std")
     original: Literal["resize", "pad"] = Field(
         "resize", description="LeOCLR original view: squash the whole image (resize) or keep aspect and pad"
     )
@@ -211,6 +281,7 @@ class PretrainProtocol(Strict):
     name: str = "pretrain"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Optional[int] = threads_field()
     deterministic: bool = Field(False, description="torch deterministic algorithms (bit-exact resume on GPU)")
     checkpoint_every: int = Field(10, ge=1, description="epochs between resumable checkpoints")
     checkpoint_every_steps: int = Field(
@@ -267,20 +338,24 @@ class EvalDataConfig(Strict):
     _root_needed = model_validator(mode="after")(lambda self: _require_root(self))
 
 
-class EvalTransformConfig(Strict):
+class EvalTransformConfig(Normalized, Strict):
     """Test-time transform: ``resize-center-crop`` (Resize(resize) + CenterCrop(size)) or ``none``
     (Resize(size) only, e.g. 32 px images are used as they are)."""
 
     size: int = Field(224, ge=8)
     resize: int = Field(256, ge=8)
     test: Literal["resize-center-crop", "none"] = "resize-center-crop"
-    normalize: Literal["imagenet", "cifar", "builtin"] = "imagenet"
+    normalize: Literal["imagenet", "cifar", "builtin", "custom"] = Field(
+        "imagenet", description="default: the backbone's pretraining normalisation (custom: mean and std)")
+    mean: Optional[Triple] = stat_field("mean")
+    std: Optional[Triple] = stat_field("std")
 
 
 class LinearEvalProtocol(Strict):
     kind: Literal["linear-eval"] = "linear-eval"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Optional[int] = threads_field()
     data: EvalDataConfig = EvalDataConfig()
     transform: EvalTransformConfig = EvalTransformConfig()
     train_augment: Literal["random-resized-crop", "none"] = Field(
@@ -302,6 +377,7 @@ class LinearEvalProtocol(Strict):
 class KnnProtocol(Strict):
     kind: Literal["knn"] = "knn"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Optional[int] = threads_field()
     data: EvalDataConfig = EvalDataConfig()
     transform: EvalTransformConfig = EvalTransformConfig()
     k: int = Field(200, ge=1)
@@ -329,6 +405,7 @@ class DetectProtocol(Strict):
     backend: Literal["auto", "detectron2", "torchvision"] = Field(
         "auto", description="auto: detectron2 when it can be imported, else torchvision")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Optional[int] = threads_field()
     seed: int = 0
     trials: int = Field(1, ge=1, description="independent runs with seeds seed, seed+1, ...; mean and std reported")
     num_workers: int = Field(4, ge=0)
@@ -416,6 +493,7 @@ class FinetuneProtocol(Strict):
     kind: Literal["finetune"] = "finetune"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Optional[int] = threads_field()
     data: EvalDataConfig = EvalDataConfig()
     transform: EvalTransformConfig = EvalTransformConfig()
     labels: float = Field(10.0, gt=0, le=100, description="percent of the labelled train split used")
@@ -453,6 +531,7 @@ class TransferProtocol(Strict):
     mode: Literal["finetune", "linear"] = "finetune"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Optional[int] = threads_field()
     root: Optional[str] = Field(None, description="dataset root in its official layout")
     verify_checksums: bool = True
     num_workers: int = Field(0, ge=0)
@@ -505,7 +584,7 @@ PROTOCOLS.update({"finetune": FinetuneProtocol, "transfer": TransferProtocol})
 # --------------------------------------------------------------------------- crop test, ablations (Table 7, Figure 4)
 
 
-class CropTestProtocol(Strict):
+class CropTestProtocol(Normalized, Strict):
     """Table 7: one trained linear classifier tested with a) Resize(resize, shorter side) + CenterCrop(size)
     and b) Resize((resize, resize)) + RandomResizedCrop(size, random_scale, random_ratio). The paper names
     no scale range for b); the default is torchvision's (0.08, 1), the crop the linear classifier was
@@ -514,10 +593,13 @@ class CropTestProtocol(Strict):
     kind: Literal["crop-test"] = "crop-test"
     seed: int = Field(0, description="seeds the random crops (image i of repeat r: seed + r, i)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Optional[int] = threads_field()
     data: EvalDataConfig = EvalDataConfig()
     size: int = Field(224, ge=8, description="crop size of both tests")
     resize: int = Field(256, ge=8, description="a) shorter side resized to this; b) image resized to resize x resize")
-    normalize: Literal["imagenet", "cifar", "builtin"] = "imagenet"
+    normalize: Literal["imagenet", "cifar", "builtin", "custom"] = "imagenet"
+    mean: Optional[Triple] = stat_field("mean")
+    std: Optional[Triple] = stat_field("std")
     interpolation: Literal["bicubic", "bilinear"] = Field("bicubic", description="the paper: bicubic")
     random_scale: AreaRange = Field((0.08, 1.0), description="b) RandomResizedCrop area fraction")
     random_ratio: PositiveRange = (3 / 4, 4 / 3)

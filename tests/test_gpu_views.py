@@ -10,7 +10,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from leoclr_cli.data import gpu_views as gv
 from leoclr_cli.data.views import AugmentedDataset, augmentation
-from leoclr_cli.schema import AugmentConfig
+from leoclr_cli.schema import AugmentConfig, norm_stats
 from test_views import PLAIN, corners_image, marks_present
 
 N = 600
@@ -25,7 +25,7 @@ def batch(cfg, kinds, images, seed=0):
 
 def raw(view, cfg):
     """Undo the normalisation: the [0, 1] image."""
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in gv.NORMALIZATION[cfg.normalize])
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in norm_stats(cfg.norm))
     return view * std + mean
 
 

@@ -17,6 +17,7 @@ def test_quickstart_compares_methods_over_seeds_and_reuses_runs(tmp_path, capsys
         main(["quickstart", "--seeds", "2", "--out", str(out), *SMALL])
     assert exc.value.code in (0, None)
     table = capsys.readouterr().out
+    assert "| backbone | top-1 % | top-5 % |" in table
     assert "leoclr, 1 epochs" in table and "mocov2, 1 epochs" in table and "random init" in table
     result = json.loads((out / "quickstart.json").read_text())
     runs, summary = result["runs"], result["summary"]
@@ -26,7 +27,9 @@ def test_quickstart_compares_methods_over_seeds_and_reuses_runs(tmp_path, capsys
     for row in summary:
         per_seed = [r["top1"] for r in runs if r["name"] == row["name"]]
         assert row["top1_per_seed"] == per_seed and row["top1"] == pytest.approx(sum(per_seed) / 2)
-        assert f"{row['top1']:.1f} ± {row['top1_std']:.1f}" in table
+        # captured stdout is not a terminal: a Markdown table, one unwrapped line per row
+        line = next(ln for ln in table.splitlines() if ln.startswith(f"| {row['name']} |"))
+        assert f"| {row['top1']:.1f} ± {row['top1_std']:.1f} |" in line
     for s in (0, 1):
         for d in ("leoclr", "mocov2"):
             assert (out / f"seed-{s}" / d / "backbone.safetensors").is_file()
@@ -62,9 +65,15 @@ def test_bench_reports_both_methods(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--device", "cpu", "--size", "16", "--view-size", "16", "-b", "8", "--steps", "1",
               "--images", "4", "--json", str(tmp_path / "b.json")])
-    assert "LeOCLR/MoCo-v2 cost per sample" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "LeOCLR/MoCo-v2 cost per sample" in printed
     data = json.loads((tmp_path / "b.json").read_text())
     rows, ratio = data["rows"], data["train_step_cost_ratio"]
+    # a Markdown table (stdout is not a terminal): the header, then one line per row, no cell wrapped
+    table = [line for line in printed.splitlines() if line.startswith("|")]
+    assert table[0].startswith("| what | device | mocov2 samples/s | leoclr samples/s |")
+    assert len(table) == 2 + len(rows)
+    assert [line.split(" | ")[0][2:] for line in table[2:]] == [r["what"] for r in rows]
     assert data["settings"]["view_size"] == 16
     kinds = [r["what"].split(":")[0].split(" (")[0] for r in rows]
     assert kinds == ["views"] * 6 + ["train step"] + ["end to end"] * 3

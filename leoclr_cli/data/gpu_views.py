@@ -35,7 +35,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
-from ..schema import NORMALIZATION, AugmentConfig
+from ..schema import AugmentConfig, norm_stats
 from .views import CROP_KINDS, PadToSquare, decode_size, fused_colour, to_tensor, yiq_hue_matrix
 
 # one row of parameters per view
@@ -111,7 +111,7 @@ class DirectViews:
         self.cfg, self.kinds = cfg, tuple(kinds)
         self.draw = DecodeAndDraw(cfg, kinds).draw_row
         self.pad = PadToSquare(cfg.size) if cfg.original == "pad" else None
-        self.out = to_tensor(cfg.normalize)
+        self.out = to_tensor(cfg.norm)
         self.scratch: dict = {}  # blur_hwc's padded copies
 
     def __call__(self, img: Image.Image) -> list[torch.Tensor]:
@@ -214,7 +214,7 @@ class TensorViews(nn.Module):
         super().__init__()
         self.cfg, self.kinds = cfg, tuple(kinds)
         self.hue = hue_yiq if cfg.hue in ("yiq", "fused") else hue_hsv
-        mean, std = NORMALIZATION[cfg.normalize]
+        mean, std = norm_stats(cfg.norm)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.fill = PadToSquare(cfg.size).fill / 255.0

@@ -26,7 +26,7 @@ from PIL import Image, ImageFilter
 from torchvision.transforms import v2
 
 from ..errors import BadImage, UserError
-from ..schema import NORMALIZATION, AugmentConfig
+from ..schema import AugmentConfig, Norm, norm_stats
 
 if TYPE_CHECKING:
     from .ccrop import CropBoxes
@@ -41,10 +41,10 @@ class ToNormalized(torch.nn.Module):
     ``(x / 255 - mean) / std`` as ``x * (1 / (255 std)) - mean / std`` (ToImage + ToDtype + Normalize
     make three passes over the float data)."""
 
-    def __init__(self, name: str):
+    def __init__(self, norm: Norm):
         super().__init__()
-        mean, std = (torch.tensor(v, dtype=torch.float32) for v in NORMALIZATION[name])
-        self.name, self.scale, self.shift = name, 1 / (255 * std), -mean / std
+        mean, std = (torch.tensor(v, dtype=torch.float32) for v in norm_stats(norm))
+        self.name, self.scale, self.shift = norm, 1 / (255 * std), -mean / std
         self._rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward(self, img):
@@ -66,8 +66,8 @@ class ToNormalized(torch.nn.Module):
         return f"normalize={self.name!r}"
 
 
-def to_tensor(name: str) -> ToNormalized:
-    return ToNormalized(name)
+def to_tensor(norm: Norm) -> ToNormalized:
+    return ToNormalized(norm)
 
 
 class PadToSquare(v2.Transform):
@@ -217,7 +217,7 @@ def after_crop(cfg: AugmentConfig) -> list[Callable]:
         ops.append(v2.RandomApply([GaussianBlurPIL(cfg.blur_sigma)], p=cfg.blur_p))
     if cfg.flip:
         ops.append(v2.RandomHorizontalFlip())
-    ops.append(to_tensor(cfg.normalize))
+    ops.append(to_tensor(cfg.norm))
     return ops
 
 
@@ -338,7 +338,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
             boxes.load_state_dict(state)
 
 
-def eval_transform(size: int, resize: int, test: str, norm: str) -> v2.Compose:
+def eval_transform(size: int, resize: int, test: str, norm: Norm) -> v2.Compose:
     """Test transform: Resize(resize) + CenterCrop(size), or (``none``) Resize((size, size)) only."""
     if test == "resize-center-crop":
         ops = [v2.Resize(resize, antialias=True), v2.CenterCrop(size)]
@@ -347,12 +347,12 @@ def eval_transform(size: int, resize: int, test: str, norm: str) -> v2.Compose:
     return v2.Compose([*ops, to_tensor(norm)])
 
 
-def linear_train_transform(size: int, norm: str) -> v2.Compose:
+def linear_train_transform(size: int, norm: Norm) -> v2.Compose:
     """Linear-eval / fine-tuning training transform: RandomResizedCrop + flip (MoCo's main_lincls)."""
     return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(), to_tensor(norm)])
 
 
-def crop_test_transform(mode: str, size: int, resize: int, norm: str, *, interpolation: str = "bicubic",
+def crop_test_transform(mode: str, size: int, resize: int, norm: Norm, *, interpolation: str = "bicubic",
                         scale: tuple[float, float] = (0.08, 1.0),
                         ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> v2.Compose:
     """Table 7's two test transforms. ``center``: shorter side to ``resize``, CenterCrop(size);
@@ -366,3 +366,36 @@ def crop_test_transform(mode: str, size: int, resize: int, norm: str, *, interpo
     else:
         raise ValueError(f"unknown crop-test mode {mode!r}")
     return v2.Compose([*ops, to_tensor(norm)])
+
+
+class PixelSums:
+    """An image -> the per-channel sums of its pixels and of their squares (2, 3), float64 on the 0..1
+    scale, after resizing it to ``size`` x ``size`` (the views' size; grey images count as R = G = B)."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        rgb = img.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR)
+        x = torch.from_numpy(np.asarray(rgb, dtype=np.float64).reshape(-1, 3) / 255)
+        return torch.stack([x.sum(0), (x * x).sum(0)])
+
+
+def measure_normalization(source: torch.utils.data.Dataset, size: int, count: int, seed: int, workers: int = 0,
+                          on_bad_image: Literal["error", "skip"] = "error") -> tuple[tuple[float, ...], ...]:
+    """(mean, std) per RGB channel of ``count`` images of ``source`` drawn with ``seed`` (all of them if
+    fewer), over every pixel at ``size`` x ``size``; rounded to 6 decimals. ``augment.normalize: auto``."""
+    n = len(source)
+    picked = sorted(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count].tolist())
+    images = AugmentedDataset(torch.utils.data.Subset(source, picked), PixelSums(size), on_bad_image=on_bad_image)
+    total = torch.zeros(2, 3, dtype=torch.float64)
+    for batch in torch.utils.data.DataLoader(images, batch_size=64, num_workers=workers):
+        total += batch[0].sum(0)
+    pixels = len(picked) * size * size
+    mean = total[0] / pixels
+    std = (total[1] / pixels - mean**2).clamp_min(0).sqrt()
+    for channel, s in zip("RGB", std.tolist()):
+        if s < 1e-6:
+            raise UserError(f"augment.normalize auto: channel {channel} has one value in all {len(picked)} sampled "
+                            "images, so its std is 0; give augment.mean and augment.std")
+    return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())

@@ -61,7 +61,7 @@ def run_crop_test(protocol: CropTestProtocol, linear_dir: Path, run_dir: Path, *
     model.to(device)
 
     def score(mode: str, seed: int) -> dict[str, float]:
-        tf = crop_test_transform(mode, protocol.size, protocol.resize, protocol.normalize,
+        tf = crop_test_transform(mode, protocol.size, protocol.resize, protocol.norm,
                                  interpolation=protocol.interpolation, scale=protocol.random_scale,
                                  ratio=protocol.random_ratio)
         loader = torch.utils.data.DataLoader(AugmentedDataset(test_src, tf, seed), batch_size=protocol.batch_size,

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from rich.console import Console
 from torch import nn
 
 from ..data import open_data
 from ..data.views import AugmentedDataset, eval_transform
+from ..progress import Reporter
 from ..schema import EvalDataConfig, EvalTransformConfig
 
 
@@ -31,19 +33,27 @@ def subset(ds: torch.utils.data.Dataset, limit: Optional[int]) -> torch.utils.da
 
 def loader_for(source, transform: EvalTransformConfig, batch_size: int, num_workers: int,
                device: torch.device) -> torch.utils.data.DataLoader:
-    tf = eval_transform(transform.size, transform.resize, transform.test, transform.normalize)
+    tf = eval_transform(transform.size, transform.resize, transform.test, transform.norm)
     return torch.utils.data.DataLoader(AugmentedDataset(source, tf), batch_size=batch_size, shuffle=False,
                                        num_workers=num_workers, pin_memory=device.type == "cuda")
 
 
 @torch.no_grad()
-def extract(backbone: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features (N, D) float32 on CPU, labels (N,)) with the backbone in eval mode."""
+def extract(backbone: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device, *,
+            desc: str = "features", console: Optional[Console] = None,
+            quiet: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (N, D) float32 on CPU, labels (N,)) with the backbone in eval mode; progress as
+    ``desc`` on ``console`` (none without one)."""
     was_training = backbone.training
     backbone.eval()
     feats, labels = [], []
-    for x, y in loader:
-        feats.append(backbone(x.to(device, non_blocking=True)).float().cpu())
-        labels.append(torch.as_tensor(y))
+    with Reporter(desc, len(loader), console=console, quiet=quiet) as rep:
+        for x, y in loader:
+            feats.append(backbone(x.to(device, non_blocking=True)).float().cpu())
+            labels.append(torch.as_tensor(y))
+            rep.advance()
+            if rep.mode == "bar" or rep.due():
+                rate = sum(len(f) for f in feats) / max(rep.clock() - rep.started, 1e-9)
+                rep.show(f"batch {rep.done}/{rep.total} {rate:.0f} images/s")
     backbone.train(was_training)
     return torch.cat(feats), torch.cat(labels)

@@ -22,7 +22,7 @@ from ..data.views import AugmentedDataset, linear_train_transform
 from ..engine import Engine, cosine_lr, resolve_device
 from ..errors import UserError
 from ..rundir import prepare, read_json, write_json
-from ..schema import FinetuneProtocol, protocol_json
+from ..schema import FinetuneProtocol, Norm, protocol_json
 from .features import labelled_split, loader_for
 from .linear import evaluate_logits
 from .subsets import balanced_subset, read_subset_file, take, write_subset_file
@@ -52,7 +52,7 @@ class FinetuneClassifier(nn.Module):
         return F.cross_entropy(out, labels), {"acc": (out.argmax(1) == labels).float().mean() * 100}
 
 
-def train_classifier(model: FinetuneClassifier, train: torch.utils.data.Dataset, *, size: int, normalize: str,
+def train_classifier(model: FinetuneClassifier, train: torch.utils.data.Dataset, *, size: int, normalize: Norm,
                      epochs: int, batch_size: int, lr: float, momentum: float, nesterov: bool, weight_decay: float,
                      schedule: str, device: torch.device, run_dir: Path, protocol: str, seed: int,
                      checkpoint_every: int, keep_checkpoints: int = 1, num_workers: int = 0,
@@ -94,7 +94,7 @@ def run_finetune(p: FinetuneProtocol, backbone_path: Path, run_dir: Path, *, res
     device = resolve_device(p.device)
     model = FinetuneClassifier(backbone, train_src.num_classes)
     epochs = p.resolved_epochs()
-    train_classifier(model, take(train_src, indices), size=p.transform.size, normalize=p.transform.normalize,
+    train_classifier(model, take(train_src, indices), size=p.transform.size, normalize=p.transform.norm,
                      epochs=epochs, batch_size=p.batch_size, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov,
                      weight_decay=p.weight_decay, schedule=p.schedule, device=device, run_dir=run_dir,
                      protocol=protocol_json(p), seed=p.seed, checkpoint_every=p.checkpoint_every,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+from rich.console import Console
 
 from .. import checkpoint as ckpt
 from ..engine import resolve_device
@@ -13,14 +15,18 @@ from .features import extract, labelled_split, loader_for
 from .knn import knn_accuracy
 
 
-def run_knn(p: KnnProtocol, backbone_path: Path, run_dir: Path, *, force: bool = False) -> dict[str, Any]:
+def run_knn(p: KnnProtocol, backbone_path: Path, run_dir: Path, *, force: bool = False, quiet: bool = False,
+            console: Optional[Console] = None) -> dict[str, Any]:
     backbone, meta = ckpt.load_backbone(backbone_path)
     bank_src, test_src = labelled_split(p.data, "train"), labelled_split(p.data, "test")
     prepare(run_dir, p, resume=None, force=force)
     device = resolve_device(p.device)
     backbone.to(device)
-    bank, bank_y = extract(backbone, loader_for(bank_src, p.transform, p.batch_size, p.data.num_workers, device), device)
-    test, test_y = extract(backbone, loader_for(test_src, p.transform, p.batch_size, p.data.num_workers, device), device)
+    shown = {"console": console, "quiet": quiet}
+    bank, bank_y = extract(backbone, loader_for(bank_src, p.transform, p.batch_size, p.data.num_workers, device), device,
+                           desc="knn bank features", **shown)
+    test, test_y = extract(backbone, loader_for(test_src, p.transform, p.batch_size, p.data.num_workers, device), device,
+                           desc="knn test features", **shown)
     keep = bank_y >= 0  # STL-10 unlabeled images cannot vote
     acc = knn_accuracy(bank[keep], bank_y[keep], test, test_y, bank_src.num_classes, p.k, p.t)
     result = {"kind": "knn", "backbone": str(backbone_path), "arch": meta["arch"], "method": meta.get("method"),

@@ -100,8 +100,9 @@ def run_linear_eval(protocol: LinearEvalProtocol, backbone_path: Path, run_dir: 
     test_loader = loader_for(test_src, protocol.transform, protocol.batch_size, workers, device)
     if protocol.train_augment == "none":
         train_f, train_y = extract(backbone, loader_for(train_src, protocol.transform, protocol.batch_size, workers,
-                                                        device), device)
-        test_f, test_y = extract(backbone, test_loader, device)
+                                                        device), device, desc="train features", console=console,
+                                   quiet=quiet)
+        test_f, test_y = extract(backbone, test_loader, device, desc="test features", console=console, quiet=quiet)
         model = LinearClassifier(None, feature_dim, num_classes)
         train_ds = torch.utils.data.TensorDataset(train_f, train_y)
         test_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(test_f, test_y),
@@ -109,7 +110,7 @@ def run_linear_eval(protocol: LinearEvalProtocol, backbone_path: Path, run_dir: 
     else:
         model = LinearClassifier(backbone, feature_dim, num_classes)
         train_ds = AugmentedDataset(train_src, linear_train_transform(protocol.transform.size,
-                                                                      protocol.transform.normalize), protocol.seed)
+                                                                      protocol.transform.norm), protocol.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     assert len(params) == 2, "only fc.weight and fc.bias may be trained"
     optimizer = torch.optim.SGD(params, lr=protocol.lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)

@@ -120,7 +120,8 @@ def run_transfer(p: TransferProtocol, backbone_path: Path, run_dir: Path, *, for
     grid: dict[str, Any] = {"dataset": p.dataset, "mode": p.mode, "metric": metric, "num_fit": len(fit_idx),
                             "num_val": len(val_idx), "cells": []}
     if p.mode == "linear":
-        chosen, final = _linear(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, run_dir)
+        chosen, final = _linear(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, run_dir,
+                                quiet, console)
     else:
         chosen, final = _finetune(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, run_dir,
                                   quiet, console)
@@ -144,7 +145,7 @@ def _finetune(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, 
         where.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(p.seed)
         model = FinetuneClassifier(copy.deepcopy(backbone), train.num_classes)
-        train_classifier(model, take(train, indices), size=p.transform.size, normalize=p.transform.normalize,
+        train_classifier(model, take(train, indices), size=p.transform.size, normalize=p.transform.norm,
                          epochs=epochs, batch_size=p.batch_size, lr=lr, momentum=p.momentum, nesterov=p.nesterov,
                          weight_decay=wd / lr if p.wd_over_lr else wd, schedule="cosine", device=device,
                          run_dir=where, protocol=protocol_json(p), seed=p.seed, checkpoint_every=checkpoint_every,
@@ -170,10 +171,13 @@ def _finetune(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, 
     return {**chosen, "epochs": epochs}, evaluate(model, test)
 
 
-def _linear(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, run_dir):
+def _linear(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, run_dir, quiet, console):
     backbone.to(device)
-    feats, labels = extract(backbone, loader_for(train, p.transform, p.batch_size, p.num_workers, device), device)
-    test_f, test_y = extract(backbone, loader_for(test, p.transform, p.batch_size, p.num_workers, device), device)
+    shown = {"console": console, "quiet": quiet}
+    feats, labels = extract(backbone, loader_for(train, p.transform, p.batch_size, p.num_workers, device), device,
+                            desc="train features", **shown)
+    test_f, test_y = extract(backbone, loader_for(test, p.transform, p.batch_size, p.num_workers, device), device,
+                             desc="test features", **shown)
     feats, labels, test_f, test_y = feats.to(device), labels.to(device), test_f.to(device), test_y.to(device)
     fit_t, val_t = torch.tensor(fit_idx, device=device), torch.tensor(val_idx, device=device)
     for c in p.cs:

@@ -42,5 +42,8 @@ class LeOCLR(MomentumContrast):
             return k1, k2
         return self.encode_keys(x1), self.encode_keys(x2)
 
+    def keys_per_image(self) -> int:
+        return 2 if self.cfg.enqueue == "both" else 1
+
     def enqueue_crop_keys(self, k1: torch.Tensor, k2: torch.Tensor) -> None:
         self.enqueue(torch.cat([k1, k2]) if self.cfg.enqueue == "both" else k1)

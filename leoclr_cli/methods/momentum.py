@@ -69,6 +69,29 @@ class MomentumContrast(ContrastiveMethod):
         self.register_buffer("queue", F.normalize(torch.randn(model.dim, method.queue_size), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
 
+    def keys_per_image(self) -> int:
+        """Keys enqueued per image and step (LeOCLR: 2 with ``enqueue: both``)."""
+        return 1
+
+    def queue_warnings(self, images: int, global_batch: int) -> list[str]:
+        """What is off with ``queue_size`` for ``images`` training images and ``global_batch``: a queue
+        not below the images holds keys of a query's own image among its negatives; a queue that is not
+        a multiple of the keys enqueued per step (MoCo asserts that it is) wraps around within a step.
+        Neither breaks this ring buffer, so both are warnings."""
+        size, per_step = self.queue.shape[1], global_batch * self.keys_per_image()
+        below = (images - 1) // per_step * per_step
+        out = []
+        if size >= images:
+            fix = f"; e.g. {below} (a multiple of the {per_step} keys a step) avoids it" if below else ""
+            out.append(f"method.queue_size ({size}) is not below the {images} training images: the queue holds "
+                       f"keys of a query's own image, from earlier steps, among its negatives{fix}")
+        if size % per_step:
+            mult = max(per_step, round(size / per_step) * per_step)
+            out.append(f"method.queue_size ({size}) is not a multiple of the {per_step} keys enqueued per step "
+                       f"(global batch {global_batch} x {self.keys_per_image()}), which MoCo asserts; a step's keys "
+                       f"wrap around the queue (e.g. {mult} is a multiple)")
+        return out
+
     @torch.no_grad()
     def momentum_update(self) -> None:
         """f_k <- m f_k + (1 - m) f_q over parameters (BN buffers stay the key encoder's own)."""

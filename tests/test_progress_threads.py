@@ -1,0 +1,153 @@
+"""Progress lines in a log (stderr not a terminal), --quiet, the CPU thread count (--threads, env.json) and the
+queue-size checks."""
+
+import io
+import json
+import re
+
+import pytest
+import torch
+from rich.console import Console
+
+from cliutil import run
+from leoclr_cli import progress, threads
+
+TINY = ["--set", "augment.size=32", "--set", "augment.normalize=builtin", "--set", "data.builtin_train=64",
+        "--set", "data.builtin_test=32", "--set", "method.queue_size=32", "--set", "model.dim=16",
+        "--set", "model.bn_splits=2", "--arch", "resnet18", "--batch-size", "16", "--epochs", "1"]
+STEP_LINE = re.compile(r"^pretrain leoclr: epoch (\d)/2 step (\d)/4 loss \d+\.\d{4} lr [0-9.e-]+ \d+ samples/s "
+                       r"ETA \d+:\d\d:\d\d$")
+
+
+@pytest.fixture(autouse=True)
+def restore_settings():
+    """The CLI sets process-wide things (torch threads, the progress interval): put them back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+    progress.configure(None)
+
+
+def test_pretrain_to_a_log_prints_step_lines_with_loss_lr_rate_eta(capsys, tmp_path):
+    code, out, err = run(["pretrain", "--out", str(tmp_path / "r"), *TINY, "--epochs", "2", "--log-every", "1"], capsys)
+    assert code in (0, None), err
+    lines = err.splitlines()
+    steps = [STEP_LINE.match(ln) for ln in lines]
+    # every step of both epochs, in order: 4 steps of 16 out of 64 images
+    assert [(int(m[1]), int(m[2])) for m in steps if m] == [(e, s) for e in (1, 2) for s in (1, 2, 3, 4)], err
+    assert lines[0] == "pretrain leoclr: 8 steps to go; progress every 1 steps"
+    records = [json.loads(ln.split(": ", 1)[1]) for ln in lines if ln.startswith("pretrain leoclr: {")]
+    assert [r["epoch"] for r in records] == [1, 2]  # each epoch's record follows its steps
+    assert "final loss" in out
+
+
+def test_quiet_keeps_only_the_summary(capsys, tmp_path):
+    code, out, err = run(["pretrain", "--out", str(tmp_path / "r"), *TINY, "--quiet", "--log-every", "1"], capsys)
+    assert code in (0, None)
+    assert "pretrain leoclr" not in err and "step" not in err, err
+    assert "final loss" in out
+
+
+def test_default_interval_is_time_based():
+    """No --log-every: a line once INTERVAL_S has passed since the last one, whatever the steps."""
+    now = [0.0]
+    buf = io.StringIO()
+    console = Console(file=buf, width=40)  # a file: not a terminal
+    with progress.Reporter("job", 100, console=console, clock=lambda: now[0]) as rep:
+        shown = []
+        for step in range(1, 101):
+            now[0] = step * 2.0  # 2 s a step: a line every 15 steps
+            rep.advance()
+            if rep.due():
+                shown.append(step)
+                rep.show(f"step {step}")
+    assert shown == [15, 30, 45, 60, 75, 90]
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "job: 100 steps to go; progress about every 30 s"
+    # long lines are not wrapped at the console width; the ETA is the steps left at the rate so far
+    assert lines[1] == "job: step 15 ETA 0:02:50" and len(lines) == 7
+
+
+def test_reporter_on_a_terminal_prints_no_lines_and_quiet_nothing():
+    for quiet, terminal in ((False, True), (True, False)):
+        buf = io.StringIO()
+        console = Console(file=buf, force_terminal=terminal, width=100)
+        with progress.Reporter("job", 3, console=console, quiet=quiet, clock=lambda: 1e6) as rep:
+            for _ in range(3):
+                rep.advance()
+                assert not rep.due()
+                rep.show("text")
+                rep.line("a line")
+        assert "a line" not in buf.getvalue() and "ETA" not in buf.getvalue()
+        assert (buf.getvalue() == "") == quiet
+
+
+def test_knn_feature_extraction_reports_progress(capsys, tmp_path, random_backbone):
+    code, out, err = run(["knn", str(random_backbone), "--out", str(tmp_path / "k"), "--set", "batch_size=16",
+                          "--log-every", "1", "--device", "cpu"], capsys)
+    assert code in (0, None), err
+    bank = [ln for ln in err.splitlines() if re.match(r"knn bank features: batch \d+/7 \d+ images/s ETA", ln)]
+    test = [ln for ln in err.splitlines() if re.match(r"knn test features: batch \d+/2 \d+ images/s ETA", ln)]
+    assert len(bank) == 7 and len(test) == 2, err  # 100 and 30 images in batches of 16
+    assert "top-1" in out
+
+
+def test_default_threads_divide_the_cores():
+    assert threads.default_threads(0, cores=8, ranks=1) == 8
+    assert threads.default_threads(2, cores=8, ranks=1) == 6  # a thread per loader worker
+    assert threads.default_threads(2, cores=8, ranks=2) == 2  # two ranks on the node: 4 cores each
+    assert threads.default_threads(8, cores=4, ranks=1) == 1  # never below one
+
+
+def test_threads_flag_and_default_are_applied_and_recorded(capsys, tmp_path, monkeypatch):
+    code, _, err = run(["pretrain", "--out", str(tmp_path / "a"), *TINY, "--quiet", "--threads", "1"], capsys)
+    assert code in (0, None), err
+    env = json.loads((tmp_path / "a" / "env.json").read_text())
+    assert env["threads"] == 1 and env["threads_from"] == "threads" and torch.get_num_threads() == 1
+    assert env["cpus_available"] == threads.available_cores() and env["loader_workers"] == 0
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "available_cores", lambda: 3)
+    code, _, err = run(["pretrain", "--out", str(tmp_path / "b"), *TINY, "--quiet", "--workers", "1"], capsys)
+    assert code in (0, None), err
+    env = json.loads((tmp_path / "b" / "env.json").read_text())
+    assert env["threads"] == 2 and env["threads_from"].startswith("default")  # 3 cores, 1 loader worker
+
+    # a resume may change the thread count (it sets speed, not results)
+    code, _, err = run(["pretrain", "--out", str(tmp_path / "b"), *TINY, "--quiet", "--workers", "1",
+                        "--threads", "1", "--resume", "auto"], capsys)
+    assert code in (0, None), err
+
+
+def test_omp_num_threads_is_kept(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    assert threads.apply(None, 0) == 1 and threads.recorded()["threads_from"] == "OMP_NUM_THREADS"
+    assert threads.apply(2, 0) == 2 and torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("name, enqueue, size, warned", [
+    ("mocov2", "both", 48, []),                        # below 64 images, a multiple of 16 keys a step
+    ("mocov2", "both", 64, ["not below the 64 training images", "e.g. 48"]),
+    ("mocov2", "both", 40, ["not a multiple of the 16 keys", "e.g. 32 is"]),
+    ("leoclr", "both", 48, ["not a multiple of the 32 keys", "global batch 16 x 2", "e.g. 64"]),
+    ("leoclr", "k1", 48, []),
+    ("leoclr", "both", 96, ["not below the 64 training images", "e.g. 32 (a multiple of the 32 keys"]),
+])
+def test_queue_warnings(name, enqueue, size, warned, tiny_model_cfg):
+    from leoclr_cli.methods import build_method
+    from leoclr_cli.schema import MethodConfig
+
+    method = build_method(tiny_model_cfg, MethodConfig(name=name, enqueue=enqueue, queue_size=size))
+    text = " | ".join(method.queue_warnings(64, 16))
+    assert all(w in text for w in warned) and (text == "") == (not warned), text
+
+
+def test_a_queue_as_large_as_the_data_is_warned_about_even_when_quiet(capsys, tmp_path):
+    code, out, err = run(["pretrain", "--out", str(tmp_path / "r"), *TINY, "--quiet", "--set", "method.queue_size=64"],
+                         capsys)
+    assert code in (0, None), err
+    assert err.strip().splitlines() == ["warning: method.queue_size (64) is not below the 64 training images: the queue "
+                                        "holds keys of a query's own image, from earlier steps, among its negatives; "
+                                        "e.g. 32 (a multiple of the 32 keys a step) avoids it"]
+    assert "final loss" in out
