@@ -20,6 +20,7 @@ from .checkpoint import latest_state
 from .evaluate.linear import run_linear_eval
 from .nets import build_backbone
 from .pretrain import run_pretrain
+from .rundir import command
 from .schema import load_protocol, protocol_json
 
 
@@ -43,6 +44,7 @@ def _resume_or_fresh(run_dir: Path, force: bool) -> tuple[Optional[str], bool]:
     return None, True
 
 
+@command
 def run_quickstart(method: str, out_dir: Path, *, epochs: Optional[int] = None, force: bool = False,
                    quiet: bool = False, console: Optional[Console] = None,
                    overrides: Optional[dict[str, Any]] = None) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .. import preempt
 from ..data import open_data
 from ..data.views import AugmentedDataset, eval_transform
 from ..schema import EvalDataConfig, EvalTransformConfig
@@ -33,7 +34,8 @@ def loader_for(source, transform: EvalTransformConfig, batch_size: int, num_work
                device: torch.device) -> torch.utils.data.DataLoader:
     tf = eval_transform(transform.size, transform.resize, transform.test, transform.normalize)
     return torch.utils.data.DataLoader(AugmentedDataset(source, tf), batch_size=batch_size, shuffle=False,
-                                       num_workers=num_workers, pin_memory=device.type == "cuda")
+                                       num_workers=num_workers, pin_memory=device.type == "cuda",
+                                       worker_init_fn=preempt.worker_init())
 
 
 @torch.no_grad()
@@ -42,7 +44,7 @@ def extract(backbone: nn.Module, loader: torch.utils.data.DataLoader, device: to
     was_training = backbone.training
     backbone.eval()
     feats, labels = [], []
-    for x, y in loader:
+    for x, y in preempt.each(loader, "feature extraction"):
         feats.append(backbone(x.to(device, non_blocking=True)).float().cpu())
         labels.append(torch.as_tensor(y))
     backbone.train(was_training)
