@@ -143,7 +143,8 @@ def _verify(path: Path, contents: bool) -> None:
             raise UserError(f"checkpoint {path} is empty (0 bytes); use an earlier checkpoint or start over")
         n = int.from_bytes(f.read(8), "little")
         if size >= 8 and n > MAX_HEADER:
-            raise UserError(f"checkpoint {path} is not a readable safetensors file (its first 8 bytes are no header length)")
+            raise UserError(f"checkpoint {path} is not a readable safetensors file "
+                            "(its first 8 bytes are no header length)")
         if size < 8 or n > size - 8:
             raise UserError(f"checkpoint {path} is truncated ({size} bytes, its header alone needs {8 + n}); "
                             "use an earlier checkpoint or start over")
@@ -281,7 +282,8 @@ def _refusal(src: Path, e: Exception) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
     found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     if found:
-        return f"{src} cannot be imported: torch.load(weights_only=True) refused the Python global '{found[1]}' it needs"
+        return (f"{src} cannot be imported: torch.load(weights_only=True) refused the Python global "
+                f"'{found[1]}' it needs")
     unpickler = re.search(r"WeightsUnpickler error: ([^\n]*?)(?:\.\s|\.?$)", text, re.M)
     first = unpickler[1] if unpickler else re.split(r"(?<=[a-z])\.\s", text.strip(), maxsplit=1)[0].strip()
     return (f"{src} cannot be imported: torch.load(weights_only=True) cannot read it "

@@ -111,7 +111,8 @@ def _backbone_and_defaults(target: Path) -> tuple[Path, Path, dict[str, Any]]:
 _RUN_FIELDS = (("model.arch", lambda meta, pre: meta.get("arch"), lambda run: run["model"]["arch"]),
                ("model.cifar_stem", lambda meta, pre: json.loads(meta.get("cifar_stem", "null")),
                 lambda run: run["model"]["cifar_stem"]),
-               ("augment.size", lambda meta, pre: pre.get("augment", {}).get("size"), lambda run: run["augment"]["size"]))
+               ("augment.size", lambda meta, pre: pre.get("augment", {}).get("size"),
+                lambda run: run["augment"]["size"]))
 
 
 def _pretraining_of(target: Path, backbone: Path, meta: dict[str, str]) -> dict[str, Any]:

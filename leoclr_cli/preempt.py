@@ -119,10 +119,12 @@ def worker_init(inner: Optional[Callable[[int], None]] = None) -> Callable[[int]
 
 
 def _kill_daemonic_children() -> None:
-    for child in multiprocessing.active_children():
-        if child.daemon:
-            child.kill()
-            child.join(timeout=5)
+    children = [c for c in multiprocessing.active_children() if c.daemon]
+    if children and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # DataLoader's handler would raise about the kill
+    for child in children:
+        child.kill()
+        child.join(timeout=5)
 
 
 atexit.register(_kill_daemonic_children)

@@ -25,7 +25,7 @@ from .errors import UserError
 from .schema import load_protocol, protocol_json, write_protocol
 
 
-#: run directories this process created (fresh, not resumed), for :func:`discard_unstarted`
+#: run directories this process created (fresh, not resumed), for :func:`command`
 _created: list[Path] = []
 
 
@@ -85,9 +85,12 @@ def _check_restart(run_dir: Path, protocol: BaseModel) -> None:
     if not saved.is_file():
         raise UserError(f"--resume auto: {run_dir} holds neither a checkpoint nor a protocol.yaml; "
                         "use --force to start over in it")
-    if (run_dir / "result.json").is_file():
-        raise UserError(f"--resume auto: {run_dir} holds a finished run but no checkpoint; use --force to redo it")
-    theirs = json.loads(protocol_json(load_protocol(getattr(protocol, "kind"), saved)))
+    kept = next((f for name in ("result.json", "state_e*.safetensors") for f in run_dir.rglob(name)), None)
+    if kept is not None:  # a finished run whose checkpoints were deleted, or runs nested in it
+        raise UserError(f"--resume auto: {run_dir} holds no checkpoint of its own but holds {kept}; "
+                        "use --force to start over in it")
+    kind = protocol.kind  # type: ignore[attr-defined]
+    theirs = json.loads(protocol_json(load_protocol(kind, saved)))
     ours = json.loads(protocol_json(protocol))
     if theirs != ours:
         raise UserError(f"--resume auto: {run_dir} holds no checkpoint and was started with a different protocol "

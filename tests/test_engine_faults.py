@@ -178,7 +178,8 @@ def test_sigterm_during_the_epoch_end_evaluation_stops_there_and_resume_matches(
     is saved, and resuming re-runs the evaluation and ends bit-identical to an uninterrupted run."""
     from leoclr_cli.evaluate.features import extract
 
-    bank = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 6), torch.zeros(16)), batch_size=2)
+    bank = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 6), torch.zeros(16)),
+                                       batch_size=2)
     seen = []
 
     class Signals(torch.nn.Module):
