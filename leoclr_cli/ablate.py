@@ -23,7 +23,7 @@ from .errors import UserError
 from .evaluate.linear import find_linear_run, run_linear_eval
 from .pretrain import run_pretrain
 from .quickstart import _resume_or_fresh
-from .rundir import write_json
+from .rundir import command, write_json
 from .schema import AUGMENT_PARTS, AblateProtocol, AugmentConfig, LinearEvalProtocol, PretrainProtocol, write_protocol
 
 # Fields that do not change what is learned; a baseline may differ in them.
@@ -99,6 +99,7 @@ def _open_run_dir(out_dir: Path, ab: AblateProtocol, *, resume: bool, force: boo
     write_protocol(ab, out_dir / "protocol.yaml")
 
 
+@command
 def run_ablate(ab: AblateProtocol, pre: PretrainProtocol, linear_for: Callable[[PretrainProtocol], LinearEvalProtocol],
                out_dir: Path, *, baseline: Optional[Baseline] = None, resume: bool = False, force: bool = False,
                quiet: bool = False, console: Optional[Console] = None) -> dict[str, Any]:

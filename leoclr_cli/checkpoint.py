@@ -78,6 +78,18 @@ def atomic_write_bytes(path: Path, *chunks: bytes | memoryview) -> None:
         pass
 
 
+#: the name :func:`atomic_write_bytes` gives its temporary file: ``.NAME.XXXXXXXX.tmp`` (mkstemp's 8 characters)
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Remove the temporary files of writes that a kill interrupted (none is ever complete)."""
+    if Path(folder).is_dir():
+        for path in Path(folder).iterdir():
+            if _TEMPORARY.fullmatch(path.name) and path.is_file():
+                path.unlink(missing_ok=True)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
@@ -92,43 +104,67 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     meta = {"format_version": FORMAT_VERSION, **{k: str(v) for k, v in metadata.items()}, CHECKSUM_KEY: "0" * 64}
     data = memoryview(st_save(clean, metadata=meta))
     n = int.from_bytes(data[:8], "little")
-    header = bytes(data[8 : 8 + n])
+    header = _canonical_header(bytes(data[8 : 8 + n]))
     assert header.count(_BLANK) == 1  # JSON escapes quotes inside values: only the key itself matches
     digest = hashlib.sha256(header)
     digest.update(data[8 + n :])
     signed = header.replace(_BLANK, _BLANK[:-65] + digest.hexdigest().encode() + b'"')
-    atomic_write_bytes(path, data[:8], signed, data[8 + n :])
+    atomic_write_bytes(path, len(signed).to_bytes(8, "little"), signed, data[8 + n :])
 
 
-def verify(path: Path) -> None:
-    """Refuse a truncated or altered file in one sentence (files without a checksum pass unchecked)."""
+def _canonical_header(header: bytes) -> bytes:
+    """The header with its metadata keys sorted (safetensors writes them from a hash map, in another
+    order each process), padded with spaces to a multiple of 8 as safetensors does: the same tensors
+    and metadata give the same bytes, so a reproduction can be checked with a hash."""
+    parsed = json.loads(header)
+    parsed["__metadata__"] = dict(sorted(parsed["__metadata__"].items()))
+    text = json.dumps(parsed, separators=(",", ":"), ensure_ascii=False).encode()
+    return text + b" " * (-len(text) % 8)
+
+
+#: safetensors refuses headers above 100 MB; a larger length field means the file is something else
+MAX_HEADER = 100_000_000
+
+
+def verify(path: Path, contents: bool = True) -> None:
+    """Refuse a damaged file in one sentence, one wording per kind of damage: empty, truncated, not
+    safetensors at all, and (``contents``: the bytes against the checksum written with them; files
+    without one pass) altered."""
     try:
-        _verify(path)
+        _verify(path, contents)
     except OSError as e:
         raise UserError(f"checkpoint {path} could not be read ({e.strerror or e})") from None
 
 
-def _verify(path: Path) -> None:
+def _verify(path: Path, contents: bool) -> None:
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise UserError(f"checkpoint {path} is empty (0 bytes); use an earlier checkpoint or start over")
         n = int.from_bytes(f.read(8), "little")
+        if size >= 8 and n > MAX_HEADER:
+            raise UserError(f"checkpoint {path} is not a readable safetensors file "
+                            "(its first 8 bytes are no header length)")
         if size < 8 or n > size - 8:
-            raise UserError(f"checkpoint {path} is not a readable safetensors file (truncated: its header "
-                            f"claims {n} bytes, the file has {size})")
+            raise UserError(f"checkpoint {path} is truncated ({size} bytes, its header alone needs {8 + n}); "
+                            "use an earlier checkpoint or start over")
         header = f.read(n)
         try:
             parsed = json.loads(header)
         except ValueError:
-            raise UserError(f"checkpoint {path} is not a readable safetensors file (its header is not JSON)") from None
-        digest = (parsed.get("__metadata__") or {}).get(CHECKSUM_KEY) if isinstance(parsed, dict) else None
-        if not isinstance(digest, str):
-            return
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise UserError(f"checkpoint {path} is not a readable safetensors file (its header is not a JSON object)")
         ends = [e["data_offsets"][1] for k, e in parsed.items()
                 if k != "__metadata__" and isinstance(e, dict) and len(e.get("data_offsets", ())) == 2]
-        expected = 8 + n + max(ends, default=0)
+        expected = 8 + n + max([e for e in ends if isinstance(e, int)], default=0)
         if size < expected:
             raise UserError(f"checkpoint {path} is truncated ({size} of {expected} bytes); "
                             "use an earlier checkpoint or start over")
+        meta = parsed.get("__metadata__")
+        digest = meta.get(CHECKSUM_KEY) if isinstance(meta, dict) else None
+        if not contents or not isinstance(digest, str):
+            return
         mine = b'"' + CHECKSUM_KEY.encode() + b'":"' + digest.encode() + b'"'
         h = hashlib.sha256(header.replace(mine, _BLANK))
         while chunk := f.read(1 << 24):
@@ -161,8 +197,7 @@ def _read(path: Path, expect_kind: Optional[str], with_tensors: bool) -> tuple[d
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
-    if with_tensors:
-        verify(path)
+    verify(path, contents=with_tensors)  # the header is checked for every read, the bytes before tensors are used
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
@@ -213,9 +248,7 @@ def import_torch_checkpoint(src: Path, out: Path, *, arch: Optional[str] = None)
     try:
         obj = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for code-carrying pickles, RuntimeError/EOFError for junk
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise UserError(f"{src} cannot be imported: torch.load(weights_only=True) refused it ({reason}); "
-                        "leoclr never unpickles other objects") from None
+        raise UserError(_refusal(src, e)) from None
     state = obj
     if isinstance(obj, dict):
         state = next((obj[k] for k in ("state_dict", "model", "model_state_dict") if isinstance(obj.get(k), dict)), obj)
@@ -241,6 +274,20 @@ def import_torch_checkpoint(src: Path, out: Path, *, arch: Optional[str] = None)
                   epoch=int(epoch) if isinstance(epoch, int) else 0, protocol_json="{}",
                   extra_meta={"imported_from": str(src), "imported_prefix": prefix})
     return {"arch": arch, "cifar_stem": cifar_stem, "prefix": prefix, "tensors": len(tensors), "out": str(out)}
+
+
+def _refusal(src: Path, e: Exception) -> str:
+    """One sentence for what ``torch.load(weights_only=True)`` refused: the global a pickle needed
+    (torch's own text is a page of advice with terminal escape codes), else its first sentence."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return (f"{src} cannot be imported: torch.load(weights_only=True) refused the Python global "
+                f"'{found[1]}' it needs")
+    unpickler = re.search(r"WeightsUnpickler error: ([^\n]*?)(?:\.\s|\.?$)", text, re.M)
+    first = unpickler[1] if unpickler else re.split(r"(?<=[a-z])\.\s", text.strip(), maxsplit=1)[0].strip()
+    return (f"{src} cannot be imported: torch.load(weights_only=True) cannot read it "
+            f"({(first or type(e).__name__)[:200].rstrip('.')})")
 
 
 def load_backbone(path: Path, expect_arch: Optional[str] = None) -> tuple[torch.nn.Module, dict[str, str]]:
@@ -348,9 +395,9 @@ def load_train_state(path: Path, *, model: torch.nn.Module, optimizer: torch.opt
     number of batches done in the next epoch, ``extra["tensors"]`` the saved ``extra_tensors``.
     Refuses a file made with another protocol."""
     tensors, meta = load_tensors(path, KIND_STATE)
-    theirs, ours = (_without_runtime(json.loads(text)) for text in (meta["protocol"], protocol_json))
+    theirs, ours = (without_runtime(json.loads(text)) for text in (meta["protocol"], protocol_json))
     if theirs != ours:
-        diff = _first_difference(theirs, ours)
+        diff = first_difference(theirs, ours)
         raise UserError(f"checkpoint {path} was made with a different protocol (field '{diff}' differs); "
                         "resume with the protocol it was made with")
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -371,15 +418,15 @@ def load_train_state(path: Path, *, model: torch.nn.Module, optimizer: torch.opt
 RUNTIME_FIELDS = ("threads",)
 
 
-def _without_runtime(protocol: Any) -> Any:
+def without_runtime(protocol: Any) -> Any:
     return {k: v for k, v in protocol.items() if k not in RUNTIME_FIELDS} if isinstance(protocol, dict) else protocol
 
 
-def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
+def first_difference(a: Any, b: Any, prefix: str = "") -> str:
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
             if a.get(key) != b.get(key):
-                return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+                return first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
     return prefix.rstrip(".") or "(root)"
 
 
@@ -411,5 +458,4 @@ def prune_states(run_dir: Path, keep: int) -> None:
     """Keep the newest ``keep`` states; also remove temporary files left by a killed write."""
     for old in list_states(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
-    for tmp in (Path(run_dir) / "checkpoints").glob(".state_e*.tmp"):
-        tmp.unlink(missing_ok=True)
+    remove_temporaries(Path(run_dir) / "checkpoints")

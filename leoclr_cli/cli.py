@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import UserError
+from .schema import load_protocol
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="LeOCLR / MoCo-v2 pretraining and the paper's evaluation protocols.")
@@ -142,7 +143,7 @@ def _backbone_and_defaults(target: Path) -> tuple[Path, Path, dict[str, Any]]:
     if target.is_dir() and not backbone.is_file():
         raise UserError(f"{target} holds no backbone.safetensors (is pretraining finished?)")
     meta = ckpt.read_metadata(backbone, ckpt.KIND_BACKBONE)
-    defaults = _eval_defaults(json.loads(meta.get("protocol", "{}")) or {})
+    defaults = _eval_defaults(_pretraining_of(target, backbone, meta))
     parent = target if target.is_dir() else target.parent
     return backbone, parent, defaults
 
@@ -161,6 +162,30 @@ def _own_stats(defaults: dict[str, Any]) -> dict[str, Any]:
     if defaults.get("transform.normalize") != "custom":
         return {}
     return {k: defaults[k] for k in ("transform.normalize", "transform.mean", "transform.std")}
+
+
+#: what a backbone must share with the run directory it is evaluated from: (name, value in the header, in the run)
+_RUN_FIELDS = (("model.arch", lambda meta, pre: meta.get("arch"), lambda run: run["model"]["arch"]),
+               ("model.cifar_stem", lambda meta, pre: json.loads(meta.get("cifar_stem", "null")),
+                lambda run: run["model"]["cifar_stem"]),
+               ("augment.size", lambda meta, pre: pre.get("augment", {}).get("size"),
+                lambda run: run["augment"]["size"]))
+
+
+def _pretraining_of(target: Path, backbone: Path, meta: dict[str, str]) -> dict[str, Any]:
+    """The pretraining protocol evaluation defaults come from: RUN/protocol.yaml when a run directory
+    is given (its backbone must then agree with it on arch, stem and size), else the backbone's header."""
+    header = json.loads(meta.get("protocol", "{}") or "{}")
+    saved = target / "protocol.yaml"
+    if not target.is_dir() or not saved.is_file():
+        return header
+    run = load_protocol("pretrain", saved).model_dump(mode="json")
+    for field, in_file, in_run in _RUN_FIELDS:
+        theirs, ours = in_file(meta, header), in_run(run)
+        if theirs is not None and theirs != ours:
+            raise UserError(f"{backbone} does not belong to the run {target}: its {field} is {theirs!r}, "
+                            f"the run's protocol.yaml says {ours!r}")
+    return run
 
 
 def _eval_defaults(pre: dict[str, Any]) -> dict[str, Any]:

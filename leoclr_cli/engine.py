@@ -20,15 +20,12 @@ state of its own needs no engine change: ``task.extra_state() -> dict`` /
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import math
-import os
 import signal
-import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -36,7 +33,7 @@ import torch
 from rich.console import Console
 
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, preempt
 from .errors import Preempted, UserError
 from .progress import Reporter
 
@@ -97,6 +94,14 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def require_a_batch(loader: torch.utils.data.DataLoader) -> int:
+    """The loader's number of batches; refuses a dataset smaller than one batch."""
+    steps = len(loader)
+    if steps == 0:
+        raise UserError("the dataset has fewer images than one batch; lower the batch size")
+    return steps
+
+
 class SkipFirst(torch.utils.data.Sampler):
     """Wraps a sampler; the next iteration starts ``skip`` indices in (then ``skip`` resets to 0).
 
@@ -113,14 +118,6 @@ class SkipFirst(torch.utils.data.Sampler):
     def __iter__(self):
         skip, self.skip = self.skip, 0
         return itertools.islice(iter(self.inner), skip, None)
-
-
-def _worker_ignores_signals(inner: Optional[Callable[[int], None]], worker_id: int) -> None:
-    """DataLoader workers leave SIGTERM/SIGINT to the main process, which checkpoints and exits."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if inner is not None:
-        inner(worker_id)
 
 
 class Engine:
@@ -159,13 +156,13 @@ class Engine:
         self.worker_gen = torch.Generator()
         loader.generator = self.worker_gen
         if loader.num_workers > 0:
-            loader.worker_init_fn = functools.partial(_worker_ignores_signals, loader.worker_init_fn)
+            loader.worker_init_fn = preempt.worker_init(loader.worker_init_fn)
         batches = getattr(loader, "batch_sampler", None)
         self.skipper: Optional[SkipFirst] = None
         if batches is not None and hasattr(batches, "sampler"):
             self.skipper = batches.sampler = SkipFirst(batches.sampler)
-        self.stop_signal: Optional[int] = None
         self.stop_flag = distributed.HostFlag()
+        self._epoch_sums: dict[str, Any] = {}  # the metric sums of the epoch just trained (see _stop)
 
     # -------------------------------------------------------------------- state
 
@@ -239,29 +236,6 @@ class Engine:
             ckpt.atomic_write_text(self.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
         return done, step, partial
 
-    @contextmanager
-    def _preemptible(self):
-        """SIGTERM/SIGINT: checkpoint at the next step boundary and exit (Preempted); a second one
-        exits at once (status 128 + signal; the checkpoints on disk are complete either way)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum: int, frame: Any) -> None:
-            if self.stop_signal is not None:
-                os._exit(128 + signum)
-            self.stop_signal = signum
-            os.write(2, f"\n{signal.Signals(signum).name}: saving a checkpoint at the next step boundary "
-                        "(send it again to stop at once)\n".encode())
-
-        self.stop_signal = None
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
     # -------------------------------------------------------------------- loop
 
     def run(self, resume: Optional[Path] = None) -> list[dict[str, Any]]:
@@ -274,19 +248,22 @@ class Engine:
             self._fill_queue()
         if start >= self.epochs:
             return read_metrics(self.metrics_path)
-        steps = len(self.loader)
-        if steps == 0:
-            raise UserError("the dataset has fewer images than one batch; lower the batch size")
+        steps = require_a_batch(self.loader)
         reporter = Reporter(self.desc, (self.epochs - start) * steps - start_step, console=self.console,
                             quiet=self.quiet or not self.main)
-        with reporter, self._preemptible():
+        with reporter, preempt.preemptible():
             for epoch in range(start, self.epochs):
                 first = epoch == start
                 record = self._epoch(epoch, steps, reporter, start_step if first else 0,
                                      partial if first else None)
                 if self.epoch_end is not None:
                     self.task.eval()
-                    record.update(self.epoch_end(epoch))
+                    rng = ckpt.rng_state()  # what the hook starts from, and so must its re-run on resume
+                    try:
+                        record.update(self.epoch_end(epoch))
+                    except Preempted:  # a signal during the epoch-end evaluation: keep the epoch's steps
+                        ckpt.set_rng_state(*rng)
+                        self._stop(preempt.requested(), epoch, steps, self._epoch_sums)
                 if self.main:
                     with open(self.metrics_path, "a") as f:
                         f.write(json.dumps(record) + "\n")
@@ -322,7 +299,8 @@ class Engine:
         self._set_epoch(0)
         self.task.train()
         with self._autocast():
-            self.task.fill_queue((self._inputs(x), to_device(y, self.device)) for x, y, *_ in self.loader)
+            self.task.fill_queue((self._inputs(x), to_device(y, self.device))
+                                 for x, y, *_ in preempt.each(self.loader, "filling the queue"))
 
     def _epoch(self, epoch: int, steps: int, reporter: Reporter, skip: int = 0,
                partial: Optional[dict[str, Any]] = None) -> dict[str, Any]:
@@ -372,12 +350,9 @@ class Engine:
             stop = self._stop_requested()
             if stop is not None or due:
                 self._check_finite(window, epoch, done, steps)
-                path = self._save(epoch, done, {"sums": sums, "seen": seen, "bad_images": bad_images})
                 if stop is not None:
-                    self.stop_flag.drain()
-                    written = f"checkpoint {path} written" if path else "checkpoint written by rank 0"
-                    raise Preempted(f"{signal.Signals(stop).name} at epoch {epoch + 1}, "
-                                    f"step {done}; {written}; continue with --resume auto")
+                    self._stop(stop, epoch, done, {"sums": sums, "seen": seen, "bad_images": bad_images})
+                self._save(epoch, done, {"sums": sums, "seen": seen, "bad_images": bad_images})
             reporter.advance()
             checked = done % self.log_every == 0 or done == steps
             if checked:  # a collective under DDP: on every rank at the same steps
@@ -387,6 +362,7 @@ class Engine:
                 reporter.show(f"epoch {epoch + 1}/{self.epochs} step {done}/{steps} loss {loss.item():.4f} "
                               f"lr {lr:.4g} {rate:.0f} samples/s")
         self._check_finite(window, epoch, steps, steps)
+        self._epoch_sums = {"sums": dict(sums), "seen": seen, "bad_images": bad_images}  # this rank's, for _stop
         elapsed = time.perf_counter() - t0
         if distributed.active():  # the epoch's totals over all ranks
             seen = int(distributed.all_reduce_sum(torch.tensor(seen, device=self.device)))
@@ -402,12 +378,20 @@ class Engine:
         record.update({"samples_per_s": seen / max(elapsed, 1e-9), "time_s": elapsed})
         return record
 
+    def _stop(self, signum: int, epoch: int, done: int, partial: dict[str, Any]) -> None:
+        """Save the state after ``done`` steps of ``epoch`` and raise Preempted (exit 75)."""
+        path = self._save(epoch, done, partial)
+        self.stop_flag.drain()
+        written = f"checkpoint {path} written" if path else "checkpoint written by rank 0"
+        raise Preempted(f"{signal.Signals(signum).name} at epoch {epoch + 1}, step {done}; {written}; "
+                        "continue with --resume auto")
+
     def _stop_requested(self) -> Optional[int]:
         """The signal that asked to stop (None: keep going); under DDP any rank's, so that every
         rank checkpoints and stops at the same step. The ranks' flags are reduced on the host
         (:class:`~.distributed.HostFlag`), so the check costs no device sync and the stop comes
         one step after the signal."""
-        return self.stop_flag.exchange(self.stop_signal or 0) or None
+        return self.stop_flag.exchange(preempt.requested() or 0) or None
 
     def _check_finite(self, window: list[torch.Tensor], epoch: int, done: int, steps: int) -> None:
         """Raise Divergence naming the exact step if a loss in ``window`` (the steps up to ``done``)

@@ -14,16 +14,16 @@ import torch
 from rich.console import Console
 
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, preempt
 from .data import default_eval_splits, open_data
 from .data.ccrop import CropBoxes, box_stats, localise
 from .data.views import AugmentedDataset, ViewMaker, draft_side, eval_transform, measure_normalization
 from .errors import UserError
-from .engine import Engine, amp_dtype, cosine_lr, resolve_device
+from .engine import Engine, amp_dtype, cosine_lr, require_a_batch, resolve_device
 from .evaluate.features import extract, labelled_split, loader_for, subset
 from .evaluate.knn import knn_accuracy
 from .methods import MomentumContrast, build_method
-from .rundir import prepare, write_json
+from .rundir import command, prepare, write_json
 from .schema import EvalDataConfig, EvalTransformConfig, PretrainProtocol, load_protocol, norm_stats, protocol_json
 
 
@@ -176,7 +176,7 @@ def localise_shared(backbone: torch.nn.Module, plain: torch.utils.data.Dataset, 
     per = math.ceil(n / world)
     share = torch.utils.data.Subset(plain, [min(rank + j * world, n - 1) for j in range(per)])
     loader = torch.utils.data.DataLoader(share, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         pin_memory=device.type == "cuda")
+                                         pin_memory=device.type == "cuda", worker_init_fn=preempt.worker_init())
     gathered = distributed.all_gather(localise(backbone, loader, device, threshold).to(device)).cpu()
     pos = torch.arange(world * per)
     index = pos // per + (pos % per) * world  # rank-major: rank pos // per, its (pos % per)-th image
@@ -193,6 +193,7 @@ def norm_meta(p: PretrainProtocol) -> dict[str, str]:
             "normalize_std": json.dumps(list(std))}
 
 
+@command
 def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = None, force: bool = False,
                  quiet: bool = False, console: Optional[Console] = None) -> dict[str, Any]:
     console = console or Console(stderr=True)
@@ -210,7 +211,6 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
     main = distributed.is_main()
     local_batch, lr, scale_text = scale_out(p, world)
     p = resolve_normalize(p, source, Path(run_dir), resume, console, quiet)
-    resume_from = prepare_on_main(run_dir, p, resume, force)
     if not main:
         quiet, console = True, Console(quiet=True)
     if world > 1:
@@ -232,6 +232,8 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
             console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     boxes = CropBoxes(len(source), p.augment) if p.augment.crops != "random" else None
     loader = build_loader(p, source, method.views, device, local_batch, boxes)
+    require_a_batch(loader)  # everything that can be checked is, before the run directory is made
+    resume_from = prepare_on_main(run_dir, p, resume, force)
     batch_transform = None
     if p.augment.backend == "tensor":
         from .data.gpu_views import TensorViews

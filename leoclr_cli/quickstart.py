@@ -23,12 +23,11 @@ from rich.console import Console
 
 from . import checkpoint as ckpt
 from . import threads
-from . import threads
 from .checkpoint import latest_state
 from .evaluate.linear import run_linear_eval
 from .nets import build_backbone
 from .pretrain import run_pretrain
-from .rundir import write_json
+from .rundir import command, write_json
 from .schema import load_protocol, protocol_json
 
 #: the methods the quickstart compares by default, in the order of its table
@@ -63,6 +62,7 @@ def _probe(lin, backbone: Path, run_dir: Path, force: bool, quiet: bool, console
     return run_linear_eval(lin, backbone, run_dir, resume=resume, force=fresh, quiet=quiet, console=console)
 
 
+@command
 def run_quickstart(methods: tuple[str, ...] | list[str], out_dir: Path, *, seeds: int = 1,
                    epochs: Optional[int] = None, force: bool = False, quiet: bool = False,
                    console: Optional[Console] = None, overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:

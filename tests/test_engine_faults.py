@@ -170,3 +170,42 @@ def test_dataset_hook_and_metadata(tmp_path):
     e2.run(resume=ckpt.state_path(run, 1))
     assert torch.equal(e2.loader.dataset.loaded["weights"], torch.arange(3.0))
     assert e2.loader.dataset.loaded["name"] == "v1"
+
+
+def test_sigterm_during_the_epoch_end_evaluation_stops_there_and_resume_matches(tmp_path):
+    """A signal while the epoch-end hook evaluates (feature extraction, here of 8 batches) stops
+    within one of its batches, not after the next training step: the state after the epoch's steps
+    is saved, and resuming re-runs the evaluation and ends bit-identical to an uninterrupted run."""
+    from leoclr_cli.evaluate.features import extract
+
+    bank = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 6), torch.zeros(16)),
+                                       batch_size=2)
+    seen = []
+
+    class Signals(torch.nn.Module):
+        def __init__(self, at):
+            super().__init__()
+            self.at = at
+
+        def forward(self, x):
+            seen.append(len(x))
+            if len(seen) == self.at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return x
+
+    def hook(at=None):
+        return lambda epoch: {"bank": float(extract(Signals(at), bank, torch.device("cpu"))[0].sum())}
+
+    straight = tmp_path / "straight"
+    engine(straight, Toy(), epoch_end=hook()).run()
+    run = tmp_path / "eval"
+    seen.clear()
+    with pytest.raises(Preempted, match="SIGTERM at epoch 2, step 4"):
+        engine(run, Toy(), epoch_end=hook(at=8 + 2)).run()  # the 2nd batch of epoch 2's evaluation
+    assert len(seen) == 8 + 2  # stopped right after the batch during which the signal came
+    last = ckpt.latest_state(run)
+    assert last.name == "state_e0001_s000004.safetensors"
+    engine(run, Toy(), epoch_end=hook()).run(resume=last)
+    want, got = final(straight), final(run)
+    assert [k for k in want if not torch.equal(want[k], got[k])] == []
+    assert strip(read_metrics(run / "metrics.jsonl")) == strip(read_metrics(straight / "metrics.jsonl"))

@@ -3,6 +3,7 @@ between, then ``--resume auto``, ends bit-identical (weights, queue, optimizer, 
 the uninterrupted run; SIGTERM stops at a step boundary with exit status 75 and a resumable
 checkpoint; a second signal stops at once without leaving a damaged checkpoint."""
 
+import filecmp
 import json
 import os
 import random
@@ -75,10 +76,15 @@ def assert_same(a, b):
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
+def straight_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("cli") / "straight"
     finished(start(run))
-    return outcome(run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def straight(straight_dir):
+    return outcome(straight_dir)
 
 
 def test_sigkill_at_random_points_then_resume_is_bit_identical(straight, tmp_path):
@@ -94,11 +100,41 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(straight, tmp_pat
         proc.kill()
         proc.wait()
         killed_at.append(position(run))
+        # what a kill during the backbone's (or any file's) write leaves behind
+        (run / f".backbone.safetensors.k{len(killed_at)}ll3d0_.tmp").write_bytes(b"\0" * 64)
         proc = start(run, "--resume", "auto")
     finished(proc)
     assert len(killed_at) >= 2, f"seed {seed}: the run ended before the kills ({killed_at})"
     assert_same(outcome(run), straight)
-    assert not list((run / "checkpoints").glob(".*.tmp"))
+    assert not list(run.glob(".*.tmp")) and not list((run / "checkpoints").glob(".*.tmp"))
+
+
+def test_requeue_of_a_run_killed_before_its_first_checkpoint(straight, tmp_path):
+    """``--resume auto`` on a run directory without a checkpoint starts the run over when its
+    protocol.yaml is this protocol, and refuses another protocol naming the field."""
+    run = tmp_path / "early"
+    proc = start(run)
+    while not (run / "protocol.yaml").is_file():
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert position(run) == -1, "the first checkpoint came before the kill"
+    other = subprocess.run([sys.executable, "-m", "leoclr_cli", *ARGS, "--lr", "0.5", "--out", str(run),
+                            "--resume", "auto"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2 and "field 'optim.lr' differs" in other.stderr, other.stderr
+    assert other.stderr.strip().count("\n") == 0  # one sentence
+    finished(start(run, "--resume", "auto"))
+    assert_same(outcome(run), straight)
+
+
+def test_two_identical_runs_write_identical_bytes(straight_dir, tmp_path):
+    """Same protocol and seed on the same machine: the backbone and the final state are ``cmp``-equal
+    (the safetensors header is written in one canonical order)."""
+    run = tmp_path / "again"
+    finished(start(run))
+    for name in ("backbone.safetensors", f"checkpoints/state_e{EPOCHS:04d}.safetensors"):
+        assert filecmp.cmp(run / name, straight_dir / name, shallow=False), name
 
 
 def test_sigterm_leaves_a_resumable_checkpoint_and_exit_75(straight, tmp_path):

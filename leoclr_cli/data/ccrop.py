@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import RandomResizedCrop
 
+from .. import preempt
 from ..schema import AugmentConfig
 
 WHOLE = (0.0, 0.0, 1.0, 1.0)
@@ -63,7 +64,7 @@ def localise(backbone: nn.Module, loader: torch.utils.data.DataLoader, device: t
     backbone.eval()
     boxes = []
     try:
-        for images, _ in loader:
+        for images, _ in preempt.each(loader, "localising the crop boxes"):
             images = images.to(device, non_blocking=True)
             captured.clear()
             backbone(images)

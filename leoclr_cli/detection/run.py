@@ -16,7 +16,7 @@ from rich.console import Console
 
 from .. import checkpoint as ckpt
 from ..errors import UserError
-from ..rundir import prepare, read_json, write_json
+from ..rundir import command, prepare, read_json, write_json
 from ..schema import DetectProtocol, protocol_json
 from .datasets import VOC_CLASSES, coco_paths, read_coco, read_voc
 from .export import load_detection_backbone
@@ -101,6 +101,7 @@ def rescale_line(p: DetectProtocol, gpus: int, solver: dict[str, Any]) -> str:
     return line
 
 
+@command
 def run_detect(p: DetectProtocol, backbone_path: Path, run_dir: Path, *, force: bool = False, quiet: bool = False,
                console: Optional[Console] = None) -> dict[str, Any]:
     console = console or Console(stderr=True)

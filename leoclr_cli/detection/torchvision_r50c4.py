@@ -23,6 +23,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
+from .. import preempt
 from ..engine import Engine, resolve_device, to_device
 from ..schema import DetectProtocol
 from .datasets import DetectionTrainSet, collate, read_image
@@ -136,7 +137,7 @@ def precise_bn(model: nn.Module, loader, device: torch.device) -> None:
         m.reset_running_stats()
         m.momentum = None  # cumulative average
     model.train()
-    for images, targets in loader:
+    for images, targets in preempt.each(loader, "PreciseBN"):
         model(list(to_device(images, device)), list(to_device(targets, device)))
     for m, mom in zip(bns, momenta):
         m.momentum = mom
@@ -149,7 +150,7 @@ def predict(model: FasterRCNN, records: list[dict[str, Any]], p: DetectProtocol,
     model.eval()
     model.transform.min_size, model.transform.max_size = (p.min_size_test,), p.max_size_test
     out = []
-    for rec in records:
+    for rec in preempt.each(records, "detection on the test split"):
         image = read_image(rec["file_name"]).float().div(255).to(device)
         det = model([image])[0]
         out.append({"boxes": det["boxes"].cpu(), "scores": det["scores"].cpu(), "labels": det["labels"].cpu() - 1})

@@ -14,10 +14,11 @@ from typing import Any, Optional
 import torch
 
 from .. import checkpoint as ckpt
+from .. import preempt
 from ..data.views import AugmentedDataset, crop_test_transform
 from ..engine import resolve_device
 from ..errors import UserError
-from ..rundir import prepare, write_json
+from ..rundir import command, prepare, write_json
 from ..schema import CropTestProtocol
 from .features import labelled_split
 from .linear import LinearClassifier, evaluate_logits
@@ -41,6 +42,7 @@ def find_backbone(linear_dir: Path, meta: dict[str, str], override: Optional[Pat
     return found
 
 
+@command
 def run_crop_test(protocol: CropTestProtocol, linear_dir: Path, run_dir: Path, *, backbone: Optional[Path] = None,
                   force: bool = False) -> dict[str, Any]:
     tensors, meta = ckpt.load_tensors(linear_dir / "linear.safetensors", ckpt.KIND_LINEAR)
@@ -65,7 +67,8 @@ def run_crop_test(protocol: CropTestProtocol, linear_dir: Path, run_dir: Path, *
                                  interpolation=protocol.interpolation, scale=protocol.random_scale,
                                  ratio=protocol.random_ratio)
         loader = torch.utils.data.DataLoader(AugmentedDataset(test_src, tf, seed), batch_size=protocol.batch_size,
-                                             num_workers=protocol.data.num_workers, pin_memory=device.type == "cuda")
+                                             num_workers=protocol.data.num_workers, pin_memory=device.type == "cuda",
+                                             worker_init_fn=preempt.worker_init())
         return evaluate_logits(model, loader, device)
 
     center = score("center", protocol.seed)

@@ -8,6 +8,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from .. import preempt
 from ..data import open_data
 from ..data.views import AugmentedDataset, eval_transform
 from ..progress import Reporter
@@ -35,7 +36,8 @@ def loader_for(source, transform: EvalTransformConfig, batch_size: int, num_work
                device: torch.device) -> torch.utils.data.DataLoader:
     tf = eval_transform(transform.size, transform.resize, transform.test, transform.norm)
     return torch.utils.data.DataLoader(AugmentedDataset(source, tf), batch_size=batch_size, shuffle=False,
-                                       num_workers=num_workers, pin_memory=device.type == "cuda")
+                                       num_workers=num_workers, pin_memory=device.type == "cuda",
+                                       worker_init_fn=preempt.worker_init())
 
 
 @torch.no_grad()
@@ -48,7 +50,7 @@ def extract(backbone: nn.Module, loader: torch.utils.data.DataLoader, device: to
     backbone.eval()
     feats, labels = [], []
     with Reporter(desc, len(loader), console=console, quiet=quiet) as rep:
-        for x, y in loader:
+        for x, y in preempt.each(loader, "feature extraction"):
             feats.append(backbone(x.to(device, non_blocking=True)).float().cpu())
             labels.append(torch.as_tensor(y))
             rep.advance()

@@ -21,7 +21,7 @@ from .. import checkpoint as ckpt
 from ..data.views import AugmentedDataset, linear_train_transform
 from ..engine import Engine, cosine_lr, resolve_device
 from ..errors import UserError
-from ..rundir import prepare, read_json, write_json
+from ..rundir import command, prepare, read_json, write_json
 from ..schema import FinetuneProtocol, Norm, protocol_json
 from .features import labelled_split, loader_for
 from .linear import evaluate_logits
@@ -81,6 +81,7 @@ def _labelled_subset(p: FinetuneProtocol, train_src) -> tuple[list[int], str]:
     return balanced_subset(train_src.targets, train_src.classes, p.labels, p.subset_seed), "drawn"
 
 
+@command
 def run_finetune(p: FinetuneProtocol, backbone_path: Path, run_dir: Path, *, resume: Optional[str] = None,
                  force: bool = False, quiet: bool = False, console: Optional[Console] = None) -> dict[str, Any]:
     """Fine-tune on the labelled subset, test on the full test split; writes ``subset.txt`` and ``result.json``."""
@@ -116,6 +117,7 @@ def fraction_dir(labels: float) -> str:
     return f"labels_{labels:g}pct"
 
 
+@command
 def run_finetune_sweep(protocols: list[FinetuneProtocol], backbone_path: Path, run_dir: Path, *,
                        resume: Optional[str] = None, force: bool = False, quiet: bool = False,
                        console: Optional[Console] = None) -> dict[str, Any]:

@@ -9,12 +9,13 @@ from rich.console import Console
 
 from .. import checkpoint as ckpt
 from ..engine import resolve_device
-from ..rundir import prepare, write_json
+from ..rundir import command, prepare, write_json
 from ..schema import KnnProtocol
 from .features import extract, labelled_split, loader_for
 from .knn import knn_accuracy
 
 
+@command
 def run_knn(p: KnnProtocol, backbone_path: Path, run_dir: Path, *, force: bool = False, quiet: bool = False,
             console: Optional[Console] = None) -> dict[str, Any]:
     backbone, meta = ckpt.load_backbone(backbone_path)

@@ -19,10 +19,11 @@ from rich.console import Console
 from torch import nn
 
 from .. import checkpoint as ckpt
+from .. import preempt
 from ..data.views import AugmentedDataset, linear_train_transform
 from ..engine import Engine, resolve_device, step_lr
 from ..errors import UserError
-from ..rundir import prepare, read_json, write_json
+from ..rundir import command, prepare, read_json, write_json
 from ..schema import LinearEvalProtocol, protocol_json
 from .features import extract, labelled_split, loader_for
 from .knn import topk_accuracy
@@ -64,7 +65,7 @@ def predict_scores(model: nn.Module, loader, device: torch.device) -> tuple[torc
     """(class scores (N, C) on CPU, labels (N,)) of any model with a ``logits(x)`` method, in eval mode."""
     model.eval()
     scores, labels = [], []
-    for x, y in loader:
+    for x, y in preempt.each(loader, "evaluation"):
         scores.append(model.logits(x.to(device, non_blocking=True)).float().cpu())
         labels.append(torch.as_tensor(y))
     return torch.cat(scores), torch.cat(labels)
@@ -81,6 +82,7 @@ def check_unchanged(backbone: nn.Module, reference: dict[str, torch.Tensor], pat
             raise RuntimeError(f"{key} of {path} changed during linear evaluation")
 
 
+@command
 def run_linear_eval(protocol: LinearEvalProtocol, backbone_path: Path, run_dir: Path, *, resume: Optional[str] = None,
                     force: bool = False, quiet: bool = False, console: Optional[Console] = None) -> dict[str, Any]:
     """Train and test the linear classifier; writes ``linear.safetensors`` and ``result.json``."""

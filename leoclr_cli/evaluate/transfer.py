@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from .. import checkpoint as ckpt
+from .. import preempt
 from ..data.sources import open_source
 from ..engine import resolve_device
 from ..errors import UserError
-from ..rundir import prepare, write_json
+from ..rundir import command, prepare, write_json
 from ..schema import TransferProtocol, protocol_json
 from .features import extract, loader_for
 from .finetune import FinetuneClassifier, train_classifier
@@ -80,6 +81,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float, m
     penalty = 1.0 / (2.0 * c * x.shape[0])
 
     def closure() -> torch.Tensor:
+        preempt.check("the L-BFGS fit")
         opt.zero_grad()
         loss = F.cross_entropy(fc(x), y) + penalty * fc.weight.pow(2).sum()
         loss.backward()
@@ -106,6 +108,7 @@ def _cell_name(lr: float, wd: float) -> str:
     return f"lr{lr:.3g}_wd{wd:.3g}"
 
 
+@command
 def run_transfer(p: TransferProtocol, backbone_path: Path, run_dir: Path, *, force: bool = False,
                  quiet: bool = False, console: Optional[Console] = None) -> dict[str, Any]:
     """Grid search on the validation split, refit, one test evaluation; writes grid.json and result.json."""
