@@ -464,7 +464,7 @@ def report(
     out_dir: Path = typer.Option(Path("report"), "--out", "-o", help="where report.md and the PNGs go"),
     force: bool = typer.Option(False, "--force", help="replace an existing report in --out"),
 ) -> None:
-    """The paper's Tables 1-9 with our numbers beside them (Markdown) and Figures 3-4 (PNG)."""
+    """The paper's Tables 1-9 with our numbers beside them (Markdown), Figures 3-4 and the training curves (PNG)."""
     from .report import build_report
 
     r = build_report(run_dirs, out_dir, force=force)
@@ -543,6 +543,36 @@ def bench(
 
 
 @app.command()
+def views(
+    protocol: Optional[Path] = ProtocolOpt,
+    method: Optional[str] = typer.Option(None, "--method", "-m", help=METHOD_HELP),
+    data: Optional[Path] = typer.Option(None, "--data", help="dataset root (official on-disk layout)"),
+    source: Optional[str] = typer.Option(None, "--source", help="builtin, imagefolder, cifar10, cifar100, stl10"),
+    split: Optional[str] = typer.Option(None, "--split", help="split to draw the images from"),
+    out_file: Path = typer.Option(Path("views.png"), "--out", "-o", help="PNG file to write"),
+    count: int = typer.Option(8, "--count", "-n", min=1, max=256, help="images (rows) in the grid"),
+    cell: Optional[int] = typer.Option(None, "--cell", min=16, max=1024, help="pixels per tile (default: the view "
+                                                                               "size, at least 64)"),
+    sets: Optional[List[str]] = SetOpt,
+) -> None:
+    """A PNG grid of the first images, each beside its views as the method sees them (before normalisation).
+
+    Example: leoclr views --protocol protocols/quickstart.yaml --out views.png
+    """
+    from .data import open_data
+    from .pictures import check_png_name, views_grid, write_png
+    from .schema import load_protocol
+
+    check_png_name(out_file)
+    p = load_protocol("pretrain", protocol, _overrides(sets, **{"method.name": method, "data.split": split},
+                                                       **_data_flags(source, data)))
+    d = p.data
+    src = open_data(d.source, d.root, d.split, verify_checksums=d.verify_checksums, builtin_n=d.builtin_train)
+    write_png(views_grid(p, src, count, cell), out_file)
+    out.print(f"{min(count, len(src))} images of {d.source} with their {p.method.name} views: {out_file}")
+
+
+@app.command()
 def boxes(
     run_dir: Path = typer.Argument(..., help="a pretraining run directory made with --crops contrastive or center-box"),
     out_file: Path = typer.Option(Path("boxes.png"), "--out", "-o", help="PNG file to write"),
@@ -550,19 +580,16 @@ def boxes(
     cell: int = typer.Option(128, "--cell", min=16, max=1024, help="pixels per image in the grid"),
 ) -> None:
     """Draw the ContrastiveCrop boxes of a run on a grid of its first images (RUN/boxes.safetensors)."""
-    import io
-
-    from .checkpoint import atomic_write_bytes
     from .data import open_data
     from .data.ccrop import box_stats, draw_boxes, load_boxes
+    from .pictures import check_png_name, write_png
     from .schema import load_protocol
 
     run_dir = run_dir.expanduser()
     path = run_dir / "boxes.safetensors"
     if not path.is_file():
         raise UserError(f"{run_dir} holds no boxes.safetensors (pretrain with --crops contrastive or center-box)")
-    if out_file.suffix.lower() != ".png":
-        raise UserError(f"--out {out_file}: the grid is written as PNG, give a file name ending in .png")
+    check_png_name(out_file)
     all_boxes, meta = load_boxes(path)
     p = load_protocol("pretrain", run_dir / "protocol.yaml")
     d = p.data
@@ -570,10 +597,7 @@ def boxes(
     if len(source) != all_boxes.shape[0]:
         raise UserError(f"{path} holds {all_boxes.shape[0]} boxes, but the run's data has {len(source)} images")
     n = min(count, len(source))
-    grid = draw_boxes([source[i][0] for i in range(n)], all_boxes[:n], cell=cell)
-    buf = io.BytesIO()
-    grid.save(buf, format="PNG")
-    atomic_write_bytes(out_file, buf.getvalue())
+    write_png(draw_boxes([source[i][0] for i in range(n)], all_boxes[:n], cell=cell), out_file)
     whole = box_stats(all_boxes)["ccrop_whole"]
     out.print(f"{n} images with their {meta.get('mode', '')} boxes (computed after epoch {meta.get('epoch', '?')}; "
               f"{100 * whole:.0f}% of all boxes are the whole image): {out_file}")

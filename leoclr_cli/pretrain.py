@@ -16,6 +16,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from .data import default_eval_splits, open_data
 from .data.ccrop import CropBoxes, box_stats, localise
+from .data.gpu_views import DecodeAndDraw, TensorViews
 from .data.views import AugmentedDataset, ViewMaker, draft_side, eval_transform
 from .errors import UserError
 from .engine import Engine, amp_dtype, cosine_lr, resolve_device
@@ -49,21 +50,29 @@ def monitor_transform(p: PretrainProtocol) -> EvalTransformConfig:
                                test="none" if small else "resize-center-crop", normalize=p.augment.normalize)
 
 
-def build_loader(p: PretrainProtocol, source, kinds, device: torch.device,
-                 batch_size: Optional[int] = None, boxes: Optional[CropBoxes] = None) -> torch.utils.data.DataLoader:
-    """Pretraining batches of ``batch_size`` (default optim.batch_size); under DDP this rank's share."""
+def view_fn(p: PretrainProtocol, kinds, boxes: Optional[CropBoxes] = None):
+    """What the loader workers run on each image: the views (pil backend), or the decoded image and
+    its views' parameters (tensor backend, finished on the device by :class:`TensorViews`)."""
     if p.augment.backend == "tensor":
-        from .data.gpu_views import DecodeAndDraw
-
         if boxes is not None:
             raise UserError(f"augment.crops '{p.augment.crops}' needs augment.backend 'pil' (the tensor backend "
                             "draws random crops only)")
-        fn = DecodeAndDraw(p.augment, kinds)
-    else:
-        fn = ViewMaker(p.augment, kinds, boxes)
+        return DecodeAndDraw(p.augment, kinds)
+    return ViewMaker(p.augment, kinds, boxes)
+
+
+def augmented(p: PretrainProtocol, source, kinds, boxes: Optional[CropBoxes] = None) -> AugmentedDataset:
+    """The pretraining dataset: each image of ``source`` to its views, seeded by (seed, epoch, index)."""
+    fn = view_fn(p, kinds, boxes)
     if hasattr(source, "set_draft"):
         source.set_draft(draft_side(p.augment) if p.augment.draft else None)
-    views = AugmentedDataset(source, fn, seed=p.seed, on_bad_image=p.data.on_bad_image)
+    return AugmentedDataset(source, fn, seed=p.seed, on_bad_image=p.data.on_bad_image)
+
+
+def build_loader(p: PretrainProtocol, source, kinds, device: torch.device,
+                 batch_size: Optional[int] = None, boxes: Optional[CropBoxes] = None) -> torch.utils.data.DataLoader:
+    """Pretraining batches of ``batch_size`` (default optim.batch_size); under DDP this rank's share."""
+    views = augmented(p, source, kinds, boxes)
     sampler = distributed.sampler(views, shuffle=p.data.shuffle, seed=p.seed * 100_003)
     return torch.utils.data.DataLoader(
         views, batch_size=batch_size or p.optim.batch_size, shuffle=p.data.shuffle if sampler is None else None,
@@ -191,8 +200,6 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
     loader = build_loader(p, source, method.views, device, local_batch, boxes)
     batch_transform = None
     if p.augment.backend == "tensor":
-        from .data.gpu_views import TensorViews
-
         batch_transform = TensorViews(p.augment, method.views).to(device)
     optimizer = torch.optim.SGD([q for q in method.parameters() if q.requires_grad], lr=lr,
                                 momentum=p.optim.momentum, weight_decay=p.optim.weight_decay)

@@ -70,6 +70,12 @@ def to_tensor(name: str) -> ToNormalized:
     return ToNormalized(name)
 
 
+def denormalize(x: torch.Tensor, name: str) -> torch.Tensor:
+    """The uint8 image (..., 3, H, W) of a view that :class:`ToNormalized` (``name``) normalised."""
+    mean, std = (torch.tensor(v, dtype=torch.float32).view(3, 1, 1) for v in NORMALIZATION[name])
+    return (x.float() * std + mean).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+
+
 class PadToSquare(v2.Transform):
     """Resize the longer side to ``size`` and pad the shorter one symmetrically (mean grey)."""
 
