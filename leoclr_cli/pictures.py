@@ -1,7 +1,7 @@
 """Pictures of what the method sees: a grid of images, each beside its views as the method gets them
 (``leoclr views``, and TensorBoard's ``views`` image).
 
-The views come from the training pipeline itself (:func:`~.pretrain.augmented`: the same view makers
+The views come from the training pipeline itself (:func:`~.data.pipeline.augmented`: the same view makers
 and the same (seed, epoch 0, index) draws as the first epoch), and are shown before normalisation
 (:func:`~.data.views.denormalize`). ContrastiveCrop's boxes do not exist before training, so its crop
 views are the warm-up's random crops.
@@ -19,10 +19,10 @@ from PIL import Image, ImageDraw
 
 from .checkpoint import atomic_write_bytes
 from .data.gpu_views import TensorViews
+from .data.pipeline import augmented
 from .data.views import denormalize
 from .errors import UserError
 from .methods import METHODS
-from .pretrain import augmented
 from .schema import PretrainProtocol
 
 PAD, HEADER = 4, 14

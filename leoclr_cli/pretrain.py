@@ -13,16 +13,18 @@ import torch
 from rich.console import Console
 
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, tracking
 from .data import default_eval_splits, open_data
 from .data.ccrop import CropBoxes, box_stats, localise
-from .data.gpu_views import DecodeAndDraw, TensorViews
-from .data.views import AugmentedDataset, ViewMaker, draft_side, eval_transform
+from .data.gpu_views import TensorViews
+from .data.pipeline import augmented
+from .data.views import AugmentedDataset, eval_transform
 from .errors import UserError
 from .engine import Engine, amp_dtype, cosine_lr, resolve_device
 from .evaluate.features import extract, labelled_split, loader_for, subset
 from .evaluate.knn import knn_accuracy
 from .methods import build_method
+from .pictures import views_grid
 from .rundir import prepare, write_json
 from .schema import EvalDataConfig, EvalTransformConfig, PretrainProtocol, protocol_json
 
@@ -48,25 +50,6 @@ def monitor_transform(p: PretrainProtocol) -> EvalTransformConfig:
     small = p.augment.size <= 96
     return EvalTransformConfig(size=p.augment.size, resize=p.augment.size if small else round(p.augment.size * 8 / 7),
                                test="none" if small else "resize-center-crop", normalize=p.augment.normalize)
-
-
-def view_fn(p: PretrainProtocol, kinds, boxes: Optional[CropBoxes] = None):
-    """What the loader workers run on each image: the views (pil backend), or the decoded image and
-    its views' parameters (tensor backend, finished on the device by :class:`TensorViews`)."""
-    if p.augment.backend == "tensor":
-        if boxes is not None:
-            raise UserError(f"augment.crops '{p.augment.crops}' needs augment.backend 'pil' (the tensor backend "
-                            "draws random crops only)")
-        return DecodeAndDraw(p.augment, kinds)
-    return ViewMaker(p.augment, kinds, boxes)
-
-
-def augmented(p: PretrainProtocol, source, kinds, boxes: Optional[CropBoxes] = None) -> AugmentedDataset:
-    """The pretraining dataset: each image of ``source`` to its views, seeded by (seed, epoch, index)."""
-    fn = view_fn(p, kinds, boxes)
-    if hasattr(source, "set_draft"):
-        source.set_draft(draft_side(p.augment) if p.augment.draft else None)
-    return AugmentedDataset(source, fn, seed=p.seed, on_bad_image=p.data.on_bad_image)
 
 
 def build_loader(p: PretrainProtocol, source, kinds, device: torch.device,
@@ -175,10 +158,25 @@ def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = 
         distributed.shutdown()
 
 
+def open_tracker(p: PretrainProtocol, run_dir: Path, source, resume_from: Optional[Path],
+                 steps: int) -> Optional[tracking.Tracker]:
+    """The trackers of ``p.log``; a new run also logs the grid of its first images' views."""
+    start = 0
+    if resume_from is not None:
+        meta = ckpt.read_metadata(resume_from)
+        start = int(meta["epoch"]) * steps + int(meta.get("step", "0"))
+    tracker = tracking.open_tracker(p.log, Path(run_dir), p.model_dump(mode="json"), f"{p.name} {p.method.name}",
+                                    start)
+    if tracker is not None and not start:
+        tracker.image("views", np.asarray(views_grid(p, source, 8)))
+    return tracker
+
+
 def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, world: int, *,
               resume: Optional[str], force: bool, quiet: bool, console: Console) -> dict[str, Any]:
     main = distributed.is_main()
     local_batch, lr, scale_text = scale_out(p, world)
+    tracking.check(p.log)
     resume_from = prepare_on_main(run_dir, p, resume, force)
     if not main:
         quiet, console = True, Console(quiet=True)
@@ -231,14 +229,19 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
             record.update(hook(epoch))
         return record
 
+    tracker = open_tracker(p, run_dir, source, resume_from, len(loader)) if main else None
     started = time.perf_counter()
     engine = Engine(task=method, optimizer=optimizer, loader=loader, epochs=p.optim.epochs, lr_at=lr_at, device=device,
                     run_dir=run_dir, protocol_json=protocol_json(p), checkpoint_every=p.checkpoint_every,
                     keep_checkpoints=p.keep_checkpoints, quiet=quiet, console=console, epoch_end=epoch_end,
                     desc=f"pretrain {p.method.name}", seed=p.seed, amp=amp_dtype(p.amp, device),
                     channels_last=p.channels_last and p.model.bn_splits == 1, batch_transform=batch_transform,
-                    checkpoint_every_steps=p.checkpoint_every_steps)
-    history = engine.run(resume_from)
+                    checkpoint_every_steps=p.checkpoint_every_steps, tracker=tracker)
+    try:
+        history = engine.run(resume_from)
+    finally:
+        if tracker is not None:
+            tracker.close()
     distributed.average_buffers(method)
     result = {"kind": "pretrain", "method": p.method.name, "arch": p.model.arch, "epochs": p.optim.epochs,
               "rank": distributed.rank(), "world_size": world, "global_batch": local_batch * world, "lr": lr}

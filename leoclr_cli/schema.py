@@ -206,6 +206,27 @@ class MonitorConfig(Strict):
     max_test: int = Field(2000, ge=1, description="at most this many test images")
 
 
+class TrackingConfig(Strict):
+    """Experiment tracking besides ``metrics.jsonl`` (rank 0 only): per-step loss and lr, per-epoch
+    records (samples/s, kNN monitor, ...), the protocol as parameters, and a grid of the views. The
+    packages are the optional extra ``leoclr[tracking]``."""
+
+    tensorboard: bool = Field(False, description="write TensorBoard event files to RUN/tensorboard/")
+    mlflow: Optional[str | bool] = Field(
+        None, description="an MLflow tracking URI, or true for a local file store in RUN/mlruns/")
+    mlflow_experiment: str = Field("leoclr", description="the MLflow experiment the run is logged under")
+    wandb: Optional[Literal["offline", "online"]] = Field(
+        None, description="Weights & Biases: offline (files in RUN/wandb/, `wandb sync` uploads them) or online")
+    wandb_project: str = Field("leoclr", description="the W&B project")
+
+    @field_validator("mlflow")
+    @classmethod
+    def _mlflow(cls, v: Optional[str | bool]) -> Optional[str | bool]:
+        if v is False or v == "":
+            return None
+        return v
+
+
 class PretrainProtocol(Strict):
     kind: Literal["pretrain"] = "pretrain"
     name: str = "pretrain"
@@ -231,6 +252,7 @@ class PretrainProtocol(Strict):
     optim: OptimConfig = OptimConfig()
     monitor: MonitorConfig = MonitorConfig()
     distributed: DistributedConfig = DistributedConfig()
+    log: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _ccrop_fits(self) -> "PretrainProtocol":
