@@ -6,6 +6,7 @@ Every user-fixable problem is a :class:`UserError`: one sentence on stderr and e
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
@@ -39,8 +40,8 @@ def _overrides(sets: Optional[List[str]], **flags: Any) -> dict[str, Any]:
     return merged
 
 
-def _data_flags(source: Optional[str], data: Optional[Path], prefix: str = "data") -> dict[str, Any]:
-    return {f"{prefix}.source": source, f"{prefix}.root": str(data.expanduser()) if data else None}
+def _data_flags(source: Optional[str], data: Optional[Path | str], prefix: str = "data") -> dict[str, Any]:
+    return {f"{prefix}.source": source, f"{prefix}.root": os.path.expanduser(str(data)) if data else None}
 
 
 # --------------------------------------------------------------------------- pretrain
@@ -51,8 +52,10 @@ def pretrain(
     protocol: Optional[Path] = ProtocolOpt,
     method: Optional[str] = typer.Option(None, "--method", "-m", help=METHOD_HELP),
     crops: Optional[str] = typer.Option(None, "--crops", help=CROPS_HELP),
-    data: Optional[Path] = typer.Option(None, "--data", help="dataset root (official on-disk layout)"),
-    source: Optional[str] = typer.Option(None, "--source", help="builtin, imagefolder, cifar10, cifar100, stl10"),
+    data: Optional[str] = typer.Option(None, "--data", help="dataset root (official on-disk layout), or for "
+                                       "--source webdataset the shards: 'train-{000000..000099}.tar' or URLs"),
+    source: Optional[str] = typer.Option(None, "--source", help="builtin, imagefolder, cifar10, cifar100, stl10, "
+                                                               "webdataset"),
     split: Optional[str] = typer.Option(None, "--split", help="split to pretrain on"),
     arch: Optional[str] = typer.Option(None, "--arch"),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
@@ -546,8 +549,9 @@ def bench(
 def views(
     protocol: Optional[Path] = ProtocolOpt,
     method: Optional[str] = typer.Option(None, "--method", "-m", help=METHOD_HELP),
-    data: Optional[Path] = typer.Option(None, "--data", help="dataset root (official on-disk layout)"),
-    source: Optional[str] = typer.Option(None, "--source", help="builtin, imagefolder, cifar10, cifar100, stl10"),
+    data: Optional[str] = typer.Option(None, "--data", help="dataset root (official on-disk layout), or shards"),
+    source: Optional[str] = typer.Option(None, "--source", help="builtin, imagefolder, cifar10, cifar100, stl10, "
+                                                               "webdataset"),
     split: Optional[str] = typer.Option(None, "--split", help="split to draw the images from"),
     out_file: Path = typer.Option(Path("views.png"), "--out", "-o", help="PNG file to write"),
     count: int = typer.Option(8, "--count", "-n", min=1, max=256, help="images (rows) in the grid"),
@@ -559,17 +563,41 @@ def views(
 
     Example: leoclr views --protocol protocols/quickstart.yaml --out views.png
     """
-    from .data import open_data
+    from .data import open_pretrain_data
     from .pictures import check_png_name, views_grid, write_png
     from .schema import load_protocol
 
     check_png_name(out_file)
     p = load_protocol("pretrain", protocol, _overrides(sets, **{"method.name": method, "data.split": split},
                                                        **_data_flags(source, data)))
-    d = p.data
-    src = open_data(d.source, d.root, d.split, verify_checksums=d.verify_checksums, builtin_n=d.builtin_train)
+    src = open_pretrain_data(p.data)
     write_png(views_grid(p, src, count, cell), out_file)
-    out.print(f"{min(count, len(src))} images of {d.source} with their {p.method.name} views: {out_file}")
+    out.print(f"{min(count, len(src))} images of {p.data.source} with their {p.method.name} views: {out_file}")
+
+
+@app.command()
+def shards(
+    data: Path = typer.Option(..., "--data", help="dataset root (official on-disk layout)"),
+    out_pattern: str = typer.Option(..., "--out", "-o", help="shard file names with one number field, e.g. "
+                                                             "shards/train-%06d.tar"),
+    source: str = typer.Option("imagefolder", "--source", help="imagefolder, cifar10, cifar100, stl10, ..."),
+    split: str = typer.Option("train", "--split", help="the split to write"),
+    per_shard: int = typer.Option(1000, "--per-shard", min=1, help="images per shard"),
+    seed: int = typer.Option(0, "--seed", help="seed of the order the images are written in"),
+    force: bool = typer.Option(False, "--force", help="overwrite existing shards"),
+) -> None:
+    """Write a dataset as WebDataset tar shards, for data.source webdataset.
+
+    Example: leoclr shards --data ~/data/imagenet --out shards/train-%06d.tar --per-shard 5000
+    """
+    from .data import open_data
+    from .data.shards import write_shards
+
+    src = open_data(source, str(data.expanduser()), split, builtin_n=4000)
+    r = write_shards(src, out_pattern, per_shard=per_shard, seed=seed, force=force,
+                     log=lambda line: err.print(line, highlight=False))
+    out.print(f"wrote {r['samples']} images of {source} {split} in {r['shards']} shards; pretrain on them with\n"
+              f"  leoclr pretrain --source webdataset --data '{r['pattern']}' ...", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -580,7 +608,7 @@ def boxes(
     cell: int = typer.Option(128, "--cell", min=16, max=1024, help="pixels per image in the grid"),
 ) -> None:
     """Draw the ContrastiveCrop boxes of a run on a grid of its first images (RUN/boxes.safetensors)."""
-    from .data import open_data
+    from .data import open_pretrain_data
     from .data.ccrop import box_stats, draw_boxes, load_boxes
     from .pictures import check_png_name, write_png
     from .schema import load_protocol
@@ -592,8 +620,7 @@ def boxes(
     check_png_name(out_file)
     all_boxes, meta = load_boxes(path)
     p = load_protocol("pretrain", run_dir / "protocol.yaml")
-    d = p.data
-    source = open_data(d.source, d.root, d.split, verify_checksums=d.verify_checksums, builtin_n=d.builtin_train)
+    source = open_pretrain_data(p.data)
     if len(source) != all_boxes.shape[0]:
         raise UserError(f"{path} holds {all_boxes.shape[0]} boxes, but the run's data has {len(source)} images")
     n = min(count, len(source))

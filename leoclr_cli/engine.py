@@ -165,7 +165,9 @@ class Engine:
             loader.worker_init_fn = functools.partial(_worker_ignores_signals, loader.worker_init_fn)
         batches = getattr(loader, "batch_sampler", None)
         self.skipper: Optional[SkipFirst] = None
-        if batches is not None and hasattr(batches, "sampler"):
+        # a streamed (iterable) dataset has no indices to skip: a mid-epoch resume reads and drops the batches
+        if batches is not None and hasattr(batches, "sampler") and not isinstance(
+                loader.dataset, torch.utils.data.IterableDataset):
             self.skipper = batches.sampler = SkipFirst(batches.sampler)
         self.stop_signal: Optional[int] = None
         self.stop_flag = distributed.HostFlag()

@@ -32,6 +32,8 @@ def view_rows(p: PretrainProtocol, source: Any, count: int) -> tuple[list[str], 
     """(column names, rows): per image, the image squashed to the view size and its views, each an
     (H, W, 3) uint8 array. Column names: ``image`` and the method's view kinds."""
     kinds = METHODS[p.method.name].views
+    if hasattr(source, "head"):  # streamed shards: their first images
+        source = source.head(count)
     data = augmented(p, source, kinds)
     finish = TensorViews(p.augment, kinds) if p.augment.backend == "tensor" else None
     size = p.augment.size

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from . import checkpoint as ckpt
 from . import distributed, tracking
-from .data import default_eval_splits, open_data
+from .data import default_eval_splits, open_pretrain_data
 from .data.ccrop import CropBoxes, box_stats, localise
 from .data.gpu_views import TensorViews
 from .data.pipeline import augmented
@@ -55,12 +55,16 @@ def monitor_transform(p: PretrainProtocol) -> EvalTransformConfig:
 def build_loader(p: PretrainProtocol, source, kinds, device: torch.device,
                  batch_size: Optional[int] = None, boxes: Optional[CropBoxes] = None) -> torch.utils.data.DataLoader:
     """Pretraining batches of ``batch_size`` (default optim.batch_size); under DDP this rank's share."""
-    views = augmented(p, source, kinds, boxes)
-    sampler = distributed.sampler(views, shuffle=p.data.shuffle, seed=p.seed * 100_003)
+    batch = batch_size or p.optim.batch_size
+    views = augmented(p, source, kinds, boxes, batch)
+    if isinstance(views, torch.utils.data.IterableDataset):  # shards: the dataset splits ranks and workers
+        sampler, shuffle = None, None
+    else:
+        sampler = distributed.sampler(views, shuffle=p.data.shuffle, seed=p.seed * 100_003)
+        shuffle = p.data.shuffle if sampler is None else None
     return torch.utils.data.DataLoader(
-        views, batch_size=batch_size or p.optim.batch_size, shuffle=p.data.shuffle if sampler is None else None,
-        sampler=sampler, drop_last=True, num_workers=p.data.num_workers, pin_memory=device.type == "cuda",
-        persistent_workers=p.data.num_workers > 0)
+        views, batch_size=batch, shuffle=shuffle, sampler=sampler, drop_last=True, num_workers=p.data.num_workers,
+        pin_memory=device.type == "cuda", persistent_workers=p.data.num_workers > 0)
 
 
 def compile_encoders(method: torch.nn.Module, mode: str) -> list[str]:
@@ -149,8 +153,7 @@ def localise_shared(backbone: torch.nn.Module, plain: torch.utils.data.Dataset, 
 def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = None, force: bool = False,
                  quiet: bool = False, console: Optional[Console] = None) -> dict[str, Any]:
     console = console or Console(stderr=True)
-    source = open_data(p.data.source, p.data.root, p.data.split, verify_checksums=p.data.verify_checksums,
-                       builtin_n=p.data.builtin_train)
+    source = open_pretrain_data(p.data)
     _, world, device = distributed.init_from_env(resolve_device(p.device))
     try:
         return _pretrain(p, run_dir, source, device, world, resume=resume, force=force, quiet=quiet, console=console)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, get_args
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,6 +18,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from .errors import UserError
 
 SourceName = Literal["builtin", "imagefolder", "cifar10", "cifar100", "stl10", "cars", "pets", "birdsnap"]
+# pretraining also streams WebDataset tar shards (data/shards.py)
+PretrainSourceName = Literal[get_args(SourceName) + ("webdataset",)]  # type: ignore[misc]
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2")
 
 # Per-dataset normalisation constants (mean, std).
@@ -58,9 +60,10 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    """Which images to read. ``root`` is required for every source but ``builtin``."""
+    """Which images to read. ``root`` is required for every source but ``builtin`` (webdataset: the shard
+    list, e.g. ``train-{000000..000099}.tar``, local paths or URLs)."""
 
-    source: SourceName = "builtin"
+    source: PretrainSourceName = "builtin"
     root: Optional[str] = None
     split: str = Field("train", description="split to pretrain on (stl10: unlabeled, train+unlabeled, ...)")
     verify_checksums: bool = Field(True, description="check torchvision's MD5s of CIFAR/STL-10 files")
@@ -72,6 +75,9 @@ class DataConfig(Strict):
     on_bad_image: Literal["error", "skip"] = Field(
         "error", description="an image file that cannot be decoded: stop naming it (error), or replace it by "
                              "the next readable image and count it in metrics.jsonl as bad_images_skipped (skip)")
+    shard_samples: Optional[int] = Field(
+        None, ge=1, description="webdataset: the number of samples in all shards (default: counted from the tar "
+                                "headers, which needs every shard to be a local file)")
 
     _root_needed = model_validator(mode="after")(lambda self: _require_root(self))
 
@@ -253,6 +259,16 @@ class PretrainProtocol(Strict):
     monitor: MonitorConfig = MonitorConfig()
     distributed: DistributedConfig = DistributedConfig()
     log: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _stream_fits(self) -> "PretrainProtocol":
+        if self.data.source == "webdataset" and self.augment.crops != "random":
+            raise ValueError(f"augment.crops '{self.augment.crops}' keeps a box per image, which needs an indexed "
+                             "source; data.source webdataset streams its images (use augment.crops random)")
+        if self.data.source == "webdataset" and self.monitor.knn_every:
+            raise ValueError("monitor.knn_every needs the labelled train and test splits of an indexed source; "
+                             "data.source webdataset has none (set monitor.knn_every=0, then leoclr knn RUN --data ...)")
+        return self
 
     @model_validator(mode="after")
     def _ccrop_fits(self) -> "PretrainProtocol":

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .. import distributed
 from ..errors import UserError
 from ..schema import PretrainProtocol
 from .ccrop import CropBoxes
 from .gpu_views import DecodeAndDraw
+from .shards import ShardSource, ShardViews
 from .views import AugmentedDataset, ViewMaker, draft_side
 
 
@@ -22,9 +24,15 @@ def view_fn(p: PretrainProtocol, kinds, boxes: Optional[CropBoxes] = None):
     return ViewMaker(p.augment, kinds, boxes)
 
 
-def augmented(p: PretrainProtocol, source, kinds, boxes: Optional[CropBoxes] = None) -> AugmentedDataset:
-    """The pretraining dataset: each image of ``source`` to its views, seeded by (seed, epoch, index)."""
+def augmented(p: PretrainProtocol, source, kinds, boxes: Optional[CropBoxes] = None,
+              batch_size: int = 1) -> AugmentedDataset | ShardViews:
+    """The pretraining dataset: each image of ``source`` to its views, seeded by (seed, epoch, index);
+    WebDataset shards (:class:`ShardSource`) stream as :class:`ShardViews`, this rank's share in batches
+    of ``batch_size``."""
     fn = view_fn(p, kinds, boxes)
     if hasattr(source, "set_draft"):
         source.set_draft(draft_side(p.augment) if p.augment.draft else None)
+    if isinstance(source, ShardSource):
+        return ShardViews(source, fn, seed=p.seed, batch_size=batch_size, rank=distributed.rank(),
+                          world=distributed.world_size(), shuffle=p.data.shuffle, on_bad_image=p.data.on_bad_image)
     return AugmentedDataset(source, fn, seed=p.seed, on_bad_image=p.data.on_bad_image)
