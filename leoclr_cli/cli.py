@@ -6,6 +6,7 @@ Every user-fixable problem is a :class:`UserError`: one sentence on stderr and e
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
@@ -75,8 +76,8 @@ def _runtime(p: Any, log_every: Optional[int]) -> None:
     threads.apply(p.threads, data.num_workers if data is not None else p.num_workers)
 
 
-def _data_flags(source: Optional[str], data: Optional[Path], prefix: str = "data") -> dict[str, Any]:
-    return {f"{prefix}.source": source, f"{prefix}.root": str(data.expanduser()) if data else None}
+def _data_flags(source: Optional[str], data: Optional[Path | str], prefix: str = "data") -> dict[str, Any]:
+    return {f"{prefix}.source": source, f"{prefix}.root": os.path.expanduser(str(data)) if data else None}
 
 
 # --------------------------------------------------------------------------- pretrain
@@ -90,8 +91,10 @@ def pretrain(
     protocol: Optional[Path] = ProtocolOpt,
     method: Optional[str] = typer.Option(None, "--method", "-m", help=METHOD_HELP),
     crops: Optional[str] = typer.Option(None, "--crops", help=CROPS_HELP),
-    data: Optional[Path] = typer.Option(None, "--data", help="dataset root (official on-disk layout)"),
-    source: Optional[str] = typer.Option(None, "--source", help="builtin, imagefolder, cifar10, cifar100, stl10"),
+    data: Optional[str] = typer.Option(None, "--data", help="dataset root (official on-disk layout), or for "
+                                       "--source webdataset the shards: 'train-{000000..000099}.tar' or URLs"),
+    source: Optional[str] = typer.Option(None, "--source", help="builtin, imagefolder, cifar10, cifar100, stl10, "
+                                                               "webdataset"),
     split: Optional[str] = typer.Option(None, "--split", help="split to pretrain on"),
     arch: Optional[str] = typer.Option(None, "--arch"),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
@@ -576,7 +579,7 @@ def report(
     out_dir: Path = typer.Option(Path("report"), "--out", "-o", help="where report.md and the PNGs go"),
     force: bool = typer.Option(False, "--force", help="replace an existing report in --out"),
 ) -> None:
-    """The paper's Tables 1-9 with our numbers beside them (Markdown) and Figures 3-4 (PNG)."""
+    """The paper's Tables 1-9 with our numbers beside them (Markdown), Figures 3-4 and the training curves (PNG)."""
     from .report import build_report
 
     r = build_report(run_dirs, out_dir, force=force)
@@ -675,6 +678,55 @@ def bench(
                                            "workers": workers}})
 
 
+@app.command(epilog=examples("leoclr views --protocol protocols/quickstart.yaml --out views.png"))
+def views(
+    protocol: Optional[Path] = ProtocolOpt,
+    method: Optional[str] = typer.Option(None, "--method", "-m", help=METHOD_HELP),
+    data: Optional[str] = typer.Option(None, "--data", help="dataset root (official on-disk layout), or shards"),
+    source: Optional[str] = typer.Option(None, "--source", help="builtin, imagefolder, cifar10, cifar100, stl10, "
+                                                               "webdataset"),
+    split: Optional[str] = typer.Option(None, "--split", help="split to draw the images from"),
+    out_file: Path = typer.Option(Path("views.png"), "--out", "-o", help="PNG file to write"),
+    count: int = typer.Option(8, "--count", "-n", min=1, max=256, help="images (rows) in the grid"),
+    cell: Optional[int] = typer.Option(None, "--cell", min=16, max=1024, help="pixels per tile (default: the view "
+                                                                               "size, at least 64)"),
+    sets: Optional[List[str]] = SetOpt,
+) -> None:
+    """A PNG grid of the first images, each beside its views as the method sees them (before normalisation)."""
+    from .data import open_pretrain_data
+    from .pictures import check_png_name, views_grid, write_png
+    from .schema import load_protocol
+
+    check_png_name(out_file)
+    p = load_protocol("pretrain", protocol, _overrides(sets, **{"method.name": method, "data.split": split},
+                                                       **_data_flags(source, data)))
+    src = open_pretrain_data(p.data)
+    write_png(views_grid(p, src, count, cell), out_file)
+    out.print(f"{min(count, len(src))} images of {p.data.source} with their {p.method.name} views: {out_file}")
+
+
+@app.command(epilog=examples("leoclr shards --data ~/data/mine --out shards/train-%06d.tar"))
+def shards(
+    data: Path = typer.Option(..., "--data", help="dataset root (official on-disk layout)"),
+    out_pattern: str = typer.Option(..., "--out", "-o", help="shard file names with one number field, e.g. "
+                                                             "shards/train-%06d.tar"),
+    source: str = typer.Option("imagefolder", "--source", help="imagefolder, cifar10, cifar100, stl10, ..."),
+    split: str = typer.Option("train", "--split", help="the split to write"),
+    per_shard: int = typer.Option(1000, "--per-shard", min=1, help="images per shard"),
+    seed: int = typer.Option(0, "--seed", help="seed of the order the images are written in"),
+    force: bool = typer.Option(False, "--force", help="overwrite existing shards"),
+) -> None:
+    """Write a dataset as WebDataset tar shards, for data.source webdataset."""
+    from .data import open_data
+    from .data.shards import write_shards
+
+    src = open_data(source, str(data.expanduser()), split, builtin_n=4000)
+    r = write_shards(src, out_pattern, per_shard=per_shard, seed=seed, force=force,
+                     log=lambda line: err.print(line, highlight=False))
+    out.print(f"wrote {r['samples']} images of {source} {split} in {r['shards']} shards; pretrain on them with\n"
+              f"  leoclr pretrain --source webdataset --data '{r['pattern']}' ...", highlight=False, soft_wrap=True)
+
+
 @app.command(epilog=examples("leoclr boxes runs/c10-cc --out boxes.png"))
 def boxes(
     run_dir: Path = typer.Argument(..., help="a pretraining run directory made with --crops contrastive or center-box"),
@@ -683,30 +735,23 @@ def boxes(
     cell: int = typer.Option(128, "--cell", min=16, max=1024, help="pixels per image in the grid"),
 ) -> None:
     """Draw the ContrastiveCrop boxes of a run on a grid of its first images (RUN/boxes.safetensors)."""
-    import io
-
-    from .checkpoint import atomic_write_bytes
-    from .data import open_data
+    from .data import open_pretrain_data
     from .data.ccrop import box_stats, draw_boxes, load_boxes
+    from .pictures import check_png_name, write_png
     from .schema import load_protocol
 
     run_dir = run_dir.expanduser()
     path = run_dir / "boxes.safetensors"
     if not path.is_file():
         raise UserError(f"{run_dir} holds no boxes.safetensors (pretrain with --crops contrastive or center-box)")
-    if out_file.suffix.lower() != ".png":
-        raise UserError(f"--out {out_file}: the grid is written as PNG, give a file name ending in .png")
+    check_png_name(out_file)
     all_boxes, meta = load_boxes(path)
     p = load_protocol("pretrain", run_dir / "protocol.yaml")
-    d = p.data
-    source = open_data(d.source, d.root, d.split, verify_checksums=d.verify_checksums, builtin_n=d.builtin_train)
+    source = open_pretrain_data(p.data)
     if len(source) != all_boxes.shape[0]:
         raise UserError(f"{path} holds {all_boxes.shape[0]} boxes, but the run's data has {len(source)} images")
     n = min(count, len(source))
-    grid = draw_boxes([source[i][0] for i in range(n)], all_boxes[:n], cell=cell)
-    buf = io.BytesIO()
-    grid.save(buf, format="PNG")
-    atomic_write_bytes(out_file, buf.getvalue())
+    write_png(draw_boxes([source[i][0] for i in range(n)], all_boxes[:n], cell=cell), out_file)
     whole = box_stats(all_boxes)["ccrop_whole"]
     out.print(f"{n} images with their {meta.get('mode', '')} boxes (computed after epoch {meta.get('epoch', '?')}; "
               f"{100 * whole:.0f}% of all boxes are the whole image): {out_file}")

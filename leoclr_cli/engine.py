@@ -3,7 +3,8 @@
 A *task* is an ``nn.Module`` whose ``forward(inputs, labels)`` returns ``(loss, stats)``; the
 pretraining methods and the linear classifier are tasks. The engine owns everything around the
 step: device placement, the per-epoch learning rate (or a per-step one, for iteration-based
-schedules such as detection's warm-up and steps), progress (progress.py), ``metrics.jsonl``,
+schedules such as detection's warm-up and steps), progress (progress.py), ``metrics.jsonl`` (and the
+experiment trackers, fed the same records: tracking.py),
 resumable checkpoints every N epochs, every M steps and at the end, exact resume (also from the
 middle of an epoch), preemption (SIGTERM/SIGINT) and the divergence check.
 
@@ -130,7 +131,7 @@ class Engine:
                  desc: str = "train", log_every: int = 10, seed: int = 0,
                  amp: Optional[torch.dtype] = None, channels_last: bool = False,
                  lr_at_step: Optional[Callable[[int], float]] = None, checkpoint_every_steps: int = 0,
-                 batch_transform: Optional[Callable[[Any], Any]] = None):
+                 batch_transform: Optional[Callable[[Any], Any]] = None, tracker: Optional[Any] = None):
         self.task, self.optimizer, self.loader = task, optimizer, loader
         self.epochs, self.lr_at, self.device = epochs, lr_at, device
         self.run_dir, self.protocol_json = Path(run_dir), protocol_json
@@ -146,6 +147,8 @@ class Engine:
         self.scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
         # runs on the device before the task, e.g. the tensor view generator (data/gpu_views.py)
         self.batch_transform = batch_transform
+        # TensorBoard / MLflow / W&B (tracking.Tracker): fed from _emit and _flush_steps, rank 0 only
+        self.tracker = tracker if distributed.is_main() else None
         self.main = distributed.is_main()  # under DDP only rank 0 writes metrics and checkpoints
         self.model: torch.nn.Module = task  # DistributedDataParallel(task) under torchrun, set by run()
         self.sampler_gen = torch.Generator()
@@ -159,7 +162,9 @@ class Engine:
             loader.worker_init_fn = preempt.worker_init(loader.worker_init_fn)
         batches = getattr(loader, "batch_sampler", None)
         self.skipper: Optional[SkipFirst] = None
-        if batches is not None and hasattr(batches, "sampler"):
+        # a streamed (iterable) dataset has no indices to skip: a mid-epoch resume reads and drops the batches
+        if batches is not None and hasattr(batches, "sampler") and not isinstance(
+                loader.dataset, torch.utils.data.IterableDataset):
             self.skipper = batches.sampler = SkipFirst(batches.sampler)
         self.stop_flag = distributed.HostFlag()
         self._epoch_sums: dict[str, Any] = {}  # the metric sums of the epoch just trained (see _stop)
@@ -264,9 +269,7 @@ class Engine:
                     except Preempted:  # a signal during the epoch-end evaluation: keep the epoch's steps
                         ckpt.set_rng_state(*rng)
                         self._stop(preempt.requested(), epoch, steps, self._epoch_sums)
-                if self.main:
-                    with open(self.metrics_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                self._emit(record, (epoch + 1) * steps)
                 every_steps = self.checkpoint_every_steps and (epoch + 1) * steps % self.checkpoint_every_steps == 0
                 if every_steps or (self.checkpoint_every and ((epoch + 1) % self.checkpoint_every == 0
                                                               or epoch + 1 == self.epochs)):
@@ -275,6 +278,23 @@ class Engine:
                 reporter.line(json.dumps(shown))  # in a log, each epoch's record
         self.stop_flag.drain()
         return read_metrics(self.metrics_path)
+
+    def _emit(self, record: dict[str, Any], step: int) -> None:
+        """The one place an epoch's record goes out: ``metrics.jsonl``, then the trackers (rank 0)."""
+        if not self.main:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tracker is not None:
+            self.tracker.epoch(step, record)
+
+    def _flush_steps(self, pending: list[tuple[int, torch.Tensor, float]]) -> None:
+        """Hand the per-step (global step, loss, lr) gathered since the last flush to the trackers
+        (one device sync for all of them)."""
+        if pending:
+            losses = torch.stack([loss for _, loss, _ in pending]).float().tolist()
+            self.tracker.steps([(s, {"loss": v, "lr": lr}) for (s, _, lr), v in zip(pending, losses)])
+            pending.clear()
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else nullcontext()
@@ -315,6 +335,7 @@ class Engine:
         bad_images = partial["bad_images"] if partial else 0
         t0 = time.perf_counter()
         window: list[torch.Tensor] = []  # per-step losses since the last finiteness check
+        pending: list[tuple[int, torch.Tensor, float]] = []  # per-step values for the trackers
         batches: Any = self.loader
         if skip and self.skipper is not None:
             self.skipper.skip = skip * (self.loader.batch_size or 1)
@@ -342,6 +363,8 @@ class Engine:
             n = labels.shape[0] if torch.is_tensor(labels) else len(labels)
             seen += n
             window.append(loss.detach())
+            if self.tracker is not None:
+                pending.append((epoch * steps + i + 1, window[-1], lr))
             for key, val in {"loss": loss.detach(), **stats}.items():
                 sums[key] = sums.get(key, 0) + torch.as_tensor(val, device=self.device) * n
             done = i + 1
@@ -357,6 +380,8 @@ class Engine:
             checked = done % self.log_every == 0 or done == steps
             if checked:  # a collective under DDP: on every rank at the same steps
                 self._check_finite(window, epoch, done, steps)
+                if self.tracker is not None:
+                    self._flush_steps(pending)
             if checked or reporter.due():  # due() follows rank 0's clock: no collective in here
                 rate = (seen - (partial["seen"] if partial else 0)) / max(time.perf_counter() - t0, 1e-9)
                 reporter.show(f"epoch {epoch + 1}/{self.epochs} step {done}/{steps} loss {loss.item():.4f} "

@@ -14,15 +14,18 @@ import torch
 from rich.console import Console
 
 from . import checkpoint as ckpt
-from . import distributed, preempt
-from .data import default_eval_splits, open_data
+from . import distributed, preempt, tracking
+from .data import default_eval_splits, open_pretrain_data
 from .data.ccrop import CropBoxes, box_stats, localise
-from .data.views import AugmentedDataset, ViewMaker, draft_side, eval_transform, measure_normalization
+from .data.gpu_views import TensorViews
+from .data.pipeline import augmented
+from .data.views import AugmentedDataset, eval_transform, measure_normalization
 from .errors import UserError
 from .engine import Engine, amp_dtype, cosine_lr, require_a_batch, resolve_device
 from .evaluate.features import extract, labelled_split, loader_for, subset
 from .evaluate.knn import knn_accuracy
 from .methods import MomentumContrast, build_method
+from .pictures import views_grid
 from .rundir import command, prepare, write_json
 from .schema import EvalDataConfig, EvalTransformConfig, PretrainProtocol, load_protocol, norm_stats, protocol_json
 
@@ -53,23 +56,16 @@ def monitor_transform(p: PretrainProtocol) -> EvalTransformConfig:
 def build_loader(p: PretrainProtocol, source, kinds, device: torch.device,
                  batch_size: Optional[int] = None, boxes: Optional[CropBoxes] = None) -> torch.utils.data.DataLoader:
     """Pretraining batches of ``batch_size`` (default optim.batch_size); under DDP this rank's share."""
-    if p.augment.backend == "tensor":
-        from .data.gpu_views import DecodeAndDraw
-
-        if boxes is not None:
-            raise UserError(f"augment.crops '{p.augment.crops}' needs augment.backend 'pil' (the tensor backend "
-                            "draws random crops only)")
-        fn = DecodeAndDraw(p.augment, kinds)
+    batch = batch_size or p.optim.batch_size
+    views = augmented(p, source, kinds, boxes, batch)
+    if isinstance(views, torch.utils.data.IterableDataset):  # shards: the dataset splits ranks and workers
+        sampler, shuffle = None, None
     else:
-        fn = ViewMaker(p.augment, kinds, boxes)
-    if hasattr(source, "set_draft"):
-        source.set_draft(draft_side(p.augment) if p.augment.draft else None)
-    views = AugmentedDataset(source, fn, seed=p.seed, on_bad_image=p.data.on_bad_image)
-    sampler = distributed.sampler(views, shuffle=p.data.shuffle, seed=p.seed * 100_003)
+        sampler = distributed.sampler(views, shuffle=p.data.shuffle, seed=p.seed * 100_003)
+        shuffle = p.data.shuffle if sampler is None else None
     return torch.utils.data.DataLoader(
-        views, batch_size=batch_size or p.optim.batch_size, shuffle=p.data.shuffle if sampler is None else None,
-        sampler=sampler, drop_last=True, num_workers=p.data.num_workers, pin_memory=device.type == "cuda",
-        persistent_workers=p.data.num_workers > 0)
+        views, batch_size=batch, shuffle=shuffle, sampler=sampler, drop_last=True, num_workers=p.data.num_workers,
+        pin_memory=device.type == "cuda", persistent_workers=p.data.num_workers > 0)
 
 
 def compile_encoders(method: torch.nn.Module, mode: str) -> list[str]:
@@ -197,8 +193,7 @@ def norm_meta(p: PretrainProtocol) -> dict[str, str]:
 def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = None, force: bool = False,
                  quiet: bool = False, console: Optional[Console] = None) -> dict[str, Any]:
     console = console or Console(stderr=True)
-    source = open_data(p.data.source, p.data.root, p.data.split, verify_checksums=p.data.verify_checksums,
-                       builtin_n=p.data.builtin_train)
+    source = open_pretrain_data(p.data)
     _, world, device = distributed.init_from_env(resolve_device(p.device))
     try:
         return _pretrain(p, run_dir, source, device, world, resume=resume, force=force, quiet=quiet, console=console)
@@ -206,11 +201,26 @@ def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = 
         distributed.shutdown()
 
 
+def open_tracker(p: PretrainProtocol, run_dir: Path, source, resume_from: Optional[Path],
+                 steps: int) -> Optional[tracking.Tracker]:
+    """The trackers of ``p.log``; a new run also logs the grid of its first images' views."""
+    start = 0
+    if resume_from is not None:
+        meta = ckpt.read_metadata(resume_from)
+        start = int(meta["epoch"]) * steps + int(meta.get("step", "0"))
+    tracker = tracking.open_tracker(p.log, Path(run_dir), p.model_dump(mode="json"), f"{p.name} {p.method.name}",
+                                    start)
+    if tracker is not None and not start:
+        tracker.image("views", np.asarray(views_grid(p, source, 8)))
+    return tracker
+
+
 def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, world: int, *,
               resume: Optional[str], force: bool, quiet: bool, console: Console) -> dict[str, Any]:
     main = distributed.is_main()
     local_batch, lr, scale_text = scale_out(p, world)
     p = resolve_normalize(p, source, Path(run_dir), resume, console, quiet)
+    tracking.check(p.log)
     if not main:
         quiet, console = True, Console(quiet=True)
     if world > 1:
@@ -236,8 +246,6 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
     resume_from = prepare_on_main(run_dir, p, resume, force)
     batch_transform = None
     if p.augment.backend == "tensor":
-        from .data.gpu_views import TensorViews
-
         batch_transform = TensorViews(p.augment, method.views).to(device)
     optimizer = torch.optim.SGD([q for q in method.parameters() if q.requires_grad], lr=lr,
                                 momentum=p.optim.momentum, weight_decay=p.optim.weight_decay)
@@ -269,14 +277,19 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
             record.update(hook(epoch))
         return record
 
+    tracker = open_tracker(p, run_dir, source, resume_from, len(loader)) if main else None
     started = time.perf_counter()
     engine = Engine(task=method, optimizer=optimizer, loader=loader, epochs=p.optim.epochs, lr_at=lr_at, device=device,
                     run_dir=run_dir, protocol_json=protocol_json(p), checkpoint_every=p.checkpoint_every,
                     keep_checkpoints=p.keep_checkpoints, quiet=quiet, console=console, epoch_end=epoch_end,
                     desc=f"pretrain {p.method.name}", seed=p.seed, amp=amp_dtype(p.amp, device),
                     channels_last=p.channels_last and p.model.bn_splits == 1, batch_transform=batch_transform,
-                    checkpoint_every_steps=p.checkpoint_every_steps)
-    history = engine.run(resume_from)
+                    checkpoint_every_steps=p.checkpoint_every_steps, tracker=tracker)
+    try:
+        history = engine.run(resume_from)
+    finally:
+        if tracker is not None:
+            tracker.close()
     distributed.average_buffers(method)
     result = {"kind": "pretrain", "method": p.method.name, "arch": p.model.arch, "epochs": p.optim.epochs,
               "rank": distributed.rank(), "world_size": world, "global_batch": local_batch * world, "lr": lr}

@@ -26,6 +26,8 @@ GAP = "—"
 KINDS = ("pretrain", "linear-eval", "knn", "crop-test", "ablate", "finetune", "transfer", "detection")
 KIND_ALIASES = {"detect": "detection"}
 FIGURE3_FILE, FIGURE4_FILE, REPORT_FILE = "figure3_label_fractions.png", "figure4_augmentation_drop.png", "report.md"
+CURVES_FILE = "training_curves.png"
+CURVES = (("loss", "training loss"), ("lr", "learning rate"), ("knn_top1", "kNN monitor top-1 (%)"))
 PART_ORDER = ("color", "grayscale", "blur", "flip", "all-but-crop")
 FRACTION_TICKS = (1, 2, 5, 10, 20, 50, 100)
 
@@ -403,18 +405,51 @@ def figure4(runs: list[Run]) -> tuple[bytes, list[dict[str, Any]]]:
     return data, plotted
 
 
+def curves(runs: list[Run]) -> tuple[bytes, list[dict[str, Any]]]:
+    """Loss, lr and kNN monitor per epoch of every pretraining run (its ``metrics.jsonl``), overlaid:
+    (PNG, the plotted series as read back from the axes)."""
+    from .engine import read_metrics
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 4))
+    for r in runs:
+        if r.kind != "pretrain":
+            continue
+        records = read_metrics(r.dir / "metrics.jsonl")
+        for ax, (key, _) in zip(axes, CURVES):
+            pts = [(m["epoch"], m[key]) for m in records if m.get(key) is not None and "epoch" in m]
+            if pts:
+                ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, markersize=3,
+                        label=f"{r.label} ({paper.METHOD_LABELS.get(r.method, r.method)})")
+    for ax, (key, title) in zip(axes, CURVES):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no runs" if key != "knn_top1" else "no kNN monitor (monitor.knn_every)",
+                    ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle("Pretraining curves")
+    plotted = [{"panel": key, "label": line.get_label(), "x": [float(v) for v in line.get_xdata()],
+                "y": [float(v) for v in line.get_ydata()]} for ax, (key, _) in zip(axes, CURVES) for line in ax.lines]
+    data = _png(fig)
+    plt.close(fig)
+    return data, plotted
+
+
 # --------------------------------------------------------------------------- the report
 
 
 def build_report(run_dirs: list[Path], out_dir: Path, *, force: bool = False) -> dict[str, Any]:
     runs, ignored = collect(run_dirs)
     out_dir = Path(out_dir)
-    targets = [out_dir / REPORT_FILE, out_dir / FIGURE3_FILE, out_dir / FIGURE4_FILE]
+    targets = [out_dir / REPORT_FILE, out_dir / FIGURE3_FILE, out_dir / FIGURE4_FILE, out_dir / CURVES_FILE]
     existing = [t for t in targets if t.exists()]
     if existing and not force:
         raise UserError(f"{existing[0]} already exists; use --force to replace the report")
     fig3, fig3_series = figure3(runs)
     fig4, fig4_bars = figure4(runs)
+    fig_curves, curve_series = curves(runs)
     counts = {k: sum(r.kind == k for r in runs) for k in KINDS if any(r.kind == k for r in runs)}
     parts = [
         "# LeOCLR: the paper's numbers and ours",
@@ -426,12 +461,14 @@ def build_report(run_dirs: list[Path], out_dir: Path, *, force: bool = False) ->
         f"{GAP} = no such number (the paper has none, or no run of ours matches).",
         "## The paper's tables", *tables(runs),
         "## Figures", f"![Figure 3]({FIGURE3_FILE})", f"![Figure 4]({FIGURE4_FILE})", figure4_table(runs),
+        "## Training curves", f"![Training curves]({CURVES_FILE})",
         "## Every run, by kind", *(run_tables(runs) or ["No runs."]),
     ]
     if ignored:
         parts.append("Not used: " + "; ".join(f"`{_short(f)}` ({why})" for f, why in ignored) + ".")
     atomic_write_bytes(targets[1], fig3)
     atomic_write_bytes(targets[2], fig4)
+    atomic_write_bytes(targets[3], fig_curves)
     atomic_write_text(targets[0], "\n\n".join(parts) + "\n")
     return {"report": targets[0], "figures": targets[1:], "runs": counts, "ignored": len(ignored),
-            "figure3": fig3_series, "figure4": fig4_bars}
+            "figure3": fig3_series, "figure4": fig4_bars, "curves": curve_series}

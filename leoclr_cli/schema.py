@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
 
-SourceName = Literal["builtin", "builtin-textures", "imagefolder", "cifar10", "cifar100", "stl10", "cars", "pets", "birdsnap"]
+SourceName = Literal["builtin", "builtin-textures", "imagefolder", "cifar10", "cifar100", "stl10", "cars", "pets",
+                     "birdsnap"]
+# pretraining also streams WebDataset tar shards (data/shards.py)
+PretrainSourceName = Literal[get_args(SourceName) + ("webdataset",)]  # type: ignore[misc]
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2")
 
 # Per-dataset normalisation constants (mean, std).
@@ -122,9 +125,10 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    """Which images to read. ``root`` is required for every source but ``builtin``."""
+    """Which images to read. ``root`` is required for every source but ``builtin`` (webdataset: the shard
+    list, e.g. ``train-{000000..000099}.tar``, local paths or URLs)."""
 
-    source: SourceName = "builtin"
+    source: PretrainSourceName = "builtin"
     root: Optional[str] = None
     split: str = Field("train", description="split to pretrain on (stl10: unlabeled, train+unlabeled, ...)")
     verify_checksums: bool = Field(True, description="check torchvision's MD5s of CIFAR/STL-10 files")
@@ -136,6 +140,9 @@ class DataConfig(Strict):
     on_bad_image: Literal["error", "skip"] = Field(
         "error", description="an image file that cannot be decoded: stop naming it (error), or replace it by "
                              "the next readable image and count it in metrics.jsonl as bad_images_skipped (skip)")
+    shard_samples: Optional[int] = Field(
+        None, ge=1, description="webdataset: the number of samples in all shards (default: counted from the tar "
+                                "headers, which needs every shard to be a local file)")
 
     _root_needed = model_validator(mode="after")(lambda self: _require_root(self))
 
@@ -276,6 +283,27 @@ class MonitorConfig(Strict):
     max_test: int = Field(2000, ge=1, description="at most this many test images")
 
 
+class TrackingConfig(Strict):
+    """Experiment tracking besides ``metrics.jsonl`` (rank 0 only): per-step loss and lr, per-epoch
+    records (samples/s, kNN monitor, ...), the protocol as parameters, and a grid of the views. The
+    packages are the optional extra ``leoclr[tracking]``."""
+
+    tensorboard: bool = Field(False, description="write TensorBoard event files to RUN/tensorboard/")
+    mlflow: Optional[str | bool] = Field(
+        None, description="an MLflow tracking URI, or true for a local file store in RUN/mlruns/")
+    mlflow_experiment: str = Field("leoclr", description="the MLflow experiment the run is logged under")
+    wandb: Optional[Literal["offline", "online"]] = Field(
+        None, description="Weights & Biases: offline (files in RUN/wandb/, `wandb sync` uploads them) or online")
+    wandb_project: str = Field("leoclr", description="the W&B project")
+
+    @field_validator("mlflow")
+    @classmethod
+    def _mlflow(cls, v: Optional[str | bool]) -> Optional[str | bool]:
+        if v is False or v == "":
+            return None
+        return v
+
+
 class PretrainProtocol(Strict):
     kind: Literal["pretrain"] = "pretrain"
     name: str = "pretrain"
@@ -302,6 +330,17 @@ class PretrainProtocol(Strict):
     optim: OptimConfig = OptimConfig()
     monitor: MonitorConfig = MonitorConfig()
     distributed: DistributedConfig = DistributedConfig()
+    log: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _stream_fits(self) -> "PretrainProtocol":
+        if self.data.source == "webdataset" and self.augment.crops != "random":
+            raise ValueError(f"augment.crops '{self.augment.crops}' keeps a box per image, which needs an indexed "
+                             "source; data.source webdataset streams its images (use augment.crops random)")
+        if self.data.source == "webdataset" and self.monitor.knn_every:
+            raise ValueError("monitor.knn_every needs the labelled train and test splits of an indexed source; "
+                             "data.source webdataset has none (set monitor.knn_every=0, then leoclr knn RUN --data ...)")
+        return self
 
     @model_validator(mode="after")
     def _ccrop_fits(self) -> "PretrainProtocol":

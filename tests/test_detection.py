@@ -300,3 +300,79 @@ def test_shipped_detection_protocols(name, iters, steps, dataset):
     s = p.solver(8)
     assert (s["ims_per_batch"], s["base_lr"], s["max_iter"], s["steps"]) == (16, 0.02, iters, steps)
     assert p.train_sizes()[0] == (480 if dataset == "voc" else 640) and p.train_sizes()[-1] == p.min_size_test == 800
+
+
+def noisy_detections(records, num_classes, seed=0):
+    """Per record: each ground-truth box shifted a little (some far off), a false positive of another
+    class, distinct scores with 3 decimals and boxes with 1 decimal (what Detectron2's VOC evaluator writes)."""
+    rng = np.random.default_rng(seed)
+    dets, used = [], set()
+    for r in records:
+        boxes, scores, labels = [], [], []
+        for a in r["annotations"]:
+            shift = rng.choice([0.0, 1.0, 3.0, 12.0])
+            boxes.append([round(v + shift * rng.uniform(-1, 1), 1) for v in a["bbox"]])
+            labels.append(a["category_id"])
+            boxes.append([5.0, 5.0, 30.0, 25.0])
+            labels.append((a["category_id"] + 1) % num_classes)
+        for _ in boxes:
+            k = int(rng.integers(1, 1000))
+            while k in used:
+                k = int(rng.integers(1, 1000))
+            used.add(k)
+            scores.append(k / 1000)
+        dets.append({"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "scores": torch.tensor(scores),
+                     "labels": torch.tensor(labels, dtype=torch.int64)})
+    return dets
+
+
+def detectron2_scores(spec, dets, tmp_path):
+    """Feed ``dets`` to Detectron2's own evaluator of the spec's test records."""
+    from detectron2.structures import Boxes, Instances
+
+    name = f"leoclr_eval_{spec['dataset']}"
+    d2b._register(name, spec["test"], spec["classes"])
+    evaluator = d2b.test_evaluator(spec, name, tmp_path)
+    evaluator.reset()
+    for r, d in zip(spec["test"], dets):
+        inst = Instances((r["height"], r["width"]), pred_boxes=Boxes(d["boxes"]), scores=d["scores"],
+                         pred_classes=d["labels"])
+        evaluator.process([{"image_id": r["image_id"]}], [{"instances": inst}])
+    return d2b.bbox_metrics(evaluator.evaluate())
+
+
+@needs_d2
+def test_detectron2_evaluators_give_our_ap_on_the_same_detections(tmp_path, monkeypatch):
+    from leoclr_cli.detection.datasets import VOC_CLASSES
+    from leoclr_cli.detection.run import evaluate
+
+    # VOC: every one of the 20 classes in the test set (Detectron2 averages over all of them)
+    monkeypatch.setattr(fakedata, "VOC_FAKE_CLASSES", list(VOC_CLASSES))
+    voc = fakedata.make_voc(tmp_path / "voc", per_split={"2007-test": 40})
+    test = read_voc(voc, "2007-test")
+    assert {a["category_id"] for r in test for a in r["annotations"]} == set(range(20))
+    assert any(a["difficult"] for r in test for a in r["annotations"])
+    spec = {"dataset": "voc", "protocol": DetectProtocol(root=str(voc)), "test": test, "classes": list(VOC_CLASSES)}
+    dets = noisy_detections(test, 20)
+    ours = evaluate(spec, dets)
+    theirs = detectron2_scores(spec, dets, tmp_path / "t-voc")
+    assert 10 < ours["AP"] < 90 and ours["AP50"] > ours["AP75"] > 0  # neither trivial nor perfect
+    assert {k: theirs[k] for k in ("AP", "AP50", "AP75")} == pytest.approx({k: ours[k] for k in theirs}, abs=1e-6)
+    # only the first images tested (max_test_images): the evaluator's image list follows. Detectron2 averages
+    # over all 20 classes (an absent one has AP 0), ours over the classes present
+    few = {**spec, "test": test[:7]}
+    present = len({a["category_id"] for r in few["test"] for a in r["annotations"] if not a["difficult"]})
+    assert present < 20
+    ours_few = evaluate(few, dets[:7])
+    assert detectron2_scores(few, dets[:7], tmp_path / "t-few") == pytest.approx(
+        {k: ours_few[k] * present / 20 for k in ("AP", "AP50", "AP75")}, abs=1e-6)
+
+    coco = fakedata.make_coco(tmp_path / "coco", per_split={"val2017": 12})
+    records, names, cat_ids = read_coco(coco, "val2017")
+    spec = {"dataset": "coco", "test": records, "classes": names, "cat_ids": cat_ids,
+            "ann_file": str(coco / "annotations" / "instances_val2017.json")}
+    dets = noisy_detections(records, len(names), seed=1)
+    ours = evaluate(spec, dets)
+    theirs = detectron2_scores(spec, dets, tmp_path / "t-coco")
+    assert 10 < ours["AP"] < 90
+    assert theirs == pytest.approx(ours, abs=1e-6)

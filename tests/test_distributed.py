@@ -35,9 +35,11 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
 
 def test_two_rank_ddp_equals_one_process(tmp_path):
     # also a mid-epoch checkpoint after step 1 (BN statistics and partial sums reduced over the ranks)
-    ddp = torchrun("--set", "checkpoint_every_steps=1", "--set", "keep_checkpoints=4", "--out", str(tmp_path / "ddp"))
-    # rank 0 alone reports, and states the global batch and the lr rule
+    ddp = torchrun("--set", "checkpoint_every_steps=1", "--set", "keep_checkpoints=4", "--set", "log.tensorboard=true",
+                   "--out", str(tmp_path / "ddp"))
+    # rank 0 alone reports, and states the global batch and the lr rule; rank 0 alone writes TensorBoard events
     assert ddp.stdout.count("pretrained leoclr") == 1
+    assert len(list((tmp_path / "ddp" / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert "distributed: 2 ranks x 4 = global batch 8; lr 0.03 as in the protocol" in ddp.stderr
     with pytest.raises(SystemExit) as exc:
         main(["pretrain", *COMMON, "--set", "model.bn_splits=2", "--out", str(tmp_path / "one")])
@@ -70,8 +72,8 @@ def test_two_rank_ddp_equals_one_process(tmp_path):
     shutil.copytree(tmp_path / "ddp", resumed)
     ckpt.state_path(resumed, 1).unlink()
     assert ckpt.latest_state(resumed) == ckpt.state_path(resumed, 0, 1)
-    torchrun("--set", "checkpoint_every_steps=1", "--set", "keep_checkpoints=4", "--out", str(resumed),
-             "--resume", "auto")
+    torchrun("--set", "checkpoint_every_steps=1", "--set", "keep_checkpoints=4", "--set", "log.tensorboard=true",
+             "--out", str(resumed), "--resume", "auto")
     c, _ = ckpt.load_tensors(ckpt.state_path(resumed, 1))
     assert c.keys() == a.keys()
     assert max((c[k].double() - a[k].double()).abs().max().item() for k in a if k.startswith(("model", "optim"))) < 1e-6

@@ -118,3 +118,25 @@ def test_report_refuses_to_overwrite_and_names_missing_dirs(runs, tmp_path, caps
     assert call(["report", runs, "--out", out, "--force"], capsys)[0] == 0
     code, err = call(["report", tmp_path / "nope", "--out", tmp_path / "r2"], capsys)
     assert code == 2 and "nope" in err and not (tmp_path / "r2").exists()
+
+
+def test_report_overlays_the_training_curves_of_its_pretraining_runs(tmp_path, capsys):
+    root = tmp_path / "runs"
+    series = {"leo": [{"epoch": e, "loss": 5.0 - e, "lr": 0.03 / e} for e in (1, 2, 3)],
+              "moco": [{"epoch": e, "loss": 6.0 - e, "lr": 0.03, **({"knn_top1": 10.0 * e} if e % 2 else {})}
+                       for e in (1, 2, 3, 4)]}
+    for name, records in series.items():
+        d = put(root, name, {"kind": "pretrain", "method": "leoclr" if name == "leo" else "mocov2", "epochs": 4})
+        # the last line torn by a kill is ignored, as everywhere metrics.jsonl is read
+        (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in records) + '{"epoch": 9, "lo')
+    from leoclr_cli.report import build_report
+
+    r = build_report([root], tmp_path / "report")
+    plotted = {(s["panel"], s["label"].split(" ")[0].rsplit("/", 1)[-1]): (s["x"], s["y"]) for s in r["curves"]}
+    assert plotted == {("loss", "leo"): ([1, 2, 3], [4.0, 3.0, 2.0]), ("lr", "leo"): ([1, 2, 3], [0.03, 0.015, 0.01]),
+                       ("loss", "moco"): ([1, 2, 3, 4], [5.0, 4.0, 3.0, 2.0]),
+                       ("lr", "moco"): ([1, 2, 3, 4], [0.03] * 4), ("knn_top1", "moco"): ([1, 3], [10.0, 30.0])}
+    assert "training_curves.png" in (tmp_path / "report" / "report.md").read_text()
+    with Image.open(tmp_path / "report" / "training_curves.png") as im:
+        assert im.format == "PNG" and im.size[0] > 3 * im.size[1] / 2
+        assert len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 3  # coloured lines drawn

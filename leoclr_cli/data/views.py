@@ -70,6 +70,12 @@ def to_tensor(norm: Norm) -> ToNormalized:
     return ToNormalized(norm)
 
 
+def denormalize(x: torch.Tensor, name: str) -> torch.Tensor:
+    """The uint8 image (..., 3, H, W) of a view that :class:`ToNormalized` (``name``) normalised."""
+    mean, std = (torch.tensor(v, dtype=torch.float32).view(3, 1, 1) for v in NORMALIZATION[name])
+    return (x.float() * std + mean).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+
+
 class PadToSquare(v2.Transform):
     """Resize the longer side to ``size`` and pad the shorter one symmetrically (mean grey)."""
 
@@ -302,13 +308,24 @@ class AugmentedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         img, label, index, replaced = self._read(i) if self.skip_bad else (*self.source[i], i, 0)
+        out = self.make(img, i, index)
+        return (out, label, replaced) if self.skip_bad else (out, label)
+
+    def make(self, img: Image.Image, i: int, index: Optional[int] = None):
+        """``fn(img)`` with its random draws seeded by (seed, epoch, i); ``index``: the image's index in
+        the source (ContrastiveCrop's box), default ``i``."""
         with torch.random.fork_rng(devices=[]):
             epoch = self.epoch
             # the CPU generator only: torch.manual_seed would also queue lazy CUDA/XPU seeding
             # (a formatted stack trace per call, ~1 ms) that the views never use
             torch.default_generator.manual_seed(sample_seed(self.seed, epoch, i))
-            out = self.fn(img, index, epoch) if isinstance(self.fn, ViewMaker) else self.fn(img)
-        return (out, label, replaced) if self.skip_bad else (out, label)
+            return self.fn(img, i if index is None else index, epoch) if isinstance(self.fn, ViewMaker) else self.fn(img)
+
+    def warn(self, e: BadImage) -> None:
+        """Say once per file that an undecodable image was skipped."""
+        if str(e) not in self._warned:
+            self._warned.add(str(e))
+            print(f"warning: {e}; skipped (data.on_bad_image: skip)", file=sys.stderr)
 
     def _read(self, i: int):
         """(image, label, index read, 1) of the first readable item from ``i`` on if ``i`` is bad, else
@@ -319,9 +336,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
                 img, label = self.source[(i + k) % n]
                 return img, label, (i + k) % n, int(k > 0)
             except BadImage as e:
-                if str(e) not in self._warned:
-                    self._warned.add(str(e))
-                    print(f"warning: {e}; skipped (data.on_bad_image: skip)", file=sys.stderr)
+                self.warn(e)
         raise UserError(f"no image of the dataset could be decoded (e.g. {min(self._warned)})")
 
     def _boxes(self) -> Optional["CropBoxes"]:

@@ -4,12 +4,15 @@
 One trial runs in :func:`trial_worker` through Detectron2's ``launch`` (one process per GPU).
 The backbone is loaded in memory through ``DetectionCheckpointer`` with suffix matching, exactly
 as the exported .pkl would be; Detectron2's periodic ``.pth`` checkpoints are not written (the
-final model is saved as safetensors), and evaluation uses the project's metrics on the gathered
-predictions, so both backends report the same numbers the same way.
+final model is saved as safetensors). The AP is Detectron2's own: ``PascalVOCDetectionEvaluator``
+(VOC, the 2007 11-point metric for VOC2007) or ``COCOEvaluator`` (COCO), on the tested images
+(:func:`test_evaluator`); the torchvision backend scores with the project's metrics
+(``metrics.py``), which give the same AP on the same detections (a test checks it).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -105,12 +108,42 @@ def _register(name: str, records: list[dict[str, Any]], classes: list[str]) -> N
     MetadataCatalog.get(name).set(thing_classes=list(classes))
 
 
+def test_evaluator(spec: dict[str, Any], name: str, work_dir: Path):
+    """Detectron2's evaluator of the registered test set ``name``: ``PascalVOCDetectionEvaluator`` reading
+    the VOC XML files, over an image list of the tested images written to ``work_dir/voc-eval`` (so
+    ``max_test_images`` is honoured), or ``COCOEvaluator`` with pycocotools' COCOeval on the annotation
+    file (``bbox`` only)."""
+    from detectron2.data import MetadataCatalog
+    from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+
+    meta = MetadataCatalog.get(name)
+    if spec["dataset"] == "voc":
+        year = int(spec["protocol"].voc_test.partition("-")[0])
+        voc_dir = Path(spec["test"][0]["file_name"]).parents[1]  # VOCdevkit/VOC<year>
+        shadow = Path(work_dir) / "voc-eval"
+        (shadow / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+        (shadow / "ImageSets" / "Main" / "test.txt").write_text("".join(r["image_id"] + "\n" for r in spec["test"]))
+        if not (shadow / "Annotations").exists():
+            (shadow / "Annotations").symlink_to((voc_dir / "Annotations").resolve(), target_is_directory=True)
+        meta.set(dirname=str(shadow), year=year, split="test")
+        return PascalVOCDetectionEvaluator(name)
+    meta.set(json_file=spec["ann_file"], thing_dataset_id_to_contiguous_id={c: i for i, c in enumerate(spec["cat_ids"])})
+    return COCOEvaluator(name, tasks=("bbox",), distributed=True, use_fast_impl=False)
+
+
+def bbox_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """AP, AP50, AP75 (percent) of a Detectron2 evaluator's results (NaN, no detection at all: 0)."""
+    bbox = results.get("bbox", {})
+    values = {k: float(bbox.get(k, 0.0)) for k in ("AP", "AP50", "AP75")}
+    return {k: 0.0 if math.isnan(v) else v for k, v in values.items()}
+
+
 def trial_worker(spec: dict[str, Any]) -> None:
     """Train and test one trial (run in each of Detectron2's processes); rank 0 writes the trial files."""
     import detectron2.utils.comm as comm
     from detectron2.data import build_detection_test_loader
     from detectron2.engine import DefaultTrainer, hooks
-    from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
+    from detectron2.evaluation import inference_on_dataset
     from detectron2.utils.env import seed_all_rng
     from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
@@ -138,24 +171,7 @@ def trial_worker(spec: dict[str, Any]) -> None:
         raise RuntimeError(f"backbone weights not matched by Detectron2: {incompatible.unexpected_keys[:3]}")
     trainer.train()
 
-    class Collect(DatasetEvaluator):
-        def reset(self):
-            self.found = {}
-
-        def process(self, inputs, outputs):
-            for i, o in zip(inputs, outputs):
-                inst = o["instances"].to("cpu")
-                self.found[i["image_id"]] = {"boxes": inst.pred_boxes.tensor, "scores": inst.scores,
-                                             "labels": inst.pred_classes}
-
-        def evaluate(self):
-            return {}
-
-    collect = Collect()
-    inference_on_dataset(trainer.model, build_detection_test_loader(cfg, "leoclr_test"), collect)
-    parts = comm.gather(collect.found, dst=0)
+    evaluator = test_evaluator(spec, "leoclr_test", out_dir)
+    results = inference_on_dataset(trainer.model, build_detection_test_loader(cfg, "leoclr_test"), evaluator)
     if comm.is_main_process():
-        found = {k: v for part in parts for k, v in part.items()}
-        dets = [found[r["image_id"]] for r in spec["test"]]
-        model = trainer.checkpointer.model
-        finish_trial(spec, dets, model.state_dict())
+        finish_trial(spec, bbox_metrics(results), trainer.checkpointer.model.state_dict())

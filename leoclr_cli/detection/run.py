@@ -53,10 +53,9 @@ def evaluate(spec: dict[str, Any], dets: list[dict[str, Any]]) -> dict[str, Any]
     return coco_ap(Path(spec["ann_file"]), spec["test"], dets, spec["cat_ids"])
 
 
-def finish_trial(spec: dict[str, Any], dets: list[dict[str, Any]], state: dict[str, torch.Tensor]) -> None:
-    """Score one trial's detections; write trial-N/model.safetensors and trial-N/result.json."""
+def finish_trial(spec: dict[str, Any], metrics: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+    """Write one trial's trial-N/model.safetensors and trial-N/result.json (``metrics``: its AP)."""
     trial_dir = Path(spec["trial_dir"])
-    metrics = evaluate(spec, dets)
     ckpt.save_tensors(trial_dir / "model.safetensors", state, {
         "kind": KIND_DETECTOR, "backend": spec["backend"], "dataset": spec["dataset"],
         "classes": json.dumps(spec["classes"]), "seed": str(spec["seed"]), "protocol": spec["protocol_json"]})
@@ -149,7 +148,7 @@ def _torchvision_trial(spec: dict[str, Any], state: dict[str, torch.Tensor], qui
     model, _ = train_torchvision(p, spec["train"], len(spec["classes"]), state, Path(spec["trial_dir"]),
                                  spec["seed"], spec["protocol_json"], quiet, console)
     dets = predict(model, spec["test"], p, resolve_device(p.device))
-    finish_trial(spec, dets, model.state_dict())
+    finish_trial(spec, evaluate(spec, dets), model.state_dict())
 
 
 def _detectron2_trial(spec: dict[str, Any], state: dict[str, torch.Tensor], gpus: int) -> None:

@@ -1,0 +1,200 @@
+"""Experiment tracking: TensorBoard, MLflow and Weights & Biases, fed by the engine.
+
+The engine emits every metric in one place (``metrics.jsonl``) and hands the same values to a
+:class:`Tracker`, which fans them out to the tools a protocol's ``log`` section names (rank 0 only):
+per-step loss and lr, each epoch's record (samples/s, kNN monitor, ...) at the global step where the
+epoch ends, the protocol as parameters, and one image (the grid of :mod:`~.pictures`).
+
+The packages are optional (``leoclr[tracking]``); :func:`check` names the missing one before the
+run directory is touched. Run ids are kept in ``RUN/tracking.json``, so ``--resume`` continues the
+same MLflow / W&B run; TensorBoard drops the events past the resumed step (``purge_step``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .checkpoint import atomic_write_text
+from .errors import UserError
+from .schema import TrackingConfig
+
+EXTRA = "pip install 'leoclr[tracking]'"
+IDS_FILE = "tracking.json"
+# (field, module to import, the package that provides it)
+NEEDS = (("tensorboard", "torch.utils.tensorboard", "tensorboard"), ("mlflow", "mlflow", "mlflow (or mlflow-skinny)"),
+         ("wandb", "wandb", "wandb"))
+
+
+def _import(field: str) -> Any:
+    module, package = next((m, p) for f, m, p in NEEDS if f == field)
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"log.{field} needs the {package} package, which is not installed: {EXTRA}") from None
+
+
+def check(cfg: TrackingConfig) -> None:
+    """Raise the one-sentence UserError for a tracker whose package is missing."""
+    for field, _, _ in NEEDS:
+        if getattr(cfg, field):
+            _import(field)
+
+
+def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def scalars(record: dict[str, Any]) -> dict[str, float]:
+    """The numeric entries of a metrics record (booleans and strings are not curves)."""
+    return {k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class TensorBoard:
+    def __init__(self, run_dir: Path, params: dict[str, Any], start_step: int):
+        SummaryWriter = _import("tensorboard").SummaryWriter
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_step or None)
+        if not start_step:
+            self.writer.add_text("protocol", "\n".join(f"    {k}: {v}" for k, v in flat(params).items()), 0)
+
+    def steps(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        for step, values in rows:
+            for key, value in values.items():
+                self.writer.add_scalar(f"step/{key}", value, step)
+
+    def epoch(self, step: int, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.writer.add_scalar(f"epoch/{key}", value, step)
+
+    def image(self, tag: str, hwc: np.ndarray) -> None:
+        self.writer.add_image(tag, hwc, 0, dataformats="HWC")
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class MLflow:
+    def __init__(self, run_dir: Path, cfg: TrackingConfig, params: dict[str, Any], name: str, run_id: Optional[str]):
+        mlflow = _import("mlflow")
+        if cfg.mlflow is True:
+            uri = (run_dir / "mlruns").resolve().as_uri()
+            # MLflow 3 asks for this opt-in to its file store, the one store that needs no database
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        else:
+            uri = str(cfg.mlflow)
+        self.client = mlflow.MlflowClient(tracking_uri=uri)
+        self.entities = importlib.import_module("mlflow.entities")
+        try:
+            if run_id is None:
+                exp = self.client.get_experiment_by_name(cfg.mlflow_experiment)
+                exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(cfg.mlflow_experiment)
+                run_id = self.client.create_run(exp_id, run_name=name).info.run_id
+                items = [self.entities.Param(k, str(v)[:6000]) for k, v in flat(params).items()]
+                for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+                    self.client.log_batch(run_id, params=items[i:i + 100])
+            else:
+                self.client.update_run(run_id, status="RUNNING")
+        except Exception as e:  # MLflow raises its own and its stores' errors alike
+            raise UserError(f"log.mlflow: the MLflow tracking store {uri} could not be opened "
+                            f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+        self.run_id = run_id
+
+    def _log(self, rows: list[tuple[int, dict[str, float]]], prefix: str) -> None:
+        now = int(time.time() * 1000)
+        metrics = [self.entities.Metric(prefix + k, v, now, s) for s, values in rows for k, v in values.items()]
+        for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
+
+    def steps(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        self._log(rows, "step_")
+
+    def epoch(self, step: int, values: dict[str, float]) -> None:
+        self._log([(step, values)], "")
+
+    def image(self, tag: str, hwc: np.ndarray) -> None:
+        self.client.log_image(self.run_id, hwc, f"{tag}.png")
+
+    def close(self) -> None:
+        self.client.set_terminated(self.run_id)
+
+
+class WandB:
+    def __init__(self, run_dir: Path, cfg: TrackingConfig, params: dict[str, Any], name: str, run_id: Optional[str]):
+        self.wandb = _import("wandb")
+        self.run = self.wandb.init(mode=cfg.wandb, dir=str(run_dir), project=cfg.wandb_project, name=name,
+                                   config=params, id=run_id, resume="allow" if run_id else None,
+                                   settings=self.wandb.Settings(silent=True, console="off"))
+        self.run_id = self.run.id
+
+    def steps(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        for step, values in rows:
+            self.run.log({f"step/{k}": v for k, v in values.items()}, step=step)
+
+    def epoch(self, step: int, values: dict[str, float]) -> None:
+        self.run.log({f"epoch/{k}": v for k, v in values.items()}, step=step)
+
+    def image(self, tag: str, hwc: np.ndarray) -> None:
+        self.run.log({tag: self.wandb.Image(hwc)}, step=0)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class Tracker:
+    """The trackers a protocol's ``log`` section names, called by the engine (rank 0 only)."""
+
+    def __init__(self, sinks: list[Any]):
+        self.sinks = sinks
+
+    def steps(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        """Per-step values: ``[(global step, {"loss": ..., "lr": ...}), ...]``."""
+        for sink in self.sinks:
+            sink.steps(rows)
+
+    def epoch(self, step: int, record: dict[str, Any]) -> None:
+        """An epoch's ``metrics.jsonl`` record, at the global step where the epoch ends."""
+        values = scalars(record)
+        for sink in self.sinks:
+            sink.epoch(step, values)
+
+    def image(self, tag: str, hwc: np.ndarray) -> None:
+        for sink in self.sinks:
+            sink.image(tag, hwc)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+def open_tracker(cfg: TrackingConfig, run_dir: Path, params: dict[str, Any], name: str,
+                 start_step: int = 0) -> Optional[Tracker]:
+    """The trackers ``cfg`` names for the run in ``run_dir`` (None: none asked for). ``start_step``:
+    the global step a resumed run starts from (its MLflow / W&B runs are continued)."""
+    run_dir = Path(run_dir)
+    ids_path = run_dir / IDS_FILE
+    ids = json.loads(ids_path.read_text()) if start_step and ids_path.is_file() else {}
+    sinks: list[Any] = []
+    if cfg.tensorboard:
+        sinks.append(TensorBoard(run_dir, params, start_step))
+    if cfg.mlflow:
+        sinks.append(MLflow(run_dir, cfg, params, name, ids.get("mlflow")))
+        ids["mlflow"] = sinks[-1].run_id
+    if cfg.wandb:
+        sinks.append(WandB(run_dir, cfg, params, name, ids.get("wandb")))
+        ids["wandb"] = sinks[-1].run_id
+    if ids:
+        atomic_write_text(ids_path, json.dumps(ids, indent=2) + "\n")
+    return Tracker(sinks) if sinks else None

@@ -1,0 +1,122 @@
+"""Experiment tracking: what TensorBoard, MLflow and W&B (offline) hold after a tiny pretraining run,
+read back with each tool's own reader, equals the run's metrics.jsonl; a missing package is one line."""
+
+import json
+import struct
+import sys
+
+import pytest
+
+from cliutil import error_line, run
+from leoclr_cli.engine import read_metrics
+
+STEPS, EPOCHS = 4, 2
+TINY = ["pretrain", "--source", "builtin", "--arch", "resnet18", "--epochs", str(EPOCHS), "--batch-size", "8",
+        "--device", "cpu", "--quiet", "--set", f"data.builtin_train={8 * STEPS}", "--set", "data.builtin_test=16",
+        "--set", "augment.size=16", "--set", "augment.normalize=builtin", "--set", "model.dim=8",
+        "--set", "model.bn_splits=2", "--set", "method.queue_size=32", "--set", "monitor.knn_every=1",
+        "--set", "monitor.k=4"]
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tracked") / "run"
+    with pytest.raises(SystemExit) as exc:
+        from leoclr_cli.cli import main
+
+        main([*TINY, "--out", str(out), "--set", "log.tensorboard=true", "--set", "log.mlflow=true",
+              "--set", "log.wandb=offline"])
+    assert exc.value.code in (0, None)
+    return out, read_metrics(out / "metrics.jsonl")
+
+
+def check_steps(steps, values, metrics):
+    """Per-step losses: global steps 1..8, and each epoch's mean is that epoch's metrics.jsonl loss."""
+    assert steps == list(range(1, STEPS * EPOCHS + 1))
+    for e, m in enumerate(metrics):
+        assert sum(values[e * STEPS:(e + 1) * STEPS]) / STEPS == pytest.approx(m["loss"], rel=1e-5)
+
+
+def test_tensorboard_event_files_hold_steps_epochs_and_the_views(tracked):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, metrics = tracked
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "images": 0}).Reload()
+    loss = acc.Scalars("step/loss")
+    check_steps([e.step for e in loss], [e.value for e in loss], metrics)
+    assert [e.value for e in acc.Scalars("step/lr")] == pytest.approx([metrics[0]["lr"]] * STEPS
+                                                                     + [metrics[1]["lr"]] * STEPS)
+    for key in ("samples_per_s", "knn_top1", "loss"):
+        got = acc.Scalars(f"epoch/{key}")
+        assert [e.step for e in got] == [STEPS, 2 * STEPS]
+        assert [e.value for e in got] == pytest.approx([m[key] for m in metrics], rel=1e-5)
+    (image,) = acc.Images("views")
+    assert image.width == 4 + 4 * (64 + 4) and image.height > 8 * 64  # 8 rows of image, original, crop, crop
+
+
+def test_mlflow_file_store_holds_the_run(tracked):
+    import mlflow
+
+    out, metrics = tracked
+    run_id = json.loads((out / "tracking.json").read_text())["mlflow"]
+    client = mlflow.MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())
+    r = client.get_run(run_id)
+    assert r.info.status == "FINISHED" and r.data.params["optim.epochs"] == str(EPOCHS)
+    assert r.data.params["method.name"] == "leoclr"
+    loss = sorted(client.get_metric_history(run_id, "step_loss"), key=lambda m: m.step)
+    check_steps([m.step for m in loss], [m.value for m in loss], metrics)
+    knn = sorted(client.get_metric_history(run_id, "knn_top1"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in knn] == [(STEPS * (e + 1), pytest.approx(m["knn_top1"]))
+                                                for e, m in enumerate(metrics)]
+    assert [a.path for a in client.list_artifacts(run_id)] == ["views.png"]
+
+
+def wandb_records(path):
+    """The records of a W&B offline ``.wandb`` file (a LevelDB-style log: 7-byte file header, 32 KiB
+    blocks of chunks with a 7-byte header: CRC32, length, type FULL/FIRST/MIDDLE/LAST)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, block, pieces = path.read_bytes(), 7, 32768, b""
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        pieces += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST: one record complete
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(pieces)
+            pieces = b""
+            yield rec
+
+
+def test_wandb_offline_run_directory_holds_the_history(tracked):
+    out, metrics = tracked
+    (path,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    rows = {}
+    for rec in wandb_records(path):
+        if rec.WhichOneof("record_type") == "history":
+            items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item}
+            rows.setdefault(items["_step"], {}).update(items)
+    steps = sorted(s for s, r in rows.items() if "step/loss" in r)
+    check_steps(steps, [rows[s]["step/loss"] for s in steps], metrics)
+    assert [rows[STEPS * (e + 1)]["epoch/knn_top1"] for e in range(EPOCHS)] == \
+        pytest.approx([m["knn_top1"] for m in metrics])
+    assert rows[0]["views/_type"] == "image-file" and rows[0]["views/width"] == 4 + 4 * (64 + 4)
+
+
+@pytest.mark.parametrize("field, value, package", [("tensorboard", "true", "torch.utils.tensorboard"),
+                                                    ("mlflow", "true", "mlflow"), ("wandb", "offline", "wandb")])
+def test_a_missing_package_names_the_extra(field, value, package, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, package, None)  # import -> ImportError
+    code, _, err = run([*TINY, "--out", str(tmp_path / "r"), "--set", f"log.{field}={value}"], capsys)
+    line = error_line(code, err)
+    assert f"log.{field}" in line and "leoclr[tracking]" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_bad_wandb_mode_is_one_line(tmp_path, capsys):
+    code, _, err = run([*TINY, "--out", str(tmp_path / "r"), "--set", "log.wandb=sometimes"], capsys)
+    assert "log.wandb" in error_line(code, err)
