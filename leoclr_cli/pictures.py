@@ -44,7 +44,7 @@ def view_rows(p: PretrainProtocol, source: Any, count: int) -> tuple[list[str], 
         if finish is not None:
             with torch.no_grad():
                 out = [v[0] for v in finish((out[0][None], out[1][None]))]
-        views = [denormalize(v, p.augment.normalize).expand(3, -1, -1).permute(1, 2, 0).numpy() for v in out]
+        views = [denormalize(v, p.augment.norm).expand(3, -1, -1).permute(1, 2, 0).numpy() for v in out]
         rows.append([np.asarray(image), *views])
     return ["image", *kinds], rows
 

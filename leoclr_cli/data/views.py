@@ -70,9 +70,9 @@ def to_tensor(norm: Norm) -> ToNormalized:
     return ToNormalized(norm)
 
 
-def denormalize(x: torch.Tensor, name: str) -> torch.Tensor:
-    """The uint8 image (..., 3, H, W) of a view that :class:`ToNormalized` (``name``) normalised."""
-    mean, std = (torch.tensor(v, dtype=torch.float32).view(3, 1, 1) for v in NORMALIZATION[name])
+def denormalize(x: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """The uint8 image (..., 3, H, W) of a view that :class:`ToNormalized` (``norm``) normalised."""
+    mean, std = (torch.tensor(v, dtype=torch.float32).view(3, 1, 1) for v in norm_stats(norm))
     return (x.float() * std + mean).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
