@@ -33,7 +33,8 @@ from rich.console import Console
 
 from .data.gpu_views import DecodeAndDraw, TensorViews
 from .data.sources import open_rgb
-from .data.views import AugmentedDataset, ViewMaker, draft_side
+from .data.ops import draft_side
+from .data.views import AugmentedDataset, ViewMaker
 from .engine import Engine, amp_dtype, resolve_device
 from .methods import build_method
 from .schema import AugmentConfig, MethodConfig, ModelConfig, PretrainProtocol

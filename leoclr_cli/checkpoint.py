@@ -24,7 +24,6 @@ import json
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,65 +32,15 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
+from .atomic import atomic_write_bytes, remove_temporaries
 from .errors import UserError
+from .nets import build_backbone
+from .schema import RESNETS
 
 FORMAT_VERSION = "1"
 KIND_BACKBONE = "backbone"
 KIND_STATE = "train-state"
 KIND_LINEAR = "linear-classifier"
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-
-def atomic_write_bytes(path: Path, *chunks: bytes | memoryview) -> None:
-    """Write ``chunks`` to ``path`` via a fsynced temporary file and a rename; an OSError (disk full,
-    read-only directory) becomes one UserError and the previous ``path`` is left untouched."""
-    path = Path(path)
-    tmp: Optional[str] = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        if isinstance(e, OSError):
-            raise UserError(f"could not write {path}: {e.strerror or e} (nothing was overwritten; "
-                            "the files written before are intact)") from None
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
-#: the name :func:`atomic_write_bytes` gives its temporary file: ``.NAME.XXXXXXXX.tmp`` (mkstemp's 8 characters)
-_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
-
-
-def remove_temporaries(folder: Path) -> None:
-    """Remove the temporary files of writes that a kill interrupted (none is ever complete)."""
-    if Path(folder).is_dir():
-        for path in Path(folder).iterdir():
-            if _TEMPORARY.fullmatch(path.name) and path.is_file():
-                path.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 CHECKSUM_KEY = "sha256"
@@ -239,8 +188,6 @@ def import_torch_checkpoint(src: Path, out: Path, *, arch: Optional[str] = None)
     encoder (``module.encoder_q.*``) or plain torchvision keys become the backbone; ``fc`` (the
     classifier or MoCo-v2's projection head) is dropped. ``arch`` defaults to the file's ``arch``.
     """
-    from .nets import build_backbone
-    from .schema import RESNETS
 
     src, out = Path(src), Path(out)
     if not src.is_file():
@@ -292,7 +239,6 @@ def _refusal(src: Path, e: Exception) -> str:
 
 def load_backbone(path: Path, expect_arch: Optional[str] = None) -> tuple[torch.nn.Module, dict[str, str]]:
     """Build the torchvision ResNet named in the header and load the weights strictly (fc excepted)."""
-    from .nets import build_backbone
 
     tensors, meta = load_tensors(path, KIND_BACKBONE)
     arch = meta.get("arch", "")

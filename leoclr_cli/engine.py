@@ -34,6 +34,7 @@ import torch
 from rich.console import Console
 
 from . import checkpoint as ckpt
+from .atomic import atomic_write_text
 from . import distributed, preempt
 from .errors import Preempted, UserError
 from .progress import Reporter
@@ -238,7 +239,7 @@ class Engine:
         # keep the metrics of the epochs the checkpoint covers, drop any written after it
         if self.main:
             kept = [m for m in read_metrics(self.metrics_path) if m.get("epoch", 0) <= done]
-            ckpt.atomic_write_text(self.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
+            atomic_write_text(self.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
         return done, step, partial
 
     # -------------------------------------------------------------------- loop

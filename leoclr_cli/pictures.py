@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .checkpoint import atomic_write_bytes
+from .atomic import atomic_write_bytes
 from .data.gpu_views import TensorViews
 from .data.pipeline import augmented
-from .data.views import denormalize
+from .data.ops import denormalize
 from .errors import UserError
 from .methods import METHODS
 from .schema import PretrainProtocol

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Optional
 import yaml
 
 from . import paper
-from .checkpoint import atomic_write_bytes, atomic_write_text
+from .atomic import atomic_write_bytes, atomic_write_text
 from .errors import UserError
 
 GAP = "—"

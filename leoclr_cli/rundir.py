@@ -19,8 +19,8 @@ import torch
 from pydantic import BaseModel
 
 from . import __version__, preempt, threads
-from .checkpoint import (KIND_STATE, atomic_write_text, first_difference, latest_state, read_metadata,
-                         remove_temporaries, verify, without_runtime)
+from .atomic import atomic_write_text, remove_temporaries
+from .checkpoint import KIND_STATE, first_difference, latest_state, read_metadata, verify, without_runtime
 from .errors import UserError
 from .schema import load_protocol, protocol_json, write_protocol
 

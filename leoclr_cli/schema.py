@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Optional, Union, get_args
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .atomic import atomic_write_text
 from .errors import UserError
 
 SourceName = Literal["builtin", "builtin-textures", "imagefolder", "cifar10", "cifar100", "stl10", "cars", "pets",
@@ -773,6 +774,5 @@ def protocol_json(protocol: BaseModel) -> str:
 
 
 def write_protocol(protocol: BaseModel, path: Path) -> None:
-    from .checkpoint import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(protocol.model_dump(mode="json"), sort_keys=False))

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .checkpoint import atomic_write_text
+from .atomic import atomic_write_text
 from .errors import UserError
 from .schema import TrackingConfig
 

@@ -14,7 +14,8 @@ from cliutil import error_line, run
 from leoclr_cli import checkpoint as ckpt
 from leoclr_cli import cli
 from leoclr_cli.data import open_data
-from leoclr_cli.data.views import ToNormalized, measure_normalization
+from leoclr_cli.data.ops import ToNormalized
+from leoclr_cli.data.views import measure_normalization
 
 TINY = ["--source", "imagefolder", "--set", "augment.size=32", "--set", "model.dim=8", "--set", "model.bn_splits=2",
         "--arch", "resnet18", "--batch-size", "4", "--set", "method.queue_size=8", "--epochs", "1", "--quiet",

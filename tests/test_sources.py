@@ -362,7 +362,7 @@ def test_draft_decodes_large_jpegs_at_a_reduced_scale(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from leoclr_cli.data.views import draft_side
+    from leoclr_cli.data.ops import draft_side
     from leoclr_cli.schema import AugmentConfig
 
     (tmp_path / "train" / "a").mkdir(parents=True)

@@ -113,7 +113,7 @@ def test_views_depend_on_seed_epoch_and_index_only():
 
 
 def test_random_original_view_is_cropped_like_a_crop():
-    from leoclr_cli.data.views import VIEW_KINDS
+    from leoclr_cli.data.ops import VIEW_KINDS
 
     assert "random-original" in VIEW_KINDS
     maker = ViewMaker(AugmentConfig(**PLAIN), ("random-original", "original"))
@@ -179,7 +179,7 @@ def test_skipped_bad_image_crops_with_the_box_of_the_image_read(capsys):
 
 
 def test_blur_is_pils_gaussian_with_sigma_drawn_from_its_range():
-    from leoclr_cli.data.views import GaussianBlurPIL
+    from leoclr_cli.data.ops import GaussianBlurPIL
 
     # a bright impulse in the middle: after a Gaussian blur its spread (std of the mass) is sigma
     impulse = np.zeros((65, 65), np.uint8)
@@ -203,7 +203,7 @@ def test_blur_is_pils_gaussian_with_sigma_drawn_from_its_range():
 def test_to_tensor_equals_torchvisions_normalize():
     from torchvision.transforms import v2
 
-    from leoclr_cli.data.views import to_tensor
+    from leoclr_cli.data.ops import to_tensor
     from leoclr_cli.schema import NORMALIZATION
 
     rng = np.random.default_rng(0)
@@ -220,7 +220,7 @@ def test_to_tensor_equals_torchvisions_normalize():
 
 
 def test_fused_colour_jitter_matches_the_steps_it_composes():
-    from leoclr_cli.data.views import ColorJitterFused, ColorJitterYIQ
+    from leoclr_cli.data.ops import ColorJitterFused, ColorJitterYIQ
 
     # mid-range colours, so that the step-by-step version never clamps between its steps
     rng = np.random.default_rng(0)
@@ -271,7 +271,7 @@ def test_direct_views_keep_the_pipelines_behaviour():
 
 
 def test_numpy_hue_matrix_equals_the_torch_one():
-    from leoclr_cli.data.views import _yiq_hue_np, yiq_hue_matrix
+    from leoclr_cli.data.ops import _yiq_hue_np, yiq_hue_matrix
 
     for shift in (-0.5, -0.1, 0.0, 0.05, 0.3):
         assert np.allclose(_yiq_hue_np(shift), yiq_hue_matrix(shift).numpy(), atol=1e-12)

@@ -36,7 +36,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
 from ..schema import AugmentConfig, norm_stats
-from .views import CROP_KINDS, PadToSquare, decode_size, fused_colour, to_tensor, yiq_hue_matrix
+from .ops import CROP_KINDS, PadToSquare, decode_size, fused_colour, to_tensor, yiq_hue_matrix
 
 # one row of parameters per view
 X0, Y0, X1, Y1, FLIP, JITTER, BRIGHT, CONTRAST, SAT, HUE, ORDER, GRAY, BLUR, SIGMA = (
@@ -103,7 +103,7 @@ class DirectViews:
     """``augment.direct`` (PIL backend): the views of one image from parameters drawn once per view by
     :class:`DecodeAndDraw` (so the distributions are the PIL pipeline's), applied by direct PIL calls in
     the pipeline's order: crop + resize in one ``resize(box=)``, colour jitter as one matrix
-    (:func:`~.views.fused_colour`), grayscale (kept one channel through the flip), flip, the tensor,
+    (:func:`~.ops.fused_colour`), grayscale (kept one channel through the flip), flip, the tensor,
     then blur (:func:`blur_hwc`, the tensor backend's Gaussian; it commutes with the flip and with
     the per-channel normalisation, so the order is the pipeline's)."""
 

@@ -10,7 +10,8 @@ from ..schema import PretrainProtocol
 from .ccrop import CropBoxes
 from .gpu_views import DecodeAndDraw
 from .shards import ShardSource, ShardViews
-from .views import AugmentedDataset, ViewMaker, draft_side
+from .ops import draft_side
+from .views import AugmentedDataset, ViewMaker
 
 
 def view_fn(p: PretrainProtocol, kinds, boxes: Optional[CropBoxes] = None):

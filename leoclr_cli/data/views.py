@@ -16,186 +16,21 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import TYPE_CHECKING, Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 from torchvision.transforms import v2
 
 from ..errors import BadImage, UserError
-from ..schema import AugmentConfig, Norm, norm_stats
+from ..schema import AugmentConfig, Norm
+from .gpu_views import DirectViews
+from .ops import CROP_KINDS, VIEW_KINDS, ColorJitterFused, ColorJitterYIQ, GaussianBlurPIL, PadToSquare, to_tensor
 
 if TYPE_CHECKING:
     from .ccrop import CropBoxes
-
-#: view kinds that are random crops of the image (ContrastiveCrop places them)
-CROP_KINDS = ("crop", "random-original")
-VIEW_KINDS = ("original", *CROP_KINDS)
-
-
-class ToNormalized(torch.nn.Module):
-    """PIL image (or uint8 CHW tensor) to a normalised float32 CHW tensor in one multiply-add:
-    ``(x / 255 - mean) / std`` as ``x * (1 / (255 std)) - mean / std`` (ToImage + ToDtype + Normalize
-    make three passes over the float data)."""
-
-    def __init__(self, norm: Norm):
-        super().__init__()
-        mean, std = (torch.tensor(v, dtype=torch.float32) for v in norm_stats(norm))
-        self.name, self.scale, self.shift = norm, 1 / (255 * std), -mean / std
-        self._rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def forward(self, img):
-        if isinstance(img, Image.Image):
-            return self.hwc(img).permute(2, 0, 1)  # a CHW view
-        return torch.addcmul(self.shift[:, None, None], img.to(torch.float32), self.scale[:, None, None])
-
-    def hwc(self, img: Image.Image) -> torch.Tensor:
-        """The normalised image, contiguous in its own HWC order: each pixel row is one vector of
-        W x 3 with the per-channel factors tiled along it, so the multiply-add vectorises."""
-        hwc = torch.from_numpy(np.array(img.convert("RGB") if img.mode != "RGB" else img))
-        h, w, _ = hwc.shape
-        if w not in self._rows:
-            self._rows[w] = (self.shift.repeat(w), self.scale.repeat(w))
-        shift, scale = self._rows[w]
-        return torch.addcmul(shift, hwc.view(h, w * 3), scale).view(h, w, 3)
-
-    def extra_repr(self) -> str:
-        return f"normalize={self.name!r}"
-
-
-def to_tensor(norm: Norm) -> ToNormalized:
-    return ToNormalized(norm)
-
-
-def denormalize(x: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """The uint8 image (..., 3, H, W) of a view that :class:`ToNormalized` (``norm``) normalised."""
-    mean, std = (torch.tensor(v, dtype=torch.float32).view(3, 1, 1) for v in norm_stats(norm))
-    return (x.float() * std + mean).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
-
-
-class PadToSquare(v2.Transform):
-    """Resize the longer side to ``size`` and pad the shorter one symmetrically (mean grey)."""
-
-    def __init__(self, size: int, fill: int = 124):
-        super().__init__()
-        self.size, self.fill = size, fill
-
-    def forward(self, img: Image.Image) -> Image.Image:  # type: ignore[override]
-        w, h = img.size
-        s = self.size / max(w, h)
-        nw, nh = max(1, round(w * s)), max(1, round(h * s))
-        out = Image.new("RGB", (self.size, self.size), (self.fill,) * 3)
-        out.paste(img.resize((nw, nh), Image.Resampling.BILINEAR), ((self.size - nw) // 2, (self.size - nh) // 2))
-        return out
-
-
-# RGB -> YIQ (NTSC); hue is the angle of the (I, Q) chroma vector
-_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
-_YIQ_INV = torch.linalg.inv(_YIQ)
-
-
-def yiq_hue_matrix(shift: torch.Tensor | float) -> torch.Tensor:
-    """The RGB -> RGB matrix (..., 3, 3) that turns hue by ``shift`` of a full circle (the sign as
-    HSV's: red goes towards green), rotating I and Q at constant luma Y."""
-    theta = -2 * math.pi * torch.as_tensor(shift, dtype=torch.float64)
-    c, s = torch.cos(theta), torch.sin(theta)
-    rot = torch.zeros(*theta.shape, 3, 3, dtype=torch.float64)
-    rot[..., 0, 0] = 1
-    rot[..., 1, 1], rot[..., 1, 2], rot[..., 2, 1], rot[..., 2, 2] = c, -s, s, c
-    return _YIQ_INV @ rot @ _YIQ
-
-
-class ColorJitterYIQ(v2.ColorJitter):
-    """ColorJitter whose hue step is one colour matrix in YIQ (PIL's ``convert(matrix=)``, in C)
-    instead of torchvision's round trip through HSV; the other steps and all draws are ColorJitter's."""
-
-    def transform(self, inpt, params):  # type: ignore[override]
-        out = inpt
-        for fn_id in params["fn_idx"]:
-            if fn_id == 3 and params["hue_factor"] is not None and isinstance(out, Image.Image):
-                m = yiq_hue_matrix(params["hue_factor"]).tolist()
-                out = out.convert("RGB", matrix=tuple(v for row in m for v in (*row, 0.0)))
-            else:
-                out = super().transform(out, {**params, "fn_idx": [fn_id]})
-        return out
-
-
-class GaussianBlurPIL(torch.nn.Module):
-    """MoCo's blur: sigma ~ U(lo, hi), then PIL's ``ImageFilter.GaussianBlur(radius=sigma)`` (radius is
-    the standard deviation; PIL runs it as three box blurs in C, several times faster than a
-    convolution). A tensor image gets torchvision's Gaussian kernel with the same sigma."""
-
-    def __init__(self, sigma: tuple[float, float]):
-        super().__init__()
-        self.sigma = (float(sigma[0]), float(sigma[1]))
-
-    def forward(self, img):
-        sigma = float(torch.empty(1).uniform_(*self.sigma))
-        if isinstance(img, Image.Image):
-            return img.filter(ImageFilter.GaussianBlur(radius=sigma))
-        return v2.functional.gaussian_blur(img, [2 * math.ceil(3 * sigma) + 1] * 2, [sigma, sigma])
-
-    def extra_repr(self) -> str:
-        return f"sigma={self.sigma}"
-
-
-#: PIL's "L" weights (ITU-R 601-2), which ImageEnhance's contrast and saturation blend towards
-_LUMA = np.array([0.299, 0.587, 0.114])
-_LUMA_ROWS, _EYE = np.tile(_LUMA, (3, 1)), np.eye(3)
-_YIQ_NP, _YIQ_INV_NP = _YIQ.numpy(), _YIQ_INV.numpy()
-
-
-def _yiq_hue_np(shift: float) -> np.ndarray:
-    """:func:`yiq_hue_matrix` of one float, in numpy (no tensor round trip per view)."""
-    theta = -2 * math.pi * shift
-    c, s = math.cos(theta), math.sin(theta)
-    return _YIQ_INV_NP @ np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]]) @ _YIQ_NP
-
-
-class ColorJitterFused(ColorJitterYIQ):
-    """ColorJitter with ColorJitterYIQ's steps and draws, composed into one affine colour map
-    ``x -> A x + b`` applied by a single PIL ``convert(matrix=)`` pass in C: brightness ``f x``,
-    contrast ``f x + (1 - f) m`` (``m`` the mean grey of the image at that step, from the image's mean
-    colour), saturation ``f x + (1 - f) L(x)``, hue the YIQ rotation, in the drawn order. Unlike the
-    step-by-step version it does not clamp to [0, 255] between steps."""
-
-    def transform(self, inpt, params):  # type: ignore[override]
-        if not isinstance(inpt, Image.Image):
-            return super().transform(inpt, params)
-        factors = [params[k] for k in ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor")]
-        return fused_colour(inpt, params["fn_idx"].tolist(), factors)
-
-
-def fused_colour(img: Image.Image, order: Sequence[int], factors: Sequence[Optional[float]]) -> Image.Image:
-    """:class:`ColorJitterFused`'s one pass: ``factors`` = (brightness, contrast, saturation, hue), each
-    None or neutral for a step left out, applied in ``order`` (ColorJitter's ``fn_idx``). The 3x3
-    algebra is numpy on constants made once, the pixels one PIL ``convert(matrix=)``; the mean colour
-    (contrast) comes from an ~8x8 box reduction of the image."""
-    a, b = np.eye(3), np.zeros(3)
-    mean_rgb = None
-    for fn_id in order:
-        f = factors[fn_id]
-        if f is None:
-            continue
-        if fn_id == 0:
-            a, b = a * f, b * f
-        elif fn_id == 1:
-            if mean_rgb is None:
-                small = img.reduce(max(1, min(img.size) // 8))
-                mean_rgb = np.asarray(small, dtype=np.float64).reshape(-1, 3).mean(0)
-            m = float(_LUMA @ (a @ mean_rgb + b))
-            a, b = a * f, b * f + (1 - f) * m
-        elif fn_id == 2:
-            sat = f * _EYE + (1 - f) * _LUMA_ROWS
-            a, b = sat @ a, sat @ b
-        else:
-            rot = _yiq_hue_np(f)
-            a, b = rot @ a, rot @ b
-    return img.convert("RGB", matrix=tuple(np.concatenate([a, b[:, None]], 1).ravel().tolist()))
-
 
 def augmentation(cfg: AugmentConfig, *, view: str = "crop") -> v2.Compose:
     """The pipeline of one view: ``crop`` / ``random-original`` (RandomResizedCrop) or ``original``
@@ -227,18 +62,6 @@ def after_crop(cfg: AugmentConfig) -> list[Callable]:
     return ops
 
 
-def decode_size(cfg: AugmentConfig) -> int:
-    """Backend tensor: the side of the uint8 square each image is decoded to."""
-    return cfg.decode_size or 2 * cfg.size
-
-
-def draft_side(cfg: AugmentConfig) -> int:
-    """The fewest pixels per side a decoded image needs: the smallest crop still fills ``size``
-    (and, for the tensor backend, the decoded square keeps its resolution)."""
-    side = math.ceil(cfg.size / math.sqrt(cfg.crop_scale[0])) if cfg.crop else cfg.size
-    return max(side, decode_size(cfg)) if cfg.backend == "tensor" else side
-
-
 class ViewMaker:
     """One image in, the list of views ``kinds`` out (each kind one of :data:`VIEW_KINDS`).
 
@@ -252,8 +75,6 @@ class ViewMaker:
         self.rest = v2.Compose(after_crop(cfg))
         self.direct = None
         if cfg.direct:
-            from .gpu_views import DirectViews
-
             self.direct = DirectViews(cfg, kinds)
 
     def __call__(self, img: Image.Image, index: Optional[int] = None, epoch: int = 0) -> list[torch.Tensor]:

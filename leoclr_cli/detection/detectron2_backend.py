@@ -19,6 +19,9 @@ from typing import Any, Optional
 
 import torch
 
+from .export import detectron2_checkpoint
+from .trial import finish_trial
+
 
 def import_error() -> Optional[str]:
     """None when Detectron2 can be imported, else why not (one line)."""
@@ -93,7 +96,6 @@ def load_backbone_into(model: torch.nn.Module, backbone_state: dict[str, torch.T
     """Load the backbone as Detectron2 loads the exported .pkl; returns fvcore's incompatible keys."""
     from detectron2.checkpoint import DetectionCheckpointer
 
-    from .export import detectron2_checkpoint
 
     return DetectionCheckpointer(model)._load_model(detectron2_checkpoint(backbone_state))
 
@@ -147,7 +149,6 @@ def trial_worker(spec: dict[str, Any]) -> None:
     from detectron2.utils.env import seed_all_rng
     from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
-    from .run import finish_trial
 
     seed_all_rng(spec["seed"] + comm.get_rank())
     register_extra_norm()

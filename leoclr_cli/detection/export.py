@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import checkpoint as ckpt
+from ..atomic import atomic_write_bytes
 from ..errors import UserError
 
 # Detectron2 builds bottleneck ResNets of these depths; R50 is the paper's detector backbone.
@@ -67,5 +68,5 @@ def write_detectron2_pickle(backbone_path: Path, out: Path) -> int:
         raise UserError(f"--out {out} must end in .pkl (Detectron2 reads the pickle format by that suffix)")
     state, _ = load_detection_backbone(backbone_path)
     obj = detectron2_checkpoint(state)
-    ckpt.atomic_write_bytes(out, pickle.dumps(obj, protocol=4))
+    atomic_write_bytes(out, pickle.dumps(obj, protocol=4))
     return len(obj["model"])

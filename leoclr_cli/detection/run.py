@@ -6,7 +6,6 @@ Run directory: ``protocol.yaml``, ``env.json``, ``result.json`` (means over tria
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any, Optional
@@ -14,15 +13,17 @@ from typing import Any, Optional
 import torch
 from rich.console import Console
 
-from .. import checkpoint as ckpt
 from ..errors import UserError
 from ..rundir import command, prepare, read_json, write_json
 from ..schema import DetectProtocol, protocol_json
+from ..engine import resolve_device
 from .datasets import VOC_CLASSES, coco_paths, read_coco, read_voc
+from .detectron2_backend import import_error, trial_worker
 from .export import load_detection_backbone
 from .metrics import coco_ap, voc_ap, voc_ground_truth
+from .torchvision_r50c4 import predict, train_torchvision
+from .trial import finish_trial
 
-KIND_DETECTOR = "detector"
 INSTALL_HINT = "install Detectron2 (README: Detection) or pass --backend torchvision"
 
 
@@ -53,18 +54,7 @@ def evaluate(spec: dict[str, Any], dets: list[dict[str, Any]]) -> dict[str, Any]
     return coco_ap(Path(spec["ann_file"]), spec["test"], dets, spec["cat_ids"])
 
 
-def finish_trial(spec: dict[str, Any], metrics: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
-    """Write one trial's trial-N/model.safetensors and trial-N/result.json (``metrics``: its AP)."""
-    trial_dir = Path(spec["trial_dir"])
-    ckpt.save_tensors(trial_dir / "model.safetensors", state, {
-        "kind": KIND_DETECTOR, "backend": spec["backend"], "dataset": spec["dataset"],
-        "classes": json.dumps(spec["classes"]), "seed": str(spec["seed"]), "protocol": spec["protocol_json"]})
-    write_json(trial_dir / "result.json", {"seed": spec["seed"], **metrics})
-
-
 def choose_backend(p: DetectProtocol, console: Console) -> str:
-    from .detectron2_backend import import_error
-
     if p.backend == "torchvision":
         return "torchvision"
     why = import_error()
@@ -141,8 +131,6 @@ def run_detect(p: DetectProtocol, backbone_path: Path, run_dir: Path, *, force: 
 
 
 def _torchvision_trial(spec: dict[str, Any], state: dict[str, torch.Tensor], quiet: bool, console: Console) -> None:
-    from ..engine import resolve_device
-    from .torchvision_r50c4 import predict, train_torchvision
 
     p = spec["protocol"]
     model, _ = train_torchvision(p, spec["train"], len(spec["classes"]), state, Path(spec["trial_dir"]),
@@ -154,7 +142,6 @@ def _torchvision_trial(spec: dict[str, Any], state: dict[str, torch.Tensor], qui
 def _detectron2_trial(spec: dict[str, Any], state: dict[str, torch.Tensor], gpus: int) -> None:
     from detectron2.engine import launch
 
-    from .detectron2_backend import trial_worker
 
     device = "cuda" if gpus > 0 and torch.cuda.is_available() and spec["protocol"].device != "cpu" else "cpu"
     spec = {**spec, "backbone_state": state, "device": device}
