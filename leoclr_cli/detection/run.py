@@ -18,7 +18,7 @@ from ..rundir import command, prepare, read_json, write_json
 from ..schema import DetectProtocol, protocol_json
 from ..engine import resolve_device
 from .datasets import VOC_CLASSES, coco_paths, read_coco, read_voc
-from .detectron2_backend import import_error, trial_worker
+from . import detectron2_backend as d2_backend
 from .export import load_detection_backbone
 from .metrics import coco_ap, voc_ap, voc_ground_truth
 from .torchvision_r50c4 import predict, train_torchvision
@@ -57,7 +57,7 @@ def evaluate(spec: dict[str, Any], dets: list[dict[str, Any]]) -> dict[str, Any]
 def choose_backend(p: DetectProtocol, console: Console) -> str:
     if p.backend == "torchvision":
         return "torchvision"
-    why = import_error()
+    why = d2_backend.import_error()  # looked up on the module: tests stand in a missing Detectron2
     if why is None:
         return "detectron2"
     if p.backend == "detectron2":
@@ -145,4 +145,4 @@ def _detectron2_trial(spec: dict[str, Any], state: dict[str, torch.Tensor], gpus
 
     device = "cuda" if gpus > 0 and torch.cuda.is_available() and spec["protocol"].device != "cpu" else "cpu"
     spec = {**spec, "backbone_state": state, "device": device}
-    launch(trial_worker, num_gpus_per_machine=gpus if device == "cuda" else 1, dist_url="auto", args=(spec,))
+    launch(d2_backend.trial_worker, num_gpus_per_machine=gpus if device == "cuda" else 1, dist_url="auto", args=(spec,))
