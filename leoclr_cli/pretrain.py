@@ -237,12 +237,12 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
         names = compile_encoders(method, p.compile)
         console.print(f"compile: {', '.join(names)} with torch.compile (mode {p.compile}); the first steps "
                       "compile them", highlight=False)
-    if isinstance(method, MomentumContrast):
-        for warning in method.queue_warnings(len(source), local_batch * world):
-            console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     boxes = CropBoxes(len(source), p.augment) if p.augment.crops != "random" else None
     loader = build_loader(p, source, method.views, device, local_batch, boxes)
     require_a_batch(loader)  # everything that can be checked is, before the run directory is made
+    if isinstance(method, MomentumContrast):  # warnings only for a run that will start
+        for warning in method.queue_warnings(len(source), local_batch * world):
+            console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     resume_from = prepare_on_main(run_dir, p, resume, force)
     batch_transform = None
     if p.augment.backend == "tensor":
