@@ -63,7 +63,7 @@ def run_quickstart(method: str, out_dir: Path, *, epochs: Optional[int] = None, 
     r = run_linear_eval(lin, pre_dir / "backbone.safetensors", out_dir / "linear-eval", resume=resume, force=fresh,
                         quiet=quiet, console=console)
     crops = f", {p.augment.crops} crops" if p.augment.crops != "random" else ""
-    rows.append({"name": f"{method}{crops}, {p.optim.epochs} epochs", "top1": r["top1_best"], "top5": r["top5_best"],
+    rows.append({"name": f"{method}{crops}, {p.optim.epochs} epochs", "top1": r["top1"], "top5": r["top5"],
                  "wall_s": time.perf_counter() - t0})
 
     t0 = time.perf_counter()
@@ -75,7 +75,7 @@ def run_quickstart(method: str, out_dir: Path, *, epochs: Optional[int] = None, 
     resume, fresh = _resume_or_fresh(rand_dir / "linear-eval", force)
     r = run_linear_eval(lin, rand_dir / "backbone.safetensors", rand_dir / "linear-eval", resume=resume, force=fresh,
                         quiet=quiet, console=console)
-    rows.append({"name": "random init", "top1": r["top1_best"], "top5": r["top5_best"],
+    rows.append({"name": "random init", "top1": r["top1"], "top5": r["top5"],
                  "wall_s": time.perf_counter() - t0})
     from .rundir import write_json
 
