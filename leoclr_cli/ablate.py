@@ -136,7 +136,8 @@ def run_ablate(ab: AblateProtocol, pre: PretrainProtocol, linear_for: Callable[[
     result = {
         "kind": "ablate", "method": pre.method.name, "arch": pre.model.arch, "pretrain_epochs": pre.optim.epochs,
         "dataset": pre.data.source, "num_classes": lin["num_classes"], "removed": ab.remove, "removed_fields": removed_fields, "already_off": already_off,
-        "metric": ab.metric, "top1": lin[ab.metric], "top5": lin["top5_best" if ab.metric == "top1_best" else "top5_last"],
+        "metric": ab.metric, "top1": lin[ab.metric], "top5": lin["top5" if ab.metric == "top1" else "top5_last"],
+        "selected_on": lin["selected_on"],
         "baseline": str(baseline.run) if baseline is not None else None, "baseline_top1": base_value,
         "drop": None if base_value is None else base_value - lin[ab.metric],
         "differs_from_baseline": differs, "pretrain_dir": str(pre_dir), "linear_dir": str(lin_dir),

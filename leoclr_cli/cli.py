@@ -33,6 +33,9 @@ ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads of the tra
 ForceOpt = typer.Option(False, "--force", help="delete and redo an existing run directory")
 ResumeOpt = typer.Option(None, "--resume", help="a checkpoint file, a run directory, or 'auto'")
 DeviceOpt = typer.Option(None, "--device", help="auto, cpu or cuda")
+SeedOpt = typer.Option(None, "--seed", help="the run's seed, and the seed of a random:ARCH backbone (default 0)")
+TARGET_HELP = ("a pretraining run directory, a backbone.safetensors, or random:ARCH, a seeded random-init backbone "
+               "(random:resnet18, random:resnet18-cifar, random:resnet50)")
 METHOD_HELP = "leoclr, mocov2, simclr, leoclr-e2e, leoclr-random-original or leoclr-attract-all"
 CROPS_HELP = "random (RandomResizedCrop), contrastive (ContrastiveCrop) or center-box"
 
@@ -80,6 +83,32 @@ def _data_flags(source: Optional[str], data: Optional[Path | str], prefix: str =
     return {f"{prefix}.source": source, f"{prefix}.root": os.path.expanduser(str(data)) if data else None}
 
 
+def _source_for(kind: str, protocol: Optional[Path], sets: Optional[List[str]], source: Optional[str],
+                data: Optional[Path]) -> Optional[str]:
+    """``--source``; for ``--data DIR`` without it, the source DIR's layout shows (said on stderr), checked
+    against the one an explicit ``--protocol`` or ``--set data.source`` names. Never the built-in data."""
+    from .data.sources import infer_source
+    from .schema import load_protocol, parse_set
+
+    if data is None or source is not None:
+        return source
+    declared = parse_set(sets or []).get("data.source")
+    if declared is None and protocol is not None:
+        declared = load_protocol(kind, protocol, {"data.root": str(data.expanduser())}).data.source
+    name, why = infer_source(data, declared)
+    err.print(f"--data {data}: {why}: reading it as --source {name}", highlight=False, soft_wrap=True)
+    return name
+
+
+def _switch_source(defaults: dict[str, Any], source: Optional[str]) -> None:
+    """Evaluation defaults derived for one source, moved to ``source``'s own split names (another dataset)."""
+    from .data import default_eval_splits
+
+    if source is not None and source != defaults.get("data.source"):
+        defaults.update(zip(("data.train_split", "data.test_split"), default_eval_splits(source)))
+        defaults.update({"data.source": source, "data.builtin_train": None, "data.builtin_test": None})
+
+
 # --------------------------------------------------------------------------- pretrain
 
 
@@ -119,6 +148,7 @@ def pretrain(
     from .pretrain import run_pretrain
     from .schema import load_protocol
 
+    source = _source_for("pretrain", protocol, sets, source, data)
     p = load_protocol("pretrain", protocol, _overrides(
         sets, **{"method.name": method, "augment.crops": crops, "data.split": split, "model.arch": arch, "optim.epochs": epochs,
                  "optim.batch_size": batch_size, "optim.lr": lr, "data.num_workers": workers, "seed": seed,
@@ -137,10 +167,16 @@ def pretrain(
 # --------------------------------------------------------------------------- evaluation
 
 
-def _backbone_and_defaults(target: Path) -> tuple[Path, Path, dict[str, Any]]:
-    """(backbone file, default output parent, eval defaults derived from the pretraining protocol)."""
+def _backbone_and_defaults(target: Path, *, seed: Optional[int] = None, out_dir: Optional[Path] = None,
+                           source: Optional[str] = None,
+                           data: Optional[Path] = None) -> tuple[Path, Path, dict[str, Any]]:
+    """(backbone file, default output parent, eval defaults derived from the pretraining protocol).
+    ``random:ARCH``: see :func:`_random_init`."""
     from . import checkpoint as ckpt
+    from .nets import RANDOM_PREFIX
 
+    if str(target).startswith(RANDOM_PREFIX):
+        return _random_init(str(target), seed or 0, out_dir, source, data)
     target = target.expanduser()
     backbone = target / "backbone.safetensors" if target.is_dir() else target
     if target.is_dir() and not backbone.is_file():
@@ -191,6 +227,36 @@ def _pretraining_of(target: Path, backbone: Path, meta: dict[str, str]) -> dict[
     return run
 
 
+def _small_side(source: str, data: Optional[Path]) -> Optional[int]:
+    """The shorter side of the first train image of ``source`` at ``data`` when it is at most 96 px."""
+    from .data import default_eval_splits, open_data
+
+    if data is None:
+        return None
+    image = open_data(source, str(data), default_eval_splits(source)[0])[0][0]
+    return min(image.size) if min(image.size) <= 96 else None
+
+
+def _random_init(spec: str, seed: int, out_dir: Optional[Path], source: Optional[str],
+                 data: Optional[Path]) -> tuple[Path, Path, dict[str, Any]]:
+    """The seeded random-init backbone ``random:ARCH`` as RUN/backbone.safetensors of a run directory
+    ``random-ARCH-seedN`` (in runs/, or beside --out), written once and reused; the evaluation defaults come
+    from the data (default builtin): 32 px for builtin, CIFAR and a CIFAR-stem arch, 96 px for STL-10, the
+    images' own size when they are small (at most 96 px), else 224 px."""
+    from .nets import RANDOM_PREFIX, parse_random, random_backbone_file
+
+    _, cifar_stem = parse_random(spec)
+    name = f"random-{spec[len(RANDOM_PREFIX):]}-seed{seed}"
+    parent = (out_dir.expanduser().parent if out_dir else Path("runs")) / name
+    backbone = random_backbone_file(spec, seed, parent / "backbone.safetensors")
+    src = source or "builtin"
+    size = {"builtin": 32, "cifar10": 32, "cifar100": 32, "stl10": 96}.get(src) or (32 if cifar_stem else
+                                                                                   _small_side(src, data) or 224)
+    normalize = {"builtin": "builtin", "cifar10": "cifar", "cifar100": "cifar"}.get(src, "imagenet")
+    pseudo_pretraining = {"data": {"source": src}, "augment": {"size": size, "normalize": normalize}}
+    return backbone, parent, _eval_defaults(pseudo_pretraining)
+
+
 def _eval_defaults(pre: dict[str, Any]) -> dict[str, Any]:
     """Evaluation defaults (dotted) derived from a pretraining protocol (as a plain mapping)."""
     from .data import default_eval_splits
@@ -212,7 +278,7 @@ def _eval_defaults(pre: dict[str, Any]) -> dict[str, Any]:
                          "transform.test": "none" if small else "resize-center-crop",
                          "transform.resize": size if small else round(size * 8 / 7)})
         if small:
-            defaults["lr"] = 10.0  # the small-data linear recipe (ContrastiveCrop / MoCo CIFAR demo)
+            defaults["feature_norm"] = "bn"  # small data: the probe on BN-standardised features (lr from it)
     return defaults
 
 
@@ -220,7 +286,7 @@ def _eval_defaults(pre: dict[str, Any]) -> dict[str, Any]:
     "leoclr linear-eval runs/c10 --data ~/data/cifar10",
     "leoclr linear-eval runs/mine --data ~/data/mine"))
 def linear_eval(
-    target: Path = typer.Argument(..., help="a pretraining run directory or a backbone.safetensors"),
+    target: Path = typer.Argument(..., help=TARGET_HELP),
     protocol: Optional[Path] = ProtocolOpt,
     data: Optional[Path] = typer.Option(None, "--data", help="labelled dataset root"),
     source: Optional[str] = typer.Option(None, "--source"),
@@ -229,7 +295,11 @@ def linear_eval(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
     train_augment: Optional[str] = typer.Option(None, "--train-augment",
                                                 help="random-resized-crop (paper) or none (cached features)"),
+    probe: Optional[str] = typer.Option(None, "--probe", help="sgd (default) or lbfgs (cached features)"),
+    selection: Optional[str] = typer.Option(None, "--selection", help="val (default: a held-out 10% of train "
+                                            "chooses the classifier) or test (MoCo's best test epoch)"),
     workers: Optional[int] = typer.Option(None, "--workers", "-j"),
+    seed: Optional[int] = SeedOpt,
     device: Optional[str] = DeviceOpt,
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default RUN/linear-eval)"),
     resume: Optional[str] = ResumeOpt,
@@ -239,29 +309,39 @@ def linear_eval(
     threads: Optional[int] = ThreadsOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
-    """Linear evaluation of a frozen backbone (top-1 / top-5, best and last epoch)."""
+    """Linear evaluation of a frozen backbone: the probe chosen on validation, top-1 / top-5 on test."""
     from .evaluate.linear import run_linear_eval
     from .schema import load_protocol
 
-    backbone, parent, defaults = _backbone_and_defaults(target)
+    source = _source_for("linear-eval", protocol, sets, source, data)
+    backbone, parent, defaults = _backbone_and_defaults(target, seed=seed, out_dir=out_dir, source=source, data=data)
+    _switch_source(defaults, source)
     p = load_protocol("linear-eval", protocol, _overrides(
-        sets, epochs=epochs, lr=lr, batch_size=batch_size, train_augment=train_augment, device=device, threads=threads,
-        **{"data.num_workers": workers}, **_data_flags(source, data)), defaults)
+        sets, epochs=epochs, lr=lr, batch_size=batch_size, train_augment=train_augment, probe=probe,
+        selection=selection, device=device, seed=seed, threads=threads, **{"data.num_workers": workers},
+        **_data_flags(source, data)), defaults)
     _runtime(p, log_every)
     r = run_linear_eval(p, backbone, out_dir or parent / "linear-eval", resume=resume, force=force, quiet=quiet,
                         console=err)
-    out.print(f"linear eval of {backbone}: top-1 {r['top1_best']:.2f}% (best, epoch {r['best_epoch']}), "
-              f"{r['top1_last']:.2f}% (last); top-5 {r['top5_best']:.2f}% / {r['top5_last']:.2f}%")
+    out.print(f"linear eval of {backbone}: top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}% ({_selected(r)})")
+
+
+def _selected(r: dict[str, Any]) -> str:
+    """How a linear-eval result's classifier was chosen, in words."""
+    what = f"epoch {r['selected_epoch']}" if r.get("selected_epoch") is not None else f"C {r['selected_c']:.3g}"
+    on = f"validation top-1 {r['val_top1']:.2f}%" if r["selected_on"] == "val" else "the test split"
+    return f"{r['probe']} probe, feature_norm {r['feature_norm']}; {what} chosen on {on}"
 
 
 @app.command(epilog=examples("leoclr knn runs/c10/backbone.safetensors --data ~/data/cifar10"))
 def knn(
-    target: Path = typer.Argument(..., help="a pretraining run directory or a backbone.safetensors"),
+    target: Path = typer.Argument(..., help=TARGET_HELP),
     protocol: Optional[Path] = ProtocolOpt,
     data: Optional[Path] = typer.Option(None, "--data", help="labelled dataset root"),
     source: Optional[str] = typer.Option(None, "--source"),
     k: Optional[int] = typer.Option(None, "--k"),
     t: Optional[float] = typer.Option(None, "--t"),
+    seed: Optional[int] = SeedOpt,
     device: Optional[str] = DeviceOpt,
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default RUN/knn)"),
     force: bool = ForceOpt,
@@ -274,7 +354,10 @@ def knn(
     from .evaluate.knn_run import run_knn
     from .schema import load_protocol
 
-    backbone, parent, defaults = _backbone_and_defaults(target)
+    source = _source_for("knn", protocol, sets, source, data)
+    backbone, parent, defaults = _backbone_and_defaults(target, seed=seed, out_dir=out_dir, source=source, data=data)
+    _switch_source(defaults, source)
+    defaults.pop("feature_norm", None)
     defaults.pop("lr", None)
     p = load_protocol("knn", protocol, _overrides(sets, k=k, t=t, device=device, threads=threads,
                                                   **_data_flags(source, data)), defaults)
@@ -317,8 +400,11 @@ def crop_test(
     from .schema import load_protocol
 
     linear_dir, _ = find_linear_run(target)
+    source = _source_for("crop-test", protocol, sets, source, data)
+    defaults = _linear_run_defaults(linear_dir)
+    _switch_source(defaults, source)
     p = load_protocol("crop-test", protocol, _overrides(sets, repeats=repeats, device=device, threads=threads,
-                                                        **_data_flags(source, data)), _linear_run_defaults(linear_dir))
+                                                        **_data_flags(source, data)), defaults)
     _runtime(p, None)
     r = run_crop_test(p, linear_dir, out_dir or linear_dir / "crop-test", backbone=backbone, force=force)
     out.print(f"crop test of {linear_dir}: center crop {r['center_top1']:.2f}%, random crop {r['random_top1']:.2f}% "
@@ -334,7 +420,8 @@ def ablate(
                                                            "(repeat, or comma-separated)"),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="the full-augmentation run (pretraining run "
                                             "with linear-eval/, or a linear-eval run); its protocols are the defaults"),
-    metric: Optional[str] = typer.Option(None, "--metric", help="top1_best (default) or top1_last"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="top1 (default: the classifier selected on "
+                                                       "validation) or top1_last"),
     protocol: Optional[Path] = typer.Option(None, "--protocol", "-p", help="pretraining protocol YAML "
                                             "(default: the baseline's)"),
     method: Optional[str] = typer.Option(None, "--method", "-m", help=METHOD_HELP),
@@ -367,6 +454,7 @@ def ablate(
                                          "metric": metric})
     base = read_baseline(baseline) if baseline is not None else None
     pre_defaults = flat(base.pretrain) if (base is not None and base.pretrain and protocol is None) else None
+    source = _source_for("pretrain", protocol, sets, source, data)
     pre = load_protocol("pretrain", protocol, _overrides(
         sets, **{"method.name": method, "model.arch": arch, "optim.epochs": epochs, "optim.batch_size": batch_size,
                  "data.num_workers": workers, "seed": seed, "device": device, "threads": threads},
@@ -390,17 +478,17 @@ def ablate(
 
 @app.command(epilog=examples("leoclr export runs/in1k/backbone.safetensors --to detectron2 --out r50.pkl"))
 def export(
-    backbone: Path = typer.Argument(..., help="a backbone.safetensors (or a pretraining run directory)"),
+    backbone: Path = typer.Argument(..., help=TARGET_HELP),
     to: str = typer.Option("detectron2", "--to", help="target format: detectron2"),
     out_file: Path = typer.Option(..., "--out", "-o", help="output file (.pkl for detectron2)"),
+    seed: Optional[int] = SeedOpt,
 ) -> None:
     """Export a backbone for another framework (Detectron2: MoCo's key renaming, a .pkl for MODEL.WEIGHTS)."""
     from .detection.export import write_detectron2_pickle
 
     if to != "detectron2":
         raise UserError(f"--to {to!r} is not a known export format; choose detectron2")
-    path = backbone.expanduser()
-    path = path / "backbone.safetensors" if path.is_dir() else path
+    path, _, _ = _backbone_and_defaults(backbone, seed=seed, out_dir=out_file)
     n = write_detectron2_pickle(path, out_file.expanduser())
     out.print(f"wrote {out_file} ({n} tensors in Detectron2 names; load it with MODEL.WEIGHTS {out_file})")
 
@@ -410,7 +498,7 @@ def export(
     "leoclr detect coco runs/coco --data ~/data/coco --schedule 1x"))
 def detect(
     dataset: str = typer.Argument(..., help="voc or coco"),
-    target: Path = typer.Argument(..., help="a pretraining run directory or a backbone.safetensors"),
+    target: Path = typer.Argument(..., help=TARGET_HELP),
     protocol: Optional[Path] = ProtocolOpt,
     data: Optional[Path] = typer.Option(None, "--data", help="VOCdevkit (voc) or the coco folder (coco)"),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="24k (voc), 1x or 2x (coco)"),
@@ -435,7 +523,7 @@ def detect(
 
     if dataset not in ("voc", "coco"):
         raise UserError(f"dataset {dataset!r} is not known; choose voc or coco")
-    backbone, parent, defaults = _backbone_and_defaults(target)
+    backbone, parent, defaults = _backbone_and_defaults(target, seed=seed, out_dir=out_dir)
     own = _own_stats(defaults)  # Detectron2's pixel_mean / pixel_std are on the 0..255 scale
     pixels = {f"pixel_{k}": [255 * v for v in own[f"transform.{k}"]] for k in ("mean", "std")} if own else {}
     p = load_protocol("detect", protocol, _overrides(
@@ -474,7 +562,7 @@ def _parse_labels(text: str) -> list[float]:
     "leoclr finetune runs/in1k --labels 1% --data ~/data/imagenet",
     "leoclr finetune runs/c10 --labels 1,10,100 -p protocols/finetune_cifar10.yaml"))
 def finetune(
-    target: Path = typer.Argument(..., help="a pretraining run directory or a backbone.safetensors"),
+    target: Path = typer.Argument(..., help=TARGET_HELP),
     labels: Optional[str] = typer.Option(None, "--labels", help="label fraction: 1%, 10%, N%, or a sweep "
                                          "1,2,5,10,20,50,100 (default: the protocol's labels, 10%)"),
     subset_file: Optional[Path] = typer.Option(None, "--subset-file",
@@ -485,7 +573,8 @@ def finetune(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="default: 60 below 10% labels, 30 from 10% up"),
     lr: Optional[float] = typer.Option(None, "--lr"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="seed of the class-balanced draw (subset_seed)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed of the class-balanced draw (subset_seed) and of "
+                                       "a random:ARCH backbone"),
     workers: Optional[int] = typer.Option(None, "--workers", "-j"),
     device: Optional[str] = DeviceOpt,
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default RUN/finetune-Npct)"),
@@ -503,12 +592,10 @@ def finetune(
     fractions: list[Optional[float]] = list(_parse_labels(labels)) if labels is not None else [None]
     if subset_file is not None and len(fractions) > 1:
         raise UserError("--subset-file fixes one subset; it cannot be combined with a sweep of --labels")
-    backbone, parent, defaults = _backbone_and_defaults(target)
-    defaults.pop("lr", None)  # the linear-eval lr does not apply
-    if source is not None and source != defaults.get("data.source"):  # another dataset: its own split names
-        from .data import default_eval_splits
-
-        defaults.update(zip(("data.train_split", "data.test_split"), default_eval_splits(source)))
+    source = _source_for("finetune", protocol, sets, source, data)
+    backbone, parent, defaults = _backbone_and_defaults(target, seed=seed, out_dir=out_dir, source=source, data=data)
+    defaults.pop("feature_norm", None)  # a linear-probe field
+    _switch_source(defaults, source)  # another dataset: its own split names
     flags = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "subset_seed": seed, "device": device,
              "data.num_workers": workers, "subset_file": str(subset_file.expanduser()) if subset_file else None,
              "threads": threads, **_data_flags(source, data)}
@@ -537,13 +624,14 @@ def finetune(
     "leoclr transfer runs/in1k cars --data ~/data/cars",
     "leoclr transfer runs/in1k pets --data ~/data/pets --mode linear"))
 def transfer(
-    target: Path = typer.Argument(..., help="a pretraining run directory or a backbone.safetensors"),
+    target: Path = typer.Argument(..., help=TARGET_HELP),
     dataset: str = typer.Argument(..., help="cifar10, cifar100, cars, pets or birdsnap"),
     data: Optional[Path] = typer.Option(None, "--data", help="the dataset's root (official layout)"),
     mode: Optional[str] = typer.Option(None, "--mode", help="finetune (default) or linear (L-BFGS on frozen features)"),
     protocol: Optional[Path] = ProtocolOpt,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
     workers: Optional[int] = typer.Option(None, "--workers", "-j"),
+    seed: Optional[int] = SeedOpt,
     device: Optional[str] = DeviceOpt,
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default RUN/transfer-DATASET-MODE)"),
     force: bool = ForceOpt,
@@ -556,10 +644,10 @@ def transfer(
     from .evaluate.transfer import run_transfer
     from .schema import load_protocol
 
-    backbone, parent, defaults = _backbone_and_defaults(target)
+    backbone, parent, defaults = _backbone_and_defaults(target, seed=seed, out_dir=out_dir)
     p = load_protocol("transfer", protocol, _overrides(
         sets, dataset=dataset, mode=mode, batch_size=batch_size, device=device, num_workers=workers, threads=threads,
-        root=str(data.expanduser()) if data else None), _own_stats(defaults))
+        seed=seed, root=str(data.expanduser()) if data else None), _own_stats(defaults))
     _runtime(p, log_every)
     r = run_transfer(p, backbone, out_dir or parent / f"transfer-{p.dataset}-{p.mode}", force=force, quiet=quiet,
                      console=err)

@@ -6,14 +6,22 @@ dict keys are torchvision's and a checkpoint loads into ``torchvision.models.<ar
 
 from __future__ import annotations
 
+import json
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from .checkpoint import KIND_BACKBONE, read_metadata, save_backbone
+from .errors import UserError
 from .schema import RESNETS, ModelConfig
+
+#: ``random:ARCH`` (``random:resnet18``, ``random:resnet18-cifar`` for the CIFAR stem) names a seeded
+#: random-init backbone wherever a backbone is expected: the floor any pretraining must beat
+RANDOM_PREFIX = "random:"
 
 
 class SplitBatchNorm(nn.BatchNorm2d):
@@ -87,3 +95,36 @@ def plain_backbone_copy(backbone: nn.Module, arch: str, cifar_stem: bool) -> nn.
     plain = build_backbone(arch, cifar_stem=cifar_stem)
     plain.load_state_dict(backbone.state_dict())
     return plain
+
+
+def parse_random(spec: str) -> tuple[str, bool]:
+    """``random:resnet18-cifar`` -> (``resnet18``, CIFAR stem True); one sentence for an unknown arch."""
+    name = spec[len(RANDOM_PREFIX):]
+    arch, cifar_stem = (name[: -len("-cifar")], True) if name.endswith("-cifar") else (name, False)
+    if arch not in RESNETS:
+        raise UserError(f"{spec}: unknown arch '{arch}'; choose one of {', '.join(RESNETS)}, with '-cifar' for the "
+                        "CIFAR stem (e.g. random:resnet18-cifar)")
+    return arch, cifar_stem
+
+
+def random_backbone_file(spec: str, seed: int, path: Path) -> Path:
+    """Write the random-init backbone ``spec`` of ``seed`` (torch.manual_seed(seed), then the torchvision init)
+    to ``path`` as a backbone.safetensors with method ``random-init``; an existing file of the same spec and seed
+    is reused as it is."""
+    arch, cifar_stem = parse_random(spec)
+    path = Path(path)
+    if path.is_file():
+        meta = read_metadata(path, KIND_BACKBONE)
+        if (meta.get("method"), meta.get("arch"), meta.get("cifar_stem"), meta.get("seed")) != \
+                ("random-init", arch, json.dumps(cifar_stem), str(seed)):
+            raise UserError(f"{path} exists and is not the {spec} backbone of seed {seed}; move it or choose "
+                            "another --out")
+        return path
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_backbone(arch, cifar_stem=cifar_stem)
+    save_backbone(path, model, arch=arch, cifar_stem=cifar_stem, method="random-init", epoch=0,
+                  protocol_json=json.dumps({"kind": "random-init", "seed": seed,
+                                            "model": {"arch": arch, "cifar_stem": cifar_stem}}),
+                  extra_meta={"seed": str(seed)})
+    return path

@@ -129,6 +129,33 @@ TABLES = (TABLE1, TABLE2, TABLE3, TABLE4, TABLE5, TABLE6, TABLE7, TABLE8, TABLE9
 # The ImageNet pretraining epochs of each table's runs (Table 1: 800; the ablations: 200).
 EPOCHS = {"table1": 800, "table2": 800, "table3": 800, "table4": 800, "table5": 200, "table7": 200, "table8": 200}
 
+
+@dataclass(frozen=True)
+class Protocol:
+    """What a run must match to be printed in a paper table's row: the pretrained architecture and epochs
+    (a table with an "Epochs" column: that row's value), the pretraining lr schedule, and for detection
+    the images the detector trains on (iterations x images per batch; rescaling to fewer GPUs keeps it)."""
+
+    arch: str
+    epochs: Optional[int]
+    schedule: str = "cosine"
+    detection_images: tuple[int, ...] = ()
+
+
+PROTOCOLS = {
+    "table1": Protocol("resnet50", 800), "table2": Protocol("resnet50", 800), "table3": Protocol("resnet50", 800),
+    "table4": Protocol("resnet50", 800, detection_images=(24000 * 16,)), "table5": Protocol("resnet50", 200),
+    "table6": Protocol("resnet18", 800), "table7": Protocol("resnet50", 200), "table8": Protocol("resnet50", 200),
+    "table9": Protocol("resnet50", None, detection_images=(90000 * 16, 180000 * 16)),
+}
+
+
+def row_epochs(table: PaperTable, values: tuple[Value, ...]) -> Optional[int]:
+    """The pretraining epochs of one row of ``table``: its "Epochs" column, else the table's."""
+    if "Epochs" in table.columns and isinstance(values[table.columns.index("Epochs")], int):
+        return int(values[table.columns.index("Epochs")])  # type: ignore[arg-type]
+    return PROTOCOLS[table.key].epochs
+
 # Figure 3 (fine-tuning top-1 % vs percent of ImageNet-1K labels): the text states only the 1% and 10%
 # points (Table 2); the 2, 5, 20, 50 and 100% points are in the plot alone.
 FIGURE3_TOP1: dict[str, dict[float, float]] = {

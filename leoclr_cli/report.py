@@ -1,11 +1,12 @@
 """``leoclr report``: the paper's Tables 1-9 with our numbers beside them, and Figures 3 and 4 as PNGs.
 
 Every ``result.json`` under the given directories is read and recognised by its ``kind`` (keys in the
-README). A run feeds a paper table when its dataset and method match the table's (ImageNet-1K: an
-``imagefolder`` source with 1000 classes); when several match, the one whose pretraining epochs are
-closest to the table's is shown, with its epochs. Results inside an ablation directory belong to that
-ablation only. Every run also appears in the per-kind tables at the end. Nothing is filled in: a
-number we do not have is a "—".
+README). A run feeds a method's row of a paper table only when it follows the paper's protocol for that
+table (:func:`differs`: dataset, architecture, pretraining epochs and schedule, MoCo's linear protocol, the
+detector's full schedule; ImageNet-1K: an ``imagefolder`` source with 1000 classes); every other run of the
+method is printed in a row of its own labelled with how it differs. Every row shows its runs' dataset,
+architecture, epochs and schedule. Results inside an ablation directory belong to that ablation only. Every
+run also appears in the per-kind tables at the end. Nothing is filled in: a number we do not have is a "—".
 """
 
 from __future__ import annotations
@@ -58,6 +59,30 @@ class Run:
             return self.result.get("epochs")
         return self.extra.get("backbone_epoch")
 
+    @property
+    def arch(self) -> Optional[str]:
+        return self.result.get("arch")
+
+    def pretrain_optim(self, key: str) -> Any:
+        """``schedule`` or ``batch_size`` of the pretraining behind this run (None: not recorded)."""
+        if self.kind == "pretrain":
+            return (_protocol_of(self.dir).get("optim") or {}).get(key)
+        return self.result.get(f"pretrain_{key}") or self.extra.get(f"pretrain_{key}")
+
+    @property
+    def schedule(self) -> Optional[str]:
+        """The detector's iterations x images per batch, or the pretraining lr schedule and batch."""
+        solver = self.result.get("solver")
+        if self.kind == "detection" and isinstance(solver, dict) and solver.get("max_iter"):
+            return f"{solver['max_iter']} it x {solver.get('ims_per_batch', '?')} img"
+        sched, batch = self.pretrain_optim("schedule"), self.pretrain_optim("batch_size")
+        return ", ".join(x for x in (sched, f"batch {batch}" if batch else None) if x) or None
+
+    def describe(self) -> str:
+        """dataset, architecture, pretraining epochs and schedule, as every report row shows them."""
+        return ", ".join([self.dataset or "data ?", self.arch or "arch ?",
+                          f"{self.epochs} ep" if self.epochs is not None else "epochs ?", self.schedule or "schedule ?"])
+
 
 # --------------------------------------------------------------------------- reading run directories
 
@@ -82,8 +107,10 @@ def _backbone_info(result: dict[str, Any]) -> dict[str, Any]:
     except UserError:
         return {}
     pre = json.loads(meta.get("protocol", "{}") or "{}")
+    optim = pre.get("optim", {})
     return {"backbone_epoch": int(meta["epoch"]) if meta.get("epoch", "").isdigit() else None,
-            "pretrain_dataset": pre.get("data", {}).get("source"), "pretrain_dir": path.parent}
+            "pretrain_dataset": pre.get("data", {}).get("source"), "pretrain_dir": path.parent,
+            "pretrain_schedule": optim.get("schedule"), "pretrain_batch_size": optim.get("batch_size")}
 
 
 def dataset_label(source: Optional[str], num_classes: Optional[int]) -> Optional[str]:
@@ -182,26 +209,86 @@ def pretrain_hours(run: Run) -> Optional[float]:
 # --------------------------------------------------------------------------- the paper's tables
 
 
-def pick(runs: list[Run], kind: str, method: str, datasets: tuple[str, ...], epochs: Optional[int],
-         where: Callable[[Run], bool] = lambda r: True) -> Optional[Run]:
-    """The run of ``kind``/``method`` on one of ``datasets`` whose pretraining epochs are closest to ``epochs``."""
-    cands = [r for r in runs if r.kind == kind and r.method == method and r.dataset in datasets and where(r)]
-    if not cands:
-        return None
-    return min(cands, key=lambda r: (abs((r.epochs if r.epochs is not None else 10**9) - (epochs or 0)), r.label))
+@dataclass
+class TableSpec:
+    """How our runs fill a paper table: runs of ``kind`` (and ``where``) fill column group ``slot(run)`` (None: no
+    column of this table) with ``cells(run)``; ``datasets`` are the paper's (one: every run has a group, and a run
+    on other data is "another protocol"; several: a group per dataset)."""
+
+    table: paper.PaperTable
+    kind: str
+    datasets: tuple[str, ...]
+    header: list[str]
+    cells: Callable[[Run], list[Any]]
+    slot: Callable[[Run], Optional[int]] = lambda r: 0
+    groups: int = 1
+    where: Callable[[Run], bool] = lambda r: True
 
 
-OursFn = Callable[[str], tuple[list[Any], list[Run]]]
+def differs(run: Run, spec: TableSpec, values: tuple[Any, ...]) -> list[str]:
+    """Why ``run`` is not the paper's protocol for the row of ``spec.table`` with ``values`` (empty: it is)."""
+    proto = paper.PROTOCOLS[spec.table.key]
+    why = []
+    if len(spec.datasets) == 1 and run.dataset not in spec.datasets:
+        why.append(f"{run.dataset or 'unknown'} data, not {spec.datasets[0]}")
+    if run.arch != proto.arch:
+        why.append(f"{run.arch}, not {proto.arch}" if run.arch else "architecture not recorded")
+    epochs = paper.row_epochs(spec.table, values)
+    if epochs is not None and run.epochs != epochs:
+        why.append(f"{run.epochs if run.epochs is not None else '?'} pretraining epochs, not {epochs}")
+    schedule = run.pretrain_optim("schedule")
+    if schedule is not None and schedule != proto.schedule:
+        why.append(f"{schedule} lr schedule, not {proto.schedule}")
+    if proto.detection_images:
+        solver = run.get("solver") or {}
+        seen = (solver.get("max_iter") or 0) * (solver.get("ims_per_batch") or 0)
+        if seen not in proto.detection_images:
+            why.append(f"{solver.get('max_iter', '?')} iterations of {solver.get('ims_per_batch', '?')} images, "
+                       f"not {' or '.join(f'{n // 16} of 16' for n in proto.detection_images)}")
+    if run.kind == "linear-eval":
+        augment = _protocol_of(run.dir).get("train_augment")
+        if run.get("probe", "sgd") != "sgd" or run.get("feature_norm") not in (None, "none") or augment == "none":
+            why.append(f"{run.get('probe', 'sgd')} probe, feature_norm {run.get('feature_norm')}, train_augment "
+                       f"{augment}: not MoCo's linear protocol")
+    if run.kind == "transfer" and run.get("mode", "finetune") != "finetune":
+        why.append(f"{run.get('mode')} mode, not fine-tuning")
+    return why
 
 
-def paper_table(table: paper.PaperTable, ours_header: list[str], ours: OursFn) -> str:
-    """The paper's rows and values, then our values for the row's method and the runs they came from."""
-    header = ["Approach", *[f"{c} (paper)" for c in table.columns], *[f"ours: {c}" for c in ours_header], "our run"]
+def paper_table(spec: TableSpec, runs: list[Run]) -> str:
+    """The paper's rows and values with ours beside them: in a method's row only runs of the paper's protocol
+    (dataset, architecture, epochs, schedule); every other run of that method in a row of its own, labelled
+    with how it differs. Every row names the runs it shows and their dataset, architecture, epochs, schedule."""
+    table, n = spec.table, len(spec.header)
+    size = n // spec.groups
+    header = ["Approach", *[f"{c} (paper)" for c in table.columns], *[f"ours: {c}" for c in spec.header],
+              "our run", "its data, arch, epochs, schedule"]
+
+    def fill(chosen: dict[int, Run]) -> list[str]:
+        cells = [GAP] * n
+        for g, r in chosen.items():
+            cells[g * size:(g + 1) * size] = [fmt(v) for v in spec.cells(r)]
+        return cells
+
+    def named(used: list[Run]) -> list[str]:
+        return [", ".join(dict.fromkeys(r.label for r in used)) or GAP,
+                "; ".join(dict.fromkeys(r.describe() for r in used)) or GAP]
+
     rows = []
     for approach, method, values in table.rows:
-        mine, used = ours(method) if method is not None else ([None] * len(ours_header), [])
-        rows.append([approach, *[fmt_paper(v) for v in values], *[fmt(v) for v in mine],
-                     ", ".join(dict.fromkeys(r.label for r in used)) or GAP])
+        pool = sorted((r for r in runs if r.kind == spec.kind and r.method == method and spec.where(r)
+                       and spec.slot(r) is not None), key=lambda r: r.label) if method else []
+        chosen: dict[int, Run] = {}
+        others = []
+        for r in pool:
+            if differs(r, spec, values):
+                others.append(r)
+            else:
+                chosen.setdefault(spec.slot(r), r)  # type: ignore[arg-type]
+        rows.append([approach, *[fmt_paper(v) for v in values], *fill(chosen), *named(list(chosen.values()))])
+        for r in others:
+            rows.append([f"{approach}, another protocol: {'; '.join(differs(r, spec, values))}",
+                         *[""] * len(values), *fill({spec.slot(r): r}), *named([r])])  # type: ignore[dict-item]
     return f"### {table.title}\n\n" + md_table(header, rows)
 
 
@@ -214,96 +301,70 @@ def _fraction(run: Run) -> Optional[float]:
     return None
 
 
+def _index(options: tuple[Any, ...], value: Any) -> Optional[int]:
+    return options.index(value) if value in options else None
+
+
 def tables(runs: list[Run]) -> list[str]:
     IN = ("imagenet",)
-    out = []
-
-    def linear_top1(key: str, datasets: tuple[str, ...] = IN) -> OursFn:
-        def ours(method: str):
-            r = pick(runs, "linear-eval", method, datasets, paper.EPOCHS.get(key))
-            return ([r.epochs, r.get("pretrain_batch_size"), r.get("top1_best")] if r else [None] * 3), [r] if r else []
-        return ours
-
-    out.append(paper_table(paper.TABLE1, ["epochs", "batch", "top-1"], linear_top1("table1")))
-
-    def t2(method: str):
-        got = [pick(runs, "finetune", method, IN, paper.EPOCHS["table2"], lambda r, f=f: _fraction(r) == f)
-               for f in (1.0, 10.0)]
-        return [r.get("top1") if r else None for r in got], [r for r in got if r]
-    out.append(paper_table(paper.TABLE2, ["1%", "10%"], t2))
-
-    def t3(method: str):
-        got = [pick(runs, "transfer", method, (d,), paper.EPOCHS["table3"],
-                    lambda r: r.get("mode", "finetune") == "finetune") for d in paper.TABLE3_DATASETS]
-        return [r.get("value") if r else None for r in got], [r for r in got if r]
-    out.append(paper_table(paper.TABLE3, list(paper.TABLE3.columns), t3))
-
-    def detection(key: str, dataset: str) -> OursFn:
-        def ours(method: str):
-            r = pick(runs, "detection", method, (dataset,), paper.EPOCHS.get(key))
-            return ([r.get("AP50"), r.get("AP"), r.get("AP75")] if r else [None] * 3), [r] if r else []
-        return ours
-
-    out.append(paper_table(paper.TABLE4, ["AP50", "AP", "AP75"], detection("table4", "voc")))
-
-    def top1_only(key: str) -> OursFn:
-        def ours(method: str):
-            r = pick(runs, "linear-eval", method, IN, paper.EPOCHS.get(key))
-            return ([r.epochs, r.get("top1_best")] if r else [None] * 2), [r] if r else []
-        return ours
-
-    out.append(paper_table(paper.TABLE5, ["epochs", "top-1"], top1_only("table5")))
-
-    def t6(method: str):
-        got = [pick(runs, "linear-eval", method, (d,), 800) for d in paper.TABLE6_DATASETS]
-        return [x for r in got for x in ((r.epochs, r.get("top1_best")) if r else (None, None))], [r for r in got if r]
-    out.append(paper_table(paper.TABLE6, ["STL-10 epochs", "STL-10", "CIFAR-10 epochs", "CIFAR-10"], t6))
-
-    def t7(method: str):
-        r = pick(runs, "crop-test", method, IN, paper.EPOCHS["table7"])
-        if r is None:
-            return [None] * 5, []
-        hours = pretrain_hours(r)
-        return [r.epochs, r.get("center_top1"), r.get("random_top1"), r.get("drop"),
-                f"{hours:.1f}h" if hours is not None else None], [r]
-    out.append(paper_table(paper.TABLE7, ["epochs", "center crop", "random crop", "drop", "time"], t7))
-    out.append(paper_table(paper.TABLE8, ["epochs", "top-1"], top1_only("table8")))
-    out.append(paper_table(paper.TABLE9, ["AP50", "AP", "AP75"], detection("table9", "coco")))
-    return out
+    hours = (lambda r: f"{pretrain_hours(r):.1f}h" if pretrain_hours(r) is not None else None)
+    specs = [
+        TableSpec(paper.TABLE1, "linear-eval", IN, ["epochs", "batch", "top-1"],
+                  lambda r: [r.epochs, r.pretrain_optim("batch_size"), r.get("top1")]),
+        TableSpec(paper.TABLE2, "finetune", IN, ["1%", "10%"], lambda r: [r.get("top1")],
+                  slot=lambda r: _index((1.0, 10.0), _fraction(r)), groups=2),
+        TableSpec(paper.TABLE3, "transfer", paper.TABLE3_DATASETS, list(paper.TABLE3.columns),
+                  lambda r: [r.get("value")], slot=lambda r: _index(paper.TABLE3_DATASETS, r.dataset), groups=5),
+        TableSpec(paper.TABLE4, "detection", ("voc",), ["AP50", "AP", "AP75"],
+                  lambda r: [r.get("AP50"), r.get("AP"), r.get("AP75")]),
+        TableSpec(paper.TABLE5, "linear-eval", IN, ["epochs", "top-1"], lambda r: [r.epochs, r.get("top1")]),
+        TableSpec(paper.TABLE6, "linear-eval", paper.TABLE6_DATASETS,
+                  ["STL-10 epochs", "STL-10", "CIFAR-10 epochs", "CIFAR-10"], lambda r: [r.epochs, r.get("top1")],
+                  slot=lambda r: _index(paper.TABLE6_DATASETS, r.dataset), groups=2),
+        TableSpec(paper.TABLE7, "crop-test", IN, ["epochs", "center crop", "random crop", "drop", "time"],
+                  lambda r: [r.epochs, r.get("center_top1"), r.get("random_top1"), r.get("drop"), hours(r)]),
+        TableSpec(paper.TABLE8, "linear-eval", IN, ["epochs", "top-1"], lambda r: [r.epochs, r.get("top1")]),
+        TableSpec(paper.TABLE9, "detection", ("coco",), ["AP50", "AP", "AP75"],
+                  lambda r: [r.get("AP50"), r.get("AP"), r.get("AP75")]),
+    ]
+    return [paper_table(spec, runs) for spec in specs]
 
 
 def figure4_table(runs: list[Run]) -> str:
-    header = ["Method", "removed", "dataset", "epochs", "full aug. top-1", "ablated top-1", "drop (points)", "source"]
-    rows = [[paper.METHOD_LABELS.get(m, m), part, "imagenet", "200", fmt_paper(full), fmt_paper(abl),
-             f"{full - abl:.1f}", "paper"] for (m, part), (full, abl) in paper.FIGURE4.items()]
+    header = ["Method", "removed", "dataset", "arch", "epochs", "schedule", "full aug. top-1", "ablated top-1",
+              "drop (points)", "source"]
+    rows = [[paper.METHOD_LABELS.get(m, m), part, "imagenet", "resnet50", "200", "cosine, batch 256", fmt_paper(full),
+             fmt_paper(abl), f"{full - abl:.1f}", "paper"] for (m, part), (full, abl) in paper.FIGURE4.items()]
     for r in sorted((r for r in runs if r.kind == "ablate"), key=lambda r: r.label):
         rows.append([paper.METHOD_LABELS.get(r.method, str(r.method)), "+".join(r.get("removed", [])),
-                     r.dataset or GAP, fmt(r.epochs), fmt(r.get("baseline_top1")), fmt(r.get("top1")),
-                     fmt(r.get("drop")), r.label])
+                     r.dataset or GAP, r.arch or GAP, fmt(r.epochs), r.schedule or GAP, fmt(r.get("baseline_top1")),
+                     fmt(r.get("top1")), fmt(r.get("drop")), r.label])
     return "### Figure 4: drop in linear top-1 when augmentation parts are removed\n\n" + md_table(header, rows)
 
 
 # --------------------------------------------------------------------------- every run, per kind
 
 PER_KIND: dict[str, tuple[tuple[str, Callable[[Run], Any]], ...]] = {
-    "pretrain": (("arch", lambda r: r.get("arch")), ("epochs", lambda r: r.get("epochs")),
-                 ("final loss", lambda r: r.get("final_loss")), ("kNN top-1", lambda r: r.get("knn_top1")),
+    "pretrain": (("final loss", lambda r: r.get("final_loss")), ("kNN top-1", lambda r: r.get("knn_top1")),
                  ("time (h)", pretrain_hours)),
-    "linear-eval": (("arch", lambda r: r.get("arch")), ("pretrain epochs", lambda r: r.epochs),
-                    ("top-1 best", lambda r: r.get("top1_best")), ("top-1 last", lambda r: r.get("top1_last")),
-                    ("top-5 best", lambda r: r.get("top5_best"))),
+    "linear-eval": (("probe", lambda r: r.get("probe")), ("feature norm", lambda r: r.get("feature_norm")),
+                    ("selected on", lambda r: r.get("selected_on")), ("top-1", lambda r: r.get("top1")),
+                    ("top-5", lambda r: r.get("top5")), ("top-1 last epoch", lambda r: r.get("top1_last"))),
     "knn": (("k", lambda r: r.get("k")), ("top-1", lambda r: r.get("top1")), ("top-5", lambda r: r.get("top5"))),
-    "crop-test": (("pretrain epochs", lambda r: r.epochs), ("center top-1", lambda r: r.get("center_top1")),
-                  ("random top-1", lambda r: r.get("random_top1")), ("drop", lambda r: r.get("drop"))),
-    "ablate": (("removed", lambda r: "+".join(r.get("removed", []))), ("pretrain epochs", lambda r: r.epochs),
-               ("top-1", lambda r: r.get("top1")), ("baseline top-1", lambda r: r.get("baseline_top1")),
-               ("drop", lambda r: r.get("drop"))),
-    "finetune": (("labels %", lambda r: None if _fraction(r) is None else f"{_fraction(r):g}"), ("pretrain epochs", lambda r: r.epochs), ("top-1", lambda r: r.get("top1")),
-                 ("top-5", lambda r: r.get("top5"))),
+    "crop-test": (("center top-1", lambda r: r.get("center_top1")), ("random top-1", lambda r: r.get("random_top1")),
+                  ("drop", lambda r: r.get("drop"))),
+    "ablate": (("removed", lambda r: "+".join(r.get("removed", []))), ("top-1", lambda r: r.get("top1")),
+               ("baseline top-1", lambda r: r.get("baseline_top1")), ("drop", lambda r: r.get("drop"))),
+    "finetune": (("labels %", lambda r: None if _fraction(r) is None else f"{_fraction(r):g}"),
+                 ("top-1", lambda r: r.get("top1")), ("top-5", lambda r: r.get("top5"))),
     "transfer": (("mode", lambda r: r.get("mode")), ("metric", lambda r: r.get("metric")),
                  ("value", lambda r: r.get("value"))),
     "detection": (("AP50", lambda r: r.get("AP50")), ("AP", lambda r: r.get("AP")), ("AP75", lambda r: r.get("AP75"))),
 }
+# every row of every table names its run's dataset, architecture, pretraining epochs and schedule
+COMMON: tuple[tuple[str, Callable[[Run], Any]], ...] = (
+    ("dataset", lambda r: r.dataset), ("method", lambda r: r.method), ("arch", lambda r: r.arch),
+    ("pretrain epochs", lambda r: r.epochs), ("schedule", lambda r: r.schedule))
 
 
 def run_tables(runs: list[Run]) -> list[str]:
@@ -312,8 +373,8 @@ def run_tables(runs: list[Run]) -> list[str]:
         mine = sorted((r for r in runs if r.kind == kind), key=lambda r: r.label)
         if not mine:
             continue
-        header = ["run", "dataset", "method", *[c for c, _ in cols]]
-        rows = [[r.label, r.dataset or GAP, str(r.method or GAP), *[fmt(f(r)) for _, f in cols]] for r in mine]
+        header = ["run", *[c for c, _ in COMMON + cols]]
+        rows = [[r.label, *[fmt(f(r)) for _, f in COMMON + cols]] for r in mine]
         out.append(f"### {kind}\n\n" + md_table(header, rows))
     return out
 
@@ -456,8 +517,11 @@ def build_report(run_dirs: list[Path], out_dir: Path, *, force: bool = False) ->
         "Read from: " + ", ".join(f"`{_short(Path(d).expanduser().resolve())}`" for d in run_dirs) + ". Runs: "
         + ", ".join(f"{n} {k}" for k, n in counts.items()) + ".",
         "Paper values are transcribed from the paper's text (`leoclr_cli/paper.py`); \"ours\" comes from the run "
-        "named in the last column: a run feeds a table when its dataset and method match the table's "
-        "(ImageNet-1K = an `imagefolder` source of 1000 classes), the closest in pretraining epochs if several do. "
+        "named in the \"our run\" column, whose dataset, architecture, pretraining epochs and schedule follow it. "
+        "A run is printed in a method's row only when it follows the paper's protocol for that table (dataset; "
+        "architecture; pretraining epochs and lr schedule; MoCo's linear protocol; the detector's full schedule); "
+        "any other run of that method gets a row of its own, \"another protocol\", that says how it differs "
+        "(ImageNet-1K = an `imagefolder` source of 1000 classes). "
         f"{GAP} = no such number (the paper has none, or no run of ours matches).",
         "## The paper's tables", *tables(runs),
         "## Figures", f"![Figure 3]({FIGURE3_FILE})", f"![Figure 4]({FIGURE4_FILE})", figure4_table(runs),

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from .atomic import atomic_write_text
 from .errors import UserError
@@ -117,6 +118,22 @@ def threads_field() -> Any:
     return Field(None, ge=1, description="CPU threads of the training process (--threads); default: the cores "
                                          "this process may use, divided among torchrun ranks and less one per "
                                          "loader worker; OMP_NUM_THREADS, when set, is kept")
+
+
+FeatureNorm = Literal["bn", "none"]
+# The linear probe's default lr per feature normalisation: MoCo's 30 on raw features; 0.03 on BN-standardised ones
+# (a step of 30 on unit-variance features sends the training cross-entropy into the hundreds).
+PROBE_LR = {"none": 30.0, "bn": 0.03}
+
+
+def _logspace(lo: float, hi: float, n: int) -> list[float]:
+    return [float(10 ** (lo + (hi - lo) * i / (n - 1))) for i in range(n)] if n > 1 else [float(10 ** lo)]
+
+
+def _all_positive(v: list[float]) -> list[float]:
+    if any(x <= 0 for x in v):
+        raise ValueError("every value must be > 0")
+    return v
 
 
 class Strict(BaseModel):
@@ -402,9 +419,22 @@ class LinearEvalProtocol(Strict):
         "random-resized-crop",
         description="RandomResizedCrop + flip per epoch, or none: features computed once and cached",
     )
+    probe: Literal["sgd", "lbfgs"] = Field(
+        "sgd", description="sgd: MoCo's SGD schedule on a new fc; lbfgs: multinomial logistic regression fitted with "
+                           "L-BFGS over the L2 grid cs (cached features only, train_augment none)")
+    feature_norm: Optional[FeatureNorm] = Field(
+        None, description="bn: BatchNorm1d without affine on the features before the fc (MAE's linear probe; its "
+                          "statistics are part of the saved classifier, frozen at evaluation); none: the raw features "
+                          "(MoCo's recipe, the paper's protocol files). Default: bn for train_augment none, else none")
+    selection: Literal["val", "test"] = Field(
+        "val", description="val: a seeded, class-balanced val_fraction of train is held out and chooses the epoch "
+                           "(sgd) or the L2 strength (lbfgs); the chosen classifier is scored once on test. test: "
+                           "trained on all of train, the best test epoch / C is reported (MoCo's convention)")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of each class of train held out (selection val)")
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(256, ge=1)
-    lr: float = Field(30.0, gt=0)
+    lr: Optional[float] = Field(None, gt=0, description=f"default: {PROBE_LR['none']:g} with feature_norm none "
+                                                        f"(MoCo), {PROBE_LR['bn']:g} with feature_norm bn")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     milestones: list[int] = Field(default_factory=lambda: [60, 80])
@@ -412,6 +442,34 @@ class LinearEvalProtocol(Strict):
     eval_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
+    cs: list[float] = Field(default_factory=lambda: _logspace(-6, 5, 45), min_length=1,
+                            description="probe lbfgs: inverse L2 strengths C swept (Kornblith et al.)")
+    lbfgs_max_iter: int = Field(1000, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _probe_defaults(cls, data: Any) -> Any:
+        """feature_norm follows train_augment, lr follows feature_norm, unless given."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("feature_norm") is None:
+            data["feature_norm"] = "bn" if data.get("train_augment") == "none" else "none"
+        if data.get("lr") is None and data["feature_norm"] in PROBE_LR:
+            data["lr"] = PROBE_LR[data["feature_norm"]]
+        return data
+
+    @field_validator("probe")
+    @classmethod
+    def _lbfgs_on_cached_features(cls, v: str, info: ValidationInfo) -> str:
+        if v == "lbfgs" and info.data.get("train_augment") != "none":
+            raise ValueError("lbfgs fits on cached features: set train_augment to none")
+        return v
+
+    @field_validator("cs")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        return _all_positive(v)
 
 
 class KnnProtocol(Strict):
@@ -522,10 +580,6 @@ class DetectProtocol(Strict):
 # --------------------------------------------------------------------------- finetune, transfer
 
 
-def _logspace(lo: float, hi: float, n: int) -> list[float]:
-    return [float(10 ** (lo + (hi - lo) * i / (n - 1))) for i in range(n)] if n > 1 else [float(10 ** lo)]
-
-
 class FinetuneProtocol(Strict):
     """Semi-supervised fine-tuning (SimCLR's protocol, Table 2 / Figure 3): all layers tuned, a new fc,
     RandomResizedCrop + flip only, no weight decay, top-1/top-5 on the full test/val split."""
@@ -590,13 +644,13 @@ class TransferProtocol(Strict):
     cs: list[float] = Field(default_factory=lambda: _logspace(-6, 5, 45), min_length=1,
                             description="inverse L2 strengths C (sklearn's: C x summed loss + |W|^2 / 2)")
     lbfgs_max_iter: int = Field(1000, ge=1)
+    feature_norm: FeatureNorm = Field("bn", description="mode linear: standardise the features (BatchNorm1d "
+                                                         "statistics of the fit set) before the regression, or none")
 
     @field_validator("lrs", "cs")
     @classmethod
     def _positive(cls, v: list[float]) -> list[float]:
-        if any(x <= 0 for x in v):
-            raise ValueError("every value must be > 0")
-        return v
+        return _all_positive(v)
 
     @field_validator("wds")
     @classmethod
@@ -667,7 +721,8 @@ class AblateProtocol(Strict):
     kind: Literal["ablate"] = "ablate"
     remove: list[AugmentPart] = Field(min_length=1, description="augmentation parts removed from every view")
     baseline: Optional[str] = Field(None, description="the full-augmentation run the drop is measured against")
-    metric: Literal["top1_best", "top1_last"] = Field("top1_best", description="linear-eval top-1 compared")
+    metric: Literal["top1", "top1_last"] = Field(
+        "top1", description="linear-eval top-1 compared: top1 (the classifier selected on validation) or top1_last")
 
     @field_validator("remove")
     @classmethod

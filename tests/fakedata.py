@@ -159,6 +159,25 @@ def make_imagefolder(root: Path, classes: int = 3, per_class: int = 4, size: int
     return Path(root)
 
 
+def make_digits(root: Path, n_val: int = 400, size: int = 32, seed: int = 0, permute_val_labels: bool = False) -> Path:
+    """scikit-learn's bundled handwritten digits (1,797 scanned 8x8 images: real pixels) as an ImageFolder of
+    ``size`` px JPEGs, ``root/{train,val}/digit<k>/<i>.jpg``, a seeded ``n_val`` of them in val. With
+    ``permute_val_labels`` every val image is filed under the next digit's folder (wrong test labels, the same
+    train split). Return ``root``."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(seed).permutation(len(digits.target))
+    for rank, i in enumerate(order):
+        split = "val" if rank < n_val else "train"
+        k = (digits.target[i] + 1) % 10 if permute_val_labels and split == "val" else digits.target[i]
+        img = (digits.images[i] * (255 / 16)).astype(np.uint8)
+        folder = Path(root) / split / f"digit{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR).convert("RGB").save(folder / f"{i}.jpg")
+    return Path(root)
+
+
 # --------------------------------------------------------------------------- detection (VOC XML, COCO JSON)
 
 

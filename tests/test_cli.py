@@ -63,10 +63,12 @@ def test_pretrain_linear_eval_knn_end_to_end(capsys, tmp_path):
     code, out, _ = run(["linear-eval", str(run_dir), "--train-augment", "none", "--epochs", "3", "--quiet"], capsys)
     assert code in (0, None)
     result = json.loads((run_dir / "linear-eval" / "result.json").read_text())
-    assert 0 <= result["top1_last"] <= 100 and result["top5_best"] >= result["top1_best"]
+    assert 0 <= result["top1_last"] <= 100 and result["top5"] >= result["top1"]
+    assert result["selected_on"] == "val" and 1 <= result["selected_epoch"] <= 3 and result["feature_norm"] == "bn"
+    assert result["num_val"] + result["num_fit"] == 64 and result["top1_test_best"] >= result["top1"]
     assert result["backbone_unchanged"] is True and result["num_classes"] == 10
     lin = load_file(run_dir / "linear-eval" / "linear.safetensors")
-    assert lin["fc.weight"].shape == (10, 512)
+    assert lin["fc.weight"].shape == (10, 512) and lin["norm.running_var"].shape == (512,)
 
     code, out, _ = run(["knn", str(run_dir), "--k", "5"], capsys)
     assert code in (0, None)
@@ -107,3 +109,31 @@ def test_pretrain_and_knn_on_a_cifar10_copy(capsys, tmp_path):
     assert code in (0, None), err
     knn = json.loads((run_dir / "knn" / "result.json").read_text())
     assert knn["bank"] == 20 and knn["test"] == 10  # every train image votes, every test image is scored
+
+
+def test_data_without_source_reads_the_layout_of_the_directory(capsys, tmp_path):
+    """--data DIR without --source: the source comes from DIR's layout and is said on stderr, never the
+    built-in data; a directory it cannot place stops with one sentence and writes nothing."""
+    from fakedata import make_cifar10, make_stl10
+
+    from leoclr_cli.quickstart import protocol_file
+
+    root = make_cifar10(tmp_path / "data", n_train=20, n_test=10)
+    run_dir = tmp_path / "run"
+    code, _, err = run(["pretrain", "--data", str(root), "--set", "data.verify_checksums=false",
+                        "--out", str(run_dir), *TINY, "--epochs", "1"], capsys)
+    assert code in (0, None), err
+    assert f"--data {root}: cifar-10-batches-py/: reading it as --source cifar10" in err.replace("\n", "")
+    proto = yaml.safe_load((run_dir / "protocol.yaml").read_text())
+    assert proto["data"]["source"] == "cifar10" and proto["data"]["root"] == str(root)
+
+    (tmp_path / "empty").mkdir()
+    stl = make_stl10(tmp_path / "stl")
+    for argv, needle in (
+        (["--data", str(tmp_path / "empty")], "holds none of the layouts"),
+        (["--data", str(stl), "--protocol", str(protocol_file("cifar10_r18_leoclr.yaml"))], "not the cifar10 data"),
+        (["--data", str(root), "--set", "data.source=stl10"], "not the stl10 data"),
+    ):
+        code, _, err = run(["pretrain", *argv, "--out", str(tmp_path / "r")], capsys)
+        assert needle in error_line(code, err)
+        assert not (tmp_path / "r").exists()

@@ -4,10 +4,8 @@ the pretrained backbone must beat a random-init backbone of the same seed by MAR
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from leoclr_cli import checkpoint as ckpt
 from leoclr_cli.evaluate.linear import run_linear_eval
@@ -15,25 +13,22 @@ from leoclr_cli.nets import build_backbone
 from leoclr_cli.pretrain import run_pretrain
 from leoclr_cli.schema import load_protocol, protocol_json
 
-MARGIN = 1.0  # percentage points (measured on this CPU: 95.2 pretrained vs 92.5 random init)
+MARGIN = 1.0  # percentage points (95.2 pretrained vs 92.5 random init under MoCo's lr 10 on raw features)
 
 
 @pytest.fixture(scope="module")
 def digits_folder(tmp_path_factory):
-    sklearn_datasets = pytest.importorskip("sklearn.datasets")
-    digits = sklearn_datasets.load_digits()
-    root = tmp_path_factory.mktemp("digits")
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(digits.target))
-    for rank, i in enumerate(order):
-        split = "val" if rank < 400 else "train"
-        img = (digits.images[i] * (255 / 16)).astype(np.uint8)
-        folder = root / split / f"digit{digits.target[i]}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).resize((32, 32), Image.Resampling.BILINEAR).convert("RGB").save(folder / f"{i}.jpg")
-    return root
+    pytest.importorskip("sklearn.datasets")
+    from fakedata import make_digits
+
+    return make_digits(tmp_path_factory.mktemp("digits"))
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "under the well-conditioned probe (feature_norm bn, selected on validation) 4 epochs of LeOCLR on the digits do "
+    "not beat random init: SGD probe 93.75-94.25 vs 94.5, L-BFGS probe 95.5 vs 95.0 (8 epochs: 94.25 vs 94.5, "
+    "94.75 vs 95.0); the former 95.2 vs 92.5 came from MoCo's lr 10 on raw features, which under-rated the random "
+    "backbone (issue 13). Learning on real pixels is issue 13 part 3."))
 def test_leoclr_pretraining_beats_random_init_on_digits(digits_folder, tmp_path):
     p = load_protocol("pretrain", None, {
         "data.source": "imagefolder", "data.root": str(digits_folder), "data.split": "train",
@@ -49,9 +44,9 @@ def test_leoclr_pretraining_beats_random_init_on_digits(digits_folder, tmp_path)
     lin = load_protocol("linear-eval", None, {
         "data.source": "imagefolder", "data.root": str(digits_folder), "data.train_split": "train",
         "data.test_split": "val", "transform.size": 32, "transform.resize": 32, "transform.test": "none",
-        "transform.normalize": "builtin", "train_augment": "none", "epochs": 60, "lr": 10.0,
+        "transform.normalize": "builtin", "train_augment": "none", "epochs": 60,
         "milestones": [36, 48], "device": "cpu"})
     pre = run_linear_eval(lin, tmp_path / "pre" / "backbone.safetensors", tmp_path / "lin-pre", quiet=True)
     rand = run_linear_eval(lin, tmp_path / "rand.safetensors", tmp_path / "lin-rand", quiet=True)
-    print(json.dumps({"pretrained": pre["top1_best"], "random": rand["top1_best"]}))
-    assert pre["top1_best"] >= rand["top1_best"] + MARGIN, (pre["top1_best"], rand["top1_best"])
+    print(json.dumps({"pretrained": pre["top1"], "random": rand["top1"]}))
+    assert pre["top1"] >= rand["top1"] + MARGIN, (pre["top1"], rand["top1"])

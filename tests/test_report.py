@@ -9,6 +9,7 @@ from PIL import Image
 from leoclr_cli.cli import main
 
 IN1K = {"dataset": "imagefolder", "num_classes": 1000}
+R50 = {"arch": "resnet50", "pretrain_schedule": "cosine"}
 
 
 def put(root, rel, result, protocol=None):
@@ -23,30 +24,31 @@ def put(root, rel, result, protocol=None):
 @pytest.fixture
 def runs(tmp_path):
     root = tmp_path / "runs"
-    put(root, "in1k-leoclr/linear-eval", {"kind": "linear-eval", "method": "leoclr", **IN1K, "pretrain_epoch": 800,
-                                          "pretrain_batch_size": 256, "top1_best": 12.34, "top1_last": 12.0,
-                                          "top5_best": 30.0})
-    put(root, "in1k-leoclr/linear-eval/crop-test", {"kind": "crop-test", "method": "leoclr", **IN1K,
+    put(root, "in1k-leoclr/linear-eval", {"kind": "linear-eval", "method": "leoclr", **IN1K, **R50, "pretrain_epoch": 800,
+                                          "pretrain_batch_size": 256, "probe": "sgd", "feature_norm": "none",
+                                          "selected_on": "val", "top1": 12.34, "top1_last": 12.0, "top5": 30.0})
+    put(root, "in1k-leoclr/linear-eval/crop-test", {"kind": "crop-test", "method": "leoclr", **IN1K, **R50,
                                                     "pretrain_epoch": 200, "center_top1": 11.11, "random_top1": 9.99,
                                                     "drop": 1.12})
     put(root, "c10-moco/linear-eval", {"kind": "linear-eval", "method": "mocov2", "dataset": "cifar10",
-                                       "num_classes": 10, "pretrain_epoch": 10, "top1_best": 55.55})
+                                       "arch": "resnet18", "num_classes": 10, "pretrain_epoch": 10, "top1": 55.55})
     for labels, top1, top5 in ((1, 5.5, 15.0), (10, 20.25, 40.0), (50, 33.0, 60.0)):
         # no dataset key: taken from the run's protocol.yaml
-        put(root, f"ft/labels_{labels}pct", {"kind": "finetune", "method": "leoclr", "labels": labels,
-                                             "fraction": labels / 100, "num_classes": 1000, "top1": top1,
-                                             "top5": top5}, protocol="kind: finetune\ndata: {source: imagefolder}\n")
-    put(root, "tr/cifar10", {"kind": "transfer", "method": "leoclr", "dataset": "cifar10", "mode": "finetune",
-                             "metric": "top1", "value": 88.8})
-    put(root, "tr/pets-linear", {"kind": "transfer", "method": "leoclr", "dataset": "pets", "mode": "linear",
-                                 "metric": "mean_per_class", "value": 40.0})
-    put(root, "voc", {"kind": "detection", "method": "leoclr", "dataset": "voc", "AP50": 70.1, "AP": 40.2,
-                      "AP75": 45.3})
+        put(root, f"ft/labels_{labels}pct", {"kind": "finetune", "method": "leoclr", "labels": labels, **R50,
+                                             "pretrain_epoch": 800, "fraction": labels / 100, "num_classes": 1000,
+                                             "top1": top1, "top5": top5},
+            protocol="kind: finetune\ndata: {source: imagefolder}\n")
+    put(root, "tr/cifar10", {"kind": "transfer", "method": "leoclr", "dataset": "cifar10", "mode": "finetune", **R50,
+                             "pretrain_epoch": 800, "metric": "top1", "value": 88.8})
+    put(root, "tr/pets-linear", {"kind": "transfer", "method": "leoclr", "dataset": "pets", "mode": "linear", **R50,
+                                 "pretrain_epoch": 800, "metric": "mean_per_class", "value": 40.0})
+    put(root, "voc", {"kind": "detection", "method": "leoclr", "dataset": "voc", **R50, "pretrain_epoch": 800,
+                      "solver": {"max_iter": 48000, "ims_per_batch": 8}, "AP50": 70.1, "AP": 40.2, "AP75": 45.3})
     ab = put(root, "ablate-color", {"kind": "ablate", "method": "leoclr", "dataset": "builtin", "pretrain_epochs": 5,
                                     "removed": ["color"], "top1": 20.0, "baseline_top1": 23.5, "drop": 3.5})
     # the ablation's own linear eval must not pass for a full-augmentation ImageNet run
-    put(ab, "pretrain/linear-eval", {"kind": "linear-eval", "method": "leoclr", **IN1K, "pretrain_epoch": 800,
-                                     "top1_best": 99.99})
+    put(ab, "pretrain/linear-eval", {"kind": "linear-eval", "method": "leoclr", **IN1K, **R50, "pretrain_epoch": 800,
+                                     "top1": 99.99})
     put(root, "odd", {"kind": "something-else"})
     return root
 
@@ -80,15 +82,21 @@ def test_report_tables_and_figures(runs, tmp_path, capsys):
     # Table 1: paper columns (epochs, batch, accuracy), then ours (epochs, batch, top-1), then the run
     assert row(md, "Table 1", "LeOCLR (ours)")[1:7] == ["800", "256", "76.2", "800", "256", "12.34"]
     assert row(md, "Table 1", "LeOCLR (ours)")[7].endswith("in1k-leoclr/linear-eval")
-    assert row(md, "Table 1", "MoCo-v2")[1:] == ["800", "256", "71.1", "—", "—", "—", "—"]  # no run: gaps
+    assert row(md, "Table 1", "LeOCLR (ours)")[8] == "imagenet, resnet50, 800 ep, cosine, batch 256"
+    assert row(md, "Table 1", "MoCo-v2")[1:] == ["800", "256", "71.1", "—", "—", "—", "—", "—"]  # no run: gaps
     assert "99.99" not in md  # the ablation's inner linear eval feeds nothing but the ablation
     assert row(md, "Table 2", "LeOCLR (ours)")[1:5] == ["62.8", "71.5", "5.50", "20.25"]
     t3 = row(md, "Table 3", "LeOCLR (ours)")
     assert t3[1:6] == ["98.1", "86.9", "91.6", "76.8", "92.1"] and t3[6] == "88.80"
     assert t3[7:11] == ["—"] * 4  # Pets only in linear mode: not the paper's fine-tuning protocol
     assert row(md, "Table 3", "DINO")[4] == "—"  # the paper's own gap (Birdsnap) stays a gap
+    # 48000 iterations of 8 images: the 24k schedule rescaled to half the GPUs, the paper's protocol
     assert row(md, "Table 4", "LeOCLR (ours)")[1:7] == ["83.2", "57.5", "64.2", "70.10", "40.20", "45.30"]
-    assert row(md, "Table 6", "MoCo-v2")[1:7] == ["80.08", "73.88", "—", "—", "10", "55.55"]
+    assert row(md, "Table 4", "LeOCLR (ours)")[8] == "voc, resnet50, 800 ep, 48000 it x 8 img"
+    # 10 epochs are not Table 6's 800: a row of its own, never the paper's MoCo-v2 row
+    assert row(md, "Table 6", "MoCo-v2")[3:7] == ["—"] * 4
+    other = row(md, "Table 6", "MoCo-v2, another protocol: 10 pretraining epochs, not 800")
+    assert other[1:7] == ["", "", "—", "—", "10", "55.55"] and other[8] == "cifar10, resnet18, 10 ep, schedule ?"
     assert row(md, "Table 7", "LeOCLR (ours)")[1:8] == ["71.7", "68.9", "81h", "200", "11.11", "9.99", "1.12"]
     assert row(md, "Table 9", "LeOCLR (ours)")[4:7] == ["—", "—", "—"]
     fig4 = section(md, "Figure 4")
@@ -140,3 +148,37 @@ def test_report_overlays_the_training_curves_of_its_pretraining_runs(tmp_path, c
     with Image.open(tmp_path / "report" / "training_curves.png") as im:
         assert im.format == "PNG" and im.size[0] > 3 * im.size[1] / 2
         assert len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 3  # coloured lines drawn
+
+
+def test_runs_off_the_papers_protocol_get_labelled_rows_of_their_own(runs, tmp_path, capsys):
+    """A 4-iteration detection run, 3 epochs on the built-in data, a cached-feature probe: each is printed in a
+    row that says how it differs, and the paper's "LeOCLR (ours)" row keeps only the run that follows the paper."""
+    put(runs, "voc-smoke", {"kind": "detection", "method": "leoclr", "dataset": "voc", **R50, "pretrain_epoch": 800,
+                            "solver": {"max_iter": 4, "ims_per_batch": 2}, "AP50": 1.5, "AP": 0.5, "AP75": 0.25})
+    put(runs, "quick/linear-eval", {"kind": "linear-eval", "method": "leoclr", "dataset": "builtin",
+                                    "arch": "resnet18", "num_classes": 10, "pretrain_epoch": 3, "top1": 66.6,
+                                    "pretrain_schedule": "cosine", "pretrain_batch_size": 128},
+        protocol="kind: linear-eval\ntrain_augment: none\n")
+    put(runs, "in1k-cached/linear-eval", {"kind": "linear-eval", "method": "leoclr", **IN1K, **R50,
+                                          "pretrain_epoch": 800, "probe": "sgd", "feature_norm": "bn", "top1": 77.7})
+    out = tmp_path / "report"
+    code, err = call(["report", runs, "--out", out], capsys)
+    assert code == 0, err
+    md = (out / "report.md").read_text()
+
+    assert row(md, "Table 4", "LeOCLR (ours)")[4:7] == ["70.10", "40.20", "45.30"]  # still the full-schedule run
+    smoke = row(md, "Table 4", "LeOCLR (ours), another protocol: 4 iterations of 2 images, not 24000 of 16")
+    assert smoke[1:7] == ["", "", "", "1.50", "0.50", "0.25"] and smoke[7].endswith("voc-smoke")
+    assert smoke[8] == "voc, resnet50, 800 ep, 4 it x 2 img"
+
+    assert row(md, "Table 1", "LeOCLR (ours)")[6] == "12.34"
+    quick = row(md, "Table 1", "LeOCLR (ours), another protocol: builtin data, not imagenet; resnet18, not resnet50; "
+                               "3 pretraining epochs, not 800; sgd probe, feature_norm None, train_augment none: not "
+                               "MoCo's linear protocol")
+    assert quick[4:7] == ["3", "128", "66.60"] and quick[8] == "builtin, resnet18, 3 ep, cosine, batch 128"
+    cached = [line for line in section(md, "Table 1").splitlines() if "in1k-cached" in line]
+    assert len(cached) == 1 and "feature_norm bn" in cached[0] and "77.70" in cached[0]
+    # every linear-eval row of the paper tables and of the per-kind table names dataset, arch, epochs, schedule
+    per_kind = section(md, "linear-eval")
+    assert "| quick/linear-eval | builtin | leoclr | resnet18 | 3 | cosine, batch 128 |" in per_kind.replace(
+        str(runs.resolve()) + "/", "")

@@ -378,3 +378,37 @@ def test_draft_decodes_large_jpegs_at_a_reduced_scale(tmp_path):
     assert src[0][0].size == (200, 150)  # 1/4: 1/8 would leave 75 < 100 rows
     src.set_draft(None)
     assert src[0][0].size == (800, 600)
+
+
+# --------------------------------------------------------------------------- which source a directory holds
+
+
+def test_infer_source_reads_each_layout_and_refuses_the_rest(data, tmp_path):
+    from fakedata import make_birdsnap, make_pets, make_stanford_cars
+
+    from leoclr_cli.data.sources import infer_source
+
+    roots = {**data, "cars": make_stanford_cars(tmp_path / "cars"), "pets": make_pets(tmp_path / "pets"),
+             "birdsnap": make_birdsnap(tmp_path / "birdsnap")}
+    for name, root in roots.items():
+        assert infer_source(root)[0] == name, name
+        assert infer_source(root, declared=name)[0] == name
+    assert infer_source(data["cifar10"], declared="builtin")[0] == "cifar10"  # builtin takes no path: DIR decides
+
+    both = make_cifar10(make_imagefolder(tmp_path / "both"), n_train=5, n_test=5)
+    cases = [
+        (both, None, "holds several datasets (cifar10, imagefolder); choose one with --source"),
+        (data["stl10"], "cifar10", "holds stl10 data, not the cifar10 data the protocol names; give --source stl10"),
+        (data["cifar10"] / "cifar-10-batches-py", None, f"give the folder that holds it: --data {data['cifar10']}"),
+        (data["imagefolder"] / "train", None, "holds images or class folders directly"),
+        (tmp_path / "missing", None, "is not a directory"),
+    ]
+    (tmp_path / "empty").mkdir()
+    cases.append((tmp_path / "empty", None, "holds none of the layouts leoclr reads"))
+    for root, declared, needle in cases:
+        with pytest.raises(UserError) as exc:
+            infer_source(root, declared)
+        assert needle in str(exc.value) and str(root) in str(exc.value), str(exc.value)
+    # a protocol's explicit source is kept where DIR holds it, or holds nothing recognisable (its reader says more)
+    assert infer_source(both, declared="imagefolder")[0] == "imagefolder"
+    assert infer_source(tmp_path / "empty", declared="stl10")[0] == "stl10"

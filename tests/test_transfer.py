@@ -11,6 +11,7 @@ import torch
 from leoclr_cli.data.sources import open_source
 from leoclr_cli.errors import UserError
 from leoclr_cli.evaluate import transfer as tr
+from leoclr_cli.evaluate.linear import fit_logistic
 from cliutil import error_line, run
 
 
@@ -136,9 +137,9 @@ def test_lbfgs_logistic_regression_fits_separable_features():
     centres = torch.randn(3, 8, generator=gen) * 4
     y = torch.arange(90) % 3
     x = centres[y] + torch.randn(90, 8, generator=gen)
-    strong = tr.fit_logistic(x, y, 3, c=10.0, max_iter=100)
+    strong = fit_logistic(x, y, 3, c=10.0, max_iter=100)
     assert (strong(x).argmax(1) == y).float().mean() > 0.95
-    weak = tr.fit_logistic(x, y, 3, c=1e-6, max_iter=100)  # heavy L2: weights shrink towards zero
+    weak = fit_logistic(x, y, 3, c=1e-6, max_iter=100)  # heavy L2: weights shrink towards zero
     assert weak.weight.norm() < 0.01 * strong.weight.norm()
 
 

@@ -485,3 +485,67 @@ def _open_birdsnap(root: Path, split: str) -> Source:
 
 _FILE_READERS: dict[str, Callable[[Path, str], Source]] = {"cars": _open_cars, "pets": _open_pets,
                                                            "birdsnap": _open_birdsnap}
+
+
+# --------------------------------------------------------------------------------------------
+# which source a directory holds (``--data DIR`` without ``--source``)
+
+#: the folder each official release unpacks to, as the readers above expect it under the root
+LAYOUT_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "stl10": "stl10_binary",
+                  "cars": "stanford_cars", "pets": "oxford-iiit-pet"}
+_BIRDSNAP_FILES = ("species.txt", "images.txt", "test_images.txt")
+
+
+def _has_image(folder: Path) -> bool:
+    with os.scandir(folder) as entries:
+        return any(e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS) for e in entries)
+
+
+def _class_folders_of_images(folder: Path) -> bool:
+    """Whether ``folder`` holds at least one sub-folder with an image file in it (an ImageFolder split)."""
+    with os.scandir(folder) as entries:
+        return any(e.is_dir() and _has_image(Path(e.path)) for e in entries)
+
+
+def detect_layouts(root: Path) -> list[tuple[str, str]]:
+    """(source, what was found) for every dataset layout of the data sources table found at ``root``."""
+    found = [(name, f"{folder}/") for name, folder in LAYOUT_FOLDERS.items() if (root / folder).is_dir()]
+    taken = set(LAYOUT_FOLDERS.values())
+    if all((root / f).is_file() for f in _BIRDSNAP_FILES):
+        found.append(("birdsnap", "species.txt, images.txt and test_images.txt"))
+        taken |= {"images", "download"}
+    splits = sorted(e.name for e in os.scandir(root)
+                    if e.is_dir() and e.name not in taken and _class_folders_of_images(Path(e.path)))
+    if splits:
+        found.append(("imagefolder", f"{', '.join(s + '/' for s in splits[:3])} of class folders of images"))
+    return found
+
+
+def infer_source(root: str | Path, declared: Optional[str] = None) -> tuple[str, str]:
+    """(source, why) for the dataset at ``root``, from its layout. ``declared``: the source a protocol names
+    explicitly; it is kept when ``root`` holds it (or holds nothing recognisable: its reader then names the
+    layout it expects), refused when ``root`` holds only something else. One sentence for anything else."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"--data {root} is not a directory")
+    found = detect_layouts(root)
+    names = [name for name, _ in found]
+    if declared not in (None, "builtin"):
+        if declared in names or not found:
+            return declared, dict(found).get(declared, "the protocol's source")
+        raise UserError(f"--data {root} holds {' and '.join(names)} data, not the {declared} data the protocol "
+                        f"names; give --source {names[0]} to use it")
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise UserError(f"--data {root} holds several datasets ({', '.join(names)}); choose one with --source")
+    if root.name in LAYOUT_FOLDERS.values():
+        raise UserError(f"--data {root} is the {root.name}/ folder itself; give the folder that holds it: "
+                        f"--data {root.parent}")
+    if _has_image(root) or _class_folders_of_images(root):
+        raise UserError(f"--data {root} holds images or class folders directly; imagefolder data is read from "
+                        f"ROOT/<split>/<class>/<image>: give its parent as --data (the split is --split or "
+                        f"data.train_split)")
+    folders = "".join(f"{folder}/, " for folder in LAYOUT_FOLDERS.values())
+    raise UserError(f"--data {root} holds none of the layouts leoclr reads ({folders}Birdsnap's list files, or "
+                    "<split>/<class>/<image> folders); give --source and check the path")

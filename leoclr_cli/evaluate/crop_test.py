@@ -21,7 +21,7 @@ from ..errors import UserError
 from ..rundir import command, prepare, write_json
 from ..schema import CropTestProtocol
 from .features import labelled_split
-from .linear import LinearClassifier, evaluate_logits
+from .linear import evaluate_logits, load_classifier
 
 
 def find_backbone(linear_dir: Path, meta: dict[str, str], override: Optional[Path]) -> Path:
@@ -45,21 +45,18 @@ def find_backbone(linear_dir: Path, meta: dict[str, str], override: Optional[Pat
 @command
 def run_crop_test(protocol: CropTestProtocol, linear_dir: Path, run_dir: Path, *, backbone: Optional[Path] = None,
                   force: bool = False) -> dict[str, Any]:
-    tensors, meta = ckpt.load_tensors(linear_dir / "linear.safetensors", ckpt.KIND_LINEAR)
+    path = linear_dir / "linear.safetensors"
+    meta = ckpt.read_metadata(path, ckpt.KIND_LINEAR)
     backbone_path = find_backbone(linear_dir, meta, backbone)
     net, bmeta = ckpt.load_backbone(backbone_path)
-    weight, bias = tensors.get("fc.weight"), tensors.get("fc.bias")
-    if weight is None or bias is None or weight.ndim != 2 or weight.shape[1] != net.feature_dim:
-        raise UserError(f"{linear_dir / 'linear.safetensors'} is not a linear classifier for this "
-                        f"{bmeta['arch']} backbone ({net.feature_dim} features)")
+    model = load_classifier(path, net, bmeta["arch"])  # the feature BN's statistics too, frozen (eval mode)
+    num_classes = model.fc.out_features
     test_src = labelled_split(protocol.data, "test")
-    if test_src.num_classes != weight.shape[0]:
+    if test_src.num_classes != num_classes:
         raise UserError(f"test split '{protocol.data.test_split}' has {test_src.num_classes} classes, the classifier "
-                        f"{weight.shape[0]}")
+                        f"{num_classes}")
     prepare(run_dir, protocol, resume=None, force=force)
     device = resolve_device(protocol.device)
-    model = LinearClassifier(net, net.feature_dim, weight.shape[0])
-    model.fc.load_state_dict({"weight": weight, "bias": bias})
     model.to(device)
 
     def score(mode: str, seed: int) -> dict[str, float]:
@@ -78,7 +75,7 @@ def run_crop_test(protocol: CropTestProtocol, linear_dir: Path, run_dir: Path, *
     result = {
         "kind": "crop-test", "linear_run": str(linear_dir), "backbone": str(backbone_path), "arch": bmeta["arch"],
         "method": bmeta.get("method"), "pretrain_epoch": int(bmeta.get("epoch", 0)), "dataset": protocol.data.source,
-        "num_classes": int(weight.shape[0]), "test_images": len(test_src), "repeats": protocol.repeats,
+        "num_classes": num_classes, "test_images": len(test_src), "repeats": protocol.repeats,
         "center_top1": center["top1"], "center_top5": center["top5"],
         "random_top1": random_top1, "random_top5": random_top5,
         "random_top1_each": [r["top1"] for r in randoms],

@@ -1,17 +1,26 @@
-"""Linear evaluation (MoCo's main_lincls): a new fc on a frozen backbone kept in eval mode.
+"""The linear probe: the one classifier on frozen features, for linear-eval, the quickstart, crop-test,
+ablate and transfer's linear mode.
 
-``train_augment: random-resized-crop`` is the paper's protocol (RandomResizedCrop + flip each
-epoch through the frozen backbone). ``none`` computes the features once and trains the fc on the
-cache: the same classifier and schedule at a fraction of the cost (the quickstart uses it).
-Either way the backbone is checked bit-exactly against the checkpoint afterwards, BN buffers
-included: a frozen-feature result is only valid if the features did not move.
+The classifier is a new fc ~ N(0, 0.01), optionally after a BatchNorm1d without affine on the
+features (``feature_norm: bn``, MAE's linear probe; its statistics are saved with the fc and frozen at
+evaluation). ``probe: sgd`` trains it with MoCo's main_lincls schedule through the engine: with
+``train_augment: random-resized-crop`` (the paper's protocol) the images go through the frozen
+backbone every epoch, with ``none`` the features are computed once and the fc trains on the cache.
+``probe: lbfgs`` fits a multinomial logistic regression with L-BFGS for every inverse L2 strength C
+of a grid (Kornblith et al.), on cached features.
+
+``selection: val`` holds out a seeded, class-balanced share of train; it alone chooses the epoch
+(sgd) or C (lbfgs, then refitted on all of train), and the chosen classifier is scored once on
+test. ``selection: test`` chooses on test (MoCo's "best epoch" convention). Either way the backbone is
+checked bit-exactly against the checkpoint afterwards, BN buffers included: a frozen-feature result is
+only valid if the features did not move.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -27,20 +36,26 @@ from ..rundir import command, prepare, read_json, write_json
 from ..schema import LinearEvalProtocol, protocol_json
 from .features import extract, labelled_split, loader_for
 from .knn import topk_accuracy
+from .subsets import balanced_split, take
 
 
 class LinearClassifier(nn.Module):
-    """fc ~ N(0, 0.01), bias 0, on a frozen backbone (``None``: the inputs are cached features)."""
+    """[BatchNorm1d without affine (``feature_norm`` bn)] then fc ~ N(0, 0.01), bias 0, on a frozen backbone
+    (``None``: the inputs are cached features). ``selected`` holds the head chosen so far (epoch, score,
+    state); it travels in the engine's checkpoints through :meth:`extra_state`."""
 
-    def __init__(self, backbone: Optional[nn.Module], feature_dim: int, num_classes: int):
+    def __init__(self, backbone: Optional[nn.Module], feature_dim: int, num_classes: int, feature_norm: str = "none"):
         super().__init__()
         self.backbone = backbone
         if backbone is not None:
             for p in backbone.parameters():
                 p.requires_grad_(False)
+        self.feature_norm = feature_norm
+        self.norm = nn.BatchNorm1d(feature_dim, affine=False) if feature_norm == "bn" else nn.Identity()
         self.fc = nn.Linear(feature_dim, num_classes)
         nn.init.normal_(self.fc.weight, std=0.01)
         nn.init.zeros_(self.fc.bias)
+        self.selected: dict[str, Any] = {}
 
     def train(self, mode: bool = True) -> "LinearClassifier":
         super().train(mode)
@@ -52,12 +67,65 @@ class LinearClassifier(nn.Module):
         if self.backbone is not None:
             with torch.no_grad():
                 x = self.backbone(x)
-        return self.fc(x)
+        return self.fc(self.norm(x))
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.logits(x)
         acc = (out.argmax(1) == labels).float().mean() * 100
         return F.cross_entropy(out, labels), {"acc": acc}
+
+    # the head: everything but the backbone (fc, and the feature BN's statistics)
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    def load_head(self, tensors: dict[str, torch.Tensor], where: Any) -> None:
+        """Load a head saved by :meth:`head_state`; one sentence if it does not fit this classifier."""
+        mine = self.head_state()
+        for key, value in mine.items():
+            got = tensors.get(key)
+            if got is None or got.shape != value.shape:
+                raise UserError(f"{where} is not a linear classifier for this backbone and feature_norm "
+                                f"'{self.feature_norm}' ({key}: expected shape {tuple(value.shape)}, found "
+                                f"{'none' if got is None else tuple(got.shape)})")
+        extra = sorted(set(tensors) - set(mine))
+        if extra:
+            raise UserError(f"{where} is not a linear classifier for feature_norm '{self.feature_norm}' "
+                            f"(unexpected tensor '{extra[0]}')")
+        self.load_state_dict({k: tensors[k] for k in mine}, strict=False)
+
+    # selection, kept in the engine's checkpoints (resume restores the head chosen so far)
+
+    def select(self, epoch: int, score: float) -> None:
+        self.selected = {"epoch": epoch, "score": score, "state": self.head_state()}
+
+    def extra_state(self) -> dict[str, Any]:
+        if not self.selected:
+            return {}
+        return {"selected_epoch": self.selected["epoch"], "selected_score": self.selected["score"],
+                **{f"selected.{k}": v for k, v in self.selected["state"].items()}}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if "selected_epoch" in state:
+            self.selected = {"epoch": state["selected_epoch"], "score": state["selected_score"],
+                             "state": {k[len("selected."):]: v for k, v in state.items() if k.startswith("selected.")}}
+
+
+def save_classifier(path: Path, model: LinearClassifier, metadata: dict[str, str]) -> None:
+    ckpt.save_tensors(path, model.head_state(), {"kind": ckpt.KIND_LINEAR, "feature_norm": model.feature_norm,
+                                                 **metadata})
+
+
+def load_classifier(path: Path, backbone: nn.Module, arch: str) -> LinearClassifier:
+    """The classifier of ``linear.safetensors`` on ``backbone`` (feature_norm from its header)."""
+    tensors, meta = ckpt.load_tensors(path, ckpt.KIND_LINEAR)
+    weight = tensors.get("fc.weight")
+    if weight is None or weight.ndim != 2 or weight.shape[1] != backbone.feature_dim:
+        raise UserError(f"{path} is not a linear classifier for this {arch} backbone ({backbone.feature_dim} "
+                        "features)")
+    model = LinearClassifier(backbone, backbone.feature_dim, weight.shape[0], meta.get("feature_norm", "none"))
+    model.load_head(tensors, path)
+    return model
 
 
 @torch.no_grad()
@@ -82,76 +150,223 @@ def check_unchanged(backbone: nn.Module, reference: dict[str, torch.Tensor], pat
             raise RuntimeError(f"{key} of {path} changed during linear evaluation")
 
 
+# --------------------------------------------------------------------------- L-BFGS (Kornblith et al.)
+
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float, max_iter: int,
+                 init: Optional[nn.Linear] = None) -> nn.Linear:
+    """Multinomial logistic regression minimising sklearn's objective C * sum(CE) + |W|^2 / 2
+    (bias not penalised), divided by C * n for conditioning, with torch.optim.LBFGS; from zeros, or
+    warm-started from ``init`` (the objective is convex: the same minimum, fewer iterations)."""
+    fc = nn.Linear(x.shape[1], num_classes).to(x.device)
+    with torch.no_grad():
+        if init is None:
+            fc.weight.zero_()
+            fc.bias.zero_()
+        else:
+            fc.weight.copy_(init.weight)
+            fc.bias.copy_(init.bias)
+    opt = torch.optim.LBFGS(fc.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
+                            tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
+    penalty = 1.0 / (2.0 * c * x.shape[0])
+
+    def closure() -> torch.Tensor:
+        preempt.check("the L-BFGS fit")
+        opt.zero_grad()
+        loss = F.cross_entropy(fc(x), y) + penalty * fc.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return fc
+
+
+def fitted_norm(model: LinearClassifier, x: torch.Tensor) -> torch.Tensor:
+    """Set the feature BN's statistics to those of ``x`` (population variance) and return ``x`` normalised."""
+    if isinstance(model.norm, nn.BatchNorm1d):
+        model.norm.running_mean.copy_(x.mean(0))
+        model.norm.running_var.copy_(x.var(0, unbiased=False))
+        model.norm.num_batches_tracked.fill_(1)
+    model.eval()
+    with torch.no_grad():
+        return model.norm(x)
+
+
+def fit_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float, max_iter: int, feature_norm: str,
+              init: Optional[LinearClassifier] = None) -> LinearClassifier:
+    """The L-BFGS probe on features ``x``: BN statistics of ``x`` (feature_norm bn), then the regression."""
+    model = LinearClassifier(None, x.shape[1], num_classes, feature_norm).to(x.device)
+    z = fitted_norm(model, x)
+    fc = fit_logistic(z, y, num_classes, c, max_iter, init=None if init is None else init.fc)
+    model.fc.load_state_dict(fc.state_dict())
+    return model.eval()
+
+
+def sweep_lbfgs(x_fit: torch.Tensor, y_fit: torch.Tensor, scored: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                num_classes: int, cs: list[float], max_iter: int, feature_norm: str,
+                score: Callable[[torch.Tensor, torch.Tensor], float]) -> list[dict[str, Any]]:
+    """One cell per C, fitted on (x_fit, y_fit), warm-started from the previous C: {"c", "wd", NAME: score}
+    for every NAME -> (features, labels) of ``scored``."""
+    cells, prev = [], None
+    for c in cs:
+        prev = fit_probe(x_fit, y_fit, num_classes, c, max_iter, feature_norm, init=prev)
+        with torch.no_grad():
+            cells.append({"c": c, "wd": 1.0 / c, **{name: score(prev.logits(x).cpu(), y.cpu())
+                                                    for name, (x, y) in scored.items()}})
+    return cells
+
+
+def best_cell(cells: list[dict[str, Any]], key: str = "val") -> int:
+    """Index of the cell with the highest ``key`` score (the first one on ties)."""
+    return max(range(len(cells)), key=lambda i: (cells[i][key], -i))
+
+
+def top1(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    return topk_accuracy(scores, labels)["top1"]
+
+
+# --------------------------------------------------------------------------- the run
+
+
 @command
 def run_linear_eval(protocol: LinearEvalProtocol, backbone_path: Path, run_dir: Path, *, resume: Optional[str] = None,
                     force: bool = False, quiet: bool = False, console: Optional[Console] = None) -> dict[str, Any]:
-    """Train and test the linear classifier; writes ``linear.safetensors`` and ``result.json``."""
+    """Train the probe, select it, test it once; writes ``linear.safetensors`` and ``result.json``."""
     console = console or Console(stderr=True)
+    p = protocol
     backbone, meta = ckpt.load_backbone(backbone_path)
     reference = {k: v.detach().clone() for k, v in backbone.state_dict().items()}  # as loaded from the file
-    train_src, test_src = labelled_split(protocol.data, "train"), labelled_split(protocol.data, "test")
+    train_src, test_src = labelled_split(p.data, "train"), labelled_split(p.data, "test")
     if any(t < 0 for t in train_src.targets):
-        raise UserError(f"split '{protocol.data.train_split}' has unlabelled images; linear eval needs labels")
+        raise UserError(f"split '{p.data.train_split}' has unlabelled images; linear eval needs labels")
     num_classes = train_src.num_classes
-    resume_from = prepare(run_dir, protocol, resume=resume, force=force)
-    torch.manual_seed(protocol.seed)
-    device = resolve_device(protocol.device)
-    backbone.to(device)
-    feature_dim = backbone.feature_dim
-    workers = protocol.data.num_workers
-    test_loader = loader_for(test_src, protocol.transform, protocol.batch_size, workers, device)
-    if protocol.train_augment == "none":
-        train_f, train_y = extract(backbone, loader_for(train_src, protocol.transform, protocol.batch_size, workers,
-                                                        device), device, desc="train features", console=console,
-                                   quiet=quiet)
-        test_f, test_y = extract(backbone, test_loader, device, desc="test features", console=console, quiet=quiet)
-        model = LinearClassifier(None, feature_dim, num_classes)
-        train_ds = torch.utils.data.TensorDataset(train_f, train_y)
-        test_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(test_f, test_y),
-                                                  batch_size=protocol.batch_size)
+    if p.selection == "val":
+        fit_idx, val_idx = balanced_split(train_src.targets, p.val_fraction, p.seed)
+        if not val_idx:
+            raise UserError(f"split '{p.data.train_split}' has no class with two images to hold one out for "
+                            "validation; use selection: test")
     else:
-        model = LinearClassifier(backbone, feature_dim, num_classes)
-        train_ds = AugmentedDataset(train_src, linear_train_transform(protocol.transform.size,
-                                                                      protocol.transform.norm), protocol.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    assert len(params) == 2, "only fc.weight and fc.bias may be trained"
-    optimizer = torch.optim.SGD(params, lr=protocol.lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
-    loader = torch.utils.data.DataLoader(train_ds, batch_size=protocol.batch_size, shuffle=True,
-                                         num_workers=workers if protocol.train_augment != "none" else 0,
-                                         pin_memory=device.type == "cuda")
+        fit_idx, val_idx = list(range(len(train_src))), []
+    resume_from = prepare(run_dir, p, resume=resume, force=force)
+    torch.manual_seed(p.seed)
+    device = resolve_device(p.device)
+    backbone.to(device)
+    workers = p.data.num_workers
 
-    def epoch_end(epoch: int) -> dict[str, Any]:
-        if (epoch + 1) % protocol.eval_every and epoch + 1 != protocol.epochs:
-            return {}
-        res = evaluate_logits(model, test_loader, device)
-        return {"test_top1": res["top1"], "test_top5": res["top5"]}
+    def images(src) -> torch.utils.data.DataLoader:
+        return loader_for(src, p.transform, p.batch_size, workers, device)
 
-    engine = Engine(task=model, optimizer=optimizer, loader=loader, epochs=protocol.epochs,
-                    lr_at=step_lr(protocol.lr, protocol.milestones, protocol.gamma), device=device, run_dir=run_dir,
-                    protocol_json=protocol_json(protocol), checkpoint_every=protocol.checkpoint_every,
-                    keep_checkpoints=protocol.keep_checkpoints, quiet=quiet, console=console, epoch_end=epoch_end,
-                    desc="linear-eval", seed=protocol.seed)
-    history = engine.run(resume_from)
+    if p.train_augment == "none":
+        train_f, train_y = extract(backbone, images(train_src), device, desc="train features", console=console,
+                                   quiet=quiet)
+        test_f, test_y = extract(backbone, images(test_src), device, desc="test features", console=console,
+                                 quiet=quiet)
+        fit_ds: torch.utils.data.Dataset = torch.utils.data.TensorDataset(train_f[fit_idx], train_y[fit_idx])
+
+        def features(f: torch.Tensor, y: torch.Tensor) -> torch.utils.data.DataLoader:
+            return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(f, y), batch_size=p.batch_size)
+
+        test_loader = features(test_f, test_y)
+        val_loader = features(train_f[val_idx], train_y[val_idx]) if val_idx else test_loader
+    else:
+        fit_ds = AugmentedDataset(take(train_src, fit_idx), linear_train_transform(p.transform.size,
+                                                                                   p.transform.norm), p.seed)
+        test_loader = images(test_src)
+        val_loader = images(take(train_src, val_idx)) if val_idx else test_loader
+
+    if p.probe == "lbfgs":
+        model, chosen, diag = _lbfgs(p, train_f.to(device), train_y.to(device), test_f.to(device), test_y.to(device),
+                                     fit_idx, val_idx, num_classes, run_dir)
+    else:
+        model, chosen, diag = _sgd(p, backbone, fit_ds, val_loader, test_loader, num_classes, device, run_dir,
+                                   resume_from, quiet, console)
     check_unchanged(backbone, reference, backbone_path)
-    tested = [m for m in history if "test_top1" in m]
-    best = max(tested, key=lambda m: m["test_top1"])
-    last = tested[-1]
+    final = evaluate_logits(model, test_loader, device)  # the selected classifier, scored once on test
     pre = json.loads(meta.get("protocol", "{}") or "{}")
     result = {
         "kind": "linear-eval", "backbone": str(backbone_path), "arch": meta["arch"], "method": meta.get("method"),
-        "pretrain_epoch": int(meta.get("epoch", 0)), "num_classes": num_classes, "epochs": protocol.epochs,
-        "dataset": protocol.data.source, "pretrain_dataset": pre.get("data", {}).get("source"),
+        "pretrain_epoch": int(meta.get("epoch", 0)), "num_classes": num_classes, "epochs": p.epochs,
+        "dataset": p.data.source, "pretrain_dataset": pre.get("data", {}).get("source"),
         "pretrain_batch_size": pre.get("optim", {}).get("batch_size"),
-        "top1_best": best["test_top1"], "top5_best": best["test_top5"], "best_epoch": best["epoch"],
-        "top1_last": last["test_top1"], "top5_last": last["test_top5"],
+        "pretrain_schedule": pre.get("optim", {}).get("schedule"),
+        "probe": p.probe, "feature_norm": p.feature_norm, "selected_on": p.selection,
+        "num_fit": len(fit_idx), "num_val": len(val_idx),
+        "top1": final["top1"], "top5": final["top5"], **chosen, **diag,
         "backbone_unchanged": True,
     }
-    ckpt.save_tensors(Path(run_dir) / "linear.safetensors", {"fc.weight": model.fc.weight, "fc.bias": model.fc.bias},
-                      {"kind": ckpt.KIND_LINEAR, "backbone": str(backbone_path), "arch": meta["arch"],
-                       "backbone_sha256": ckpt.file_sha256(backbone_path),
-                       "num_classes": str(num_classes), "protocol": protocol_json(protocol)})
+    if p.probe == "lbfgs":
+        result["epochs"] = None
+    save_classifier(Path(run_dir) / "linear.safetensors", model, {
+        "backbone": str(backbone_path), "arch": meta["arch"], "backbone_sha256": ckpt.file_sha256(backbone_path),
+        "num_classes": str(num_classes), "protocol": protocol_json(p)})
     write_json(Path(run_dir) / "result.json", result)
     return result
+
+
+def _sgd(p: LinearEvalProtocol, backbone: nn.Module, fit_ds, val_loader, test_loader, num_classes: int,
+         device: torch.device, run_dir: Path, resume_from: Optional[Path], quiet: bool, console: Console):
+    """SGD with MoCo's schedule; after every evaluated epoch the head is kept if it is the best on
+    ``val_loader`` (the test loader itself under selection test). Returns (model, chosen, diagnostics)."""
+    cached = p.train_augment == "none"
+    model = LinearClassifier(None if cached else backbone, backbone.feature_dim, num_classes, p.feature_norm)
+    params = [q for q in model.parameters() if q.requires_grad]
+    assert len(params) == 2, "only fc.weight and fc.bias may be trained"
+    optimizer = torch.optim.SGD(params, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+    # BatchNorm cannot train on a last batch of one sample
+    drop_last = p.feature_norm == "bn" and len(fit_ds) % p.batch_size == 1
+    loader = torch.utils.data.DataLoader(fit_ds, batch_size=p.batch_size, shuffle=True, drop_last=drop_last,
+                                         num_workers=0 if cached else p.data.num_workers,
+                                         pin_memory=device.type == "cuda")
+    on_val = p.selection == "val"
+
+    def epoch_end(epoch: int) -> dict[str, Any]:
+        if (epoch + 1) % p.eval_every and epoch + 1 != p.epochs:
+            return {}
+        record = {}
+        if on_val:
+            val = evaluate_logits(model, val_loader, device)
+            record.update({"val_top1": val["top1"], "val_top5": val["top5"]})
+        test = evaluate_logits(model, test_loader, device)  # a diagnostic under selection val
+        record.update({"test_top1": test["top1"], "test_top5": test["top5"]})
+        score = record["val_top1" if on_val else "test_top1"]
+        if not model.selected or score > model.selected["score"]:
+            model.select(epoch + 1, score)
+        return record
+
+    engine = Engine(task=model, optimizer=optimizer, loader=loader, epochs=p.epochs,
+                    lr_at=step_lr(p.lr, p.milestones, p.gamma), device=device, run_dir=run_dir,
+                    protocol_json=protocol_json(p), checkpoint_every=p.checkpoint_every,
+                    keep_checkpoints=p.keep_checkpoints, quiet=quiet, console=console, epoch_end=epoch_end,
+                    desc="linear-eval", seed=p.seed)
+    history = engine.run(resume_from)
+    tested = [m for m in history if "test_top1" in m]
+    test_best, last = max(tested, key=lambda m: m["test_top1"]), tested[-1]
+    chosen = {"selected_epoch": model.selected["epoch"], "val_top1": model.selected["score"] if on_val else None}
+    model.load_head(model.selected["state"], Path(run_dir) / "checkpoints")
+    diag = {"top1_test_best": test_best["test_top1"], "top5_test_best": test_best["test_top5"],
+            "test_best_epoch": test_best["epoch"], "top1_last": last["test_top1"], "top5_last": last["test_top5"]}
+    return model, chosen, diag
+
+
+def _lbfgs(p: LinearEvalProtocol, train_f, train_y, test_f, test_y, fit_idx: list[int], val_idx: list[int],
+           num_classes: int, run_dir: Path):
+    """The C sweep on the fit set, scored on val (or test under selection test); under selection val the
+    chosen C is refitted on all of train. Writes grid.json. Returns (model, chosen, diagnostics)."""
+    x_fit, y_fit = train_f[fit_idx], train_y[fit_idx]
+    scored = {"test": (test_f, test_y)}
+    if val_idx:
+        scored["val"] = (train_f[val_idx], train_y[val_idx])
+    key = "val" if val_idx else "test"
+    cells = sweep_lbfgs(x_fit, y_fit, scored, num_classes, p.cs, p.lbfgs_max_iter, p.feature_norm, top1)
+    best = best_cell(cells, key)
+    write_json(Path(run_dir) / "grid.json", {"probe": "lbfgs", "selected_on": key, "num_fit": len(fit_idx),
+                                             "num_val": len(val_idx), "cells": cells, "best": best})
+    c = cells[best]["c"]
+    model = fit_probe(train_f, train_y, num_classes, c, p.lbfgs_max_iter, p.feature_norm) if val_idx else \
+        fit_probe(x_fit, y_fit, num_classes, c, p.lbfgs_max_iter, p.feature_norm)
+    test_best = cells[best_cell(cells, "test")]
+    chosen = {"selected_c": c, "selected_wd": 1.0 / c, "val_top1": cells[best].get("val")}
+    return model, chosen, {"top1_test_best": test_best["test"], "test_best_c": test_best["c"]}
 
 
 def find_linear_run(target: Path) -> tuple[Path, dict[str, Any]]:

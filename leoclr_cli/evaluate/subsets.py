@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -23,9 +23,9 @@ from ..atomic import atomic_write_text
 from ..errors import UserError
 
 
-def balanced_subset(targets: list[int], classes: list[str], percent: float, seed: int) -> list[int]:
-    """Sorted indices of ``percent``% of each class's images (round(n_c * percent / 100) of class c),
-    drawn with a generator seeded by ``seed``. Unlabelled images (label < 0) are never drawn."""
+def _draw_per_class(targets: list[int], count: Callable[[int, int], int], seed: int) -> list[int]:
+    """Sorted indices: ``count(class, n_c)`` images of each class c, drawn with a generator seeded by ``seed``.
+    Unlabelled images (label < 0) are never drawn."""
     by_class: dict[int, list[int]] = {}
     for i, t in enumerate(targets):
         if t >= 0:
@@ -34,15 +34,32 @@ def balanced_subset(targets: list[int], classes: list[str], percent: float, seed
     chosen: list[int] = []
     for c in sorted(by_class):
         members = by_class[c]
-        k = round(len(members) * percent / 100)
-        if k == 0:
-            name = classes[c] if c < len(classes) else str(c)
-            need = 100 * 0.5 / len(members)
-            raise UserError(f"--labels {percent:g}% leaves class '{name}' empty (it has {len(members)} train images, "
-                            f"so at least {need:.3g}% is needed)")
-        order = torch.randperm(len(members), generator=gen)[:k].tolist()
+        order = torch.randperm(len(members), generator=gen)[:count(c, len(members))].tolist()
         chosen.extend(members[j] for j in order)
     return sorted(chosen)
+
+
+def balanced_subset(targets: list[int], classes: list[str], percent: float, seed: int) -> list[int]:
+    """Sorted indices of ``percent``% of each class's images (round(n_c * percent / 100) of class c),
+    drawn with a generator seeded by ``seed``. Unlabelled images (label < 0) are never drawn."""
+
+    def count(c: int, n: int) -> int:
+        k = round(n * percent / 100)
+        if k == 0:
+            name = classes[c] if c < len(classes) else str(c)
+            raise UserError(f"--labels {percent:g}% leaves class '{name}' empty (it has {n} train images, "
+                            f"so at least {100 * 0.5 / n:.3g}% is needed)")
+        return k
+
+    return _draw_per_class(targets, count, seed)
+
+
+def balanced_split(targets: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(fit, val) sorted indices: ``fraction`` of each class (at least one image, none of a class with a single
+    image) held out for validation, drawn with a generator seeded by ``seed``; the rest is the fit set."""
+    val = _draw_per_class(targets, lambda c, n: min(n - 1, max(1, round(n * fraction))), seed)
+    held = set(val)
+    return [i for i, t in enumerate(targets) if t >= 0 and i not in held], val
 
 
 def subset_lines(source: Any, indices: list[int]) -> list[str]:

@@ -7,7 +7,8 @@ then refit on all of train with the best cell and evaluate the test split once.
 
 ``linear`` mode: the same selection for the inverse L2 strength C of a multinomial logistic
 regression fitted with L-BFGS on frozen features (resize + center crop, no augmentation), computed
-once by :func:`~leoclr_cli.evaluate.features.extract`.
+once by :func:`~leoclr_cli.evaluate.features.extract`: the linear probe of
+:mod:`~leoclr_cli.evaluate.linear` (``feature_norm: bn`` standardises the features with the fit set's statistics).
 
 The metric is top-1 accuracy, except mean per-class accuracy for Pets.
 """
@@ -20,11 +21,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 
 from .. import checkpoint as ckpt
-from .. import preempt
 from ..data.sources import open_source
 from ..engine import resolve_device
 from ..errors import UserError
@@ -33,7 +32,7 @@ from ..schema import TransferProtocol, protocol_json
 from .features import extract, loader_for
 from .finetune import FinetuneClassifier, train_classifier
 from .knn import topk_accuracy
-from .linear import predict_scores
+from .linear import best_cell, fit_probe, predict_scores, save_classifier, sweep_lbfgs
 from .subsets import take
 
 SPLITS = {"cifar10": ("train", "test"), "cifar100": ("train", "test"), "cars": ("train", "test"),
@@ -60,35 +59,6 @@ def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[list[int], 
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = min(n - 1, max(1, round(n * val_fraction)))
     return sorted(perm[n_val:]), sorted(perm[:n_val])
-
-
-def best_cell(cells: list[dict[str, Any]]) -> int:
-    """Index of the cell with the highest validation score (the first one on ties)."""
-    return max(range(len(cells)), key=lambda i: (cells[i]["val"], -i))
-
-
-# --------------------------------------------------------------------------- linear (L-BFGS)
-
-
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float, max_iter: int) -> torch.nn.Linear:
-    """Multinomial logistic regression minimising sklearn's objective C * sum(CE) + |W|^2 / 2
-    (bias not penalised), divided by C * n for conditioning, with torch.optim.LBFGS."""
-    fc = torch.nn.Linear(x.shape[1], num_classes).to(x.device)
-    torch.nn.init.zeros_(fc.weight)
-    torch.nn.init.zeros_(fc.bias)
-    opt = torch.optim.LBFGS(fc.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
-                            tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
-    penalty = 1.0 / (2.0 * c * x.shape[0])
-
-    def closure() -> torch.Tensor:
-        preempt.check("the L-BFGS fit")
-        opt.zero_grad()
-        loss = F.cross_entropy(fc(x), y) + penalty * fc.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return fc
 
 
 # --------------------------------------------------------------------------- the run
@@ -182,18 +152,16 @@ def _linear(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, ru
     test_f, test_y = extract(backbone, loader_for(test, p.transform, p.batch_size, p.num_workers, device), device,
                              desc="test features", **shown)
     feats, labels, test_f, test_y = feats.to(device), labels.to(device), test_f.to(device), test_y.to(device)
-    fit_t, val_t = torch.tensor(fit_idx, device=device), torch.tensor(val_idx, device=device)
-    for c in p.cs:
-        fc = fit_logistic(feats[fit_t], labels[fit_t], train.num_classes, c, p.lbfgs_max_iter)
-        with torch.no_grad():
-            val = score(metric, fc(feats[val_t]).cpu(), labels[val_t].cpu())
-        grid["cells"].append({"c": c, "wd": 1.0 / c, "val": val})
+    grid["feature_norm"] = p.feature_norm
+    grid["cells"] = sweep_lbfgs(feats[fit_idx], labels[fit_idx], {"val": (feats[val_idx], labels[val_idx])},
+                                train.num_classes, p.cs, p.lbfgs_max_iter, p.feature_norm,
+                                lambda s, y: score(metric, s, y))
     grid["best"] = best_cell(grid["cells"])
     write_json(run_dir / "grid.json", grid)
     chosen = grid["cells"][grid["best"]]
-    fc = fit_logistic(feats, labels, train.num_classes, chosen["c"], p.lbfgs_max_iter)
-    ckpt.save_tensors(run_dir / "linear.safetensors", {"fc.weight": fc.weight, "fc.bias": fc.bias},
-                      {"kind": ckpt.KIND_LINEAR, "num_classes": str(train.num_classes), "protocol": protocol_json(p)})
+    model = fit_probe(feats, labels, train.num_classes, chosen["c"], p.lbfgs_max_iter, p.feature_norm)
+    save_classifier(run_dir / "linear.safetensors", model, {"num_classes": str(train.num_classes),
+                                                            "protocol": protocol_json(p)})
     with torch.no_grad():
-        scores = fc(test_f).cpu()
+        scores = model.logits(test_f).cpu()
     return chosen, {"top1": score("top1", scores, test_y.cpu()), metric: score(metric, scores, test_y.cpu())}
