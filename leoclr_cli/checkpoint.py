@@ -34,7 +34,7 @@ from safetensors.torch import save as st_save
 
 from .atomic import atomic_write_bytes, remove_temporaries
 from .errors import UserError
-from .nets import build_backbone
+from .nets import build_backbone, parse_random
 from .schema import RESNETS
 
 FORMAT_VERSION = "1"
@@ -405,3 +405,26 @@ def prune_states(run_dir: Path, keep: int) -> None:
     for old in list_states(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     remove_temporaries(Path(run_dir) / "checkpoints")
+
+
+def random_backbone_file(spec: str, seed: int, path: Path) -> Path:
+    """Write the random-init backbone ``spec`` of ``seed`` (torch.manual_seed(seed), then the torchvision init)
+    to ``path`` as a backbone.safetensors with method ``random-init``; an existing file of the same spec and seed
+    is reused as it is."""
+    arch, cifar_stem = parse_random(spec)
+    path = Path(path)
+    if path.is_file():
+        meta = read_metadata(path, KIND_BACKBONE)
+        if (meta.get("method"), meta.get("arch"), meta.get("cifar_stem"), meta.get("seed")) != \
+                ("random-init", arch, json.dumps(cifar_stem), str(seed)):
+            raise UserError(f"{path} exists and is not the {spec} backbone of seed {seed}; move it or choose "
+                            "another --out")
+        return path
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_backbone(arch, cifar_stem=cifar_stem)
+    save_backbone(path, model, arch=arch, cifar_stem=cifar_stem, method="random-init", epoch=0,
+                  protocol_json=json.dumps({"kind": "random-init", "seed": seed,
+                                            "model": {"arch": arch, "cifar_stem": cifar_stem}}),
+                  extra_meta={"seed": str(seed)})
+    return path

@@ -243,7 +243,8 @@ def _random_init(spec: str, seed: int, out_dir: Optional[Path], source: Optional
     ``random-ARCH-seedN`` (in runs/, or beside --out), written once and reused; the evaluation defaults come
     from the data (default builtin): 32 px for builtin, CIFAR and a CIFAR-stem arch, 96 px for STL-10, the
     images' own size when they are small (at most 96 px), else 224 px."""
-    from .nets import RANDOM_PREFIX, parse_random, random_backbone_file
+    from .checkpoint import random_backbone_file
+    from .nets import RANDOM_PREFIX, parse_random
 
     _, cifar_stem = parse_random(spec)
     name = f"random-{spec[len(RANDOM_PREFIX):]}-seed{seed}"

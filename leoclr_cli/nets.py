@@ -6,16 +6,13 @@ dict keys are torchvision's and a checkpoint loads into ``torchvision.models.<ar
 
 from __future__ import annotations
 
-import json
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .checkpoint import KIND_BACKBONE, read_metadata, save_backbone
 from .errors import UserError
 from .schema import RESNETS, ModelConfig
 
@@ -107,24 +104,3 @@ def parse_random(spec: str) -> tuple[str, bool]:
     return arch, cifar_stem
 
 
-def random_backbone_file(spec: str, seed: int, path: Path) -> Path:
-    """Write the random-init backbone ``spec`` of ``seed`` (torch.manual_seed(seed), then the torchvision init)
-    to ``path`` as a backbone.safetensors with method ``random-init``; an existing file of the same spec and seed
-    is reused as it is."""
-    arch, cifar_stem = parse_random(spec)
-    path = Path(path)
-    if path.is_file():
-        meta = read_metadata(path, KIND_BACKBONE)
-        if (meta.get("method"), meta.get("arch"), meta.get("cifar_stem"), meta.get("seed")) != \
-                ("random-init", arch, json.dumps(cifar_stem), str(seed)):
-            raise UserError(f"{path} exists and is not the {spec} backbone of seed {seed}; move it or choose "
-                            "another --out")
-        return path
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_backbone(arch, cifar_stem=cifar_stem)
-    save_backbone(path, model, arch=arch, cifar_stem=cifar_stem, method="random-init", epoch=0,
-                  protocol_json=json.dumps({"kind": "random-init", "seed": seed,
-                                            "model": {"arch": arch, "cifar_stem": cifar_stem}}),
-                  extra_meta={"seed": str(seed)})
-    return path

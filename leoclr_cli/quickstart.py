@@ -21,9 +21,9 @@ from typing import Any, Optional
 from rich.console import Console
 
 from . import threads
-from .checkpoint import latest_state
+from .checkpoint import latest_state, random_backbone_file
 from .evaluate.linear import run_linear_eval
-from .nets import RANDOM_PREFIX, random_backbone_file
+from .nets import RANDOM_PREFIX
 from .pretrain import run_pretrain
 from .rundir import command, write_json
 from .schema import load_protocol

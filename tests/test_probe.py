@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from cliutil import error_line, run
 from leoclr_cli import checkpoint as ckpt
 from leoclr_cli.evaluate.linear import run_linear_eval
-from leoclr_cli.nets import build_backbone, random_backbone_file
+from leoclr_cli.checkpoint import random_backbone_file
+from leoclr_cli.nets import build_backbone
 from leoclr_cli.quickstart import protocol_file
 from leoclr_cli.schema import load_protocol
 

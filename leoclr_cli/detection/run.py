@@ -24,7 +24,7 @@ from .metrics import coco_ap, voc_ap, voc_ground_truth
 from .torchvision_r50c4 import predict, train_torchvision
 from .trial import finish_trial
 
-INSTALL_HINT = "install Detectron2 (README: Detection) or pass --backend torchvision"
+INSTALL_HINT = "install Detectron2 (docs/detection.md) or pass --backend torchvision"
 
 
 def load_data(p: DetectProtocol) -> dict[str, Any]:
@@ -63,7 +63,7 @@ def choose_backend(p: DetectProtocol, console: Console) -> str:
     if p.backend == "detectron2":
         raise UserError(f"--backend detectron2: Detectron2 cannot be imported ({why}); {INSTALL_HINT}")
     console.print(f"Detectron2 is not importable ({why}); using the torchvision R50-C4 backend "
-                  "(same model, schedule and augmentation). For Detectron2 see README: Detection.", highlight=False)
+                  "(same model, schedule and augmentation). For Detectron2 see docs/detection.md.", highlight=False)
     return "torchvision"
 
 
