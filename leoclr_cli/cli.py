@@ -94,7 +94,7 @@ def _source_for(kind: str, protocol: Optional[Path], sets: Optional[List[str]], 
         return source
     declared = parse_set(sets or []).get("data.source")
     if declared is None and protocol is not None:
-        declared = load_protocol(kind, protocol, {"data.root": str(data.expanduser())}).data.source
+        declared = load_protocol(kind, protocol, {"data.root": os.path.expanduser(str(data))}).data.source
     name, why = infer_source(data, declared)
     err.print(f"--data {data}: {why}: reading it as --source {name}", highlight=False, soft_wrap=True)
     return name

@@ -155,7 +155,8 @@ def test_sigterm_during_linear_eval_testing_checkpoints_and_resumes(random_backb
                               env=env, capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr
     got, want = (json.loads((d / "result.json").read_text()) for d in (out, tmp_path / "straight"))
-    assert (got["top1_best"], got["top1_last"]) == (want["top1_best"], want["top1_last"])
+    assert (got["top1"], got["top1_test_best"], got["top1_last"]) == (want["top1"], want["top1_test_best"],
+                                                                     want["top1_last"])
     assert ckpt.load_tensors(out / "linear.safetensors")[0]["fc.weight"].equal(
         ckpt.load_tensors(tmp_path / "straight" / "linear.safetensors")[0]["fc.weight"])
 
