@@ -88,7 +88,7 @@ def _source_for(kind: str, protocol: Optional[Path], sets: Optional[List[str]], 
     """``--source``; for ``--data DIR`` without it, the source DIR's layout shows (said on stderr), checked
     against the one an explicit ``--protocol`` or ``--set data.source`` names. Never the built-in data."""
     from .data.sources import infer_source
-    from .schema import load_protocol, parse_set
+    from .schema import parse_set
 
     if data is None or source is not None:
         return source
@@ -107,6 +107,17 @@ def _switch_source(defaults: dict[str, Any], source: Optional[str]) -> None:
     if source is not None and source != defaults.get("data.source"):
         defaults.update(zip(("data.train_split", "data.test_split"), default_eval_splits(source)))
         defaults.update({"data.source": source, "data.builtin_train": None, "data.builtin_test": None})
+
+
+def _evaluation_inputs(kind: str, target: Path, protocol: Optional[Path], sets: Optional[List[str]],
+                       source: Optional[str], data: Optional[Path], seed: Optional[int],
+                       out_dir: Optional[Path]) -> tuple[Optional[str], Path, Path, dict[str, Any]]:
+    """(source, backbone file, default output parent, eval defaults) of an evaluation command: the source
+    from ``--source`` or ``--data``'s layout, the backbone and its defaults, moved to that source."""
+    source = _source_for(kind, protocol, sets, source, data)
+    backbone, parent, defaults = _backbone_and_defaults(target, seed=seed, out_dir=out_dir, source=source, data=data)
+    _switch_source(defaults, source)
+    return source, backbone, parent, defaults
 
 
 # --------------------------------------------------------------------------- pretrain
@@ -146,7 +157,6 @@ def pretrain(
 ) -> None:
     """Pretrain a backbone (LeOCLR, MoCo-v2, SimCLR and the paper's variants); writes RUN/backbone.safetensors."""
     from .pretrain import run_pretrain
-    from .schema import load_protocol
 
     source = _source_for("pretrain", protocol, sets, source, data)
     p = load_protocol("pretrain", protocol, _overrides(
@@ -313,11 +323,9 @@ def linear_eval(
 ) -> None:
     """Linear evaluation of a frozen backbone: the probe chosen on validation, top-1 / top-5 on test."""
     from .evaluate.linear import run_linear_eval
-    from .schema import load_protocol
 
-    source = _source_for("linear-eval", protocol, sets, source, data)
-    backbone, parent, defaults = _backbone_and_defaults(target, seed=seed, out_dir=out_dir, source=source, data=data)
-    _switch_source(defaults, source)
+    source, backbone, parent, defaults = _evaluation_inputs("linear-eval", target, protocol, sets, source, data, seed,
+                                                            out_dir)
     p = load_protocol("linear-eval", protocol, _overrides(
         sets, epochs=epochs, lr=lr, batch_size=batch_size, train_augment=train_augment, probe=probe,
         selection=selection, device=device, seed=seed, threads=threads, **{"data.num_workers": workers},
@@ -354,11 +362,9 @@ def knn(
 ) -> None:
     """Weighted kNN accuracy (k = 200, t = 0.1) of a frozen backbone."""
     from .evaluate.knn_run import run_knn
-    from .schema import load_protocol
 
-    source = _source_for("knn", protocol, sets, source, data)
-    backbone, parent, defaults = _backbone_and_defaults(target, seed=seed, out_dir=out_dir, source=source, data=data)
-    _switch_source(defaults, source)
+    source, backbone, parent, defaults = _evaluation_inputs("knn", target, protocol, sets, source, data, seed,
+                                                            out_dir)
     defaults.pop("feature_norm", None)
     defaults.pop("lr", None)
     p = load_protocol("knn", protocol, _overrides(sets, k=k, t=t, device=device, threads=threads,
@@ -373,8 +379,6 @@ def knn(
 
 def _linear_run_defaults(linear_dir: Path) -> dict[str, Any]:
     """crop-test defaults: the data, crop size, resize and normalisation of the linear-eval run."""
-    from .schema import load_protocol
-
     lin = load_protocol("linear-eval", linear_dir / "protocol.yaml")
     defaults = {f"data.{k}": v for k, v in lin.data.model_dump().items()}
     defaults.update({"size": lin.transform.size, "resize": lin.transform.resize, **lin.transform.norm_fields(),
@@ -399,7 +403,6 @@ def crop_test(
     """Table 7: the linear classifier under the center-crop and the random-crop test; both and the drop."""
     from .evaluate.crop_test import run_crop_test
     from .evaluate.linear import find_linear_run
-    from .schema import load_protocol
 
     linear_dir, _ = find_linear_run(target)
     source = _source_for("crop-test", protocol, sets, source, data)
@@ -449,7 +452,6 @@ def ablate(
 ) -> None:
     """Figure 4: pretrain with augmentation parts removed, linear-evaluate, report the drop vs --baseline."""
     from .ablate import flat, read_baseline, run_ablate
-    from .schema import load_protocol
 
     parts = [name.strip() for item in remove for name in item.split(",") if name.strip()]
     ab = load_protocol("ablate", None, {"remove": parts, "baseline": str(baseline) if baseline else None,
@@ -521,7 +523,6 @@ def detect(
 ) -> None:
     """Faster R-CNN R50-C4 transfer (MoCo's recipe): VOC07+12 -> VOC07 test, or COCO train2017 -> val2017."""
     from .detection.run import run_detect
-    from .schema import load_protocol
 
     if dataset not in ("voc", "coco"):
         raise UserError(f"dataset {dataset!r} is not known; choose voc or coco")
@@ -589,15 +590,13 @@ def finetune(
 ) -> None:
     """Semi-supervised fine-tuning of all layers on a labelled subset (SimCLR's protocol); top-1 / top-5."""
     from .evaluate.finetune import run_finetune, run_finetune_sweep
-    from .schema import load_protocol
 
     fractions: list[Optional[float]] = list(_parse_labels(labels)) if labels is not None else [None]
     if subset_file is not None and len(fractions) > 1:
         raise UserError("--subset-file fixes one subset; it cannot be combined with a sweep of --labels")
-    source = _source_for("finetune", protocol, sets, source, data)
-    backbone, parent, defaults = _backbone_and_defaults(target, seed=seed, out_dir=out_dir, source=source, data=data)
+    source, backbone, parent, defaults = _evaluation_inputs("finetune", target, protocol, sets, source, data, seed,
+                                                            out_dir)
     defaults.pop("feature_norm", None)  # a linear-probe field
-    _switch_source(defaults, source)  # another dataset: its own split names
     flags = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "subset_seed": seed, "device": device,
              "data.num_workers": workers, "subset_file": str(subset_file.expanduser()) if subset_file else None,
              "threads": threads, **_data_flags(source, data)}
@@ -644,7 +643,6 @@ def transfer(
 ) -> None:
     """Transfer (Kornblith et al.): grid on a 20% validation split, refit on train+val, one test score."""
     from .evaluate.transfer import run_transfer
-    from .schema import load_protocol
 
     backbone, parent, defaults = _backbone_and_defaults(target, seed=seed, out_dir=out_dir)
     p = load_protocol("transfer", protocol, _overrides(
@@ -785,7 +783,6 @@ def views(
     """A PNG grid of the first images, each beside its views as the method sees them (before normalisation)."""
     from .data import open_pretrain_data
     from .pictures import check_png_name, views_grid, write_png
-    from .schema import load_protocol
 
     check_png_name(out_file)
     p = load_protocol("pretrain", protocol, _overrides(sets, **{"method.name": method, "data.split": split},
@@ -828,7 +825,6 @@ def boxes(
     from .data import open_pretrain_data
     from .data.ccrop import box_stats, draw_boxes, load_boxes
     from .pictures import check_png_name, write_png
-    from .schema import load_protocol
 
     run_dir = run_dir.expanduser()
     path = run_dir / "boxes.safetensors"
