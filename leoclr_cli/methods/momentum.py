@@ -1,10 +1,5 @@
 """What every momentum-contrast method shares: the key encoder, its EMA update, the shuffled
-key forward, the queue, and InfoNCE against the queue.
-
-A method subclasses :class:`MomentumContrast` (or :class:`~.endtoend.EndToEnd` for the methods
-without a key encoder) and implements ``forward(views) -> (loss, stats)``; the engine knows nothing
-else about it. Every method exposes ``views`` (the view kinds it needs, see data/views.py) and
-``backbone`` (the query backbone, what pretraining exports).
+key forward, the queue, and InfoNCE against the queue. What every method shares is in base.py.
 """
 
 from __future__ import annotations
@@ -13,11 +8,10 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .. import distributed
-from ..nets import Encoder
 from ..schema import MethodConfig, ModelConfig
+from .base import ContrastiveMethod
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,31 +24,6 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
     logits = torch.cat([l_pos, l_neg], dim=1) / temperature
     labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
     return F.cross_entropy(logits, labels), logits
-
-
-def top1_positive(logits: torch.Tensor) -> torch.Tensor:
-    """Fraction of rows whose positive (column 0) has the largest logit (a 0-d tensor, no sync)."""
-    return (logits.detach().argmax(dim=1) == 0).float().mean()
-
-
-class ContrastiveMethod(nn.Module):
-    """The query encoder f_q (backbone + projection head) and the method's config."""
-
-    #: the views the data pipeline must produce, in order: ("original", "crop", "crop", ...)
-    views: tuple[str, ...] = ("crop", "crop")
-
-    def __init__(self, model: ModelConfig, method: MethodConfig):
-        super().__init__()
-        self.cfg = method
-        self.encoder_q = Encoder(model)
-
-    @property
-    def backbone(self) -> nn.Module:
-        """The query backbone: what pretraining produces."""
-        return self.encoder_q.backbone
-
-    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # pragma: no cover
-        raise NotImplementedError
 
 
 class MomentumContrast(ContrastiveMethod):

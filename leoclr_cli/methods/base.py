@@ -1,0 +1,40 @@
+"""What every pretraining method shares: the query encoder f_q, the view kinds the method needs and
+the backbone pretraining exports.
+
+A method subclasses :class:`~.momentum.MomentumContrast` (key encoder, queue; MoCo's family) or
+:class:`~.endtoend.EndToEnd` (one encoder, in-batch negatives) and implements ``forward(views) ->
+(loss, stats)``; the engine knows nothing else about it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..nets import Encoder
+from ..schema import MethodConfig, ModelConfig
+
+
+def top1_positive(logits: torch.Tensor) -> torch.Tensor:
+    """Fraction of rows whose positive (column 0) has the largest logit (a 0-d tensor, no sync)."""
+    return (logits.detach().argmax(dim=1) == 0).float().mean()
+
+
+class ContrastiveMethod(nn.Module):
+    """The query encoder f_q (backbone + projection head) and the method's config."""
+
+    #: the views the data pipeline must produce, in order: ("original", "crop", "crop", ...)
+    views: tuple[str, ...] = ("crop", "crop")
+
+    def __init__(self, model: ModelConfig, method: MethodConfig):
+        super().__init__()
+        self.cfg = method
+        self.encoder_q = Encoder(model)
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The query backbone: what pretraining produces."""
+        return self.encoder_q.backbone
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # pragma: no cover
+        raise NotImplementedError
