@@ -1,10 +1,14 @@
 """The only training loop in the project.
 
-A *task* is an ``nn.Module`` whose ``forward(inputs, labels)`` returns ``(loss, stats)``; the
-pretraining methods and the linear classifier are tasks. The engine owns everything around the
-step: device placement, the per-epoch learning rate (or a per-step one, for iteration-based
-schedules such as detection's warm-up and steps), progress (progress.py), ``metrics.jsonl`` (and the
-experiment trackers, fed the same records: tracking.py),
+A *task* is a :class:`Task`: an ``nn.Module`` whose ``forward(inputs, labels)`` returns
+``(loss, stats)``; the pretraining methods (methods/base.py), the linear and fine-tuning classifiers
+and detection are tasks. Before the first step of a new run (not on a resume) the engine hands the
+task epoch 0's batches through :meth:`Task.warmup` (a no-op by default, which loads no batch; MoCo's
+methods fill their queue in it).
+
+The engine owns everything around the step: device placement, the per-epoch learning rate (or a
+per-step one, for iteration-based schedules such as detection's warm-up and steps), progress
+(progress.py), ``metrics.jsonl`` (and the experiment trackers, fed the same records: tracking.py),
 resumable checkpoints every N epochs, every M steps and at the end, exact resume (also from the
 middle of an epoch), preemption (SIGTERM/SIGINT) and the divergence check.
 
@@ -13,10 +17,11 @@ a sample from (seed, epoch, index), DataLoader worker seeds from another (seed, 
 so a checkpoint only needs the step position within the epoch (the sampler then starts that many
 batches in; skipped batches are never loaded), the global RNGs (torch, CUDA, NumPy, Python; the
 task's own draws such as shuffle-BN use them), the optimizer, the AMP scaler and the partial
-epoch's metric sums. Extra state is saved through two optional hooks, so a task or dataset with
+epoch's metric sums. Extra state is saved through two pairs of hooks, so a task or dataset with
 state of its own needs no engine change: ``task.extra_state() -> dict`` /
-``task.load_extra_state(dict)`` and ``dataset.state_dict() -> dict`` /
-``dataset.load_state_dict(dict)``; tensor values are stored as tensors, the rest as JSON.
+``task.load_extra_state(dict)`` (:class:`Task`'s defaults save nothing) and the optional
+``dataset.state_dict() -> dict`` / ``dataset.load_state_dict(dict)``; tensor values are stored as
+tensors, the rest as JSON.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 from rich.console import Console
@@ -122,10 +127,31 @@ class SkipFirst(torch.utils.data.Sampler):
         return itertools.islice(iter(self.inner), skip, None)
 
 
+class Task(torch.nn.Module):
+    """What the engine trains. A subclass implements ``forward(inputs, labels) -> (loss, stats)``
+    (``stats``: named 0-d tensors, averaged over the epoch into its record) and overrides the hooks
+    it needs."""
+
+    def forward(self, inputs: Any, labels: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # pragma: no cover
+        raise NotImplementedError
+
+    def warmup(self, batches: Iterable[tuple[Any, Any]]) -> None:
+        """Called once before the first step of a new run (not on a resume), in train mode and under
+        autocast, with epoch 0's ``(inputs, labels)`` batches on the device, loaded as it iterates;
+        no gradient step follows. The default takes none (no batch is loaded)."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """The task's own state beyond its parameters and buffers, for the checkpoints."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned (called only when it returned something)."""
+
+
 class Engine:
     """Train ``task`` for ``epochs`` epochs over ``loader``; see the module docstring."""
 
-    def __init__(self, *, task: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: torch.utils.data.DataLoader,
+    def __init__(self, *, task: Task, optimizer: torch.optim.Optimizer, loader: torch.utils.data.DataLoader,
                  epochs: int, lr_at: Callable[[int], float], device: torch.device, run_dir: Path, protocol_json: str,
                  checkpoint_every: int, keep_checkpoints: int = 2, quiet: bool = False,
                  console: Optional[Console] = None, epoch_end: Optional[Callable[[int], dict[str, Any]]] = None,
@@ -250,8 +276,8 @@ class Engine:
             self.task.to(memory_format=torch.channels_last)
         self.model = distributed.wrap(self.task, self.device)  # DistributedDataParallel under torchrun
         start, start_step, partial = self._resume(resume) if resume is not None else (0, 0, None)
-        if resume is None and hasattr(self.task, "fill_queue"):
-            self._fill_queue()
+        if resume is None:
+            self._warmup()
         if start >= self.epochs:
             return read_metrics(self.metrics_path)
         steps = require_a_batch(self.loader)
@@ -315,13 +341,16 @@ class Engine:
             inputs = to_device(self.batch_transform(inputs), self.device, self.channels_last)
         return inputs
 
-    def _fill_queue(self) -> None:
-        """Let the task see epoch 0's batches once before training (e.g. to fill a queue)."""
-        self._set_epoch(0)
+    def _warmup(self) -> None:
+        """Hand the task epoch 0's batches once before training (:meth:`Task.warmup`)."""
         self.task.train()
         with self._autocast():
-            self.task.fill_queue((self._inputs(x), to_device(y, self.device))
-                                 for x, y, *_ in preempt.each(self.loader, "filling the queue"))
+            self.task.warmup(self._warmup_batches())
+
+    def _warmup_batches(self) -> Iterator[tuple[Any, Any]]:
+        self._set_epoch(0)  # on the first batch asked for: a task that takes none costs nothing
+        for x, y, *_ in preempt.each(self.loader, "the warm-up before the first step"):
+            yield self._inputs(x), to_device(y, self.device)
 
     def _epoch(self, epoch: int, steps: int, reporter: Reporter, skip: int = 0,
                partial: Optional[dict[str, Any]] = None) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The engine under faults, with a task small enough to run hundreds of steps in a second:
 mid-epoch checkpoints and exact resume, SIGTERM at a step boundary, a NaN at an exact step,
-a failed checkpoint write, and the task/dataset extra-state hooks."""
+a failed checkpoint write, the task/dataset extra-state hooks and the task's warm-up hook."""
 
 import errno
 import json
@@ -13,13 +13,13 @@ import torch
 from rich.console import Console
 
 from leoclr_cli import checkpoint as ckpt
-from leoclr_cli.engine import Divergence, Engine, cosine_lr, read_metrics
+from leoclr_cli.engine import Divergence, Engine, Task, cosine_lr, read_metrics
 from leoclr_cli.errors import EXIT_PREEMPTED, Preempted, UserError
 
 STEPS, EPOCHS = 4, 3  # 16 samples, batch 4
 
 
-class Toy(torch.nn.Module):
+class Toy(Task):
     """A linear classifier with dropout (the global RNG matters) and a counter of its own state."""
 
     def __init__(self, nan_at=None, signal_at=None):
@@ -46,11 +46,12 @@ class Toy(torch.nn.Module):
         return loss, {"acc": (self.fc(x).argmax(1) == y).float().mean()}
 
 
-def engine(run_dir, task, **kw):
+def engine(run_dir, task, data=None, **kw):
     g = torch.Generator().manual_seed(1)
-    data = torch.utils.data.TensorDataset(torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g))
+    if data is None:
+        data = torch.utils.data.TensorDataset(torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g))
     loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True, drop_last=True)
-    opt = torch.optim.SGD(task.parameters(), lr=0.5, momentum=0.9)
+    opt = torch.optim.SGD([q for q in task.parameters() if q.requires_grad], lr=0.5, momentum=0.9)
     run_dir.mkdir(parents=True, exist_ok=True)
     args = dict(task=task, optimizer=opt, loader=loader, epochs=EPOCHS, lr_at=cosine_lr(0.5, EPOCHS), device=torch.device("cpu"),
                 run_dir=run_dir, protocol_json='{"p": 1}', checkpoint_every=1, keep_checkpoints=100, quiet=True,
@@ -209,3 +210,64 @@ def test_sigterm_during_the_epoch_end_evaluation_stops_there_and_resume_matches(
     want, got = final(straight), final(run)
     assert [k for k in want if not torch.equal(want[k], got[k])] == []
     assert strip(read_metrics(run / "metrics.jsonl")) == strip(read_metrics(straight / "metrics.jsonl"))
+
+
+
+class Counted(torch.utils.data.Dataset):
+    """``items``, counting the loads."""
+
+    def __init__(self, items):
+        self.items, self.loads = items, 0
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        self.loads += 1
+        return self.items[i]
+
+
+def test_a_task_without_a_queue_needs_no_warmup(tmp_path):
+    """Task's default warm-up takes no batch: a new run loads its epoch's batches and nothing more."""
+    g = torch.Generator().manual_seed(1)
+    data = Counted(list(zip(torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g))))
+    task = Toy()
+    engine(tmp_path / "plain", task, epochs=1, data=data).run()
+    assert data.loads == 16 and task.calls == STEPS
+
+
+def test_the_moco_queue_is_filled_by_warmup_before_the_first_step(tmp_path):
+    """queue_init keys: before the first step the engine hands MoCo-v2 epoch 0's batches, and the queue
+    holds the key encoder's keys of the first ones, in order (the first step sees the first batch
+    again); a resumed run does not warm up again."""
+    from leoclr_cli.methods import MoCoV2
+    from leoclr_cli.schema import MethodConfig, ModelConfig
+
+    def build():
+        torch.manual_seed(0)
+        return MoCoV2(ModelConfig(arch="resnet18", dim=4, bn_splits=1, shuffle_bn=False),
+                      MethodConfig(name="mocov2", queue_size=16, queue_init="keys"))
+
+    g = torch.Generator().manual_seed(2)
+    images = torch.randn(16, 2, 3, 16, 16, generator=g)
+    data = Counted([([v[0], v[1]], 0) for v in images])
+    task, first = build(), {}
+    queue0, forward = task.queue.clone(), task.forward
+
+    def spy(views, labels=None):
+        if not first:
+            first.update(queue=task.queue.clone(), ptr=int(task.queue_ptr), loads=data.loads,
+                         keys=torch.cat([task.encode_keys(v) for v in views]))
+        return forward(views, labels)
+
+    task.forward = spy
+    run = tmp_path / "moco"
+    engine(run, task, epochs=1, data=data).run()
+    # 8 keys a batch (both crops): two batches fill the queue, then the first step loads its batch
+    assert first["loads"] == 2 * 4 + 4 and first["ptr"] == 0
+    assert bool((first["queue"] != queue0).any(dim=0).all())
+    torch.testing.assert_close(first["queue"][:, :8], first["keys"].T)
+
+    data.loads = 0
+    engine(tmp_path / "resumed", build(), epochs=2, data=data).run(resume=ckpt.state_path(run, 1))
+    assert data.loads == 16  # epoch 2's batches only

@@ -24,7 +24,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from .. import preempt
-from ..engine import Engine, resolve_device, to_device
+from ..engine import Engine, Task, resolve_device, to_device
 from ..schema import DetectProtocol
 from .datasets import DetectionTrainSet, collate, read_image
 
@@ -86,7 +86,7 @@ def build_r50c4(p: DetectProtocol, num_classes: int, backbone_state: Optional[di
         box_batch_size_per_image=p.roi_batch_size_per_image, box_positive_fraction=0.25)
 
 
-class DetectionTask(nn.Module):
+class DetectionTask(Task):
     """The engine's task: (images, targets) -> (sum of the RPN and box losses, each loss)."""
 
     def __init__(self, model: FasterRCNN):

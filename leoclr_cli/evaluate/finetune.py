@@ -19,7 +19,7 @@ from torch import nn
 
 from .. import checkpoint as ckpt
 from ..data.views import AugmentedDataset, linear_train_transform
-from ..engine import Engine, cosine_lr, resolve_device
+from ..engine import Engine, Task, cosine_lr, resolve_device
 from ..errors import UserError
 from ..rundir import command, prepare, read_json, write_json
 from ..schema import FinetuneProtocol, Norm, protocol_json
@@ -31,7 +31,7 @@ RESULT_KEYS = ("kind", "dataset", "pretrain_epoch", "labels", "fraction", "top1"
                "method", "num_classes", "num_labelled", "num_test", "subset", "subset_file")
 
 
-class FinetuneClassifier(nn.Module):
+class FinetuneClassifier(Task):
     """A backbone (all layers trainable, BN in train mode) with a new zero-initialised fc (SimCLR's
     ``zero_init_logits_layer``)."""
 

@@ -30,7 +30,7 @@ from torch import nn
 from .. import checkpoint as ckpt
 from .. import preempt
 from ..data.views import AugmentedDataset, linear_train_transform
-from ..engine import Engine, resolve_device, step_lr
+from ..engine import Engine, Task, resolve_device, step_lr
 from ..errors import UserError
 from ..rundir import command, prepare, read_json, write_json
 from ..schema import LinearEvalProtocol, protocol_json
@@ -39,7 +39,7 @@ from .knn import topk_accuracy
 from .subsets import balanced_split, take
 
 
-class LinearClassifier(nn.Module):
+class LinearClassifier(Task):
     """[BatchNorm1d without affine (``feature_norm`` bn)] then fc ~ N(0, 0.01), bias 0, on a frozen backbone
     (``None``: the inputs are cached features). ``selected`` holds the head chosen so far (epoch, score,
     state); it travels in the engine's checkpoints through :meth:`extra_state`."""

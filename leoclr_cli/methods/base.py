@@ -1,9 +1,14 @@
-"""What every pretraining method shares: the query encoder f_q, the view kinds the method needs and
-the backbone pretraining exports.
+"""What every pretraining method shares: it is an engine :class:`~..engine.Task` (``forward(views,
+labels) -> (loss, stats)``, ``warmup``, ``extra_state``) with a query encoder f_q, the view kinds it
+needs and the backbone pretraining exports.
 
 A method subclasses :class:`~.momentum.MomentumContrast` (key encoder, queue; MoCo's family) or
-:class:`~.endtoend.EndToEnd` (one encoder, in-batch negatives) and implements ``forward(views) ->
-(loss, stats)``; the engine knows nothing else about it.
+:class:`~.endtoend.EndToEnd` (one encoder, in-batch negatives) and implements ``forward``; the engine
+knows nothing else about it. The hooks it may override:
+
+* ``warmup(batches)``: before the first step of a new run (MoCo's family fills its queue with keys
+  under ``queue_init: keys``); the default takes no batch.
+* ``extra_state()`` / ``load_extra_state(state)``: state of its own that checkpoints must carry.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..engine import Task
 from ..nets import Encoder
 from ..schema import MethodConfig, ModelConfig
 
@@ -20,7 +26,7 @@ def top1_positive(logits: torch.Tensor) -> torch.Tensor:
     return (logits.detach().argmax(dim=1) == 0).float().mean()
 
 
-class ContrastiveMethod(nn.Module):
+class ContrastiveMethod(Task):
     """The query encoder f_q (backbone + projection head) and the method's config."""
 
     #: the views the data pipeline must produce, in order: ("original", "crop", "crop", ...)

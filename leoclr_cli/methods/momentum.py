@@ -1,5 +1,6 @@
 """What every momentum-contrast method shares: the key encoder, its EMA update, the shuffled
-key forward, the queue, and InfoNCE against the queue. What every method shares is in base.py.
+key forward, the queue (filled with keys by ``warmup`` under ``queue_init: keys``), and InfoNCE
+against the queue. What every method shares is in base.py.
 """
 
 from __future__ import annotations
@@ -92,20 +93,18 @@ class MomentumContrast(ContrastiveMethod):
         return keys.shape[0]
 
     @torch.no_grad()
-    def fill_queue(self, batches) -> int:
+    def warmup(self, batches) -> None:
         """``queue_init: keys``: fill the queue once with keys of the crop views of ``batches``
-        (``(views, labels)`` pairs already on the device), no gradient step; returns batches used."""
+        (``(views, labels)`` pairs on the device), taking batches until it is full; ``random``: take none."""
         if self.cfg.queue_init != "keys":
-            return 0
-        used = written = 0
+            return
+        written = 0
         for views, _ in batches:
             crops = [v for v, kind in zip(views, self.views) if kind == "crop"]
             keys = [self.encode_keys(c) for c in crops[: 1 if self.cfg.enqueue == "k1" else None]]
             written += self.enqueue(torch.cat(keys))
-            used += 1
             if written >= self.queue.shape[1]:
                 break
-        return used
 
     def contrast(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return info_nce(q, k, self.queue.clone().detach(), self.cfg.temperature)
