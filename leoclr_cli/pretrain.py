@@ -231,8 +231,7 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
     seed_everything(p.seed, p.deterministic)
     method = build_method(p.model, p.method)
     if world > 1 and p.distributed.bn == "sync":
-        method = distributed.sync_batchnorm(method, device)
-        method.shuffle_bn = False  # SyncBN sees the whole global batch: nothing to hide by shuffling
+        method.use_sync_batchnorm(device)
     if p.compile != "off":
         names = compile_encoders(method, p.compile)
         console.print(f"compile: {', '.join(names)} with torch.compile (mode {p.compile}); the first steps "

@@ -9,6 +9,8 @@ knows nothing else about it. The hooks it may override:
 * ``warmup(batches)``: before the first step of a new run (MoCo's family fills its queue with keys
   under ``queue_init: keys``); the default takes no batch.
 * ``extra_state()`` / ``load_extra_state(state)``: state of its own that checkpoints must carry.
+* :meth:`ContrastiveMethod.use_sync_batchnorm`: ``distributed.bn: sync`` under DDP; a method whose
+  forward depends on per-rank BN (MoCo's shuffle-BN) adapts itself here.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import distributed
 from ..engine import Task
 from ..nets import Encoder
 from ..schema import MethodConfig, ModelConfig
@@ -44,3 +47,8 @@ class ContrastiveMethod(Task):
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # pragma: no cover
         raise NotImplementedError
+
+    def use_sync_batchnorm(self, device: torch.device) -> None:
+        """One BatchNorm over the global batch: every BN of every encoder becomes a SyncBatchNorm, in
+        place (CUDA only; ``distributed.bn: sync``)."""
+        distributed.sync_batchnorm(self, device)

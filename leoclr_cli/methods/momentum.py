@@ -32,7 +32,7 @@ class MomentumContrast(ContrastiveMethod):
 
     def __init__(self, model: ModelConfig, method: MethodConfig):
         super().__init__(model, method)
-        self.shuffle_bn = model.shuffle_bn
+        self.shuffle_bn = model.shuffle_bn  # off under SyncBN (use_sync_batchnorm)
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)
@@ -91,6 +91,12 @@ class MomentumContrast(ContrastiveMethod):
         self.queue[:, idx] = keys.T.to(self.queue.dtype)
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
         return keys.shape[0]
+
+    def use_sync_batchnorm(self, device: torch.device) -> None:
+        """SyncBatchNorm in both encoders, and no shuffle-BN: SyncBN sees the whole global batch,
+        there is nothing to hide by shuffling."""
+        super().use_sync_batchnorm(device)
+        self.shuffle_bn = False
 
     @torch.no_grad()
     def warmup(self, batches) -> None:
