@@ -13,7 +13,8 @@ import torch
 from rich.console import Console
 
 from leoclr_cli import checkpoint as ckpt
-from leoclr_cli.engine import Divergence, Engine, Task, cosine_lr, read_metrics
+from leoclr_cli.engine import (Checkpoints, DeviceSpec, Divergence, Engine, Observers, Schedule, Task, cosine_lr,
+                               read_metrics)
 from leoclr_cli.errors import EXIT_PREEMPTED, Preempted, UserError
 
 STEPS, EPOCHS = 4, 3  # 16 samples, batch 4
@@ -46,17 +47,18 @@ class Toy(Task):
         return loss, {"acc": (self.fc(x).argmax(1) == y).float().mean()}
 
 
-def engine(run_dir, task, data=None, **kw):
+def engine(run_dir, task, epochs=EPOCHS, every_steps=0, keep=100, epoch_end=None, data=None):
     g = torch.Generator().manual_seed(1)
     if data is None:
         data = torch.utils.data.TensorDataset(torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g))
     loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True, drop_last=True)
     opt = torch.optim.SGD([q for q in task.parameters() if q.requires_grad], lr=0.5, momentum=0.9)
     run_dir.mkdir(parents=True, exist_ok=True)
-    args = dict(task=task, optimizer=opt, loader=loader, epochs=EPOCHS, lr_at=cosine_lr(0.5, EPOCHS), device=torch.device("cpu"),
-                run_dir=run_dir, protocol_json='{"p": 1}', checkpoint_every=1, keep_checkpoints=100, quiet=True,
-                console=Console(file=open(os.devnull, "w")), seed=3, log_every=10)
-    return Engine(**{**args, **kw})
+    return Engine(task, opt, loader, schedule=Schedule(epochs, cosine_lr(0.5, EPOCHS), seed=3),
+                  checkpoints=Checkpoints(run_dir, '{"p": 1}', every=1, every_steps=every_steps, keep=keep),
+                  device=DeviceSpec(torch.device("cpu")),
+                  observers=Observers(quiet=True, console=Console(file=open(os.devnull, "w")), log_every=10,
+                                      epoch_end=epoch_end))
 
 
 def strip(records):
@@ -70,7 +72,7 @@ def final(run_dir):
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     run = tmp_path_factory.mktemp("straight")
-    engine(run, Toy(), checkpoint_every_steps=1).run()
+    engine(run, Toy(), every_steps=1).run()
     return run
 
 
@@ -89,7 +91,7 @@ def test_every_step_checkpoint_resumes_bit_identically(straight, tmp_path):
         # metrics written after the checkpoint (by the run that was interrupted) must be dropped
         (run / "metrics.jsonl").write_text((straight / "metrics.jsonl").read_text() + '{"epoch": 3, "tor')
         task = Toy()
-        engine(run, task, checkpoint_every_steps=1).run(resume=state)
+        engine(run, task, every_steps=1).run(resume=state)
         got = final(run)
         assert [k for k in want if not torch.equal(want[k], got[k])] == [], state.name
         assert strip(read_metrics(run / "metrics.jsonl")) == metrics, state.name
@@ -114,7 +116,7 @@ def test_sigterm_checkpoints_at_the_step_boundary_and_resume_matches(straight, t
 def test_nan_stops_at_the_exact_step_and_keeps_the_last_good_checkpoint(tmp_path):
     run = tmp_path / "nan"
     with pytest.raises(Divergence) as exc:
-        engine(run, Toy(nan_at=7), checkpoint_every_steps=2).run()  # global step 7 = epoch 2, step 3
+        engine(run, Toy(nan_at=7), every_steps=2).run()  # global step 7 = epoch 2, step 3
     assert "epoch 2, step 3 of 4 (global step 7)" in str(exc.value)
     last = ckpt.latest_state(run)
     assert last.name == "state_e0001_s000002.safetensors" and str(last) in str(exc.value)
@@ -134,7 +136,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
 
     monkeypatch.setattr(os, "fsync", fsync)
     with pytest.raises(UserError, match="No space left on device") as exc:
-        engine(run, Toy(), checkpoint_every_steps=1).run()
+        engine(run, Toy(), every_steps=1).run()
     assert "state_e0000_s000003.safetensors" in str(exc.value)
     monkeypatch.undo()
     states = ckpt.list_states(run)
@@ -145,7 +147,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
 
 def test_keep_last_n_counts_mid_epoch_states(tmp_path):
     run = tmp_path / "keep"
-    engine(run, Toy(), checkpoint_every_steps=1, keep_checkpoints=3).run()
+    engine(run, Toy(), every_steps=1, keep=3).run()
     assert [s.name for s in ckpt.list_states(run)] == ["state_e0002_s000002.safetensors",
                                                        "state_e0002_s000003.safetensors", "state_e0003.safetensors"]
 
@@ -210,7 +212,6 @@ def test_sigterm_during_the_epoch_end_evaluation_stops_there_and_resume_matches(
     want, got = final(straight), final(run)
     assert [k for k in want if not torch.equal(want[k], got[k])] == []
     assert strip(read_metrics(run / "metrics.jsonl")) == strip(read_metrics(straight / "metrics.jsonl"))
-
 
 
 class Counted(torch.utils.data.Dataset):
