@@ -27,9 +27,6 @@ from ..schema import AugmentConfig
 from .ccrop import sample_crop
 from .ops import CROP_KINDS, VIEW_KINDS
 
-#: ColorJitter's steps, the values of ``ViewParams.order``
-BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
-
 
 class ViewParams(NamedTuple):
     """One view's parameters. The crop is in the source image's pixels (torchvision's top, left,
