@@ -32,6 +32,9 @@ ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads of the tra
                           "this process may use less one per loader worker; OMP_NUM_THREADS is kept)")
 ForceOpt = typer.Option(False, "--force", help="delete and redo an existing run directory")
 ResumeOpt = typer.Option(None, "--resume", help="a checkpoint file, a run directory, or 'auto'")
+PartsResumeOpt = typer.Option(None, "--resume", help="'auto' (or the run directory itself): continue in --out a run "
+                              "stopped by a signal (exit 75) or a kill; finished parts (grid cells, trials) are kept "
+                              "and the interrupted one continues from its checkpoint")
 DeviceOpt = typer.Option(None, "--device", help="auto, cpu or cuda")
 SeedOpt = typer.Option(None, "--seed", help="the run's seed, and the seed of a random:ARCH backbone (default 0)")
 TARGET_HELP = ("a pretraining run directory, a backbone.safetensors, or random:ARCH, a seeded random-init backbone "
@@ -635,6 +638,7 @@ def transfer(
     seed: Optional[int] = SeedOpt,
     device: Optional[str] = DeviceOpt,
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default RUN/transfer-DATASET-MODE)"),
+    resume: Optional[str] = PartsResumeOpt,
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
     log_every: Optional[int] = LogEveryOpt,
@@ -649,8 +653,8 @@ def transfer(
         sets, dataset=dataset, mode=mode, batch_size=batch_size, device=device, num_workers=workers, threads=threads,
         seed=seed, root=str(data.expanduser()) if data else None), _own_stats(defaults))
     _runtime(p, log_every)
-    r = run_transfer(p, backbone, out_dir or parent / f"transfer-{p.dataset}-{p.mode}", force=force, quiet=quiet,
-                     console=err)
+    r = run_transfer(p, backbone, out_dir or parent / f"transfer-{p.dataset}-{p.mode}", resume=resume, force=force,
+                     quiet=quiet, console=err)
     best = f"C {r['best_c']:.3g}" if p.mode == "linear" else f"lr {r['best_lr']:.3g}, wd {r['best_wd']:.3g}"
     present = (f" ({r['images_present']} of {r['images_listed']} listed images present)"
                if "images_present" in r else "")
