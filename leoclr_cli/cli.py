@@ -518,6 +518,7 @@ def detect(
     workers: Optional[int] = typer.Option(None, "--workers", "-j"),
     device: Optional[str] = DeviceOpt,
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default RUN/detect-DATASET)"),
+    resume: Optional[str] = PartsResumeOpt,
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
     log_every: Optional[int] = LogEveryOpt,
@@ -537,7 +538,8 @@ def detect(
         device=device, threads=threads, **{"num_workers": workers, "root": str(data.expanduser()) if data else None}),
         pixels)
     _runtime(p, log_every)
-    r = run_detect(p, backbone, out_dir or parent / f"detect-{dataset}", force=force, quiet=quiet, console=err)
+    r = run_detect(p, backbone, out_dir or parent / f"detect-{dataset}", resume=resume, force=force, quiet=quiet,
+                   console=err)
     spread = (lambda k: f" ± {r[k + '_std']:.2f}" if r["trials"] > 1 else "")
     out.print(f"{dataset} detection ({r['backend']}, {r['trials']} trial{'s' if r['trials'] > 1 else ''}): "
               f"AP {r['AP']:.2f}{spread('AP')}, AP50 {r['AP50']:.2f}{spread('AP50')}, "

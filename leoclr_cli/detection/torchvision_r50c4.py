@@ -160,8 +160,9 @@ def predict(model: FasterRCNN, records: list[dict[str, Any]], p: DetectProtocol,
 
 def train_torchvision(p: DetectProtocol, train_records: list[dict[str, Any]], num_classes: int,
                       backbone_state: dict[str, torch.Tensor], run_dir: Path, seed: int, protocol_json: str,
-                      quiet: bool, console: Console) -> tuple[FasterRCNN, dict[str, Any]]:
-    """Train one trial on one device through the engine; returns (model, solver actually used)."""
+                      quiet: bool, console: Console, resume: Optional[Path] = None) -> tuple[FasterRCNN, dict[str, Any]]:
+    """Train one trial on one device through the engine (from the train state ``resume``, if given; a state
+    every ``period`` iterations and after the last one); returns (model, solver actually used)."""
     device = resolve_device(p.device)
     gpus = 1
     solver = p.solver(gpus)
@@ -174,9 +175,10 @@ def train_torchvision(p: DetectProtocol, train_records: list[dict[str, Any]], nu
     lr_at_step = warmup_multistep(solver["base_lr"], solver["steps"], p.gamma, solver["warmup_iters"], p.warmup_factor)
     engine = Engine(task=DetectionTask(model), optimizer=optimizer, loader=loader, epochs=solver["max_iter"] // period,
                     lr_at=lambda e: lr_at_step(e * period), lr_at_step=lr_at_step, device=device, run_dir=run_dir,
-                    protocol_json=protocol_json, checkpoint_every=0, quiet=quiet, console=console,
+                    protocol_json=protocol_json, checkpoint_every=p.period // period,
+                    keep_checkpoints=1, quiet=quiet, console=console,
                     desc=f"detect {p.dataset}", log_every=20, seed=seed)
-    engine.run()
+    engine.run(resume)
     if p.precise_bn:
         gen = torch.Generator().manual_seed(seed + 1)
         bn_loader = train_loader(train_records, p, solver["ims_per_batch"], p.precise_bn_iters, gen)
