@@ -502,7 +502,8 @@ def export(
 
 @app.command(epilog=examples(
     "leoclr detect voc runs/in1k --data ~/data/VOCdevkit --backend torchvision",
-    "leoclr detect coco runs/coco --data ~/data/coco --schedule 1x"))
+    "leoclr detect coco runs/coco --data ~/data/coco --schedule 1x",
+    "leoclr detect voc runs/in1k --data ~/data/VOCdevkit --resume auto"))
 def detect(
     dataset: str = typer.Argument(..., help="voc or coco"),
     target: Path = typer.Argument(..., help=TARGET_HELP),
@@ -628,7 +629,8 @@ def finetune(
 
 @app.command(epilog=examples(
     "leoclr transfer runs/in1k cars --data ~/data/cars",
-    "leoclr transfer runs/in1k pets --data ~/data/pets --mode linear"))
+    "leoclr transfer runs/in1k pets --data ~/data/pets --mode linear",
+    "leoclr transfer runs/in1k cars --data ~/data/cars --resume auto"))
 def transfer(
     target: Path = typer.Argument(..., help=TARGET_HELP),
     dataset: str = typer.Argument(..., help="cifar10, cifar100, cars, pets or birdsnap"),
