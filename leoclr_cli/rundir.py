@@ -98,7 +98,8 @@ def _check_restart(run_dir: Path, protocol: BaseModel) -> None:
 def protocol_difference(saved: Path, protocol: BaseModel) -> Optional[str]:
     """The first field in which the protocol file ``saved`` differs from ``protocol`` (runtime fields
     such as ``threads`` aside); None when they agree."""
-    theirs = without_runtime(json.loads(protocol_json(load_protocol(protocol.kind, saved))))  # type: ignore[attr-defined]
+    kind = protocol.kind  # type: ignore[attr-defined]
+    theirs = without_runtime(json.loads(protocol_json(load_protocol(kind, saved))))
     ours = without_runtime(json.loads(protocol_json(protocol)))
     return None if theirs == ours else first_difference(theirs, ours)
 

@@ -314,7 +314,8 @@ def test_detectron2_stops_within_an_iteration_and_resumes(r50, voc_root, tmp_pat
                                             "continue with --resume auto")
     assert "Traceback" not in stdout + err and sorted(state.parent.iterdir()) == [state]
 
-    code, stdout, err = leoclr("--resume", "auto", prelude=signal_at_call("detectron2.evaluation:inference_on_dataset", 1))
+    code, stdout, err = leoclr("--resume", "auto",
+                               prelude=signal_at_call("detectron2.evaluation:inference_on_dataset", 1))
     assert code == EXIT_PREEMPTED, err
     assert "Starting training from iteration 2" in stdout
     assert err.strip().splitlines()[-1].startswith("stopped: SIGTERM during detection on the test split")
@@ -324,7 +325,8 @@ def test_detectron2_stops_within_an_iteration_and_resumes(r50, voc_root, tmp_pat
     assert code == 0, err
     assert "Starting training" not in stdout  # resumed after the last iteration: only PreciseBN and the test
     check_run(out, "voc", "detectron2")
-    iterations = [json.loads(line)["iteration"] for line in (out / "trial-0" / "metrics.jsonl").read_text().splitlines()]
+    iterations = [json.loads(line)["iteration"]
+                  for line in (out / "trial-0" / "metrics.jsonl").read_text().splitlines()]
     assert iterations == sorted(set(iterations)) and iterations[-1] == 2
     assert not (out / "trial-0" / "checkpoints").exists()
 

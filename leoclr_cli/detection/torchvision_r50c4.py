@@ -160,7 +160,8 @@ def predict(model: FasterRCNN, records: list[dict[str, Any]], p: DetectProtocol,
 
 def train_torchvision(p: DetectProtocol, train_records: list[dict[str, Any]], num_classes: int,
                       backbone_state: dict[str, torch.Tensor], run_dir: Path, seed: int, protocol_json: str,
-                      quiet: bool, console: Console, resume: Optional[Path] = None) -> tuple[FasterRCNN, dict[str, Any]]:
+                      quiet: bool, console: Console,
+                      resume: Optional[Path] = None) -> tuple[FasterRCNN, dict[str, Any]]:
     """Train one trial on one device through the engine (from the train state ``resume``, if given; a state
     every ``period`` iterations and after the last one); returns (model, solver actually used)."""
     device = resolve_device(p.device)
