@@ -32,6 +32,9 @@ ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads of the tra
                           "this process may use less one per loader worker; OMP_NUM_THREADS is kept)")
 ForceOpt = typer.Option(False, "--force", help="delete and redo an existing run directory")
 ResumeOpt = typer.Option(None, "--resume", help="a checkpoint file, a run directory, or 'auto'")
+PartsResumeOpt = typer.Option(None, "--resume", help="'auto' (or the run directory itself): continue in --out a run "
+                              "stopped by a signal (exit 75) or a kill; finished parts (grid cells, trials) are kept "
+                              "and the interrupted one continues from its checkpoint")
 DeviceOpt = typer.Option(None, "--device", help="auto, cpu or cuda")
 SeedOpt = typer.Option(None, "--seed", help="the run's seed, and the seed of a random:ARCH backbone (default 0)")
 TARGET_HELP = ("a pretraining run directory, a backbone.safetensors, or random:ARCH, a seeded random-init backbone "
@@ -499,7 +502,8 @@ def export(
 
 @app.command(epilog=examples(
     "leoclr detect voc runs/in1k --data ~/data/VOCdevkit --backend torchvision",
-    "leoclr detect coco runs/coco --data ~/data/coco --schedule 1x"))
+    "leoclr detect coco runs/coco --data ~/data/coco --schedule 1x",
+    "leoclr detect voc runs/in1k --data ~/data/VOCdevkit --resume auto"))
 def detect(
     dataset: str = typer.Argument(..., help="voc or coco"),
     target: Path = typer.Argument(..., help=TARGET_HELP),
@@ -515,6 +519,7 @@ def detect(
     workers: Optional[int] = typer.Option(None, "--workers", "-j"),
     device: Optional[str] = DeviceOpt,
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default RUN/detect-DATASET)"),
+    resume: Optional[str] = PartsResumeOpt,
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
     log_every: Optional[int] = LogEveryOpt,
@@ -534,7 +539,8 @@ def detect(
         device=device, threads=threads, **{"num_workers": workers, "root": str(data.expanduser()) if data else None}),
         pixels)
     _runtime(p, log_every)
-    r = run_detect(p, backbone, out_dir or parent / f"detect-{dataset}", force=force, quiet=quiet, console=err)
+    r = run_detect(p, backbone, out_dir or parent / f"detect-{dataset}", resume=resume, force=force, quiet=quiet,
+                   console=err)
     spread = (lambda k: f" ± {r[k + '_std']:.2f}" if r["trials"] > 1 else "")
     out.print(f"{dataset} detection ({r['backend']}, {r['trials']} trial{'s' if r['trials'] > 1 else ''}): "
               f"AP {r['AP']:.2f}{spread('AP')}, AP50 {r['AP50']:.2f}{spread('AP50')}, "
@@ -623,7 +629,8 @@ def finetune(
 
 @app.command(epilog=examples(
     "leoclr transfer runs/in1k cars --data ~/data/cars",
-    "leoclr transfer runs/in1k pets --data ~/data/pets --mode linear"))
+    "leoclr transfer runs/in1k pets --data ~/data/pets --mode linear",
+    "leoclr transfer runs/in1k cars --data ~/data/cars --resume auto"))
 def transfer(
     target: Path = typer.Argument(..., help=TARGET_HELP),
     dataset: str = typer.Argument(..., help="cifar10, cifar100, cars, pets or birdsnap"),
@@ -635,6 +642,7 @@ def transfer(
     seed: Optional[int] = SeedOpt,
     device: Optional[str] = DeviceOpt,
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default RUN/transfer-DATASET-MODE)"),
+    resume: Optional[str] = PartsResumeOpt,
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
     log_every: Optional[int] = LogEveryOpt,
@@ -649,8 +657,8 @@ def transfer(
         sets, dataset=dataset, mode=mode, batch_size=batch_size, device=device, num_workers=workers, threads=threads,
         seed=seed, root=str(data.expanduser()) if data else None), _own_stats(defaults))
     _runtime(p, log_every)
-    r = run_transfer(p, backbone, out_dir or parent / f"transfer-{p.dataset}-{p.mode}", force=force, quiet=quiet,
-                     console=err)
+    r = run_transfer(p, backbone, out_dir or parent / f"transfer-{p.dataset}-{p.mode}", resume=resume, force=force,
+                     quiet=quiet, console=err)
     best = f"C {r['best_c']:.3g}" if p.mode == "linear" else f"lr {r['best_lr']:.3g}, wd {r['best_wd']:.3g}"
     present = (f" ({r['images_present']} of {r['images_listed']} listed images present)"
                if "images_present" in r else "")

@@ -89,13 +89,60 @@ def _check_restart(run_dir: Path, protocol: BaseModel) -> None:
     if kept is not None:  # a finished run whose checkpoints were deleted, or runs nested in it
         raise UserError(f"--resume auto: {run_dir} holds no checkpoint of its own but holds {kept}; "
                         "use --force to start over in it")
+    field = protocol_difference(saved, protocol)
+    if field is not None:
+        raise UserError(f"--resume auto: {run_dir} holds no checkpoint and was started with a different protocol "
+                        f"(field '{field}' differs); use the same protocol, or --force to start over")
+
+
+def protocol_difference(saved: Path, protocol: BaseModel) -> Optional[str]:
+    """The first field in which the protocol file ``saved`` differs from ``protocol`` (runtime fields
+    such as ``threads`` aside); None when they agree."""
     kind = protocol.kind  # type: ignore[attr-defined]
     theirs = without_runtime(json.loads(protocol_json(load_protocol(kind, saved))))
     ours = without_runtime(json.loads(protocol_json(protocol)))
-    if theirs != ours:
-        raise UserError(f"--resume auto: {run_dir} holds no checkpoint and was started with a different protocol "
-                        f"(field '{first_difference(theirs, ours)}' differs); use the same protocol, or --force to "
-                        "start over")
+    return None if theirs == ours else first_difference(theirs, ours)
+
+
+def reopen(run_dir: Path, protocol: BaseModel, *, resume: Optional[str], force: bool) -> bool:
+    """:func:`prepare` for a run made of parts, each resumed on its own (transfer's grid cells and refit,
+    detect's trials: :func:`part`); returns whether the parts already there are continued.
+
+    ``resume`` is ``auto`` or the run directory itself: an existing run continues in place when its
+    ``protocol.yaml`` is this protocol (else the differing field is named); a missing or empty one starts
+    from scratch. Without ``resume`` it is :func:`prepare`'s fresh start (``force`` to replace a run)."""
+    run_dir = Path(run_dir)
+    if resume not in (None, "auto") and Path(resume).expanduser().resolve() != run_dir.resolve():
+        raise UserError(f"--resume {resume}: this command continues its own run directory; use --resume auto "
+                        f"(with --out {run_dir}) or --resume {run_dir}")
+    if resume is None or not run_dir.is_dir() or not any(run_dir.iterdir()):
+        prepare(run_dir, protocol, resume=None, force=force)
+        return False
+    saved = run_dir / "protocol.yaml"
+    if not saved.is_file():
+        raise UserError(f"--resume {resume}: {run_dir} holds no protocol.yaml, so it is no run to continue; "
+                        "use --force to start over in it")
+    field = protocol_difference(saved, protocol)
+    if field is not None:
+        raise UserError(f"--resume {resume}: {run_dir} was started with a different protocol (field '{field}' "
+                        "differs); use the same protocol, or --force to start over")
+    for folder in (run_dir, run_dir / "checkpoints"):
+        remove_temporaries(folder)
+    return True
+
+
+def part(part_dir: Path, resuming: bool) -> Optional[Path]:
+    """The state one part of a :func:`reopen`-ed run continues from: its newest checkpoint when the run
+    is resumed. A part without one (not started, or killed before its first checkpoint) starts over in
+    an emptied directory; temporary files a kill left are removed either way."""
+    part_dir = Path(part_dir)
+    found = latest_state(part_dir) if resuming else None
+    if found is None:
+        shutil.rmtree(part_dir, ignore_errors=True)
+    part_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (part_dir, part_dir / "checkpoints"):
+        remove_temporaries(folder)
+    return found
 
 
 def command(fn: Callable) -> Callable:
@@ -121,8 +168,9 @@ def command(fn: Callable) -> Callable:
     return wrapper
 
 
-#: files whose presence means a run made progress worth keeping
-PROGRESS = ("state_e*.safetensors", "metrics.jsonl", "result.json")
+#: files whose presence means a run made progress worth keeping (training states and the other files a
+#: resume reads, such as transfer's cached features, live in a checkpoints/ folder)
+PROGRESS = ("checkpoints/*.safetensors", "metrics.jsonl", "result.json")
 
 
 def write_json(path: Path, data: Any) -> None:
