@@ -74,7 +74,8 @@ def check(what: str) -> None:
     DDP the engine stops all ranks together at its next step instead (one rank alone must not)."""
     if _received is not None and not distributed.active():
         raise Preempted(f"{signal.Signals(_received).name} during {what}; nothing of it was kept, "
-                        "run the command again to redo it")
+                        "run the command again to redo it (with --resume auto, where the command writes a run "
+                        "directory, to keep what finished)")
 
 
 def each(batches: Iterable[Any], what: str) -> Iterator[Any]:
