@@ -15,8 +15,31 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .config import load_protocol, parse_set
+from .core import checkpoint as ckpt
+from .core import progress
+from .core import threads as cpu_threads
+from .core.checkpoint import random_backbone_file
+from .core.nets import RANDOM_PREFIX, parse_random
+from .core.rundir import environment, write_json
+from .data import default_eval_splits, open_data, open_pretrain_data
+from .data.ccrop import box_stats, draw_boxes, load_boxes
+from .data.shards import write_shards
+from .data.sources import infer_source
+from .detection.export import write_detectron2_pickle
+from .detection.run import run_detect
 from .errors import UserError
-from .schema import load_protocol
+from .evaluate.crop_test import run_crop_test
+from .evaluate.finetune import run_finetune, run_finetune_sweep
+from .evaluate.knn_run import run_knn
+from .evaluate.linear import find_linear_run, run_linear_eval
+from .evaluate.transfer import run_transfer
+from .report.pictures import check_png_name, views_grid, write_png
+from .report.report import build_report
+from .workflows.ablate import flat, read_baseline, run_ablate
+from .workflows.bench import run_bench
+from .workflows.pretrain import run_pretrain
+from .workflows.quickstart import DEFAULT_METHODS, run_quickstart
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="LeOCLR / MoCo-v2 pretraining and the paper's evaluation protocols.")
@@ -62,8 +85,6 @@ def print_table(table: Table) -> None:
 
 
 def _overrides(sets: Optional[List[str]], **flags: Any) -> dict[str, Any]:
-    from .schema import parse_set
-
     merged = {k: v for k, v in flags.items() if v is not None}
     merged.update(parse_set(sets or []))
     return merged
@@ -72,11 +93,9 @@ def _overrides(sets: Optional[List[str]], **flags: Any) -> dict[str, Any]:
 def _runtime(p: Any, log_every: Optional[int]) -> None:
     """Before the runner: progress lines every ``log_every`` steps, and ``p.threads`` CPU threads (or
     the default share of the cores, given the protocol's loader workers)."""
-    from . import progress, threads
-
     progress.configure(log_every)
     data = getattr(p, "data", None)
-    threads.apply(p.threads, data.num_workers if data is not None else p.num_workers)
+    cpu_threads.apply(p.threads, data.num_workers if data is not None else p.num_workers)
 
 
 def _data_flags(source: Optional[str], data: Optional[Path | str], prefix: str = "data") -> dict[str, Any]:
@@ -87,9 +106,6 @@ def _source_for(kind: str, protocol: Optional[Path], sets: Optional[List[str]], 
                 data: Optional[Path]) -> Optional[str]:
     """``--source``; for ``--data DIR`` without it, the source DIR's layout shows (said on stderr), checked
     against the one an explicit ``--protocol`` or ``--set data.source`` names. Never the built-in data."""
-    from .data.sources import infer_source
-    from .schema import parse_set
-
     if data is None or source is not None:
         return source
     declared = parse_set(sets or []).get("data.source")
@@ -102,8 +118,6 @@ def _source_for(kind: str, protocol: Optional[Path], sets: Optional[List[str]], 
 
 def _switch_source(defaults: dict[str, Any], source: Optional[str]) -> None:
     """Evaluation defaults derived for one source, moved to ``source``'s own split names (another dataset)."""
-    from .data import default_eval_splits
-
     if source is not None and source != defaults.get("data.source"):
         defaults.update(zip(("data.train_split", "data.test_split"), default_eval_splits(source)))
         defaults.update({"data.source": source, "data.builtin_train": None, "data.builtin_test": None})
@@ -156,8 +170,6 @@ def pretrain(
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Pretrain a backbone (LeOCLR, MoCo-v2, SimCLR and the paper's variants); writes RUN/backbone.safetensors."""
-    from .pretrain import run_pretrain
-
     source = _source_for("pretrain", protocol, sets, source, data)
     p = load_protocol("pretrain", protocol, _overrides(
         sets, **{"method.name": method, "augment.crops": crops, "data.split": split, "model.arch": arch, "optim.epochs": epochs,
@@ -182,9 +194,6 @@ def _backbone_and_defaults(target: Path, *, seed: Optional[int] = None, out_dir:
                            data: Optional[Path] = None) -> tuple[Path, Path, dict[str, Any]]:
     """(backbone file, default output parent, eval defaults derived from the pretraining protocol).
     ``random:ARCH``: see :func:`_random_init`."""
-    from . import checkpoint as ckpt
-    from .nets import RANDOM_PREFIX
-
     if str(target).startswith(RANDOM_PREFIX):
         return _random_init(str(target), seed or 0, out_dir, source, data)
     target = target.expanduser()
@@ -239,8 +248,6 @@ def _pretraining_of(target: Path, backbone: Path, meta: dict[str, str]) -> dict[
 
 def _small_side(source: str, data: Optional[Path]) -> Optional[int]:
     """The shorter side of the first train image of ``source`` at ``data`` when it is at most 96 px."""
-    from .data import default_eval_splits, open_data
-
     if data is None:
         return None
     image = open_data(source, str(data), default_eval_splits(source)[0])[0][0]
@@ -253,9 +260,6 @@ def _random_init(spec: str, seed: int, out_dir: Optional[Path], source: Optional
     ``random-ARCH-seedN`` (in runs/, or beside --out), written once and reused; the evaluation defaults come
     from the data (default builtin): 32 px for builtin, CIFAR and a CIFAR-stem arch, 96 px for STL-10, the
     images' own size when they are small (at most 96 px), else 224 px."""
-    from .checkpoint import random_backbone_file
-    from .nets import RANDOM_PREFIX, parse_random
-
     _, cifar_stem = parse_random(spec)
     name = f"random-{spec[len(RANDOM_PREFIX):]}-seed{seed}"
     parent = (out_dir.expanduser().parent if out_dir else Path("runs")) / name
@@ -271,8 +275,6 @@ def _random_init(spec: str, seed: int, out_dir: Optional[Path], source: Optional
 
 def _eval_defaults(pre: dict[str, Any]) -> dict[str, Any]:
     """Evaluation defaults (dotted) derived from a pretraining protocol (as a plain mapping)."""
-    from .data import default_eval_splits
-
     data, aug = pre.get("data", {}), pre.get("augment", {})
     defaults: dict[str, Any] = {}
     if data.get("source"):
@@ -322,8 +324,6 @@ def linear_eval(
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Linear evaluation of a frozen backbone: the probe chosen on validation, top-1 / top-5 on test."""
-    from .evaluate.linear import run_linear_eval
-
     source, backbone, parent, defaults = _evaluation_inputs("linear-eval", target, protocol, sets, source, data, seed,
                                                             out_dir)
     p = load_protocol("linear-eval", protocol, _overrides(
@@ -361,8 +361,6 @@ def knn(
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Weighted kNN accuracy (k = 200, t = 0.1) of a frozen backbone."""
-    from .evaluate.knn_run import run_knn
-
     source, backbone, parent, defaults = _evaluation_inputs("knn", target, protocol, sets, source, data, seed,
                                                             out_dir)
     defaults.pop("feature_norm", None)
@@ -401,9 +399,6 @@ def crop_test(
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Table 7: the linear classifier under the center-crop and the random-crop test; both and the drop."""
-    from .evaluate.crop_test import run_crop_test
-    from .evaluate.linear import find_linear_run
-
     linear_dir, _ = find_linear_run(target)
     source = _source_for("crop-test", protocol, sets, source, data)
     defaults = _linear_run_defaults(linear_dir)
@@ -451,8 +446,6 @@ def ablate(
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Figure 4: pretrain with augmentation parts removed, linear-evaluate, report the drop vs --baseline."""
-    from .ablate import flat, read_baseline, run_ablate
-
     parts = [name.strip() for item in remove for name in item.split(",") if name.strip()]
     ab = load_protocol("ablate", None, {"remove": parts, "baseline": str(baseline) if baseline else None,
                                          "metric": metric})
@@ -488,8 +481,6 @@ def export(
     seed: Optional[int] = SeedOpt,
 ) -> None:
     """Export a backbone for another framework (Detectron2: MoCo's key renaming, a .pkl for MODEL.WEIGHTS)."""
-    from .detection.export import write_detectron2_pickle
-
     if to != "detectron2":
         raise UserError(f"--to {to!r} is not a known export format; choose detectron2")
     path, _, _ = _backbone_and_defaults(backbone, seed=seed, out_dir=out_file)
@@ -522,8 +513,6 @@ def detect(
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Faster R-CNN R50-C4 transfer (MoCo's recipe): VOC07+12 -> VOC07 test, or COCO train2017 -> val2017."""
-    from .detection.run import run_detect
-
     if dataset not in ("voc", "coco"):
         raise UserError(f"dataset {dataset!r} is not known; choose voc or coco")
     backbone, parent, defaults = _backbone_and_defaults(target, seed=seed, out_dir=out_dir)
@@ -589,8 +578,6 @@ def finetune(
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Semi-supervised fine-tuning of all layers on a labelled subset (SimCLR's protocol); top-1 / top-5."""
-    from .evaluate.finetune import run_finetune, run_finetune_sweep
-
     fractions: list[Optional[float]] = list(_parse_labels(labels)) if labels is not None else [None]
     if subset_file is not None and len(fractions) > 1:
         raise UserError("--subset-file fixes one subset; it cannot be combined with a sweep of --labels")
@@ -642,8 +629,6 @@ def transfer(
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Transfer (Kornblith et al.): grid on a 20% validation split, refit on train+val, one test score."""
-    from .evaluate.transfer import run_transfer
-
     backbone, parent, defaults = _backbone_and_defaults(target, seed=seed, out_dir=out_dir)
     p = load_protocol("transfer", protocol, _overrides(
         sets, dataset=dataset, mode=mode, batch_size=batch_size, device=device, num_workers=workers, threads=threads,
@@ -668,8 +653,6 @@ def report(
     force: bool = typer.Option(False, "--force", help="replace an existing report in --out"),
 ) -> None:
     """The paper's Tables 1-9 with our numbers beside them (Markdown), Figures 3-4 and the training curves (PNG)."""
-    from .report import build_report
-
     r = build_report(run_dirs, out_dir, force=force)
     runs = ", ".join(f"{n} {k}" for k, n in r["runs"].items()) or "none"
     out.print(f"report: {r['report']} (runs read: {runs}; files not used: {r['ignored']})\nfigures: "
@@ -694,9 +677,6 @@ def quickstart(
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Pretrain LeOCLR and MoCo-v2 on the built-in data, linear-probe both and a random-init backbone."""
-    from . import progress
-    from .quickstart import DEFAULT_METHODS, run_quickstart
-
     progress.configure(log_every)
     default_dir = "runs/quickstart" + (f"-{crops}" if crops and crops != "random" else "")
     result = run_quickstart(methods or DEFAULT_METHODS, out_dir or Path(default_dir), seeds=seeds, epochs=epochs,
@@ -735,9 +715,6 @@ def bench(
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the numbers as JSON"),
 ) -> None:
     """Samples/s of the view pipelines, the train step and end to end, MoCo-v2 vs LeOCLR, on this device."""
-    from . import threads as cpu_threads
-    from .bench import run_bench
-
     cpu_threads.apply(threads, workers)
     rows, ratio = run_bench(device=device or "auto", arch=arch, size=size, batch_size=batch_size, steps=steps,
                             images=images, view_size=view_size, workers=workers)
@@ -758,8 +735,6 @@ def bench(
     print_table(table)
     out.print(f"LeOCLR/MoCo-v2 cost per sample (train step): {ratio:.2f}x (paper, 3 A100s end to end: 1.19x)")
     if json_out is not None:
-        from .rundir import environment, write_json
-
         write_json(json_out, {"rows": rows, "train_step_cost_ratio": ratio, "environment": environment(),
                               "settings": {"arch": arch, "size": size, "view_size": view_size,
                                            "batch_size": batch_size, "steps": steps, "images": images,
@@ -781,9 +756,6 @@ def views(
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """A PNG grid of the first images, each beside its views as the method sees them (before normalisation)."""
-    from .data import open_pretrain_data
-    from .pictures import check_png_name, views_grid, write_png
-
     check_png_name(out_file)
     p = load_protocol("pretrain", protocol, _overrides(sets, **{"method.name": method, "data.split": split},
                                                        **_data_flags(source, data)))
@@ -804,9 +776,6 @@ def shards(
     force: bool = typer.Option(False, "--force", help="overwrite existing shards"),
 ) -> None:
     """Write a dataset as WebDataset tar shards, for data.source webdataset."""
-    from .data import open_data
-    from .data.shards import write_shards
-
     src = open_data(source, str(data.expanduser()), split, builtin_n=4000)
     r = write_shards(src, out_pattern, per_shard=per_shard, seed=seed, force=force,
                      log=lambda line: err.print(line, highlight=False))
@@ -822,10 +791,6 @@ def boxes(
     cell: int = typer.Option(128, "--cell", min=16, max=1024, help="pixels per image in the grid"),
 ) -> None:
     """Draw the ContrastiveCrop boxes of a run on a grid of its first images (RUN/boxes.safetensors)."""
-    from .data import open_pretrain_data
-    from .data.ccrop import box_stats, draw_boxes, load_boxes
-    from .pictures import check_png_name, write_png
-
     run_dir = run_dir.expanduser()
     path = run_dir / "boxes.safetensors"
     if not path.is_file():
@@ -846,8 +811,6 @@ def boxes(
 @app.command(epilog=examples("leoclr info runs/c10/backbone.safetensors"))
 def info(path: Path = typer.Argument(..., help="any .safetensors file written by leoclr")) -> None:
     """Show a checkpoint's metadata and tensor count (reads the header; unpickles nothing)."""
-    from . import checkpoint as ckpt
-
     tensors, meta = ckpt.load_tensors(path)
     for key in sorted(meta):
         value = meta[key]
@@ -863,8 +826,6 @@ def import_(
     force: bool = typer.Option(False, "--force", help="overwrite an existing --out file"),
 ) -> None:
     """Import a foreign PyTorch checkpoint's backbone (torch.load with weights_only=True; no code runs)."""
-    from . import checkpoint as ckpt
-
     if out_file.exists() and not force:
         raise UserError(f"{out_file} already exists; use --force to overwrite it")
     r = ckpt.import_torch_checkpoint(src, out_file, arch=arch)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from rich.console import Console
 
-from leoclr_cli import checkpoint as ckpt
-from leoclr_cli.engine import Divergence, Engine, cosine_lr, read_metrics
+from leoclr_cli.core import checkpoint as ckpt
+from leoclr_cli.core.engine import Divergence, Engine, cosine_lr, read_metrics
 from leoclr_cli.errors import EXIT_PREEMPTED, Preempted, UserError
 
 STEPS, EPOCHS = 4, 3  # 16 samples, batch 4

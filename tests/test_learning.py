@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from leoclr_cli import checkpoint as ckpt
+from leoclr_cli.core import checkpoint as ckpt
 from leoclr_cli.evaluate.linear import run_linear_eval
-from leoclr_cli.nets import build_backbone
-from leoclr_cli.pretrain import run_pretrain
-from leoclr_cli.schema import load_protocol, protocol_json
+from leoclr_cli.core.nets import build_backbone
+from leoclr_cli.workflows.pretrain import run_pretrain
+from leoclr_cli.config import load_protocol, protocol_json
 
 MARGIN = 1.0  # percentage points (95.2 pretrained vs 92.5 random init under MoCo's lr 10 on raw features)
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 import fakedata
 from cliutil import error_line, run
-from leoclr_cli import checkpoint as ckpt
+from leoclr_cli.core import checkpoint as ckpt
 from leoclr_cli import cli
 from leoclr_cli.data import open_data
 from leoclr_cli.data.ops import ToNormalized
@@ -65,7 +65,8 @@ def test_auto_is_measured_before_training_recorded_and_reused(folder, tmp_path, 
     assert json.loads(meta["protocol"])["augment"]["std"] == list(expected[1])
 
     # a resume takes the recorded values instead of measuring again
-    monkeypatch.setattr("leoclr_cli.pretrain.measure_normalization", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr("leoclr_cli.workflows.pretrain.measure_normalization",
+                        lambda *a, **k: pytest.fail("measured again"))
     code, _, err = run(["pretrain", "--data", str(folder), *TINY, "--set", "augment.normalize=auto",
                         "--set", "augment.normalize_sample=6", "--out", str(run_dir), "--resume", "auto"], capsys)
     assert code in (0, None), err
@@ -91,7 +92,7 @@ def test_named_constants_leave_transfer_and_detection_defaults_alone(random_back
 
 
 def test_explicit_mean_and_std(tmp_path, capsys):
-    from leoclr_cli.schema import load_protocol
+    from leoclr_cli.config import load_protocol
 
     p = load_protocol("pretrain", None, {"augment.mean": [0.2, 0.4, 0.6], "augment.std": [0.5, 0.25, 0.125]})
     assert p.augment.normalize == "custom"

@@ -101,7 +101,7 @@ def test_validation_split_is_seeded_disjoint_and_20_percent():
 
 def test_grid_search_refits_the_best_validation_cell(copies, random_backbone, tmp_path, monkeypatch):
     """Stub training and scoring: each cell gets a known validation score; the refit must use the best."""
-    from leoclr_cli.schema import TransferProtocol
+    from leoclr_cli.config import TransferProtocol
 
     fits = []
     monkeypatch.setattr(tr, "train_classifier", lambda model, data, **kw: fits.append((len(data), kw["lr"], kw["weight_decay"])))

@@ -35,7 +35,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
-from ..schema import AugmentConfig, norm_stats
+from ..config import AugmentConfig, norm_stats
 from .ops import CROP_KINDS, PadToSquare, decode_size, fused_colour, to_tensor, yiq_hue_matrix
 
 # one row of parameters per view

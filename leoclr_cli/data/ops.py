@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageFilter
 from torchvision.transforms import v2
 
-from ..schema import AugmentConfig, Norm, norm_stats
+from ..config import AugmentConfig, Norm, norm_stats
 
 #: view kinds that are random crops of the image (ContrastiveCrop places them)
 CROP_KINDS = ("crop", "random-original")

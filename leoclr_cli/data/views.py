@@ -25,7 +25,8 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from ..errors import BadImage, UserError
-from ..schema import AugmentConfig, Norm
+from ..config import AugmentConfig, Norm
+from .ccrop import sample_crop
 from .gpu_views import DirectViews
 from .ops import CROP_KINDS, VIEW_KINDS, ColorJitterFused, ColorJitterYIQ, GaussianBlurPIL, PadToSquare, to_tensor
 
@@ -86,8 +87,6 @@ class ViewMaker:
                 for k in self.kinds]
 
     def _box_crop(self, img: Image.Image, box: tuple[float, float, float, float]) -> torch.Tensor:
-        from .ccrop import sample_crop
-
         c = self.cfg
         top, left, h, w = sample_crop(img.height, img.width, box, c.crop_scale, c.crop_ratio, c.ccrop.alpha)
         return self.rest(v2.functional.resized_crop(img, top, left, h, w, [c.size, c.size], antialias=True))

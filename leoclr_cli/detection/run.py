@@ -14,9 +14,9 @@ import torch
 from rich.console import Console
 
 from ..errors import UserError
-from ..rundir import command, prepare, read_json, write_json
-from ..schema import DetectProtocol, protocol_json
-from ..engine import resolve_device
+from ..core.rundir import command, prepare, read_json, write_json
+from ..config import DetectProtocol, protocol_json
+from ..core.engine import resolve_device
 from .datasets import VOC_CLASSES, coco_paths, read_coco, read_voc
 from . import detectron2_backend as d2_backend
 from .export import load_detection_backbone

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from .. import checkpoint as ckpt
-from ..rundir import write_json
+from ..core import checkpoint as ckpt
+from ..core.rundir import write_json
 
 KIND_DETECTOR = "detector"
 

@@ -13,13 +13,13 @@ from typing import Any, Optional
 
 import torch
 
-from .. import checkpoint as ckpt
-from .. import preempt
+from ..config import CropTestProtocol
+from ..core import checkpoint as ckpt
+from ..core import preempt
+from ..core.engine import resolve_device
+from ..core.rundir import command, prepare, write_json
 from ..data.views import AugmentedDataset, crop_test_transform
-from ..engine import resolve_device
 from ..errors import UserError
-from ..rundir import command, prepare, write_json
-from ..schema import CropTestProtocol
 from .features import labelled_split
 from .linear import evaluate_logits, load_classifier
 

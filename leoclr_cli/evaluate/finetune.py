@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
-from .. import checkpoint as ckpt
+from ..config import FinetuneProtocol, Norm, protocol_json
+from ..core import checkpoint as ckpt
+from ..core.engine import Engine, cosine_lr, resolve_device
+from ..core.rundir import command, prepare, read_json, write_json
 from ..data.views import AugmentedDataset, linear_train_transform
-from ..engine import Engine, cosine_lr, resolve_device
 from ..errors import UserError
-from ..rundir import command, prepare, read_json, write_json
-from ..schema import FinetuneProtocol, Norm, protocol_json
 from .features import labelled_split, loader_for
 from .linear import evaluate_logits
 from .subsets import balanced_subset, read_subset_file, take, write_subset_file

@@ -7,10 +7,10 @@ from typing import Any, Optional
 
 from rich.console import Console
 
-from .. import checkpoint as ckpt
-from ..engine import resolve_device
-from ..rundir import command, prepare, write_json
-from ..schema import KnnProtocol
+from ..config import KnnProtocol
+from ..core import checkpoint as ckpt
+from ..core.engine import resolve_device
+from ..core.rundir import command, prepare, write_json
 from .features import extract, labelled_split, loader_for
 from .knn import knn_accuracy
 

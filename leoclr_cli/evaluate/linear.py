@@ -27,13 +27,13 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
-from .. import checkpoint as ckpt
-from .. import preempt
+from ..config import LinearEvalProtocol, protocol_json
+from ..core import checkpoint as ckpt
+from ..core import preempt
+from ..core.engine import Engine, resolve_device, step_lr
+from ..core.rundir import command, prepare, read_json, write_json
 from ..data.views import AugmentedDataset, linear_train_transform
-from ..engine import Engine, resolve_device, step_lr
 from ..errors import UserError
-from ..rundir import command, prepare, read_json, write_json
-from ..schema import LinearEvalProtocol, protocol_json
 from .features import extract, labelled_split, loader_for
 from .knn import topk_accuracy
 from .subsets import balanced_split, take

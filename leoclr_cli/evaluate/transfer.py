@@ -23,12 +23,12 @@ from typing import Any, Optional
 import torch
 from rich.console import Console
 
-from .. import checkpoint as ckpt
+from ..core import checkpoint as ckpt
 from ..data.sources import open_source
-from ..engine import resolve_device
+from ..core.engine import resolve_device
 from ..errors import UserError
-from ..rundir import command, prepare, write_json
-from ..schema import TransferProtocol, protocol_json
+from ..core.rundir import command, prepare, write_json
+from ..config import TransferProtocol, protocol_json
 from .features import extract, loader_for
 from .finetune import FinetuneClassifier, train_classifier
 from .knn import topk_accuracy

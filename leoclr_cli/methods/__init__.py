@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..schema import MethodConfig, ModelConfig
+from ..config import MethodConfig, ModelConfig
 from .leoclr import LeOCLR
 from .leoclr_attract_all import LeOCLRAttractAll
 from .leoclr_e2e import LeOCLRE2E

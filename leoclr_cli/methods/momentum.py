@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import distributed
-from ..nets import Encoder
-from ..schema import MethodConfig, ModelConfig
+from ..core import distributed
+from ..core.nets import Encoder
+from ..config import MethodConfig, ModelConfig
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:

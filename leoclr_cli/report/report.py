@@ -19,9 +19,11 @@ from typing import Any, Callable, Iterable, Optional
 
 import yaml
 
+from ..core.atomic import atomic_write_bytes, atomic_write_text
+from ..core.checkpoint import read_metadata
+from ..core.engine import read_metrics
+from ..errors import UserError
 from . import paper
-from .atomic import atomic_write_bytes, atomic_write_text
-from .errors import UserError
 
 GAP = "—"
 KINDS = ("pretrain", "linear-eval", "knn", "crop-test", "ablate", "finetune", "transfer", "detection")
@@ -97,8 +99,6 @@ def _protocol_of(run_dir: Path) -> dict[str, Any]:
 
 def _backbone_info(result: dict[str, Any]) -> dict[str, Any]:
     """Epoch and pretraining dataset from the header of the backbone a run names, if that file is here."""
-    from .checkpoint import read_metadata
-
     path = Path(str(result.get("backbone", "")))
     if not result.get("backbone") or not path.is_file():
         return {}
@@ -469,8 +469,6 @@ def figure4(runs: list[Run]) -> tuple[bytes, list[dict[str, Any]]]:
 def curves(runs: list[Run]) -> tuple[bytes, list[dict[str, Any]]]:
     """Loss, lr and kNN monitor per epoch of every pretraining run (its ``metrics.jsonl``), overlaid:
     (PNG, the plotted series as read back from the axes)."""
-    from .engine import read_metrics
-
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 4))
     for r in runs:
@@ -516,7 +514,7 @@ def build_report(run_dirs: list[Path], out_dir: Path, *, force: bool = False) ->
         "# LeOCLR: the paper's numbers and ours",
         "Read from: " + ", ".join(f"`{_short(Path(d).expanduser().resolve())}`" for d in run_dirs) + ". Runs: "
         + ", ".join(f"{n} {k}" for k, n in counts.items()) + ".",
-        "Paper values are transcribed from the paper's text (`leoclr_cli/paper.py`); \"ours\" comes from the run "
+        "Paper values are transcribed from the paper's text (`leoclr_cli/report/paper.py`); \"ours\" comes from the run "
         "named in the \"our run\" column, whose dataset, architecture, pretraining epochs and schedule follow it. "
         "A run is printed in a method's row only when it follows the paper's protocol for that table (dataset; "
         "architecture; pretraining epochs and lr schedule; MoCo's linear protocol; the detector's full schedule); "

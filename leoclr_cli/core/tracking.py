@@ -21,9 +21,9 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..config import TrackingConfig
+from ..errors import UserError
 from .atomic import atomic_write_text
-from .errors import UserError
-from .schema import TrackingConfig
 
 EXTRA = "pip install 'leoclr[tracking]'"
 IDS_FILE = "tracking.json"

@@ -1,7 +1,7 @@
 """``leoclr ablate`` (Figure 4): pretrain with augmentation parts removed, linear-evaluate, compare.
 
 Nothing here trains by itself: it is :func:`run_pretrain` on a protocol whose augmentation has the named
-parts switched off (:data:`schema.AUGMENT_PARTS` maps names to switches), then :func:`run_linear_eval`.
+parts switched off (:data:`~..config.AUGMENT_PARTS` maps names to switches), then :func:`run_linear_eval`.
 The run directory holds ``protocol.yaml`` (the ablate protocol), ``pretrain/`` (a normal pretraining
 run), ``pretrain/linear-eval/`` and ``result.json`` (kind ``ablate``) with the drop in points against
 the baseline, the full-augmentation run it names.
@@ -18,13 +18,13 @@ from typing import Any, Callable, Optional
 import yaml
 from rich.console import Console
 
-from . import checkpoint as ckpt
-from .errors import UserError
-from .evaluate.linear import find_linear_run, run_linear_eval
+from ..config import AUGMENT_PARTS, AblateProtocol, AugmentConfig, LinearEvalProtocol, PretrainProtocol, write_protocol
+from ..core import checkpoint as ckpt
+from ..core.rundir import command, write_json
+from ..errors import UserError
+from ..evaluate.linear import find_linear_run, run_linear_eval
 from .pretrain import run_pretrain
 from .quickstart import _resume_or_fresh
-from .rundir import command, write_json
-from .schema import AUGMENT_PARTS, AblateProtocol, AugmentConfig, LinearEvalProtocol, PretrainProtocol, write_protocol
 
 # Fields that do not change what is learned; a baseline may differ in them.
 _NOT_COMPARED = ("name", "device", "amp", "channels_last", "checkpoint_every", "keep_checkpoints", "deterministic",

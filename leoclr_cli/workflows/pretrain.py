@@ -13,21 +13,21 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from . import checkpoint as ckpt
-from . import distributed, preempt, tracking
-from .data import default_eval_splits, open_pretrain_data
-from .data.ccrop import CropBoxes, box_stats, localise
-from .data.gpu_views import TensorViews
-from .data.pipeline import augmented
-from .data.views import AugmentedDataset, eval_transform, measure_normalization
-from .errors import UserError
-from .engine import Engine, amp_dtype, cosine_lr, require_a_batch, resolve_device
-from .evaluate.features import extract, labelled_split, loader_for, subset
-from .evaluate.knn import knn_accuracy
-from .methods import MomentumContrast, build_method
-from .pictures import views_grid
-from .rundir import command, prepare, write_json
-from .schema import EvalDataConfig, EvalTransformConfig, PretrainProtocol, load_protocol, norm_stats, protocol_json
+from ..config import EvalDataConfig, EvalTransformConfig, PretrainProtocol, load_protocol, norm_stats, protocol_json
+from ..core import checkpoint as ckpt
+from ..core import distributed, preempt, tracking
+from ..core.engine import Engine, amp_dtype, cosine_lr, require_a_batch, resolve_device
+from ..core.rundir import command, prepare, write_json
+from ..data import default_eval_splits, open_pretrain_data
+from ..data.ccrop import CropBoxes, box_stats, localise
+from ..data.gpu_views import TensorViews
+from ..data.pipeline import augmented
+from ..data.views import AugmentedDataset, eval_transform, measure_normalization
+from ..errors import UserError
+from ..evaluate.features import extract, labelled_split, loader_for, subset
+from ..evaluate.knn import knn_accuracy
+from ..methods import MomentumContrast, build_method
+from ..report.pictures import views_grid
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -1,9 +1,9 @@
 """Pictures of what the method sees: a grid of images, each beside its views as the method gets them
 (``leoclr views``, and TensorBoard's ``views`` image).
 
-The views come from the training pipeline itself (:func:`~.data.pipeline.augmented`: the same view makers
+The views come from the training pipeline itself (:func:`~..data.pipeline.augmented`: the same view makers
 and the same (seed, epoch 0, index) draws as the first epoch), and are shown before normalisation
-(:func:`~.data.views.denormalize`). ContrastiveCrop's boxes do not exist before training, so its crop
+(:func:`~..data.ops.denormalize`). ContrastiveCrop's boxes do not exist before training, so its crop
 views are the warm-up's random crops.
 """
 
@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .atomic import atomic_write_bytes
-from .data.gpu_views import TensorViews
-from .data.pipeline import augmented
-from .data.ops import denormalize
-from .errors import UserError
-from .methods import METHODS
-from .schema import PretrainProtocol
+from ..config import PretrainProtocol
+from ..core.atomic import atomic_write_bytes
+from ..data.gpu_views import TensorViews
+from ..data.ops import denormalize
+from ..data.pipeline import augmented
+from ..errors import UserError
+from ..methods import METHODS
 
 PAD, HEADER = 4, 14
 

@@ -20,13 +20,13 @@ from typing import Any, Optional
 
 from rich.console import Console
 
-from . import threads
-from .checkpoint import latest_state, random_backbone_file
-from .evaluate.linear import run_linear_eval
-from .nets import RANDOM_PREFIX
+from ..config import load_protocol
+from ..core import threads
+from ..core.checkpoint import latest_state, random_backbone_file
+from ..core.nets import RANDOM_PREFIX
+from ..core.rundir import command, write_json
+from ..evaluate.linear import run_linear_eval
 from .pretrain import run_pretrain
-from .rundir import command, write_json
-from .schema import load_protocol
 
 #: the methods the quickstart compares by default, in the order of its table
 DEFAULT_METHODS = ("leoclr", "mocov2")
@@ -35,7 +35,7 @@ RANDOM_INIT = "random init"
 
 def protocol_file(name: str) -> Path:
     """A protocol shipped with leoclr (the repo's protocols/, installed as leoclr_cli.protocols)."""
-    in_checkout = Path(__file__).resolve().parent.parent / "protocols" / name
+    in_checkout = Path(__file__).resolve().parents[2] / "protocols" / name
     if in_checkout.is_file():
         return in_checkout
     from importlib.resources import files

@@ -31,13 +31,14 @@ import torch
 from PIL import Image, ImageFilter
 from rich.console import Console
 
-from .data.gpu_views import DecodeAndDraw, TensorViews
-from .data.sources import open_rgb
-from .data.ops import draft_side
-from .data.views import AugmentedDataset, ViewMaker
-from .engine import Engine, amp_dtype, resolve_device
-from .methods import build_method
-from .schema import AugmentConfig, MethodConfig, ModelConfig, PretrainProtocol
+from ..config import AugmentConfig, MethodConfig, ModelConfig, PretrainProtocol
+from ..core.engine import Engine, amp_dtype, resolve_device
+from ..data.gpu_views import DecodeAndDraw, TensorViews
+from ..data.ops import draft_side
+from ..data.sources import open_rgb
+from ..data.views import AugmentedDataset, ViewMaker
+from ..methods import build_method
+from .pretrain import build_loader
 
 KINDS = {"mocov2": ("crop", "crop"), "leoclr": ("original", "crop", "crop")}
 #: the view-pipeline variants of ours: (row label, augment fields)
@@ -231,8 +232,6 @@ def _row(what: str, device: torch.device, results: dict[str, dict[str, Any]]) ->
 
 def end_to_end(method: str, arch: str, size: int, batch: int, steps: int, workers: int, device: torch.device,
                backend: str) -> dict[str, Any]:
-    from .pretrain import build_loader
-
     fields = {"tensor": {"backend": "tensor", "hue": "yiq"}, **{k: v[1] for k, v in VARIANTS.items()}}[backend]
     p = PretrainProtocol(augment=augment(size, **fields), model=ModelConfig(bn_splits=1),
                          data={"num_workers": workers}, optim={"batch_size": batch})

@@ -36,7 +36,7 @@ from rich.console import Console
 from . import checkpoint as ckpt
 from .atomic import atomic_write_text
 from . import distributed, preempt
-from .errors import Preempted, UserError
+from ..errors import Preempted, UserError
 from .progress import Reporter
 
 

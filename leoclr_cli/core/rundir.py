@@ -18,11 +18,12 @@ from typing import Any, Callable, Optional
 import torch
 from pydantic import BaseModel
 
-from . import __version__, preempt, threads
+from .. import __version__
+from ..config import load_protocol, protocol_json, write_protocol
+from ..errors import UserError
+from . import preempt, threads
 from .atomic import atomic_write_text, remove_temporaries
 from .checkpoint import KIND_STATE, first_difference, latest_state, read_metadata, verify, without_runtime
-from .errors import UserError
-from .schema import load_protocol, protocol_json, write_protocol
 
 
 #: run directories this process created (fresh, not resumed), for :func:`command`
@@ -100,7 +101,7 @@ def _check_restart(run_dir: Path, protocol: BaseModel) -> None:
 
 def command(fn: Callable) -> Callable:
     """Decorates a long command's runner: SIGTERM/SIGINT stop it within one step
-    (:func:`~leoclr_cli.preempt.preemptible`), and if it fails, the run directories it created that
+    (:func:`~leoclr_cli.core.preempt.preemptible`), and if it fails, the run directories it created that
     hold no progress (no checkpoint, metrics or result anywhere inside) are removed, so that the
     corrected command needs no --force."""
 
