@@ -21,7 +21,7 @@ from .core import progress
 from .core import threads as cpu_threads
 from .core.checkpoint import random_backbone_file
 from .core.nets import RANDOM_PREFIX, parse_random
-from .core.rundir import environment, write_json
+from .core.rundir import RunDir, environment, write_json
 from .data import default_eval_splits, open_data, open_pretrain_data
 from .data.ccrop import box_stats, draw_boxes, load_boxes
 from .data.shards import write_shards
@@ -197,9 +197,7 @@ def _backbone_and_defaults(target: Path, *, seed: Optional[int] = None, out_dir:
     if str(target).startswith(RANDOM_PREFIX):
         return _random_init(str(target), seed or 0, out_dir, source, data)
     target = target.expanduser()
-    backbone = target / "backbone.safetensors" if target.is_dir() else target
-    if target.is_dir() and not backbone.is_file():
-        raise UserError(f"{target} holds no backbone.safetensors (is pretraining finished?)")
+    backbone = RunDir.backbone_of(target)
     meta = ckpt.read_metadata(backbone, ckpt.KIND_BACKBONE)
     defaults = _eval_defaults(_pretraining_of(target, backbone, meta))
     parent = target if target.is_dir() else target.parent
@@ -234,15 +232,15 @@ def _pretraining_of(target: Path, backbone: Path, meta: dict[str, str]) -> dict[
     """The pretraining protocol evaluation defaults come from: RUN/protocol.yaml when a run directory
     is given (its backbone must then agree with it on arch, stem and size), else the backbone's header."""
     header = json.loads(meta.get("protocol", "{}") or "{}")
-    saved = target / "protocol.yaml"
-    if not target.is_dir() or not saved.is_file():
+    saved = RunDir(target)
+    if not target.is_dir() or not saved.protocol_file.is_file():
         return header
-    run = load_protocol("pretrain", saved).model_dump(mode="json")
+    run = saved.read_protocol("pretrain").model_dump(mode="json")
     for field, in_file, in_run in _RUN_FIELDS:
         theirs, ours = in_file(meta, header), in_run(run)
         if theirs is not None and theirs != ours:
             raise UserError(f"{backbone} does not belong to the run {target}: its {field} is {theirs!r}, "
-                            f"the run's protocol.yaml says {ours!r}")
+                            f"the run's {RunDir.PROTOCOL} says {ours!r}")
     return run
 
 
@@ -263,7 +261,7 @@ def _random_init(spec: str, seed: int, out_dir: Optional[Path], source: Optional
     _, cifar_stem = parse_random(spec)
     name = f"random-{spec[len(RANDOM_PREFIX):]}-seed{seed}"
     parent = (out_dir.expanduser().parent if out_dir else Path("runs")) / name
-    backbone = random_backbone_file(spec, seed, parent / "backbone.safetensors")
+    backbone = random_backbone_file(spec, seed, RunDir(parent).backbone)
     src = source or "builtin"
     size = {"builtin": 32, "builtin-textures": 32, "cifar10": 32, "cifar100": 32, "stl10": 96}.get(src) or (
         32 if cifar_stem else _small_side(src, data) or 224)
@@ -331,8 +329,8 @@ def linear_eval(
         selection=selection, device=device, seed=seed, threads=threads, **{"data.num_workers": workers},
         **_data_flags(source, data)), defaults)
     _runtime(p, log_every)
-    r = run_linear_eval(p, backbone, out_dir or parent / "linear-eval", resume=resume, force=force, quiet=quiet,
-                        console=err)
+    r = run_linear_eval(p, backbone, out_dir or RunDir(parent).linear_eval.path, resume=resume, force=force,
+                        quiet=quiet, console=err)
     out.print(f"linear eval of {backbone}: top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}% ({_selected(r)})")
 
 
@@ -377,7 +375,7 @@ def knn(
 
 def _linear_run_defaults(linear_dir: Path) -> dict[str, Any]:
     """crop-test defaults: the data, crop size, resize and normalisation of the linear-eval run."""
-    lin = load_protocol("linear-eval", linear_dir / "protocol.yaml")
+    lin = RunDir(linear_dir).read_protocol("linear-eval")
     defaults = {f"data.{k}": v for k, v in lin.data.model_dump().items()}
     defaults.update({"size": lin.transform.size, "resize": lin.transform.resize, **lin.transform.norm_fields(),
                      "device": lin.device, "batch_size": lin.batch_size, "seed": lin.seed})
@@ -467,7 +465,7 @@ def ablate(
     r = run_ablate(ab, pre, linear_for, target, baseline=base, resume=resume, force=force, quiet=quiet, console=err)
     drop = f", drop {r['drop']:.2f} points from the baseline's {r['baseline_top1']:.2f}%" if r["drop"] is not None else ""
     out.print(f"{r['method']} without {', '.join(r['removed'])}: linear top-1 {r['top1']:.2f}%{drop}\nresult: "
-              f"{target / 'result.json'}")
+              f"{RunDir(target).result}")
 
 
 # --------------------------------------------------------------------------- detection
@@ -791,13 +789,13 @@ def boxes(
     cell: int = typer.Option(128, "--cell", min=16, max=1024, help="pixels per image in the grid"),
 ) -> None:
     """Draw the ContrastiveCrop boxes of a run on a grid of its first images (RUN/boxes.safetensors)."""
-    run_dir = run_dir.expanduser()
-    path = run_dir / "boxes.safetensors"
+    run = RunDir(run_dir.expanduser())
+    path = run.boxes
     if not path.is_file():
-        raise UserError(f"{run_dir} holds no boxes.safetensors (pretrain with --crops contrastive or center-box)")
+        raise UserError(f"{run.path} holds no {RunDir.BOXES} (pretrain with --crops contrastive or center-box)")
     check_png_name(out_file)
     all_boxes, meta = load_boxes(path)
-    p = load_protocol("pretrain", run_dir / "protocol.yaml")
+    p = run.read_protocol("pretrain")
     source = open_pretrain_data(p.data)
     if len(source) != all_boxes.shape[0]:
         raise UserError(f"{path} holds {all_boxes.shape[0]} boxes, but the run's data has {len(source)} images")

@@ -12,8 +12,8 @@ from .common import (NORMALIZATION, RESNETS, AreaRange, Norm, Normalized, Positi
 from .detection import DETECT_SCHEDULES, DETECT_TRAIN_SIZES, DetectProtocol
 from .evaluation import (PROBE_LR, TRANSFER_DATASETS, CropTestProtocol, EvalDataConfig, EvalTransformConfig,
                          FeatureNorm, FinetuneProtocol, KnnProtocol, LinearEvalProtocol, TransferProtocol)
-from .loading import (PROTOCOLS, format_validation_error, load_protocol, parse_set, protocol_json, set_dotted,
-                      write_protocol)
+from .loading import (PROTOCOLS, RUNTIME_FIELDS, first_difference, format_validation_error, load_protocol, parse_set,
+                      protocol_json, set_dotted, without_runtime, write_protocol)
 from .pretrain import (AUGMENT_PARTS, AblateProtocol, AugmentConfig, AugmentPart, ContrastiveCropConfig, DataConfig,
                        DistributedConfig, MethodConfig, MethodName, ModelConfig, MonitorConfig, OptimConfig,
                        PretrainProtocol, TrackingConfig)
@@ -24,8 +24,8 @@ __all__ = [
     "DETECT_SCHEDULES", "DETECT_TRAIN_SIZES", "DetectProtocol",
     "PROBE_LR", "TRANSFER_DATASETS", "CropTestProtocol", "EvalDataConfig", "EvalTransformConfig", "FeatureNorm",
     "FinetuneProtocol", "KnnProtocol", "LinearEvalProtocol", "TransferProtocol",
-    "PROTOCOLS", "format_validation_error", "load_protocol", "parse_set", "protocol_json", "set_dotted",
-    "write_protocol",
+    "PROTOCOLS", "RUNTIME_FIELDS", "first_difference", "format_validation_error", "load_protocol", "parse_set",
+    "protocol_json", "set_dotted", "without_runtime", "write_protocol",
     "AUGMENT_PARTS", "AblateProtocol", "AugmentConfig", "AugmentPart", "ContrastiveCropConfig", "DataConfig",
     "DistributedConfig", "MethodConfig", "MethodName", "ModelConfig", "MonitorConfig", "OptimConfig",
     "PretrainProtocol", "TrackingConfig",

@@ -122,6 +122,22 @@ def load_protocol(kind: str, path: Optional[Path] = None, overrides: Optional[di
         raise UserError(format_validation_error(e, str(path) if path else f"{kind} protocol")) from None
 
 
+#: protocol fields that set how fast a run goes, not what it computes: a resume may change them
+RUNTIME_FIELDS = ("threads",)
+
+
+def without_runtime(protocol: Any) -> Any:
+    return {k: v for k, v in protocol.items() if k not in RUNTIME_FIELDS} if isinstance(protocol, dict) else protocol
+
+
+def first_difference(a: Any, b: Any, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+    return prefix.rstrip(".") or "(root)"
+
+
 def protocol_json(protocol: BaseModel) -> str:
     return json.dumps(protocol.model_dump(mode="json"), sort_keys=True)
 

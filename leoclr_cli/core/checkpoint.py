@@ -4,7 +4,8 @@
   ``layer1.0.bn1.running_mean``, no ``fc``), so ``torchvision.models.resnet50().load_state_dict(load_file(p),
   strict=False)`` leaves only ``fc.*`` missing. The header carries the metadata (format version, kind, arch,
   cifar_stem, method, epoch, the protocol as JSON).
-* training state (:mod:`.train_state`: ``checkpoints/state_eNNNN.safetensors`` after NNNN epochs, or
+* training state (:mod:`.train_state`; the files, named by :mod:`.rundir`:
+  ``checkpoints/state_eNNNN.safetensors`` after NNNN epochs, or
   ``state_eNNNN_sSSSSSS.safetensors`` after SSSSSS more steps of the next epoch): model and
   optimizer tensors, the RNG states, the partial epoch's metric sums, any task/dataset extra
   state, and the non-tensor parts as JSON in the header.
@@ -16,18 +17,17 @@ This module only gathers their public names: ``from ..core import checkpoint as 
 
 from .backbone import load_backbone, load_fitting, random_backbone_file, save_backbone
 from .pth_import import IMPORT_PREFIXES, import_torch_checkpoint
+from .rundir import latest_state, list_states, prune_states, state_path
 from .tensorfile import (CHECKSUM_KEY, FORMAT_VERSION, KIND_BACKBONE, KIND_LINEAR, KIND_STATE, MAX_HEADER,
                          file_sha256, load_tensors, read_metadata, save_tensors, verify)
-from .train_state import (RUNTIME_FIELDS, first_difference, flatten_optimizer, latest_state, list_states,
-                          load_train_state, prune_states, rng_state, save_train_state, set_rng_state, state_path,
-                          unflatten_optimizer, without_runtime)
+from .train_state import (flatten_optimizer, load_train_state, rng_state, save_train_state, set_rng_state,
+                          unflatten_optimizer)
 
 __all__ = [
     "load_backbone", "load_fitting", "random_backbone_file", "save_backbone",
     "CHECKSUM_KEY", "FORMAT_VERSION", "KIND_BACKBONE", "KIND_LINEAR", "KIND_STATE", "MAX_HEADER", "file_sha256",
     "load_tensors", "read_metadata", "save_tensors", "verify",
     "IMPORT_PREFIXES", "import_torch_checkpoint",
-    "RUNTIME_FIELDS", "first_difference", "flatten_optimizer", "latest_state", "list_states", "load_train_state",
-    "prune_states", "rng_state", "save_train_state", "set_rng_state", "state_path", "unflatten_optimizer",
-    "without_runtime",
+    "latest_state", "list_states", "prune_states", "state_path",
+    "flatten_optimizer", "load_train_state", "rng_state", "save_train_state", "set_rng_state", "unflatten_optimizer",
 ]

@@ -38,6 +38,7 @@ from .atomic import atomic_write_text
 from . import distributed, preempt
 from ..errors import Preempted, UserError
 from .progress import Reporter
+from .rundir import RunDir
 
 
 class Divergence(UserError):
@@ -140,7 +141,7 @@ class Engine:
         self.checkpoint_every_steps = checkpoint_every_steps
         self.quiet, self.console = quiet, console or Console(stderr=True)
         self.epoch_end, self.desc, self.log_every, self.seed = epoch_end, desc, log_every, seed
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.metrics_path = RunDir(self.run_dir).metrics
         self.amp, self.channels_last = amp, channels_last and device.type == "cuda"
         # lr_at_step(global step) overrides lr_at(epoch) when given: the lr is set before every step
         self.lr_at_step = lr_at_step

@@ -1,21 +1,19 @@
 """Training state: everything needed to continue a run bit-exactly (model and optimizer tensors, the RNG
-states, the engine's extra state), the protocol check of a resume, and the ``checkpoints/`` files
-(``state_eNNNN.safetensors`` after NNNN epochs, ``state_eNNNN_sSSSSSS.safetensors`` after SSSSSS more
-steps of the next epoch), listed and pruned."""
+states, the engine's extra state) in one safetensors file, and the protocol check of a resume. Where
+the state files go and how they are named, listed and pruned: :mod:`.rundir`."""
 
 from __future__ import annotations
 
 import json
 import random
-import re
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
+from ..config import first_difference, without_runtime
 from ..errors import UserError
-from .atomic import remove_temporaries
 from .tensorfile import KIND_STATE, load_tensors, save_tensors
 
 
@@ -105,50 +103,3 @@ def load_train_state(path: Path, *, model: torch.nn.Module, optimizer: torch.opt
     extra["step"] = int(meta.get("step", "0"))
     extra["tensors"] = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
     return int(meta["epoch"]), extra
-
-
-#: protocol fields that set how fast a run goes, not what it computes: a resume may change them
-RUNTIME_FIELDS = ("threads",)
-
-
-def without_runtime(protocol: Any) -> Any:
-    return {k: v for k, v in protocol.items() if k not in RUNTIME_FIELDS} if isinstance(protocol, dict) else protocol
-
-
-def first_difference(a: Any, b: Any, prefix: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                return first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
-    return prefix.rstrip(".") or "(root)"
-
-
-_STATE_NAME = re.compile(r"state_e(\d+)(?:_s(\d+))?\.safetensors")
-
-
-def state_path(run_dir: Path, epoch: int, step: int = 0) -> Path:
-    """``state_eNNNN`` after NNNN epochs; ``state_eNNNN_sSSSSSS`` after SSSSSS more steps of the next."""
-    name = f"state_e{epoch:04d}" + (f"_s{step:06d}" if step else "") + ".safetensors"
-    return Path(run_dir) / "checkpoints" / name
-
-
-def list_states(run_dir: Path) -> list[Path]:
-    """The run's training states, oldest first (by epoch, then step; temporary files excluded)."""
-    found = []
-    for path in (Path(run_dir) / "checkpoints").glob("state_e*.safetensors"):
-        m = _STATE_NAME.fullmatch(path.name)
-        if m:
-            found.append(((int(m[1]), int(m[2] or 0)), path))
-    return [path for _, path in sorted(found)]
-
-
-def latest_state(run_dir: Path) -> Optional[Path]:
-    found = list_states(run_dir)
-    return found[-1] if found else None
-
-
-def prune_states(run_dir: Path, keep: int) -> None:
-    """Keep the newest ``keep`` states; also remove temporary files left by a killed write."""
-    for old in list_states(run_dir)[:-keep]:
-        old.unlink(missing_ok=True)
-    remove_temporaries(Path(run_dir) / "checkpoints")

@@ -13,12 +13,12 @@ final model is saved as safetensors). The AP is Detectron2's own: ``PascalVOCDet
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+from ..core.rundir import RunDir
 from .export import detectron2_checkpoint
 from .trial import finish_trial
 
@@ -164,7 +164,7 @@ def trial_worker(spec: dict[str, Any]) -> None:
             return [h for h in super().build_hooks() if not isinstance(h, drop)]
 
         def build_writers(self):
-            return [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.jsonl"))]
+            return [CommonMetricPrinter(self.max_iter), JSONWriter(str(RunDir(self.cfg.OUTPUT_DIR).metrics))]
 
     trainer = Trainer(cfg)
     incompatible = load_backbone_into(trainer.checkpointer.model, spec["backbone_state"])

@@ -14,7 +14,8 @@ import torch
 from rich.console import Console
 
 from ..errors import UserError
-from ..core.rundir import command, prepare, read_json, write_json
+from ..core.results import DetectResult
+from ..core.rundir import RunDir, command
 from ..config import DetectProtocol, protocol_json
 from ..core.engine import resolve_device
 from .datasets import VOC_CLASSES, coco_paths, read_coco, read_voc
@@ -100,7 +101,7 @@ def run_detect(p: DetectProtocol, backbone_path: Path, run_dir: Path, *, force: 
     gpus = gpu_count(p, backend)
     solver = p.solver(gpus)
     console.print(rescale_line(p, gpus, solver), highlight=False)
-    prepare(run_dir, p, resume=None, force=force)
+    RunDir(run_dir).prepare(p, resume=None, force=force)
     pjson = protocol_json(p)
     trials = []
     for t in range(p.trials):
@@ -113,12 +114,11 @@ def run_detect(p: DetectProtocol, backbone_path: Path, run_dir: Path, *, force: 
             _detectron2_trial(spec, state, gpus)
         else:
             _torchvision_trial(spec, state, quiet, console)
-        trials.append(read_json(trial_dir / "result.json"))
+        trials.append(RunDir(trial_dir).read_result())
         console.print(f"trial {t + 1}/{p.trials} (seed {seed}): AP {trials[-1]['AP']:.2f}, "
                       f"AP50 {trials[-1]['AP50']:.2f}, AP75 {trials[-1]['AP75']:.2f}", highlight=False)
     result: dict[str, Any] = {
-        "kind": "detect", "dataset": p.dataset, "backend": backend, "backbone": str(backbone_path),
-        "arch": meta.get("arch"), "method": meta.get("method"), "pretrain_epoch": int(meta.get("epoch", 0)),
+        "dataset": p.dataset, "backend": backend, **DetectResult.provenance(backbone_path, meta),
         "trials": p.trials, "gpus": gpus, "solver": solver, "test_images": len(data["test"]),
         "per_trial": [{"seed": tr["seed"], "AP": tr["AP"], "AP50": tr["AP50"], "AP75": tr["AP75"]} for tr in trials],
     }
@@ -126,8 +126,7 @@ def run_detect(p: DetectProtocol, backbone_path: Path, run_dir: Path, *, force: 
         values = [tr[key] for tr in trials]
         result[key] = statistics.fmean(values)
         result[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-    write_json(Path(run_dir) / "result.json", result)
-    return result
+    return RunDir(run_dir).write_result(DetectResult(**result))
 
 
 def _torchvision_trial(spec: dict[str, Any], state: dict[str, torch.Tensor], quiet: bool, console: Console) -> None:

@@ -20,15 +20,15 @@ from torch import nn
 from ..config import FinetuneProtocol, Norm, protocol_json
 from ..core import checkpoint as ckpt
 from ..core.engine import Engine, cosine_lr, resolve_device
-from ..core.rundir import command, prepare, read_json, write_json
+from ..core.results import FinetuneResult, FinetuneSweepResult
+from ..core.rundir import RunDir, command
 from ..data.views import AugmentedDataset, linear_train_transform
 from ..errors import UserError
 from .features import labelled_split, loader_for
 from .linear import evaluate_logits
 from .subsets import balanced_subset, read_subset_file, take, write_subset_file
 
-RESULT_KEYS = ("kind", "dataset", "pretrain_epoch", "labels", "fraction", "top1", "top5", "epochs", "backbone", "arch",
-               "method", "num_classes", "num_labelled", "num_test", "subset", "subset_file")
+RESULT_KEYS = tuple(FinetuneResult.model_fields)
 
 
 class FinetuneClassifier(nn.Module):
@@ -88,28 +88,24 @@ def run_finetune(p: FinetuneProtocol, backbone_path: Path, run_dir: Path, *, res
     backbone, meta = ckpt.load_backbone(backbone_path)
     train_src, test_src = labelled_split(p.data, "train"), labelled_split(p.data, "test")
     indices, how = _labelled_subset(p, train_src)
-    run_dir = Path(run_dir)
-    resume_from = prepare(run_dir, p, resume=resume, force=force)
-    write_subset_file(run_dir / "subset.txt", train_src, indices)
+    run = RunDir(run_dir)
+    resume_from = run.prepare(p, resume=resume, force=force)
+    write_subset_file(run.subset, train_src, indices)
     torch.manual_seed(p.seed)
     device = resolve_device(p.device)
     model = FinetuneClassifier(backbone, train_src.num_classes)
     epochs = p.resolved_epochs()
     train_classifier(model, take(train_src, indices), size=p.transform.size, normalize=p.transform.norm,
                      epochs=epochs, batch_size=p.batch_size, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov,
-                     weight_decay=p.weight_decay, schedule=p.schedule, device=device, run_dir=run_dir,
+                     weight_decay=p.weight_decay, schedule=p.schedule, device=device, run_dir=run.path,
                      protocol=protocol_json(p), seed=p.seed, checkpoint_every=p.checkpoint_every,
                      keep_checkpoints=p.keep_checkpoints, num_workers=p.data.num_workers, resume=resume_from,
                      quiet=quiet, console=console, desc=f"finetune {p.labels:g}%")
     acc = evaluate_logits(model, loader_for(test_src, p.transform, p.batch_size, p.data.num_workers, device), device)
-    result = {
-        "kind": "finetune", "dataset": p.data.source, "pretrain_epoch": int(meta.get("epoch", 0)), "labels": p.labels, "fraction": p.labels / 100, "top1": acc["top1"], "top5": acc["top5"],
-        "epochs": epochs, "backbone": str(backbone_path), "arch": meta["arch"], "method": meta.get("method"),
-        "num_classes": train_src.num_classes, "num_labelled": len(indices), "num_test": len(test_src),
-        "subset": how, "subset_file": str(run_dir / "subset.txt"),
-    }
-    write_json(run_dir / "result.json", result)
-    return result
+    return run.write_result(FinetuneResult(
+        **FinetuneResult.provenance(backbone_path, meta), dataset=p.data.source, labels=p.labels,
+        fraction=p.labels / 100, top1=acc["top1"], top5=acc["top5"], epochs=epochs, num_classes=train_src.num_classes,
+        num_labelled=len(indices), num_test=len(test_src), subset=how, subset_file=str(run.subset)))
 
 
 def fraction_dir(labels: float) -> str:
@@ -136,15 +132,13 @@ def run_finetune_sweep(protocols: list[FinetuneProtocol], backbone_path: Path, r
         shutil.rmtree(run_dir)
     runs = []
     for p in protocols:
-        sub = run_dir / fraction_dir(p.labels)
-        if resume == "auto" and (sub / "result.json").is_file():
-            result = read_json(sub / "result.json")
+        sub = RunDir(run_dir / fraction_dir(p.labels))
+        if resume == "auto" and sub.result.is_file():
+            result = sub.read_result()
         else:
-            again = "auto" if resume == "auto" and ckpt.latest_state(sub) is not None else None
-            result = run_finetune(p, backbone_path, sub, resume=again, force=resume == "auto", quiet=quiet,
+            again = "auto" if resume == "auto" and ckpt.latest_state(sub.path) is not None else None
+            result = run_finetune(p, backbone_path, sub.path, resume=again, force=resume == "auto", quiet=quiet,
                                   console=console)
-        runs.append({"dir": sub.name, **{k: result[k] for k in ("labels", "fraction", "top1", "top5", "epochs")}})
-    summary = {"kind": "finetune-sweep", "backbone": str(backbone_path), "runs": runs}
-    write_json(run_dir / "summary.json", summary)
-    return summary
+        runs.append({"dir": sub.path.name, **{k: result[k] for k in ("labels", "fraction", "top1", "top5", "epochs")}})
+    return RunDir(run_dir).write_result(FinetuneSweepResult(backbone=str(backbone_path), runs=runs))
 

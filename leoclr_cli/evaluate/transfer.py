@@ -27,7 +27,8 @@ from ..core import checkpoint as ckpt
 from ..data.sources import open_source
 from ..core.engine import resolve_device
 from ..errors import UserError
-from ..core.rundir import command, prepare, write_json
+from ..core.results import TransferResult
+from ..core.rundir import RunDir, command, write_json
 from ..config import TransferProtocol, protocol_json
 from .features import extract, loader_for
 from .finetune import FinetuneClassifier, train_classifier
@@ -86,7 +87,7 @@ def run_transfer(p: TransferProtocol, backbone_path: Path, run_dir: Path, *, for
     backbone, meta = ckpt.load_backbone(backbone_path)
     train, test = _open(p)
     run_dir = Path(run_dir)
-    prepare(run_dir, p, resume=None, force=force)
+    RunDir(run_dir).prepare(p, resume=None, force=force)
     device = resolve_device(p.device)
     metric = METRIC.get(p.dataset, "top1")
     fit_idx, val_idx = split_train_val(len(train), p.val_fraction, p.split_seed)
@@ -98,18 +99,14 @@ def run_transfer(p: TransferProtocol, backbone_path: Path, run_dir: Path, *, for
     else:
         chosen, final = _finetune(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, run_dir,
                                   quiet, console)
-    result = {
-        "kind": "transfer", "dataset": p.dataset, "mode": p.mode, "metric": metric, "value": final[metric],
-        "top1": final["top1"], "val": chosen["val"], "best_lr": chosen.get("lr"), "best_wd": chosen["wd"],
-        "best_c": chosen.get("c"), "epochs": chosen.get("epochs"), "num_classes": train.num_classes,
-        "num_train": len(train), "num_fit": len(fit_idx), "num_val": len(val_idx), "num_test": len(test),
-        "backbone": str(backbone_path), "arch": meta["arch"], "method": meta.get("method"),
-        "pretrain_epoch": int(meta.get("epoch", 0)),
-    }
+    result = TransferResult(
+        dataset=p.dataset, mode=p.mode, metric=metric, value=final[metric], top1=final["top1"], val=chosen["val"],
+        best_lr=chosen.get("lr"), best_wd=chosen["wd"], best_c=chosen.get("c"), epochs=chosen.get("epochs"),
+        num_classes=train.num_classes, num_train=len(train), num_fit=len(fit_idx), num_val=len(val_idx),
+        num_test=len(test), **TransferResult.provenance(backbone_path, meta))
     if p.dataset == "birdsnap":
-        result.update({"images_listed": train.listed + test.listed, "images_present": train.present + test.present})
-    write_json(run_dir / "result.json", result)
-    return result
+        result.images_listed, result.images_present = train.listed + test.listed, train.present + test.present
+    return RunDir(run_dir).write_result(result)
 
 
 def _finetune(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, run_dir, quiet, console):
@@ -136,9 +133,9 @@ def _finetune(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, 
             model, epochs = fit(fit_idx, lr, wd, run_dir / "grid" / _cell_name(lr, wd), 0)
             grid["cells"].append({"lr": lr, "wd": wd, "weight_decay": wd / lr if p.wd_over_lr else wd,
                                   "epochs": epochs, "val": evaluate(model, val)[metric]})
-            write_json(run_dir / "grid.json", grid)  # progress is visible while the grid runs
+            write_json(RunDir(run_dir).grid, grid)  # progress is visible while the grid runs
     grid["best"] = best_cell(grid["cells"])
-    write_json(run_dir / "grid.json", grid)
+    write_json(RunDir(run_dir).grid, grid)
     chosen = grid["cells"][grid["best"]]
     model, epochs = fit(list(range(len(train))), chosen["lr"], chosen["wd"], run_dir / "refit", 10**9)
     return {**chosen, "epochs": epochs}, evaluate(model, test)
@@ -157,11 +154,11 @@ def _linear(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, ru
                                 train.num_classes, p.cs, p.lbfgs_max_iter, p.feature_norm,
                                 lambda s, y: score(metric, s, y))
     grid["best"] = best_cell(grid["cells"])
-    write_json(run_dir / "grid.json", grid)
+    write_json(RunDir(run_dir).grid, grid)
     chosen = grid["cells"][grid["best"]]
     model = fit_probe(feats, labels, train.num_classes, chosen["c"], p.lbfgs_max_iter, p.feature_norm)
-    save_classifier(run_dir / "linear.safetensors", model, {"num_classes": str(train.num_classes),
-                                                            "protocol": protocol_json(p)})
+    save_classifier(RunDir(run_dir).classifier, model, {"num_classes": str(train.num_classes),
+                                                        "protocol": protocol_json(p)})
     with torch.no_grad():
         scores = model.logits(test_f).cpu()
     return chosen, {"top1": score("top1", scores, test_y.cpu()), metric: score(metric, scores, test_y.cpu())}

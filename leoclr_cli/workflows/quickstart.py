@@ -22,9 +22,10 @@ from rich.console import Console
 
 from ..config import load_protocol
 from ..core import threads
-from ..core.checkpoint import latest_state, random_backbone_file
+from ..core.checkpoint import random_backbone_file
 from ..core.nets import RANDOM_PREFIX
-from ..core.rundir import command, write_json
+from ..core.results import QuickstartResult
+from ..core.rundir import RunDir, command
 from ..evaluate.linear import run_linear_eval
 from .pretrain import run_pretrain
 
@@ -50,15 +51,10 @@ LINEAR_OVERRIDES = {"train_augment": "none", "epochs": 100, "batch_size": 256,
                     "transform.normalize": "builtin"}
 
 
-def _resume_or_fresh(run_dir: Path, force: bool) -> tuple[Optional[str], bool]:
-    if not force and run_dir.exists() and latest_state(run_dir) is not None:
-        return "auto", False
-    return None, True
-
-
-def _probe(lin, backbone: Path, run_dir: Path, force: bool, quiet: bool, console: Console) -> dict[str, Any]:
-    resume, fresh = _resume_or_fresh(run_dir, force)
-    return run_linear_eval(lin, backbone, run_dir, resume=resume, force=fresh, quiet=quiet, console=console)
+def _probe(lin, backbone: Path, run: RunDir, force: bool, quiet: bool, console: Console) -> dict[str, Any]:
+    """The linear probe of ``backbone`` in ``run``: continued, reused or started fresh."""
+    resume, fresh = run.resume_or_fresh(force)
+    return run_linear_eval(lin, backbone, run.path, resume=resume, force=fresh, quiet=quiet, console=console)
 
 
 @command
@@ -81,25 +77,24 @@ def run_quickstart(methods: tuple[str, ...] | list[str], out_dir: Path, *, seeds
         for method in methods:
             p = load_protocol("pretrain", protocol_file("quickstart.yaml"),
                               {"optim.epochs": epochs, **(overrides or {}), "method.name": method, "seed": seed})
-            pre_dir = seed_dir / method
+            pre = RunDir(seed_dir / method)
             t0 = time.perf_counter()
-            resume, fresh = _resume_or_fresh(pre_dir, force)
-            run_pretrain(p, pre_dir, resume=resume, force=fresh, quiet=quiet, console=console)
-            r = _probe(lin, pre_dir / "backbone.safetensors", pre_dir / "linear-eval", force, quiet, console)
+            resume, fresh = pre.resume_or_fresh(force)
+            run_pretrain(p, pre.path, resume=resume, force=fresh, quiet=quiet, console=console)
+            r = _probe(lin, pre.backbone, pre.linear_eval, force, quiet, console)
             crops = f", {p.augment.crops} crops" if p.augment.crops != "random" else ""
             runs.append({"name": f"{method}{crops}, {p.optim.epochs} epochs", "method": method, "seed": seed,
                          "top1": r["top1"], "top5": r["top5"], "wall_s": time.perf_counter() - t0})
 
         t0 = time.perf_counter()
-        rand_dir = seed_dir / "random-init"
+        rand = RunDir(seed_dir / "random-init")
         spec = RANDOM_PREFIX + base.model.arch + ("-cifar" if base.model.cifar_stem else "")
-        backbone = random_backbone_file(spec, seed, rand_dir / "backbone.safetensors")
-        r = _probe(lin, backbone, rand_dir / "linear-eval", force, quiet, console)
+        backbone = random_backbone_file(spec, seed, rand.backbone)
+        r = _probe(lin, backbone, rand.linear_eval, force, quiet, console)
         runs.append({"name": RANDOM_INIT, "method": "random-init", "seed": seed, "top1": r["top1"],
                      "top5": r["top5"], "wall_s": time.perf_counter() - t0})
-    result = {"methods": list(methods), "seeds": seeds, "runs": runs, "summary": summarise(runs)}
-    write_json(out_dir / "quickstart.json", result)
-    return result
+    return RunDir(out_dir).write_result(QuickstartResult(methods=list(methods), seeds=seeds, runs=runs,
+                                                         summary=summarise(runs)))
 
 
 def _mean_std(values: list[float]) -> tuple[float, Optional[float]]:
