@@ -1,6 +1,6 @@
 """The engine under faults, with a task small enough to run hundreds of steps in a second:
 mid-epoch checkpoints and exact resume, SIGTERM at a step boundary, a NaN at an exact step,
-a failed checkpoint write, and the task/dataset extra-state hooks."""
+a failed checkpoint write, the task/dataset extra-state hooks and the task's warm-up hook."""
 
 import errno
 import json
@@ -13,13 +13,14 @@ import torch
 from rich.console import Console
 
 from leoclr_cli.core import checkpoint as ckpt
-from leoclr_cli.core.engine import Divergence, Engine, cosine_lr, read_metrics
+from leoclr_cli.core.engine import (Checkpoints, DeviceSpec, Divergence, Engine, Observers, Schedule, Task, cosine_lr,
+                                    read_metrics)
 from leoclr_cli.errors import EXIT_PREEMPTED, Preempted, UserError
 
 STEPS, EPOCHS = 4, 3  # 16 samples, batch 4
 
 
-class Toy(torch.nn.Module):
+class Toy(Task):
     """A linear classifier with dropout (the global RNG matters) and a counter of its own state."""
 
     def __init__(self, nan_at=None, signal_at=None):
@@ -46,16 +47,18 @@ class Toy(torch.nn.Module):
         return loss, {"acc": (self.fc(x).argmax(1) == y).float().mean()}
 
 
-def engine(run_dir, task, **kw):
+def engine(run_dir, task, epochs=EPOCHS, every_steps=0, keep=100, epoch_end=None, data=None):
     g = torch.Generator().manual_seed(1)
-    data = torch.utils.data.TensorDataset(torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g))
+    if data is None:
+        data = torch.utils.data.TensorDataset(torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g))
     loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True, drop_last=True)
-    opt = torch.optim.SGD(task.parameters(), lr=0.5, momentum=0.9)
+    opt = torch.optim.SGD([q for q in task.parameters() if q.requires_grad], lr=0.5, momentum=0.9)
     run_dir.mkdir(parents=True, exist_ok=True)
-    args = dict(task=task, optimizer=opt, loader=loader, epochs=EPOCHS, lr_at=cosine_lr(0.5, EPOCHS), device=torch.device("cpu"),
-                run_dir=run_dir, protocol_json='{"p": 1}', checkpoint_every=1, keep_checkpoints=100, quiet=True,
-                console=Console(file=open(os.devnull, "w")), seed=3, log_every=10)
-    return Engine(**{**args, **kw})
+    return Engine(task, opt, loader, schedule=Schedule(epochs, cosine_lr(0.5, EPOCHS), seed=3),
+                  checkpoints=Checkpoints(run_dir, '{"p": 1}', every=1, every_steps=every_steps, keep=keep),
+                  device=DeviceSpec(torch.device("cpu")),
+                  observers=Observers(quiet=True, console=Console(file=open(os.devnull, "w")), log_every=10,
+                                      epoch_end=epoch_end))
 
 
 def strip(records):
@@ -69,7 +72,7 @@ def final(run_dir):
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     run = tmp_path_factory.mktemp("straight")
-    engine(run, Toy(), checkpoint_every_steps=1).run()
+    engine(run, Toy(), every_steps=1).run()
     return run
 
 
@@ -88,7 +91,7 @@ def test_every_step_checkpoint_resumes_bit_identically(straight, tmp_path):
         # metrics written after the checkpoint (by the run that was interrupted) must be dropped
         (run / "metrics.jsonl").write_text((straight / "metrics.jsonl").read_text() + '{"epoch": 3, "tor')
         task = Toy()
-        engine(run, task, checkpoint_every_steps=1).run(resume=state)
+        engine(run, task, every_steps=1).run(resume=state)
         got = final(run)
         assert [k for k in want if not torch.equal(want[k], got[k])] == [], state.name
         assert strip(read_metrics(run / "metrics.jsonl")) == metrics, state.name
@@ -113,7 +116,7 @@ def test_sigterm_checkpoints_at_the_step_boundary_and_resume_matches(straight, t
 def test_nan_stops_at_the_exact_step_and_keeps_the_last_good_checkpoint(tmp_path):
     run = tmp_path / "nan"
     with pytest.raises(Divergence) as exc:
-        engine(run, Toy(nan_at=7), checkpoint_every_steps=2).run()  # global step 7 = epoch 2, step 3
+        engine(run, Toy(nan_at=7), every_steps=2).run()  # global step 7 = epoch 2, step 3
     assert "epoch 2, step 3 of 4 (global step 7)" in str(exc.value)
     last = ckpt.latest_state(run)
     assert last.name == "state_e0001_s000002.safetensors" and str(last) in str(exc.value)
@@ -133,7 +136,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
 
     monkeypatch.setattr(os, "fsync", fsync)
     with pytest.raises(UserError, match="No space left on device") as exc:
-        engine(run, Toy(), checkpoint_every_steps=1).run()
+        engine(run, Toy(), every_steps=1).run()
     assert "state_e0000_s000003.safetensors" in str(exc.value)
     monkeypatch.undo()
     states = ckpt.list_states(run)
@@ -144,7 +147,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
 
 def test_keep_last_n_counts_mid_epoch_states(tmp_path):
     run = tmp_path / "keep"
-    engine(run, Toy(), checkpoint_every_steps=1, keep_checkpoints=3).run()
+    engine(run, Toy(), every_steps=1, keep=3).run()
     assert [s.name for s in ckpt.list_states(run)] == ["state_e0002_s000002.safetensors",
                                                        "state_e0002_s000003.safetensors", "state_e0003.safetensors"]
 
@@ -209,3 +212,63 @@ def test_sigterm_during_the_epoch_end_evaluation_stops_there_and_resume_matches(
     want, got = final(straight), final(run)
     assert [k for k in want if not torch.equal(want[k], got[k])] == []
     assert strip(read_metrics(run / "metrics.jsonl")) == strip(read_metrics(straight / "metrics.jsonl"))
+
+
+class Counted(torch.utils.data.Dataset):
+    """``items``, counting the loads."""
+
+    def __init__(self, items):
+        self.items, self.loads = items, 0
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        self.loads += 1
+        return self.items[i]
+
+
+def test_a_task_without_a_queue_needs_no_warmup(tmp_path):
+    """Task's default warm-up takes no batch: a new run loads its epoch's batches and nothing more."""
+    g = torch.Generator().manual_seed(1)
+    data = Counted(list(zip(torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g))))
+    task = Toy()
+    engine(tmp_path / "plain", task, epochs=1, data=data).run()
+    assert data.loads == 16 and task.calls == STEPS
+
+
+def test_the_moco_queue_is_filled_by_warmup_before_the_first_step(tmp_path):
+    """queue_init keys: before the first step the engine hands MoCo-v2 epoch 0's batches, and the queue
+    holds the key encoder's keys of the first ones, in order (the first step sees the first batch
+    again); a resumed run does not warm up again."""
+    from leoclr_cli.methods import MoCoV2
+    from leoclr_cli.config import MethodConfig, ModelConfig
+
+    def build():
+        torch.manual_seed(0)
+        return MoCoV2(ModelConfig(arch="resnet18", dim=4, bn_splits=1, shuffle_bn=False),
+                      MethodConfig(name="mocov2", queue_size=16, queue_init="keys"))
+
+    g = torch.Generator().manual_seed(2)
+    images = torch.randn(16, 2, 3, 16, 16, generator=g)
+    data = Counted([([v[0], v[1]], 0) for v in images])
+    task, first = build(), {}
+    queue0, forward = task.queue.clone(), task.forward
+
+    def spy(views, labels=None):
+        if not first:
+            first.update(queue=task.queue.clone(), ptr=int(task.queue_ptr), loads=data.loads,
+                         keys=torch.cat([task.encode_keys(v) for v in views]))
+        return forward(views, labels)
+
+    task.forward = spy
+    run = tmp_path / "moco"
+    engine(run, task, epochs=1, data=data).run()
+    # 8 keys a batch (both crops): two batches fill the queue, then the first step loads its batch
+    assert first["loads"] == 2 * 4 + 4 and first["ptr"] == 0
+    assert bool((first["queue"] != queue0).any(dim=0).all())
+    torch.testing.assert_close(first["queue"][:, :8], first["keys"].T)
+
+    data.loads = 0
+    engine(tmp_path / "resumed", build(), epochs=2, data=data).run(resume=ckpt.state_path(run, 1))
+    assert data.loads == 16  # epoch 2's batches only

@@ -111,6 +111,40 @@ def test_the_local_import_finder_finds_one_and_spares_optional_packages():
     assert local_imports("pkg.b", False, ast.parse(source), mods) == ["pkg.b:7", "pkg.b:11"]
 
 
+def bound_names(tree: ast.Module) -> set[str]:
+    """The names a module binds at its top level (``if``/``try`` blocks included)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return names
+
+
+def test_every_package_import_names_a_module_or_a_name_that_exists():
+    """A stale path (a module that moved) fails here even where an installed copy of the package
+    would still answer the import."""
+    mods = module_files()
+    trees = {mod: ast.parse(path.read_text()) for mod, path in mods.items()}
+    bound = {mod: bound_names(tree) for mod, tree in trees.items()}
+    stale = []
+    for mod, tree in sorted(trees.items()):
+        package = mod if mods[mod].name == "__init__.py" else mod.rsplit(".", 1)[0]
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom) or not (node.level or (node.module or "").startswith("leoclr_cli")):
+                continue
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            missing = [a.name for a in node.names if f"{target}.{a.name}" not in mods
+                       and (target not in mods or a.name not in bound[target])]
+            if missing:
+                stale.append(f"{mod}:{node.lineno} {target}: {', '.join(missing)}")
+    assert not stale, stale
+
+
 def test_leaf_modules_import_nothing_of_the_package_but_errors():
     graph = import_graph()
     for leaf in ("leoclr_cli.core.atomic", "leoclr_cli.errors"):

@@ -164,3 +164,26 @@ def test_split_batchnorm_accepts_channels_last_input():
     ref = bn(x)
     bn2 = SplitBatchNorm(3, num_splits=2)
     torch.testing.assert_close(bn2(x.contiguous(memory_format=torch.channels_last)), ref)
+
+
+def test_a_syncbn_method_does_not_shuffle_the_key_batch(monkeypatch):
+    """distributed.bn sync: the method makes every BN of both encoders a SyncBatchNorm and its key
+    forward stops shuffling (SyncBN sees the global batch); with per-rank BN it shuffles."""
+    from leoclr_cli.core import distributed
+
+    shuffled, real = [], distributed.batch_shuffle
+    monkeypatch.setattr(distributed, "batch_shuffle", lambda x: shuffled.append(len(x)) or real(x))
+    cfg, x = ModelConfig(arch="resnet18", dim=4, bn_splits=1, shuffle_bn=True), torch.randn(4, 3, 16, 16)
+    per_rank = MoCoV2(cfg, MethodConfig(name="mocov2", queue_size=8))
+    per_rank.encode_keys(x)
+    assert shuffled == [4]
+
+    synced = MoCoV2(cfg, MethodConfig(name="mocov2", queue_size=8))
+    synced.use_sync_batchnorm(torch.device("cuda"))  # the device is only checked; the conversion runs anywhere
+    bns = [m for m in synced.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(isinstance(m, torch.nn.SyncBatchNorm) for m in bns)
+    assert {n.split(".")[0] for n, m in synced.named_modules() if isinstance(m, torch.nn.SyncBatchNorm)} == {
+        "encoder_q", "encoder_k"}
+    shuffled.clear()
+    synced.encode_keys(x)  # without a process group SyncBatchNorm normalises as BatchNorm does
+    assert shuffled == []

@@ -1,22 +1,30 @@
 """The only training loop in the project.
 
-A *task* is an ``nn.Module`` whose ``forward(inputs, labels)`` returns ``(loss, stats)``; the
-pretraining methods and the linear classifier are tasks. The engine owns everything around the
-step: device placement, the per-epoch learning rate (or a per-step one, for iteration-based
-schedules such as detection's warm-up and steps), progress (progress.py), ``metrics.jsonl`` (and the
-experiment trackers, fed the same records: tracking.py),
-resumable checkpoints every N epochs, every M steps and at the end, exact resume (also from the
-middle of an epoch), preemption (SIGTERM/SIGINT) and the divergence check.
+A *task* is a :class:`Task`: an ``nn.Module`` whose ``forward(inputs, labels)`` returns
+``(loss, stats)``; the pretraining methods (methods/base.py), the linear and fine-tuning classifiers
+and detection are tasks. Before the first step of a new run (not on a resume) the engine hands the
+task epoch 0's batches through :meth:`Task.warmup` (a no-op by default, which loads no batch; MoCo's
+methods fill their queue in it).
+
+The engine owns everything around the step. Its constructor takes the task, the optimizer, the loader
+and four small objects: the :class:`Schedule` (epochs, the learning rate per epoch or per step for
+iteration-based schedules such as detection's warm-up and steps, the seed of the data order), the
+:class:`Checkpoints` policy (the run directory, resumable checkpoints every N epochs, every M steps and
+at the end, how many are kept), the :class:`DeviceSpec` (device, AMP dtype and its gradient scaler,
+channels_last) and the :class:`Observers` (progress, progress.py; the trackers, tracking.py, fed the
+records ``metrics.jsonl`` gets; the epoch-end hook; how often the divergence check runs). It also does
+exact resume (also from the middle of an epoch) and preemption (SIGTERM/SIGINT).
 
 Exact resume: an epoch's sample order comes from a generator seeded by (seed, epoch), the views of
 a sample from (seed, epoch, index), DataLoader worker seeds from another (seed, epoch) generator,
 so a checkpoint only needs the step position within the epoch (the sampler then starts that many
 batches in; skipped batches are never loaded), the global RNGs (torch, CUDA, NumPy, Python; the
 task's own draws such as shuffle-BN use them), the optimizer, the AMP scaler and the partial
-epoch's metric sums. Extra state is saved through two optional hooks, so a task or dataset with
+epoch's metric sums. Extra state is saved through two pairs of hooks, so a task or dataset with
 state of its own needs no engine change: ``task.extra_state() -> dict`` /
-``task.load_extra_state(dict)`` and ``dataset.state_dict() -> dict`` /
-``dataset.load_state_dict(dict)``; tensor values are stored as tensors, the rest as JSON.
+``task.load_extra_state(dict)`` (:class:`Task`'s defaults save nothing) and the optional
+``dataset.state_dict() -> dict`` / ``dataset.load_state_dict(dict)``; tensor values are stored as
+tensors, the rest as JSON.
 """
 
 from __future__ import annotations
@@ -27,8 +35,9 @@ import math
 import signal
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
 import torch
 from rich.console import Console
@@ -39,6 +48,9 @@ from . import distributed, preempt
 from ..errors import Preempted, UserError
 from .progress import Reporter
 from .rundir import RunDir
+
+if TYPE_CHECKING:
+    from .tracking import Tracker
 
 
 class Divergence(UserError):
@@ -123,34 +135,107 @@ class SkipFirst(torch.utils.data.Sampler):
         return itertools.islice(iter(self.inner), skip, None)
 
 
-class Engine:
-    """Train ``task`` for ``epochs`` epochs over ``loader``; see the module docstring."""
+class Task(torch.nn.Module):
+    """What the engine trains. A subclass implements ``forward(inputs, labels) -> (loss, stats)``
+    (``stats``: named 0-d tensors, averaged over the epoch into its record) and overrides the hooks
+    it needs."""
 
-    def __init__(self, *, task: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: torch.utils.data.DataLoader,
-                 epochs: int, lr_at: Callable[[int], float], device: torch.device, run_dir: Path, protocol_json: str,
-                 checkpoint_every: int, keep_checkpoints: int = 2, quiet: bool = False,
-                 console: Optional[Console] = None, epoch_end: Optional[Callable[[int], dict[str, Any]]] = None,
-                 desc: str = "train", log_every: int = 10, seed: int = 0,
-                 amp: Optional[torch.dtype] = None, channels_last: bool = False,
-                 lr_at_step: Optional[Callable[[int], float]] = None, checkpoint_every_steps: int = 0,
-                 batch_transform: Optional[Callable[[Any], Any]] = None, tracker: Optional[Any] = None):
+    def forward(self, inputs: Any, labels: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # pragma: no cover
+        raise NotImplementedError
+
+    def warmup(self, batches: Iterable[tuple[Any, Any]]) -> None:
+        """Called once before the first step of a new run (not on a resume), in train mode and under
+        autocast, with epoch 0's ``(inputs, labels)`` batches on the device, loaded as it iterates;
+        no gradient step follows. The default takes none (no batch is loaded)."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """The task's own state beyond its parameters and buffers, for the checkpoints."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned (called only when it returned something)."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long and at what learning rate the engine trains, and the seed of the data order."""
+
+    epochs: int
+    lr_at: Callable[[int], float]  #: the lr of an epoch, set as it starts
+    #: the lr of a global step, set before every step (overrides ``lr_at``; iteration-based schedules)
+    lr_at_step: Optional[Callable[[int], float]] = None
+    seed: int = 0  #: with the epoch, seeds the epoch's sample order and the DataLoader worker seeds
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """Where the run's state goes and when. ``run_dir`` holds ``checkpoints/`` and ``metrics.jsonl``
+    (which a resume cuts back to the checkpoint); every state is tagged with ``protocol_json`` (a resume
+    refuses another protocol). A state is saved every ``every`` epochs and after the last (0: neither),
+    every ``every_steps`` global steps (0: never) and whenever a signal stops the run; the newest
+    ``keep`` are kept."""
+
+    run_dir: Path
+    protocol_json: str
+    every: int = 0
+    every_steps: int = 0
+    keep: int = 2
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """Where the task runs and in what precision."""
+
+    device: torch.device
+    amp: Optional[torch.dtype] = None  #: the autocast dtype (:func:`amp_dtype`); None: full precision
+    channels_last: bool = False  #: channels_last weights and batches; honoured on CUDA only
+
+    @property
+    def nhwc(self) -> bool:
+        """Whether weights and batches are made channels_last."""
+        return self.channels_last and self.device.type == "cuda"
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else nullcontext()
+
+    def grad_scaler(self) -> Optional[torch.amp.GradScaler]:
+        """A loss scaler for fp16 (None otherwise: bf16 has fp32's range and needs none)."""
+        return torch.amp.GradScaler(self.device.type) if self.amp == torch.float16 else None
+
+
+@dataclass(frozen=True)
+class Observers:
+    """What watches the run and adds to its records: the progress bar and log lines (``desc``,
+    ``quiet``, ``console``, default stderr), a line and a divergence check every ``log_every`` steps,
+    the trackers (TensorBoard / MLflow / W&B, rank 0 only) and ``epoch_end(epoch) -> dict``, run on
+    every rank after each epoch's steps (in eval mode), whose entries join the epoch's record."""
+
+    desc: str = "train"
+    quiet: bool = False
+    console: Optional[Console] = None
+    log_every: int = 10
+    tracker: Optional["Tracker"] = None
+    epoch_end: Optional[Callable[[int], dict[str, Any]]] = None
+
+
+class Engine:
+    """Train ``task`` over ``loader`` as ``schedule`` says; see the module docstring.
+    ``batch_transform`` runs on the device before the task (e.g. the tensor view generator,
+    data/gpu_views.py)."""
+
+    def __init__(self, task: Task, optimizer: torch.optim.Optimizer, loader: torch.utils.data.DataLoader, *,
+                 schedule: Schedule, checkpoints: Checkpoints, device: DeviceSpec,
+                 observers: Observers = Observers(), batch_transform: Optional[Callable[[Any], Any]] = None):
         self.task, self.optimizer, self.loader = task, optimizer, loader
-        self.epochs, self.lr_at, self.device = epochs, lr_at, device
-        self.run_dir, self.protocol_json = Path(run_dir), protocol_json
-        self.checkpoint_every, self.keep = checkpoint_every, keep_checkpoints
-        self.checkpoint_every_steps = checkpoint_every_steps
-        self.quiet, self.console = quiet, console or Console(stderr=True)
-        self.epoch_end, self.desc, self.log_every, self.seed = epoch_end, desc, log_every, seed
+        self.schedule, self.checkpoints, self.spec, self.observers = schedule, checkpoints, device, observers
+        self.epochs, self.device = schedule.epochs, device.device
+        self.run_dir = Path(checkpoints.run_dir)
+        self.console = observers.console or Console(stderr=True)
         self.metrics_path = RunDir(self.run_dir).metrics
-        self.amp, self.channels_last = amp, channels_last and device.type == "cuda"
-        # lr_at_step(global step) overrides lr_at(epoch) when given: the lr is set before every step
-        self.lr_at_step = lr_at_step
-        # fp16 needs loss scaling; bf16 has fp32's range and does not
-        self.scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
-        # runs on the device before the task, e.g. the tensor view generator (data/gpu_views.py)
+        self.scaler = device.grad_scaler()
         self.batch_transform = batch_transform
         # TensorBoard / MLflow / W&B (tracking.Tracker): fed from _emit and _flush_steps, rank 0 only
-        self.tracker = tracker if distributed.is_main() else None
+        self.tracker = observers.tracker if distributed.is_main() else None
         self.main = distributed.is_main()  # under DDP only rank 0 writes metrics and checkpoints
         self.model: torch.nn.Module = task  # DistributedDataParallel(task) under torchrun, set by run()
         self.sampler_gen = torch.Generator()
@@ -206,8 +291,8 @@ class Engine:
                                 "keys": list(partial["sums"])}
         path = ckpt.state_path(self.run_dir, epoch, step)
         ckpt.save_train_state(path, model=self.task, optimizer=self.optimizer, epoch=epoch, step=step,
-                              protocol_json=self.protocol_json, extra=extra, extra_tensors=tensors)
-        ckpt.prune_states(self.run_dir, self.keep)
+                              protocol_json=self.checkpoints.protocol_json, extra=extra, extra_tensors=tensors)
+        ckpt.prune_states(self.run_dir, self.checkpoints.keep)
         return path
 
     def _hooks(self) -> list[tuple[str, Any, str]]:
@@ -219,7 +304,7 @@ class Engine:
 
     def _resume(self, path: Path) -> tuple[int, int, Optional[dict[str, Any]]]:
         done, extra = ckpt.load_train_state(path, model=self.task, optimizer=self.optimizer,
-                                            protocol_json=self.protocol_json)
+                                            protocol_json=self.checkpoints.protocol_json)
         if self.scaler is not None and "scaler" in extra:
             self.scaler.load_state_dict(extra["scaler"])
         tensors = extra["tensors"]
@@ -247,34 +332,35 @@ class Engine:
 
     def run(self, resume: Optional[Path] = None) -> list[dict[str, Any]]:
         self.task.to(self.device)
-        if self.channels_last:
+        if self.spec.nhwc:
             self.task.to(memory_format=torch.channels_last)
         self.model = distributed.wrap(self.task, self.device)  # DistributedDataParallel under torchrun
         start, start_step, partial = self._resume(resume) if resume is not None else (0, 0, None)
-        if resume is None and hasattr(self.task, "fill_queue"):
-            self._fill_queue()
+        if resume is None:
+            self._warmup()
         if start >= self.epochs:
             return read_metrics(self.metrics_path)
         steps = require_a_batch(self.loader)
-        reporter = Reporter(self.desc, (self.epochs - start) * steps - start_step, console=self.console,
-                            quiet=self.quiet or not self.main)
+        reporter = Reporter(self.observers.desc, (self.epochs - start) * steps - start_step, console=self.console,
+                            quiet=self.observers.quiet or not self.main)
         with reporter, preempt.preemptible():
             for epoch in range(start, self.epochs):
                 first = epoch == start
                 record = self._epoch(epoch, steps, reporter, start_step if first else 0,
                                      partial if first else None)
-                if self.epoch_end is not None:
+                epoch_end = self.observers.epoch_end
+                if epoch_end is not None:
                     self.task.eval()
                     rng = ckpt.rng_state()  # what the hook starts from, and so must its re-run on resume
                     try:
-                        record.update(self.epoch_end(epoch))
+                        record.update(epoch_end(epoch))
                     except Preempted:  # a signal during the epoch-end evaluation: keep the epoch's steps
                         ckpt.set_rng_state(*rng)
                         self._stop(preempt.requested(), epoch, steps, self._epoch_sums)
                 self._emit(record, (epoch + 1) * steps)
-                every_steps = self.checkpoint_every_steps and (epoch + 1) * steps % self.checkpoint_every_steps == 0
-                if every_steps or (self.checkpoint_every and ((epoch + 1) % self.checkpoint_every == 0
-                                                              or epoch + 1 == self.epochs)):
+                every, every_steps = self.checkpoints.every, self.checkpoints.every_steps
+                if (every_steps and (epoch + 1) * steps % every_steps == 0
+                        or every and ((epoch + 1) % every == 0 or epoch + 1 == self.epochs)):
                     self._save(epoch + 1)
                 shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
                 reporter.line(json.dumps(shown))  # in a log, each epoch's record
@@ -298,36 +384,37 @@ class Engine:
             self.tracker.steps([(s, {"loss": v, "lr": lr}) for (s, _, lr), v in zip(pending, losses)])
             pending.clear()
 
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else nullcontext()
-
     def _set_epoch(self, epoch: int) -> None:
         """Seed the epoch's order (RandomSampler or DistributedSampler), worker seeds and views."""
-        self.sampler_gen.manual_seed(self.seed * 100_003 + epoch)
-        self.worker_gen.manual_seed(self.seed * 100_003 + epoch + 1_000_000_007)
+        seed = self.schedule.seed
+        self.sampler_gen.manual_seed(seed * 100_003 + epoch)
+        self.worker_gen.manual_seed(seed * 100_003 + epoch + 1_000_000_007)
         if hasattr(self.loader.sampler, "set_epoch"):
             self.loader.sampler.set_epoch(epoch)
         if hasattr(self.loader.dataset, "set_epoch"):
             self.loader.dataset.set_epoch(epoch)
 
     def _inputs(self, inputs: Any) -> Any:
-        inputs = to_device(inputs, self.device, self.channels_last and self.batch_transform is None)
+        inputs = to_device(inputs, self.device, self.spec.nhwc and self.batch_transform is None)
         if self.batch_transform is not None:
-            inputs = to_device(self.batch_transform(inputs), self.device, self.channels_last)
+            inputs = to_device(self.batch_transform(inputs), self.device, self.spec.nhwc)
         return inputs
 
-    def _fill_queue(self) -> None:
-        """Let the task see epoch 0's batches once before training (e.g. to fill a queue)."""
-        self._set_epoch(0)
+    def _warmup(self) -> None:
+        """Hand the task epoch 0's batches once before training (:meth:`Task.warmup`)."""
         self.task.train()
-        with self._autocast():
-            self.task.fill_queue((self._inputs(x), to_device(y, self.device))
-                                 for x, y, *_ in preempt.each(self.loader, "filling the queue"))
+        with self.spec.autocast():
+            self.task.warmup(self._warmup_batches())
+
+    def _warmup_batches(self) -> Iterator[tuple[Any, Any]]:
+        self._set_epoch(0)  # on the first batch asked for: a task that takes none costs nothing
+        for x, y, *_ in preempt.each(self.loader, "the warm-up before the first step"):
+            yield self._inputs(x), to_device(y, self.device)
 
     def _epoch(self, epoch: int, steps: int, reporter: Reporter, skip: int = 0,
                partial: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         """One epoch from batch ``skip`` on (``partial``: the metric sums of the batches before it)."""
-        lr = self.lr_at(epoch)
+        lr = self.schedule.lr_at(epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self._set_epoch(epoch)
@@ -344,15 +431,15 @@ class Engine:
         elif skip:
             batches = itertools.islice(self.loader, skip, None)
         for i, batch in enumerate(batches, start=skip):
-            if self.lr_at_step is not None:
-                lr = self.lr_at_step(epoch * steps + i)
+            if self.schedule.lr_at_step is not None:
+                lr = self.schedule.lr_at_step(epoch * steps + i)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
             inputs = self._inputs(batch[0])
             labels = to_device(batch[1], self.device)
             if len(batch) > 2:  # the count of unreadable images replaced in this batch
                 bad_images += int(torch.as_tensor(batch[2]).sum())
-            with self._autocast():
+            with self.spec.autocast():
                 loss, stats = self.model(inputs, labels)
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
@@ -370,8 +457,8 @@ class Engine:
             for key, val in {"loss": loss.detach(), **stats}.items():
                 sums[key] = sums.get(key, 0) + torch.as_tensor(val, device=self.device) * n
             done = i + 1
-            due = (self.checkpoint_every_steps and (epoch * steps + done) % self.checkpoint_every_steps == 0
-                   and done < steps)
+            every_steps = self.checkpoints.every_steps
+            due = every_steps and (epoch * steps + done) % every_steps == 0 and done < steps
             stop = self._stop_requested()
             if stop is not None or due:
                 self._check_finite(window, epoch, done, steps)
@@ -379,7 +466,7 @@ class Engine:
                     self._stop(stop, epoch, done, {"sums": sums, "seen": seen, "bad_images": bad_images})
                 self._save(epoch, done, {"sums": sums, "seen": seen, "bad_images": bad_images})
             reporter.advance()
-            checked = done % self.log_every == 0 or done == steps
+            checked = done % self.observers.log_every == 0 or done == steps
             if checked:  # a collective under DDP: on every rank at the same steps
                 self._check_finite(window, epoch, done, steps)
                 if self.tracker is not None:
@@ -397,7 +484,7 @@ class Engine:
             sums = {k: distributed.all_reduce_sum(torch.as_tensor(v, device=self.device).clone())
                     for k, v in sums.items()}
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
-        if self.lr_at_step is not None:
+        if self.schedule.lr_at_step is not None:
             record["iteration"] = (epoch + 1) * steps
         record.update({k: (v / max(seen, 1)).item() for k, v in sums.items()})
         if bad_images:

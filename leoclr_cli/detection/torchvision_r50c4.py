@@ -23,9 +23,9 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
-from ..core import preempt
-from ..core.engine import Engine, resolve_device, to_device
 from ..config import DetectProtocol
+from ..core import preempt
+from ..core.engine import Checkpoints, DeviceSpec, Engine, Observers, Schedule, Task, resolve_device, to_device
 from ..errors import UserError
 from .datasets import DetectionTrainSet, collate, read_image
 
@@ -87,7 +87,7 @@ def build_r50c4(p: DetectProtocol, num_classes: int, backbone_state: Optional[di
         box_batch_size_per_image=p.roi_batch_size_per_image, box_positive_fraction=0.25)
 
 
-class DetectionTask(nn.Module):
+class DetectionTask(Task):
     """The engine's task: (images, targets) -> (sum of the RPN and box losses, each loss)."""
 
     def __init__(self, model: FasterRCNN):
@@ -172,10 +172,10 @@ def train_torchvision(p: DetectProtocol, train_records: list[dict[str, Any]], nu
     optimizer = torch.optim.SGD(param_groups(model, p.weight_decay, p.weight_decay_norm), lr=solver["base_lr"],
                                 momentum=p.momentum)
     lr_at_step = warmup_multistep(solver["base_lr"], solver["steps"], p.gamma, solver["warmup_iters"], p.warmup_factor)
-    engine = Engine(task=DetectionTask(model), optimizer=optimizer, loader=loader, epochs=solver["max_iter"] // period,
-                    lr_at=lambda e: lr_at_step(e * period), lr_at_step=lr_at_step, device=device, run_dir=run_dir,
-                    protocol_json=protocol_json, checkpoint_every=0, quiet=quiet, console=console,
-                    desc=f"detect {p.dataset}", log_every=20, seed=seed)
+    schedule = Schedule(solver["max_iter"] // period, lambda e: lr_at_step(e * period), lr_at_step, seed=seed)
+    engine = Engine(DetectionTask(model), optimizer, loader, schedule=schedule,
+                    checkpoints=Checkpoints(run_dir, protocol_json), device=DeviceSpec(device),
+                    observers=Observers(f"detect {p.dataset}", quiet=quiet, console=console, log_every=20))
     engine.run()
     if p.precise_bn:
         gen = torch.Generator().manual_seed(seed + 1)

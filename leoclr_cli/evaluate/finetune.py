@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config import FinetuneProtocol, Norm, protocol_json
 from ..core import checkpoint as ckpt
-from ..core.engine import Engine, cosine_lr, resolve_device
+from ..core.engine import Checkpoints, DeviceSpec, Engine, Observers, Schedule, Task, cosine_lr, resolve_device
 from ..core.results import FinetuneResult, FinetuneSweepResult
 from ..core.rundir import RunDir, command
 from ..data.views import AugmentedDataset, linear_train_transform
@@ -31,7 +31,7 @@ from .subsets import balanced_subset, read_subset_file, take, write_subset_file
 RESULT_KEYS = tuple(FinetuneResult.model_fields)
 
 
-class FinetuneClassifier(nn.Module):
+class FinetuneClassifier(Task):
     """A backbone (all layers trainable, BN in train mode) with a new zero-initialised fc (SimCLR's
     ``zero_init_logits_layer``)."""
 
@@ -67,9 +67,9 @@ def train_classifier(model: FinetuneClassifier, train: torch.utils.data.Dataset,
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
                                 weight_decay=weight_decay)
     lr_at = cosine_lr(lr, epochs) if schedule == "cosine" else (lambda e: lr)
-    engine = Engine(task=model, optimizer=optimizer, loader=loader, epochs=epochs, lr_at=lr_at, device=device,
-                    run_dir=run_dir, protocol_json=protocol, checkpoint_every=checkpoint_every,
-                    keep_checkpoints=keep_checkpoints, quiet=quiet, console=console, desc=desc, seed=seed)
+    engine = Engine(model, optimizer, loader, schedule=Schedule(epochs, lr_at, seed=seed),
+                    checkpoints=Checkpoints(run_dir, protocol, every=checkpoint_every, keep=keep_checkpoints),
+                    device=DeviceSpec(device), observers=Observers(desc, quiet=quiet, console=console))
     return engine.run(resume)
 
 

@@ -30,7 +30,7 @@ from torch import nn
 from ..config import LinearEvalProtocol, protocol_json
 from ..core import checkpoint as ckpt
 from ..core import preempt
-from ..core.engine import Engine, resolve_device, step_lr
+from ..core.engine import Checkpoints, DeviceSpec, Engine, Observers, Schedule, Task, resolve_device, step_lr
 from ..core.results import LinearResult
 from ..core.rundir import RunDir, command, write_json
 from ..data.views import AugmentedDataset, linear_train_transform
@@ -40,7 +40,7 @@ from .knn import topk_accuracy
 from .subsets import balanced_split, take
 
 
-class LinearClassifier(nn.Module):
+class LinearClassifier(Task):
     """[BatchNorm1d without affine (``feature_norm`` bn)] then fc ~ N(0, 0.01), bias 0, on a frozen backbone
     (``None``: the inputs are cached features). ``selected`` holds the head chosen so far (epoch, score,
     state); it travels in the engine's checkpoints through :meth:`extra_state`."""
@@ -328,11 +328,12 @@ def _sgd(p: LinearEvalProtocol, backbone: nn.Module, fit_ds, val_loader, test_lo
             model.select(epoch + 1, score)
         return record
 
-    engine = Engine(task=model, optimizer=optimizer, loader=loader, epochs=p.epochs,
-                    lr_at=step_lr(p.lr, p.milestones, p.gamma), device=device, run_dir=run_dir,
-                    protocol_json=protocol_json(p), checkpoint_every=p.checkpoint_every,
-                    keep_checkpoints=p.keep_checkpoints, quiet=quiet, console=console, epoch_end=epoch_end,
-                    desc="linear-eval", seed=p.seed)
+    schedule = Schedule(p.epochs, step_lr(p.lr, p.milestones, p.gamma), seed=p.seed)
+    engine = Engine(model, optimizer, loader, schedule=schedule,
+                    checkpoints=Checkpoints(run_dir, protocol_json(p), every=p.checkpoint_every,
+                                            keep=p.keep_checkpoints),
+                    device=DeviceSpec(device),
+                    observers=Observers("linear-eval", quiet=quiet, console=console, epoch_end=epoch_end))
     history = engine.run(resume_from)
     tested = [m for m in history if "test_top1" in m]
     test_best, last = max(tested, key=lambda m: m["test_top1"]), tested[-1]

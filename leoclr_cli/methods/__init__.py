@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ..config import MethodConfig, ModelConfig
+from .base import ContrastiveMethod
 from .leoclr import LeOCLR
 from .leoclr_attract_all import LeOCLRAttractAll
 from .leoclr_e2e import LeOCLRE2E
 from .leoclr_random_original import LeOCLRRandomOriginal
-from .momentum import ContrastiveMethod, MomentumContrast
+from .momentum import MomentumContrast
 from .mocov2 import MoCoV2
 from .simclr import SimCLR
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import distributed
-from .momentum import ContrastiveMethod
+from .base import ContrastiveMethod
 
 
 def in_batch_nce(anchor: torch.Tensor, positive: torch.Tensor, views: list[torch.Tensor],

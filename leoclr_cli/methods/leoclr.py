@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .momentum import MomentumContrast, top1_positive
+from .base import top1_positive
+from .momentum import MomentumContrast
 
 
 class LeOCLR(MomentumContrast):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .base import top1_positive
 from .leoclr import LeOCLR
-from .momentum import top1_positive
 
 
 class LeOCLRAttractAll(LeOCLR):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from .base import top1_positive
 from .endtoend import EndToEnd
-from .momentum import top1_positive
 
 
 class LeOCLRE2E(EndToEnd):

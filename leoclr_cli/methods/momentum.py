@@ -1,10 +1,6 @@
 """What every momentum-contrast method shares: the key encoder, its EMA update, the shuffled
-key forward, the queue, and InfoNCE against the queue.
-
-A method subclasses :class:`MomentumContrast` (or :class:`~.endtoend.EndToEnd` for the methods
-without a key encoder) and implements ``forward(views) -> (loss, stats)``; the engine knows nothing
-else about it. Every method exposes ``views`` (the view kinds it needs, see data/views.py) and
-``backbone`` (the query backbone, what pretraining exports).
+key forward, the queue (filled with keys by ``warmup`` under ``queue_init: keys``), and InfoNCE
+against the queue. What every method shares is in base.py.
 """
 
 from __future__ import annotations
@@ -13,11 +9,10 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..core import distributed
-from ..core.nets import Encoder
 from ..config import MethodConfig, ModelConfig
+from ..core import distributed
+from .base import ContrastiveMethod
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,37 +27,12 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
     return F.cross_entropy(logits, labels), logits
 
 
-def top1_positive(logits: torch.Tensor) -> torch.Tensor:
-    """Fraction of rows whose positive (column 0) has the largest logit (a 0-d tensor, no sync)."""
-    return (logits.detach().argmax(dim=1) == 0).float().mean()
-
-
-class ContrastiveMethod(nn.Module):
-    """The query encoder f_q (backbone + projection head) and the method's config."""
-
-    #: the views the data pipeline must produce, in order: ("original", "crop", "crop", ...)
-    views: tuple[str, ...] = ("crop", "crop")
-
-    def __init__(self, model: ModelConfig, method: MethodConfig):
-        super().__init__()
-        self.cfg = method
-        self.encoder_q = Encoder(model)
-
-    @property
-    def backbone(self) -> nn.Module:
-        """The query backbone: what pretraining produces."""
-        return self.encoder_q.backbone
-
-    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # pragma: no cover
-        raise NotImplementedError
-
-
 class MomentumContrast(ContrastiveMethod):
     """Query encoder f_q (trained), key encoder f_k (EMA of f_q), and a FIFO queue of keys."""
 
     def __init__(self, model: ModelConfig, method: MethodConfig):
         super().__init__(model, method)
-        self.shuffle_bn = model.shuffle_bn
+        self.shuffle_bn = model.shuffle_bn  # off under SyncBN (use_sync_batchnorm)
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)
@@ -122,21 +92,25 @@ class MomentumContrast(ContrastiveMethod):
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
         return keys.shape[0]
 
+    def use_sync_batchnorm(self, device: torch.device) -> None:
+        """SyncBatchNorm in both encoders, and no shuffle-BN: SyncBN sees the whole global batch,
+        there is nothing to hide by shuffling."""
+        super().use_sync_batchnorm(device)
+        self.shuffle_bn = False
+
     @torch.no_grad()
-    def fill_queue(self, batches) -> int:
+    def warmup(self, batches) -> None:
         """``queue_init: keys``: fill the queue once with keys of the crop views of ``batches``
-        (``(views, labels)`` pairs already on the device), no gradient step; returns batches used."""
+        (``(views, labels)`` pairs on the device), taking batches until it is full; ``random``: take none."""
         if self.cfg.queue_init != "keys":
-            return 0
-        used = written = 0
+            return
+        written = 0
         for views, _ in batches:
             crops = [v for v, kind in zip(views, self.views) if kind == "crop"]
             keys = [self.encode_keys(c) for c in crops[: 1 if self.cfg.enqueue == "k1" else None]]
             written += self.enqueue(torch.cat(keys))
-            used += 1
             if written >= self.queue.shape[1]:
                 break
-        return used
 
     def contrast(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return info_nce(q, k, self.queue.clone().detach(), self.cfg.temperature)

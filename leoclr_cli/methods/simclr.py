@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .base import top1_positive
 from .endtoend import EndToEnd
-from .momentum import top1_positive
 
 
 class SimCLR(EndToEnd):

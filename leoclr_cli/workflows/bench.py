@@ -32,7 +32,7 @@ from PIL import Image, ImageFilter
 from rich.console import Console
 
 from ..config import AugmentConfig, MethodConfig, ModelConfig, PretrainProtocol
-from ..core.engine import Engine, amp_dtype, resolve_device
+from ..core.engine import Checkpoints, DeviceSpec, Engine, Observers, Schedule, amp_dtype, resolve_device
 from ..data.gpu_views import DecodeAndDraw, TensorViews
 from ..data.ops import draft_side
 from ..data.sources import open_rgb
@@ -208,10 +208,11 @@ def engine_rate(method: str, arch: str, batch: int, loader: torch.utils.data.Dat
     if poll:
         poll.start()
     with tempfile.TemporaryDirectory() as tmp:
-        engine = Engine(task=model, optimizer=opt, loader=loader, epochs=2, lr_at=lambda e: 0.01, device=device,
-                        run_dir=Path(tmp), protocol_json="{}", checkpoint_every=0, quiet=True,
-                        console=Console(quiet=True), desc=f"bench {method}", amp=amp_dtype("auto", device),
-                        channels_last=splits == 1, batch_transform=batch_transform)
+        engine = Engine(model, opt, loader, schedule=Schedule(2, lambda e: 0.01),
+                        checkpoints=Checkpoints(Path(tmp), "{}"),
+                        device=DeviceSpec(device, amp_dtype("auto", device), channels_last=splits == 1),
+                        observers=Observers(f"bench {method}", quiet=True, console=Console(quiet=True)),
+                        batch_transform=batch_transform)
         history = engine.run()
     stop.set()
     out = {"rate": history[-1]["samples_per_s"], "peak_gib": None, "gpu_util": None}

@@ -16,7 +16,8 @@ from rich.console import Console
 from ..config import EvalDataConfig, EvalTransformConfig, PretrainProtocol, norm_stats, protocol_json
 from ..core import checkpoint as ckpt
 from ..core import distributed, preempt, tracking
-from ..core.engine import Engine, amp_dtype, cosine_lr, require_a_batch, resolve_device
+from ..core.engine import (Checkpoints, DeviceSpec, Engine, Observers, Schedule, amp_dtype, cosine_lr, require_a_batch,
+                           resolve_device)
 from ..core.results import PretrainResult
 from ..core.rundir import RunDir, command
 from ..data import default_eval_splits, open_pretrain_data
@@ -232,8 +233,7 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
     seed_everything(p.seed, p.deterministic)
     method = build_method(p.model, p.method)
     if world > 1 and p.distributed.bn == "sync":
-        method = distributed.sync_batchnorm(method, device)
-        method.shuffle_bn = False  # SyncBN sees the whole global batch: nothing to hide by shuffling
+        method.use_sync_batchnorm(device)
     if p.compile != "off":
         names = compile_encoders(method, p.compile)
         console.print(f"compile: {', '.join(names)} with torch.compile (mode {p.compile}); the first steps "
@@ -280,12 +280,14 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
 
     tracker = open_tracker(p, run_dir, source, resume_from, len(loader)) if main else None
     started = time.perf_counter()
-    engine = Engine(task=method, optimizer=optimizer, loader=loader, epochs=p.optim.epochs, lr_at=lr_at, device=device,
-                    run_dir=run_dir, protocol_json=protocol_json(p), checkpoint_every=p.checkpoint_every,
-                    keep_checkpoints=p.keep_checkpoints, quiet=quiet, console=console, epoch_end=epoch_end,
-                    desc=f"pretrain {p.method.name}", seed=p.seed, amp=amp_dtype(p.amp, device),
-                    channels_last=p.channels_last and p.model.bn_splits == 1, batch_transform=batch_transform,
-                    checkpoint_every_steps=p.checkpoint_every_steps, tracker=tracker)
+    engine = Engine(method, optimizer, loader, schedule=Schedule(p.optim.epochs, lr_at, seed=p.seed),
+                    checkpoints=Checkpoints(run_dir, protocol_json(p), every=p.checkpoint_every,
+                                            every_steps=p.checkpoint_every_steps, keep=p.keep_checkpoints),
+                    device=DeviceSpec(device, amp_dtype(p.amp, device),
+                                      channels_last=p.channels_last and p.model.bn_splits == 1),
+                    observers=Observers(f"pretrain {p.method.name}", quiet=quiet, console=console, tracker=tracker,
+                                        epoch_end=epoch_end),
+                    batch_transform=batch_transform)
     try:
         history = engine.run(resume_from)
     finally:
