@@ -10,8 +10,9 @@ from .common import (NORMALIZATION, RESNETS, AreaRange, Norm, Normalized, Positi
                      SourceName, Strict, Triple, area_fraction, norm_stats, ordered_pair, require_root, stat_field,
                      threads_field)
 from .detection import DETECT_SCHEDULES, DETECT_TRAIN_SIZES, DetectProtocol
-from .evaluation import (PROBE_LR, TRANSFER_DATASETS, CropTestProtocol, EvalDataConfig, EvalTransformConfig,
-                         FeatureNorm, FinetuneProtocol, KnnProtocol, LinearEvalProtocol, TransferProtocol)
+from .evaluation import (PROBE_LR, SMALL_IMAGES, TRANSFER_DATASETS, CropTestProtocol, EvalDataConfig,
+                         EvalTransformConfig, FeatureNorm, FinetuneProtocol, KnnProtocol, LinearEvalProtocol,
+                         TransferProtocol, eval_transform_for)
 from .loading import (PROTOCOLS, RUNTIME_FIELDS, first_difference, format_validation_error, load_protocol, parse_set,
                       protocol_json, set_dotted, without_runtime, write_protocol)
 from .pretrain import (AUGMENT_PARTS, AblateProtocol, AugmentConfig, AugmentPart, ContrastiveCropConfig, DataConfig,
@@ -22,7 +23,8 @@ __all__ = [
     "NORMALIZATION", "RESNETS", "AreaRange", "Norm", "Normalized", "PositiveRange", "PretrainSourceName", "SourceName",
     "Strict", "Triple", "area_fraction", "norm_stats", "ordered_pair", "require_root", "stat_field", "threads_field",
     "DETECT_SCHEDULES", "DETECT_TRAIN_SIZES", "DetectProtocol",
-    "PROBE_LR", "TRANSFER_DATASETS", "CropTestProtocol", "EvalDataConfig", "EvalTransformConfig", "FeatureNorm",
+    "PROBE_LR", "SMALL_IMAGES", "TRANSFER_DATASETS", "eval_transform_for", "CropTestProtocol", "EvalDataConfig",
+    "EvalTransformConfig", "FeatureNorm",
     "FinetuneProtocol", "KnnProtocol", "LinearEvalProtocol", "TransferProtocol",
     "PROTOCOLS", "RUNTIME_FIELDS", "first_difference", "format_validation_error", "load_protocol", "parse_set",
     "protocol_json", "set_dotted", "without_runtime", "write_protocol",

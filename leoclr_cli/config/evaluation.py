@@ -26,6 +26,19 @@ def _all_positive(v: list[float]) -> list[float]:
     return v
 
 
+#: views at most this many pixels on a side are small: tested as they are, without a resize and center crop
+SMALL_IMAGES = 96
+
+
+def eval_transform_for(size: int) -> dict[str, Any]:
+    """The test transform (``size``, ``resize``, ``test`` of :class:`EvalTransformConfig`) of a backbone
+    pretrained on ``size``-px views: small ones as they are, larger ones Resize(size x 8/7) + CenterCrop(size)
+    (224 -> 256, as MoCo tests)."""
+    small = size <= SMALL_IMAGES
+    return {"size": size, "resize": size if small else round(size * 8 / 7),
+            "test": "none" if small else "resize-center-crop"}
+
+
 class EvalDataConfig(Strict):
     """Labelled data for evaluation: a train split (fit / kNN bank) and a test split."""
 

@@ -25,6 +25,15 @@ from .features import labelled_split
 from .linear import evaluate_logits, load_classifier
 
 
+def linear_run_defaults(linear_dir: Path) -> dict[str, Any]:
+    """crop-test defaults: the data, crop size, resize and normalisation of the linear-eval run."""
+    lin = RunDir(linear_dir).read_protocol("linear-eval")
+    defaults = {f"data.{k}": v for k, v in lin.data.model_dump().items()}
+    defaults.update({"size": lin.transform.size, "resize": lin.transform.resize, **lin.transform.norm_fields(),
+                     "device": lin.device, "batch_size": lin.batch_size, "seed": lin.seed})
+    return defaults
+
+
 def find_backbone(linear_dir: Path, meta: dict[str, str], override: Optional[Path]) -> Path:
     """The backbone the classifier was trained on: ``override``, the path in its header, or the pretraining
     run directory the linear-eval directory sits in; checked against the SHA-256 recorded at training."""

@@ -9,12 +9,14 @@ and top-5 on the full test/val split. :func:`train_classifier` is also the fine-
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
+from rich.table import Table
 from torch import nn
 
 from ..config import FinetuneProtocol, Norm, protocol_json
@@ -83,10 +85,12 @@ def _labelled_subset(p: FinetuneProtocol, train_src) -> tuple[list[int], str]:
 
 @command
 def run_finetune(p: FinetuneProtocol, backbone_path: Path, run_dir: Path, *, resume: Optional[str] = None,
-                 force: bool = False, quiet: bool = False, console: Optional[Console] = None) -> dict[str, Any]:
-    """Fine-tune on the labelled subset, test on the full test split; writes ``subset.txt`` and ``result.json``."""
+                 force: bool = False, quiet: bool = False, console: Optional[Console] = None,
+                 splits: Optional[tuple[Any, Any]] = None) -> dict[str, Any]:
+    """Fine-tune on the labelled subset, test on the full test split; writes ``subset.txt`` and ``result.json``.
+    ``splits``: the labelled train and test splits of ``p.data`` when the caller opened them already."""
     backbone, meta = ckpt.load_backbone(backbone_path)
-    train_src, test_src = labelled_split(p.data, "train"), labelled_split(p.data, "test")
+    train_src, test_src = splits or (labelled_split(p.data, "train"), labelled_split(p.data, "test"))
     indices, how = _labelled_subset(p, train_src)
     run = RunDir(run_dir)
     resume_from = run.prepare(p, resume=resume, force=force)
@@ -108,6 +112,31 @@ def run_finetune(p: FinetuneProtocol, backbone_path: Path, run_dir: Path, *, res
         num_labelled=len(indices), num_test=len(test_src), subset=how, subset_file=str(run.subset)))
 
 
+def parse_labels(text: str) -> list[float]:
+    """``10%``, ``1``, ``0.5%`` or a sweep ``1,2,5,10,20,50,100`` -> percents in (0, 100]."""
+    values = []
+    for part in text.split(","):
+        part = part.strip().rstrip("%").strip()
+        try:
+            value = float(part)
+        except ValueError:
+            raise UserError(f"--labels {text!r}: {part!r} is not a percentage (e.g. 10% or 1,10,100)") from None
+        if not 0 < value <= 100:
+            raise UserError(f"--labels {text!r}: {value:g} is not a percentage in (0, 100]")
+        values.append(value)
+    if len(set(values)) != len(values):
+        raise UserError(f"--labels {text!r} names a fraction twice")
+    return values
+
+
+def label_fractions(labels: Optional[str], subset_file: Optional[Path]) -> list[Optional[float]]:
+    """The fractions ``--labels`` names (``[None]``: the protocol's own); ``--subset-file`` fixes one subset."""
+    fractions: list[Optional[float]] = list(parse_labels(labels)) if labels is not None else [None]
+    if subset_file is not None and len(fractions) > 1:
+        raise UserError("--subset-file fixes one subset; it cannot be combined with a sweep of --labels")
+    return fractions
+
+
 def fraction_dir(labels: float) -> str:
     """Subdirectory name of one fraction of a sweep: ``labels_1pct``, ``labels_0.5pct``."""
     return f"labels_{labels:g}pct"
@@ -119,16 +148,16 @@ def run_finetune_sweep(protocols: list[FinetuneProtocol], backbone_path: Path, r
                        console: Optional[Console] = None) -> dict[str, Any]:
     """One fine-tuning run per protocol (one per label fraction) in ``run_dir/labels_<N>pct``, and
     ``run_dir/summary.json``. With ``resume='auto'`` finished fractions are kept and others resumed."""
+    if resume not in (None, "auto"):
+        raise UserError("a sweep of --labels resumes with --resume auto only")
     run_dir = Path(run_dir)
-    train_src = labelled_split(protocols[0].data, "train")
+    splits = labelled_split(protocols[0].data, "train"), labelled_split(protocols[0].data, "test")  # opened once
     for p in protocols:  # every fraction's subset is valid before the first one trains
-        _labelled_subset(p, train_src)
+        _labelled_subset(p, splits[0])
     if run_dir.exists() and any(run_dir.iterdir()) and resume is None:
         if not force:
             raise UserError(f"run directory {run_dir} already exists; use --resume auto to continue it "
                             "or --force to start over")
-        import shutil
-
         shutil.rmtree(run_dir)
     runs = []
     for p in protocols:
@@ -138,7 +167,16 @@ def run_finetune_sweep(protocols: list[FinetuneProtocol], backbone_path: Path, r
         else:
             again = "auto" if resume == "auto" and ckpt.latest_state(sub.path) is not None else None
             result = run_finetune(p, backbone_path, sub.path, resume=again, force=resume == "auto", quiet=quiet,
-                                  console=console)
+                                  console=console, splits=splits)
         runs.append({"dir": sub.path.name, **{k: result[k] for k in ("labels", "fraction", "top1", "top5", "epochs")}})
     return RunDir(run_dir).write_result(FinetuneSweepResult(backbone=str(backbone_path), runs=runs))
 
+
+def sweep_table(summary: dict[str, Any]) -> Table:
+    """A sweep's summary as a table: one row per label fraction."""
+    table = Table(title=f"Semi-supervised fine-tuning of {summary['backbone']}")
+    for col in ("labels %", "epochs", "top-1 %", "top-5 %"):
+        table.add_column(col, justify="right")
+    for row in summary["runs"]:
+        table.add_row(f"{row['labels']:g}", str(row["epochs"]), f"{row['top1']:.2f}", f"{row['top5']:.2f}")
+    return table

@@ -365,6 +365,13 @@ def _lbfgs(p: LinearEvalProtocol, train_f, train_y, test_f, test_y, fit_idx: lis
     return model, chosen, {"top1_test_best": test_best["test"], "test_best_c": test_best["c"]}
 
 
+def describe_selection(r: dict[str, Any]) -> str:
+    """How a linear-eval result's classifier was chosen, in words."""
+    what = f"epoch {r['selected_epoch']}" if r.get("selected_epoch") is not None else f"C {r['selected_c']:.3g}"
+    on = f"validation top-1 {r['val_top1']:.2f}%" if r["selected_on"] == "val" else "the test split"
+    return f"{r['probe']} probe, feature_norm {r['feature_norm']}; {what} chosen on {on}"
+
+
 def find_linear_run(target: Path) -> tuple[Path, dict[str, Any]]:
     """(directory, result) of a finished linear-eval run: ``target`` itself or ``target/linear-eval``."""
     target = Path(target).expanduser()

@@ -17,11 +17,13 @@ from typing import Any, Callable, Optional
 
 from rich.console import Console
 
-from ..config import AUGMENT_PARTS, AblateProtocol, AugmentConfig, LinearEvalProtocol, PretrainProtocol, write_protocol
+from ..config import (AUGMENT_PARTS, AblateProtocol, AugmentConfig, LinearEvalProtocol, PretrainProtocol, load_protocol,
+                      write_protocol)
 from ..core import checkpoint as ckpt
 from ..core.results import AblateResult
 from ..core.rundir import RunDir, command
 from ..errors import UserError
+from ..evaluate.inputs import eval_defaults
 from ..evaluate.linear import find_linear_run, run_linear_eval
 from .pretrain import run_pretrain
 
@@ -40,6 +42,28 @@ class Baseline:
     @property
     def linear_protocol(self) -> Path:
         return RunDir(self.linear_dir).protocol_file
+
+    def pretrain_defaults(self, protocol: Optional[Path]) -> Optional[dict[str, Any]]:
+        """The baseline's pretraining protocol (dotted), the defaults of an ablation given no ``protocol``."""
+        return flat(self.pretrain) if self.pretrain and protocol is None else None
+
+
+def ablation(remove: list[str], baseline: Optional[Path],
+             metric: Optional[str]) -> tuple[AblateProtocol, Optional[Baseline]]:
+    """The ablate protocol of the ``--remove`` items (repeated or comma-separated), and the baseline run."""
+    parts = [name.strip() for item in remove for name in item.split(",") if name.strip()]
+    ab = load_protocol("ablate", None, {"remove": parts, "baseline": str(baseline) if baseline else None,
+                                         "metric": metric})
+    return ab, read_baseline(baseline) if baseline is not None else None
+
+
+def linear_protocols(linear_protocol: Optional[Path], baseline: Optional[Baseline],
+                     overrides: dict[str, Any]) -> Callable[[PretrainProtocol], LinearEvalProtocol]:
+    """The linear evaluation of an ablation's backbone: ``linear_protocol`` (default: the baseline's), with
+    ``overrides``, on the evaluation defaults of the ablation's pretraining."""
+    given = linear_protocol or (baseline.linear_protocol if baseline is not None and
+                                baseline.linear_protocol.is_file() else None)
+    return lambda pre: load_protocol("linear-eval", given, overrides, eval_defaults(pre.model_dump(mode="json")))
 
 
 def read_baseline(run: Path) -> Baseline:

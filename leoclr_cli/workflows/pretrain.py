@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..config import EvalDataConfig, EvalTransformConfig, PretrainProtocol, norm_stats, protocol_json
+from ..config import (EvalDataConfig, EvalTransformConfig, PretrainProtocol, eval_transform_for, norm_stats,
+                      protocol_json)
 from ..core import checkpoint as ckpt
 from ..core import distributed, preempt, tracking
 from ..core.engine import (Checkpoints, DeviceSpec, Engine, Observers, Schedule, amp_dtype, cosine_lr, require_a_batch,
@@ -50,9 +51,7 @@ def monitor_data(p: PretrainProtocol) -> EvalDataConfig:
 
 
 def monitor_transform(p: PretrainProtocol) -> EvalTransformConfig:
-    small = p.augment.size <= 96
-    return EvalTransformConfig(size=p.augment.size, resize=p.augment.size if small else round(p.augment.size * 8 / 7),
-                               test="none" if small else "resize-center-crop", **p.augment.norm_fields())
+    return EvalTransformConfig(**eval_transform_for(p.augment.size), **p.augment.norm_fields())
 
 
 def build_loader(p: PretrainProtocol, source, kinds, device: torch.device,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from rich.console import Console
+from rich.table import Table
 
 from ..config import load_protocol
 from ..core import threads
@@ -123,3 +124,21 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row.update({"next": nxt["name"], "gap_to_next": gap, "gap_to_next_std": gap_std,
                     "gap_holds": gap > 2 * max(spread) if spread else None})
     return rows
+
+
+def summary_table(summary: list[dict[str, Any]], seeds: int) -> Table:
+    """The summary rows (:func:`summarise`) as the table ``leoclr quickstart`` prints."""
+    def pm(mean: float, std: Optional[float], digits: int = 1) -> str:
+        return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+    table = Table(title=f"Linear probe on the built-in test split (10 classes), {seeds} seed{'s' * (seeds > 1)}")
+    for col in ("backbone", "top-1 %", "top-5 %", "top-1 per seed", "top-1 gap to next row", "wall time"):
+        table.add_column(col, justify="left" if col == "backbone" else "right")
+    for row in summary:
+        gap = ""
+        if "gap_to_next" in row:
+            gap = pm(row["gap_to_next"], row["gap_to_next_std"]) + {True: " (holds)", False: " (does not hold)",
+                                                                    None: ""}[row["gap_holds"]]
+        table.add_row(row["name"], pm(row["top1"], row["top1_std"]), pm(row["top5"], row["top5_std"]),
+                      " / ".join(f"{v:.1f}" for v in row["top1_per_seed"]), gap, f"{row['wall_s']:.0f} s")
+    return table
