@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from leoclr_cli.core.results import FromBackbone, KnnResult, LinearResult, PretrainResult, QuickstartResult
+from leoclr_cli.core.results import (FinetuneSweepResult, FromBackbone, KnnResult, LinearResult, PretrainResult,
+                                     QuickstartResult)
 from leoclr_cli.core.rundir import RunDir
 
 PACKAGE = Path(__file__).resolve().parents[1] / "leoclr_cli"
 NAMES = {RunDir.PROTOCOL, RunDir.ENV, RunDir.METRICS, RunDir.CHECKPOINTS, RunDir.RESULT, RunDir.BACKBONE,
          RunDir.BOXES, RunDir.CLASSIFIER, RunDir.DETECTOR, RunDir.GRID, RunDir.SUBSET, RunDir.TRACKING, RunDir.STATES,
-         QuickstartResult.file}
+         QuickstartResult.file, FinetuneSweepResult.file}
 HOMES = {PACKAGE / "core" / "rundir.py", PACKAGE / "core" / "results.py"}
 
 
