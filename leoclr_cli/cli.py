@@ -231,14 +231,15 @@ def export(
 
 @app.command(epilog=examples(
     "leoclr detect voc runs/in1k --data ~/data/VOCdevkit --backend torchvision",
-    "leoclr detect coco runs/coco --data ~/data/coco --schedule 1x"))
+    "leoclr detect coco runs/coco --data ~/data/coco --schedule 1x",
+    "leoclr detect voc runs/in1k --data ~/data/VOCdevkit --resume auto"))
 def detect(
     dataset: str = o.DetectDataset, target: Path = o.Target, protocol: Optional[Path] = o.Protocol,
     data: Optional[Path] = o.DetectData, schedule: Optional[str] = o.Schedule, backend: Optional[str] = o.Backend,
     gpus: Optional[int] = o.Gpus, trials: Optional[int] = o.Trials, seed: Optional[int] = o.Seed,
     workers: Optional[int] = o.Workers, device: Optional[str] = o.Device, out_dir: Optional[Path] = o.DetectOut,
-    force: bool = o.Force, quiet: bool = o.Quiet, log_every: Optional[int] = o.LogEvery,
-    threads: Optional[int] = o.Threads, sets: Optional[List[str]] = o.Sets,
+    resume: Optional[str] = o.PartsResume, force: bool = o.Force, quiet: bool = o.Quiet,
+    log_every: Optional[int] = o.LogEvery, threads: Optional[int] = o.Threads, sets: Optional[List[str]] = o.Sets,
 ) -> None:
     """Faster R-CNN R50-C4 transfer (MoCo's recipe): VOC07+12 -> VOC07 test, or COCO train2017 -> val2017."""
     if dataset not in ("voc", "coco"):
@@ -248,7 +249,8 @@ def detect(
         sets, dataset=dataset, schedule=schedule, backend=backend, gpus=gpus, trials=trials, seed=seed,
         device=device, threads=threads, num_workers=workers, root=_expand(data)), pixel_stats(defaults))
     _runtime(p, log_every)
-    r = run_detect(p, backbone, out_dir or parent / f"detect-{dataset}", force=force, quiet=quiet, console=err)
+    r = run_detect(p, backbone, out_dir or parent / f"detect-{dataset}", resume=resume, force=force, quiet=quiet,
+                   console=err)
     spread = (lambda k: f" ± {r[k + '_std']:.2f}" if r["trials"] > 1 else "")
     out.print(f"{dataset} detection ({r['backend']}, {r['trials']} trial{'s' if r['trials'] > 1 else ''}): "
               f"AP {r['AP']:.2f}{spread('AP')}, AP50 {r['AP50']:.2f}{spread('AP50')}, "
@@ -289,13 +291,15 @@ def finetune(
 
 @app.command(epilog=examples(
     "leoclr transfer runs/in1k cars --data ~/data/cars",
-    "leoclr transfer runs/in1k pets --data ~/data/pets --mode linear"))
+    "leoclr transfer runs/in1k pets --data ~/data/pets --mode linear",
+    "leoclr transfer runs/in1k cars --data ~/data/cars --resume auto"))
 def transfer(
     target: Path = o.Target, dataset: str = o.TransferDataset, data: Optional[Path] = o.TransferData,
     mode: Optional[str] = o.Mode, protocol: Optional[Path] = o.Protocol, batch_size: Optional[int] = o.Batch,
     workers: Optional[int] = o.Workers, seed: Optional[int] = o.EvalSeed, device: Optional[str] = o.Device,
-    out_dir: Optional[Path] = o.TransferOut, force: bool = o.Force, quiet: bool = o.Quiet,
-    log_every: Optional[int] = o.LogEvery, threads: Optional[int] = o.Threads, sets: Optional[List[str]] = o.Sets,
+    out_dir: Optional[Path] = o.TransferOut, resume: Optional[str] = o.PartsResume, force: bool = o.Force,
+    quiet: bool = o.Quiet, log_every: Optional[int] = o.LogEvery, threads: Optional[int] = o.Threads,
+    sets: Optional[List[str]] = o.Sets,
 ) -> None:
     """Transfer (Kornblith et al.): grid on a 20% validation split, refit on train+val, one test score."""
     backbone, parent, defaults = backbone_and_defaults(target, seed=seed, out_dir=out_dir)
@@ -303,8 +307,8 @@ def transfer(
         sets, dataset=dataset, mode=mode, batch_size=batch_size, device=device, num_workers=workers, threads=threads,
         seed=seed, root=_expand(data)), own_stats(defaults))
     _runtime(p, log_every)
-    r = run_transfer(p, backbone, out_dir or parent / f"transfer-{p.dataset}-{p.mode}", force=force, quiet=quiet,
-                     console=err)
+    r = run_transfer(p, backbone, out_dir or parent / f"transfer-{p.dataset}-{p.mode}", resume=resume, force=force,
+                     quiet=quiet, console=err)
     best = f"C {r['best_c']:.3g}" if p.mode == "linear" else f"lr {r['best_lr']:.3g}, wd {r['best_wd']:.3g}"
     present = (f" ({r['images_present']} of {r['images_listed']} listed images present)"
                if "images_present" in r else "")

@@ -27,6 +27,9 @@ Workers = typer.Option(None, "--workers", "-j")
 Seed = typer.Option(None, "--seed")
 Device = typer.Option(None, "--device", help="auto, cpu or cuda")
 Resume = typer.Option(None, "--resume", help="a checkpoint file, a run directory, or 'auto'")
+PartsResume = typer.Option(None, "--resume", help="'auto' (or the run directory itself): continue in --out a run "
+                           "stopped by a signal (exit 75) or a kill; finished parts (grid cells, trials) are kept and "
+                           "the interrupted one continues from its checkpoint")
 Force = typer.Option(False, "--force", help="delete and redo an existing run directory")
 Quiet = typer.Option(False, "--quiet", "-q", help="no progress: only warnings and the final summary")
 LogEvery = typer.Option(None, "--log-every", min=1, help="stderr not a terminal (a log file, a pipe): a progress line "

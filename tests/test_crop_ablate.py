@@ -10,8 +10,9 @@ from PIL import Image
 
 from leoclr_cli.workflows.ablate import remove_parts
 from leoclr_cli.cli import main
-from leoclr_cli.data.views import augmentation, crop_test_transform
 from leoclr_cli.config import AugmentConfig
+from leoclr_cli.data.spec import ViewParams, ViewSpec
+from leoclr_cli.data.views import crop_test_transform
 
 TINY = ["--set", "augment.size=32", "--set", "augment.normalize=builtin", "--set", "data.builtin_train=64",
         "--set", "data.builtin_test=32", "--set", "method.queue_size=32", "--set", "model.dim=16",
@@ -89,8 +90,11 @@ def test_all_but_crop_switches_off_every_part_but_the_crop():
     fields, already = remove_parts(cfg, ["all-but-crop", "color"])
     assert fields == ["color_jitter", "grayscale", "blur", "flip"] and already == []
     assert cfg.crop and not (cfg.color_jitter or cfg.grayscale or cfg.blur or cfg.flip)
-    names = [type(op).__name__ for op in augmentation(cfg).transforms]
-    assert names == ["RandomResizedCrop", "ToNormalized"]  # the crop, then to-tensor + normalise
+    spec = ViewSpec(cfg, ("crop",))
+    torch.manual_seed(0)
+    drawn = [spec.draw("crop", 64, 48) for _ in range(50)]
+    assert len({p.box for p in drawn}) > 10  # the crop,
+    assert all(p == ViewParams(*p[:4]) for p in drawn)  # and nothing else before to-tensor + normalise
 
 
 # --------------------------------------------------------------------------- end to end

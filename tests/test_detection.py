@@ -244,6 +244,93 @@ def test_detect_detectron2(dataset, r50, voc_root, coco_root, tmp_path, capsys):
     assert "roi_heads.res5.norm.weight" in model and "backbone.res4.5.conv3.norm.running_mean" in model
 
 
+# --------------------------------------------------------------------------- interruptions and --resume
+
+
+def without_times(path):
+    return [{k: v for k, v in json.loads(line).items() if k not in ("time_s", "samples_per_s")}
+            for line in path.read_text().splitlines()]
+
+
+def test_torchvision_sigterm_in_a_trial_then_resume_auto_ends_as_an_uninterrupted_run(r50, voc_root, tmp_path,
+                                                                                       capsys):
+    from test_reliability import cli, signal_at_call, tagged_env
+
+    from leoclr_cli.errors import EXIT_PREEMPTED
+
+    argv = ["detect", "voc", str(r50), "--data", str(voc_root), "--backend", "torchvision", "--trials", "2", *TINY]
+    straight, out = tmp_path / "straight", tmp_path / "run"
+    code, _, err = run([*argv, "--out", str(straight)], capsys)
+    assert code in (0, None), err
+    # two steps a trial: the third is the second trial's first
+    env = {**tagged_env()[0], "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same sums as in here
+    proc = cli([*argv, "--out", str(out)], env,
+               prelude=signal_at_call("leoclr_cli.detection.torchvision_r50c4:DetectionTask.forward", 3))
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == EXIT_PREEMPTED, err
+    state = out / "trial-1" / "checkpoints" / "state_e0000_s000001.safetensors"
+    assert err.strip().splitlines()[-1] == (f"stopped: SIGTERM at epoch 1, step 1; checkpoint {state} written; "
+                                            "continue with --resume auto")
+    assert (out / "trial-0" / "result.json").is_file() and not (out / "trial-0" / "checkpoints").exists()
+    assert not (out / "result.json").exists()
+
+    code, _, err = run([*argv, "--out", str(out), "--set", "max_iter=3", "--resume", "auto"], capsys)
+    assert "field 'max_iter' differs" in error_line(code, err)
+    assert state.is_file()
+    finished = (out / "trial-0" / "model.safetensors").stat().st_mtime_ns
+    code, _, err = run([*argv, "--out", str(out), "--resume", "auto"], capsys)
+    assert code in (0, None), err
+    assert (out / "result.json").read_text() == (straight / "result.json").read_text()
+    assert (out / "trial-0" / "model.safetensors").stat().st_mtime_ns == finished  # kept, not trained again
+    for name in ("model.safetensors", "result.json"):  # the interrupted trial ends bit-identical
+        assert (out / "trial-1" / name).read_bytes() == (straight / "trial-1" / name).read_bytes(), name
+    assert without_times(out / "trial-1" / "metrics.jsonl") == without_times(straight / "trial-1" / "metrics.jsonl")
+    assert not (out / "trial-1" / "checkpoints").exists()
+
+
+@needs_d2
+def test_detectron2_stops_within_an_iteration_and_resumes(r50, voc_root, tmp_path):
+    """SIGTERM in Detectron2's training loop: a checkpoint after that iteration, exit 75 and our sentence;
+    --resume auto continues from it. A signal in the test pass keeps the state after the last iteration,
+    from which the next resume only tests."""
+    from test_reliability import cli, signal_at_call, tagged_env
+
+    from leoclr_cli.errors import EXIT_PREEMPTED
+
+    out = tmp_path / "d2"
+    argv = ["detect", "voc", str(r50), "--data", str(voc_root), "--backend", "detectron2", *TINY,
+            "--set", "max_iter=3", "--out", str(out)]
+    env = tagged_env()[0]
+
+    def leoclr(*extra, prelude=""):
+        proc = cli([*argv, *extra], env, prelude=prelude)
+        stdout, stderr = proc.communicate(timeout=600)
+        return proc.returncode, stdout, stderr
+
+    code, stdout, err = leoclr(prelude=signal_at_call("detectron2.engine.train_loop:SimpleTrainer.run_step", 2))
+    assert code == EXIT_PREEMPTED, err
+    state = out / "trial-0" / "checkpoints" / "state_e0000_s000002.safetensors"
+    assert err.strip().splitlines()[-1] == (f"stopped: SIGTERM at iteration 2 of 3; checkpoint {state} written; "
+                                            "continue with --resume auto")
+    assert "Traceback" not in stdout + err and sorted(state.parent.iterdir()) == [state]
+
+    code, stdout, err = leoclr("--resume", "auto",
+                               prelude=signal_at_call("detectron2.evaluation:inference_on_dataset", 1))
+    assert code == EXIT_PREEMPTED, err
+    assert "Starting training from iteration 2" in stdout
+    assert err.strip().splitlines()[-1].startswith("stopped: SIGTERM during detection on the test split")
+    assert [s.name for s in state.parent.iterdir()] == ["state_e0000_s000003.safetensors"]
+
+    code, stdout, err = leoclr("--resume", "auto")
+    assert code == 0, err
+    assert "Starting training" not in stdout  # resumed after the last iteration: only PreciseBN and the test
+    check_run(out, "voc", "detectron2")
+    iterations = [json.loads(line)["iteration"]
+                  for line in (out / "trial-0" / "metrics.jsonl").read_text().splitlines()]
+    assert iterations == sorted(set(iterations)) and iterations[-1] == 2
+    assert not (out / "trial-0" / "checkpoints").exists()
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 

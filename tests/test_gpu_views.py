@@ -9,8 +9,9 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from leoclr_cli.data import gpu_views as gv
-from leoclr_cli.data.views import AugmentedDataset, augmentation
 from leoclr_cli.config import AugmentConfig, norm_stats
+from leoclr_cli.data.spec import ViewParams, ViewSpec
+from leoclr_cli.data.views import AugmentedDataset, PILViews, ViewMaker
 from test_views import PLAIN, corners_image, marks_present
 
 N = 600
@@ -98,18 +99,13 @@ def test_crop_boxes_flips_and_scales_follow_the_configuration():
     assert 0.4 < area.mean() < 0.65  # uniform on [0.2, 1] is 0.6; large boxes that do not fit are redrawn
     ratio = (x1 - x0) * img.width / ((params[:, 0, gv.Y1] - params[:, 0, gv.Y0]) * img.height)
     assert ratio.min() >= 0.75 - 0.06 and ratio.max() <= 4 / 3 + 0.06
-    # the PIL pipeline draws from the same distribution (same torchvision sampler, same seeds)
-    pil = augmentation(cfg)
+    # the PIL pipeline draws from the same distribution (the same spec, same seeds)
+    pil = ViewMaker(cfg, ("crop",)).spec
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        areas = [v1_area(pil, img) for _ in range(300)]
+        drawn = [pil.draw("crop", *img.size) for _ in range(300)]
+    areas = [p.height * p.width / (img.width * img.height) for p in drawn]
     assert abs(np.mean(areas) - area.mean().item()) < 0.05
-
-
-def v1_area(pipeline, img):
-    crop = pipeline.transforms[0]
-    params = crop.make_params([img])
-    return params["height"] * params["width"] / (img.width * img.height)
 
 
 def test_jitter_grayscale_and_blur_rates_and_values():
@@ -193,21 +189,60 @@ def test_direct_views_blur_with_the_tensor_backends_gaussian():
     impulse = np.zeros((24, 24, 3), np.uint8)
     impulse[12, 12] = 255
     img = Image.fromarray(impulse)
-    maker, seen, spreads = gv.DirectViews(cfg, ("crop",)), 0, []
+    spec, direct, seen, spreads = ViewSpec(cfg, ("crop",)), gv.DirectViews(cfg), 0, []
     yy, xx = np.mgrid[0:24, 0:24] - 12
     for seed in range(200):
         torch.manual_seed(seed)
-        p = gv.DecodeAndDraw(cfg, ("crop",)).draw_row("crop", img, 24, 24)  # the draws it is about to make
-        torch.manual_seed(seed)
-        (view,) = maker(img)
+        (p,) = spec.draws(24, 24)
+        view = direct(img, p)
         mass = raw(view[None], cfg)[0, 0].numpy()
         assert mass.min() > -1e-5 and mass.max() < 1 + 1e-5
-        if p[gv.BLUR]:
+        if p.sigma:
             seen += 1
             spread = float(np.sqrt((mass * xx**2).sum() / mass.sum()))
-            if p[gv.SIGMA] > 0.8:  # below that a sampled Gaussian is narrower than its sigma
-                assert abs(spread - p[gv.SIGMA]) < 0.05 * p[gv.SIGMA], (p[gv.SIGMA], spread)
+            if p.sigma > 0.8:  # below that a sampled Gaussian is narrower than its sigma
+                assert abs(spread - p.sigma) < 0.05 * p.sigma, (p.sigma, spread)
             spreads.append(spread)
         else:
             assert mass[12, 12] > 0.99 and mass.sum() < 1.01  # untouched
     assert 70 < seen < 130 and np.std(spreads) > 0.4
+
+
+def test_the_three_executors_apply_one_record_alike():
+    # a smooth 64 px square in mid-range colours: the tensor backend decodes it to 64 px unchanged, and
+    # no jitter step below clamps (the fused colour matrix does not clamp between steps)
+    cfg = AugmentConfig(size=32, normalize="builtin", hue="fused", decode_size=64)
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(70, 180, (5, 5, 3), dtype=np.uint8)).resize((64, 64), Image.Resampling.BICUBIC)
+    jitter = dict(order=(2, 0, 3, 1), factors=(1.15, 0.85, 1.2, 0.05))
+    records = [ViewParams(8, 4, 40, 48), ViewParams(0, 0, 64, 64), ViewParams(8, 4, 40, 48, **jitter),
+               ViewParams(0, 0, 64, 64, gray=True, flip=True), ViewParams(10, 20, 30, 30, sigma=1.5, flip=True),
+               ViewParams(10, 20, 30, 30, sigma=0.4), ViewParams(0, 0, 64, 64, pad=True, **jitter),
+               ViewParams(3, 9, 50, 41, **jitter, gray=True, sigma=1.1, flip=True)]
+    reference, direct = PILViews(cfg), gv.DirectViews(cfg)
+    decoded, _ = gv.DecodeAndDraw(cfg, ("crop",))(img)
+    rows = torch.tensor([[gv.param_row(p, 64, 64)] for p in records])
+    (tensor,) = gv.TensorViews(cfg, ("crop",))((decoded.expand(len(records), -1, -1, -1), rows))
+    plain = raw(reference(img, records[0]), cfg)
+    for i, p in enumerate(records):
+        a, b, c = (raw(v, cfg) for v in (reference(img, p), direct(img, p), tensor[i]))
+        for other in (b, c):
+            assert (a - other).abs().max() < 0.03 and (a - other).abs().mean() < 0.005, p
+        if i:  # far less than what a record changes
+            assert (a - plain).abs().mean() > 0.05, p
+
+
+def test_pil_and_tensor_paths_draw_the_same_views():
+    # seeded per (seed, epoch, index), the PIL reference and the tensor backend make the same views
+    cfg = AugmentConfig(size=32, normalize="builtin", hue="fused", decode_size=64, jitter=(0.2, 0.2, 0.2, 0.05))
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(70, 180, (5, 5, 3), dtype=np.uint8)).resize((64, 64)) for _ in range(12)]
+    kinds = ("original", "crop", "crop")
+    imgs, params = batch(cfg, kinds, images, seed=5)
+    tensor = gv.TensorViews(cfg, kinds)((imgs, params))
+    pil = AugmentedDataset([(im, 0) for im in images], ViewMaker(cfg, kinds), seed=5)
+    for i in range(len(images)):
+        for v, view in enumerate(pil[i][0]):
+            diff = (raw(view, cfg) - raw(tensor[v][i], cfg)).abs()
+            assert diff.max() < 0.05 and diff.mean() < 0.006, (i, v)
+    assert not torch.equal(tensor[1], tensor[2])  # two crops, two records

@@ -126,6 +126,26 @@ m.{name} = signalled
 """
 
 
+def signal_at_call(target, n):
+    """A prelude for :func:`cli`: SIGTERM to the process at the ``n``-th call of ``target``
+    ('module:name' or 'module:Class.method')."""
+    module, attr = target.split(":")
+    owner, _, name = attr.rpartition(".")
+    return f"""
+import importlib, os, signal
+owner = importlib.import_module({module!r})
+for part in {owner.split(".") if owner else []!r}:
+    owner = getattr(owner, part)
+real, calls = getattr(owner, {name!r}), [0]
+def signalled(*a, **k):
+    calls[0] += 1
+    if calls[0] == {n}:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(*a, **k)
+setattr(owner, {name!r}, signalled)
+"""
+
+
 def test_sigterm_during_knn_feature_extraction_stops_with_75(random_backbone, tmp_path):
     env, _ = tagged_env()
     out = tmp_path / "knn"

@@ -195,3 +195,88 @@ def test_transfer_bad_inputs(argv, needle, copies, random_backbone, tmp_path, ca
     code, _, err = run(["transfer", str(random_backbone), *argv, "--out", str(tmp_path / "r")], capsys)
     assert needle in error_line(code, err)
     assert not (tmp_path / "r").exists()
+
+
+# --------------------------------------------------------------------------- interruptions and --resume
+
+
+def files_of(run_dir):
+    """Every file under ``run_dir`` with its bytes."""
+    return {str(f.relative_to(run_dir)): f.read_bytes() for f in sorted(run_dir.rglob("*")) if f.is_file()}
+
+
+GRIDS = {"finetune": ["--set", "lrs=[0.01,0.1]", "--set", "wds=[0]", "--set", "steps=1"],
+         "linear": ["--set", "cs=[0.001,1.0,100.0]", "--set", "lbfgs_max_iter=30"]}
+
+
+@pytest.mark.parametrize("mode, target, call, other, stopped", [
+    # the 3rd training step is the second cell's first (each cell: one epoch of two steps)
+    ("finetune", "leoclr_cli.evaluate.finetune:FinetuneClassifier.forward", 3, "lrs=[0.01,0.5]",
+     "stopped: SIGTERM at epoch 1, step 1; checkpoint "),
+    ("linear", "leoclr_cli.evaluate.linear:fit_logistic", 2, "lbfgs_max_iter=31",
+     "stopped: SIGTERM during the L-BFGS fit"),
+])
+def test_sigterm_then_resume_auto_ends_as_an_uninterrupted_run(mode, target, call, other, stopped, copies,
+                                                                random_backbone, tmp_path, capsys, monkeypatch):
+    from test_reliability import cli, signal_at_call, tagged_env
+
+    from leoclr_cli.errors import EXIT_PREEMPTED
+
+    argv = ["transfer", str(random_backbone), "cars", "--data", str(copies["cars"]), "--mode", mode, *TINY,
+            *GRIDS[mode]]
+    code, _, err = run([*argv, "--out", str(tmp_path / "straight")], capsys)
+    assert code in (0, None), err
+    out = tmp_path / "run"
+    env = {**tagged_env()[0], "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same sums as in here
+    proc = cli([*argv, "--out", str(out)], env, prelude=signal_at_call(target, call))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_PREEMPTED, err
+    assert err.strip().splitlines()[-1].startswith(stopped), err
+    assert not (out / "result.json").exists()
+    first_cell = out / "grid" / "lr0.01_wd0"
+    if mode == "finetune":  # the first cell is in grid.json (its state removed), the second has one
+        assert [c["lr"] for c in json.loads((out / "grid.json").read_text())["cells"]] == [0.01]
+        assert not (first_cell / "checkpoints").exists()
+        assert [s.name for s in (out / "grid" / "lr0.1_wd0" / "checkpoints").iterdir()] == [
+            "state_e0000_s000001.safetensors"]
+    else:  # the features and the first C's fit are kept
+        assert {f.name for f in (out / "checkpoints").iterdir()} == {"features.safetensors", "lbfgs.safetensors"}
+
+    before = files_of(out)
+    code, _, err = run([*argv, "--out", str(out), "--set", other, "--resume", "auto"], capsys)
+    assert f"field '{other.split('=')[0]}' differs" in error_line(code, err)
+    assert files_of(out) == before  # nothing touched
+
+    if mode == "linear":  # the features come from the run's cache
+        monkeypatch.setattr(tr, "extract", lambda *a, **k: pytest.fail("the features were extracted again"))
+    else:  # the finished cell is not trained again
+        kept = (first_cell / "metrics.jsonl").stat().st_mtime_ns
+    code, _, err = run([*argv, "--out", str(out), "--resume", "auto"], capsys)
+    assert code in (0, None), err
+    for name in ("result.json", "grid.json"):
+        assert (out / name).read_text() == (tmp_path / "straight" / name).read_text(), name
+    if mode == "finetune":
+        assert (first_cell / "metrics.jsonl").stat().st_mtime_ns == kept
+        assert not (out / "grid" / "lr0.1_wd0" / "checkpoints").exists() and (out / "refit" / "checkpoints").is_dir()
+    else:
+        assert not (out / "checkpoints").exists()  # the caches go once the run is finished
+        assert files_of(out)["linear.safetensors"] == files_of(tmp_path / "straight")["linear.safetensors"]
+
+
+def test_resume_auto_of_a_run_with_no_part_done_starts_it_over(copies, random_backbone, tmp_path, capsys):
+    """A run killed after it wrote protocol.yaml, before any part: --resume auto runs it from the start."""
+    from leoclr_cli.config import load_protocol, write_protocol
+
+    argv = ["transfer", str(random_backbone), "cars", "--data", str(copies["cars"]), "--mode", "linear", *TINY,
+            *GRIDS["linear"], "--out", str(tmp_path / "run")]
+    code, _, err = run([*argv, "--resume", "auto"], capsys)  # no run directory at all: a fresh start
+    assert code in (0, None), err
+    p = load_protocol("transfer", tmp_path / "run" / "protocol.yaml")
+    for name in ("grid.json", "result.json", "linear.safetensors"):
+        (tmp_path / "run" / name).unlink()
+    write_protocol(p, tmp_path / "run" / "protocol.yaml")
+    code, _, err = run([*argv, "--resume", "auto"], capsys)
+    assert code in (0, None), err
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["num_test"] == 6
+    code, _, err = run([*argv, "--resume", str(tmp_path / "elsewhere")], capsys)
+    assert "continues its own run directory" in error_line(code, err)

@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from leoclr_cli.data.views import AugmentedDataset, ViewMaker, augmentation
 from leoclr_cli.config import AugmentConfig
+from leoclr_cli.data.spec import ViewParams, ViewSpec
+from leoclr_cli.data.views import AugmentedDataset, PILViews, ViewMaker
 
 # no colour changes and no flip, so pixel values and positions can be checked exactly
 PLAIN = dict(color_jitter=False, grayscale=False, blur=False, flip=False, size=32, normalize="builtin")
@@ -68,16 +69,23 @@ def test_pad_keeps_aspect_ratio():
     assert torch.allclose(v[:, -6:], torch.full_like(v[:, -6:], 124 / 255), atol=0.02)
 
 
+def seeded_draws(cfg, n=200, w=64, h=48):
+    """``n`` views' parameter records of a ``w`` x ``h`` image, seeded."""
+    spec = ViewSpec(cfg, ("crop",))
+    torch.manual_seed(0)
+    return [spec.draw("crop", w, h) for _ in range(n)]
+
+
 def test_every_part_can_be_switched_off():
-    full = augmentation(AugmentConfig(size=32))
-    names = [type(t).__name__ for t in full.transforms]
-    assert "RandomResizedCrop" in names and "RandomHorizontalFlip" in names and "RandomGrayscale" in names
-    assert sum(n == "RandomApply" for n in names) == 2  # jitter, blur
-    bare = augmentation(AugmentConfig(size=32, crop=False, color_jitter=False, grayscale=False, blur=False,
+    full = seeded_draws(AugmentConfig(size=32))
+    assert any(p.box != (0, 0, 64, 48) for p in full) and any(p.flip for p in full) and any(p.gray for p in full)
+    assert any(p.order for p in full) and any(p.sigma for p in full)  # jitter, blur
+    bare = seeded_draws(AugmentConfig(size=32, crop=False, color_jitter=False, grayscale=False, blur=False,
                                       flip=False))
-    bare_names = [type(t).__name__ for t in bare.transforms]
-    assert bare_names[0] == "Resize" and "RandomApply" not in bare_names and "RandomGrayscale" not in bare_names
-    assert "RandomHorizontalFlip" not in bare_names
+    assert all(p == ViewParams(0, 0, 48, 64) for p in bare)  # the whole image, nothing else
+    after = torch.rand(1)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(1))  # and nothing was drawn
 
 
 def test_grayscale_rate_matches_its_probability():
@@ -179,19 +187,19 @@ def test_skipped_bad_image_crops_with_the_box_of_the_image_read(capsys):
 
 
 def test_blur_is_pils_gaussian_with_sigma_drawn_from_its_range():
-    from leoclr_cli.data.ops import GaussianBlurPIL
-
     # a bright impulse in the middle: after a Gaussian blur its spread (std of the mass) is sigma
     impulse = np.zeros((65, 65), np.uint8)
     impulse[32, 32] = 255
     img = Image.fromarray(impulse).convert("RGB")
     yy, xx = np.mgrid[0:65, 0:65] - 32
-    blur, spreads = GaussianBlurPIL((0.1, 2.0)), []
+    cfg = AugmentConfig(size=65, crop=False, color_jitter=False, grayscale=False, flip=False, blur_p=1.0,
+                        normalize="builtin")
+    spec, reference, spreads = ViewSpec(cfg, ("crop",)), PILViews(cfg), []
     for seed in range(200):
         torch.manual_seed(seed)
-        sigma = float(torch.empty(1).uniform_(0.1, 2.0))  # the draw the blur is about to make
-        torch.manual_seed(seed)
-        mass = np.asarray(blur(img), np.float64)[..., 0]
+        (p,) = spec.draws(65, 65)
+        sigma = p.sigma
+        mass = unnormalise(reference(img, p))[0].numpy().astype(np.float64)
         spread = math.sqrt((mass * xx**2).sum() / mass.sum())
         if sigma > 0.8:  # below that PIL's box approximation is coarser than a pixel
             assert abs(spread - sigma) < 0.25 * sigma, (sigma, spread)
@@ -220,18 +228,18 @@ def test_to_tensor_equals_torchvisions_normalize():
 
 
 def test_fused_colour_jitter_matches_the_steps_it_composes():
-    from leoclr_cli.data.ops import ColorJitterFused, ColorJitterYIQ
+    from leoclr_cli.data.ops import jitter_pil
 
     # mid-range colours, so that the step-by-step version never clamps between its steps
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(50, 110, (32, 32, 3), dtype=np.uint8))
-    fused, steps = ColorJitterFused(0.2, 0.2, 0.2, 0.1), ColorJitterYIQ(0.2, 0.2, 0.2, 0.1)
+    spec = ViewSpec(AugmentConfig(size=32, crop=False, jitter=(0.2, 0.2, 0.2, 0.1), jitter_p=1.0), ("crop",))
     worst, moved = 0.0, 0.0
     for seed in range(50):
         torch.manual_seed(seed)
-        a = np.asarray(fused(img), np.float64)
-        torch.manual_seed(seed)  # the same draws: order and the four factors
-        b = np.asarray(steps(img), np.float64)
+        (p,) = spec.draws(32, 32)  # one record: the order and the four factors
+        a = np.asarray(jitter_pil(img, p.order, p.factors, "fused"), np.float64)
+        b = np.asarray(jitter_pil(img, p.order, p.factors, "yiq"), np.float64)
         worst = max(worst, np.abs(a - b).max())
         moved = max(moved, np.abs(a - np.asarray(img, np.float64)).mean())
     assert worst <= 4  # uint8 rounding after each step of the step-by-step version
@@ -239,12 +247,10 @@ def test_fused_colour_jitter_matches_the_steps_it_composes():
 
 
 def test_direct_views_keep_the_pipelines_behaviour():
-    from leoclr_cli.data.gpu_views import DirectViews
-
     # nothing random: exactly the regular pipeline's resize + tensor
     plain = AugmentConfig(**{**PLAIN, "crop": False}, direct=True)
     img = corners_image(64, 48)
-    (direct,) = DirectViews(plain, ("crop",))(img)
+    (direct,) = ViewMaker(plain, ("crop",))(img)
     (regular,) = ViewMaker(AugmentConfig(**{**PLAIN, "crop": False}), ("crop",))(img)
     assert torch.allclose(direct, regular, atol=1e-5)
 
@@ -264,7 +270,7 @@ def test_direct_views_keep_the_pipelines_behaviour():
     # the full augmentation on a colourful image: grayscale at its rate
     cfg = AugmentConfig(size=32, normalize="builtin", direct=True)
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
-    maker = DirectViews(cfg, ("crop",))
+    maker = ViewMaker(cfg, ("crop",))
     torch.manual_seed(0)
     grey = sum(bool(torch.allclose(v[0], v[1], atol=1e-4)) for v in (maker(noise)[0] for _ in range(400)))
     assert 40 < grey < 120  # RandomGrayscale(0.2)

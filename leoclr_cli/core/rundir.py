@@ -51,8 +51,9 @@ class RunDir:
     #: training states: ``state_eNNNN`` after NNNN epochs, ``state_eNNNN_sSSSSSS`` after SSSSSS more steps
     STATES = "state_e*.safetensors"
     STATE_NAME = re.compile(r"state_e(\d+)(?:_s(\d+))?\.safetensors")
-    #: files whose presence means a run made progress worth keeping
-    PROGRESS = (STATES, METRICS, RESULT)
+    #: files whose presence means a run made progress worth keeping (training states and the other files a
+    #: resume reads, such as transfer's cached features, live in checkpoints/)
+    PROGRESS = (f"{CHECKPOINTS}/*.safetensors", METRICS, RESULT)
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
@@ -214,13 +215,57 @@ class RunDir:
         if kept is not None:  # a finished run whose checkpoints were deleted, or runs nested in it
             raise UserError(f"--resume auto: {run_dir} holds no checkpoint of its own but holds {kept}; "
                             "use --force to start over in it")
+        field = self.protocol_difference(protocol)
+        if field is not None:
+            raise UserError(f"--resume auto: {run_dir} holds no checkpoint and was started with a different "
+                            f"protocol (field '{field}' differs); use the same protocol, or --force to start over")
+
+    def protocol_difference(self, protocol: BaseModel) -> Optional[str]:
+        """The first field in which this run's protocol.yaml differs from ``protocol`` (runtime fields
+        such as ``threads`` aside); None when they agree."""
         kind = protocol.kind  # type: ignore[attr-defined]
         theirs = without_runtime(json.loads(protocol_json(self.read_protocol(kind))))
         ours = without_runtime(json.loads(protocol_json(protocol)))
-        if theirs != ours:
-            raise UserError(f"--resume auto: {run_dir} holds no checkpoint and was started with a different "
-                            f"protocol (field '{first_difference(theirs, ours)}' differs); use the same protocol, or "
-                            "--force to start over")
+        return None if theirs == ours else first_difference(theirs, ours)
+
+    # -------------------------------------------------------------------- runs made of parts
+
+    def reopen(self, protocol: BaseModel, *, resume: Optional[str], force: bool) -> bool:
+        """:meth:`prepare` for a run made of parts, each resumed on its own (transfer's grid cells and refit,
+        detect's trials: :meth:`resume_part`); returns whether the parts already there are continued.
+
+        ``resume`` is ``auto`` or the run directory itself: an existing run continues in place when its
+        ``protocol.yaml`` is this protocol (else the differing field is named); a missing or empty one starts
+        from scratch. Without ``resume`` it is :meth:`prepare`'s fresh start (``force`` to replace a run)."""
+        run_dir = self.path
+        if resume not in (None, "auto") and Path(resume).expanduser().resolve() != run_dir.resolve():
+            raise UserError(f"--resume {resume}: this command continues its own run directory; use --resume auto "
+                            f"(with --out {run_dir}) or --resume {run_dir}")
+        if resume is None or not run_dir.is_dir() or not any(run_dir.iterdir()):
+            self.prepare(protocol, resume=None, force=force)
+            return False
+        if not self.protocol_file.is_file():
+            raise UserError(f"--resume {resume}: {run_dir} holds no {self.PROTOCOL}, so it is no run to continue; "
+                            "use --force to start over in it")
+        field = self.protocol_difference(protocol)
+        if field is not None:
+            raise UserError(f"--resume {resume}: {run_dir} was started with a different protocol (field '{field}' "
+                            "differs); use the same protocol, or --force to start over")
+        for folder in (run_dir, self.checkpoints):
+            remove_temporaries(folder)
+        return True
+
+    def resume_part(self, resuming: bool) -> Optional[Path]:
+        """The state this part of a :meth:`reopen`-ed run continues from: its newest checkpoint when the run
+        is resumed. A part without one (not started, or killed before its first checkpoint) starts over in
+        an emptied directory; temporary files a kill left are removed either way."""
+        found = latest_state(self.path) if resuming else None
+        if found is None:
+            shutil.rmtree(self.path, ignore_errors=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+        for folder in (self.path, self.checkpoints):
+            remove_temporaries(folder)
+        return found
 
 
 # --------------------------------------------------------------------------- training states

@@ -5,17 +5,17 @@ The work is split in two:
 * :class:`DecodeAndDraw` runs in the DataLoader workers (wrapped in
   :class:`~leoclr_cli.data.views.AugmentedDataset`, so its draws are seeded per (seed, epoch,
   index)): it decodes each image once, resizes it to a fixed ``decode_size`` square of uint8, and
-  draws every view's random parameters with torchvision's own samplers (RandomResizedCrop's
-  box, ColorJitter's order and factors, the grayscale/blur/flip coins, the blur sigma), so the
-  distributions are the PIL pipeline's. No per-view pixel work happens here.
+  draws every view's parameters with the augmentation spec (:class:`~.spec.ViewSpec`, the PIL
+  pipeline's draws), packed into one row per view (:func:`param_row`). No per-view pixel work
+  happens here.
 * :class:`TensorViews` runs on the training device before the task, on the whole batch: the
   crops (``torchvision.ops.roi_align``: bilinear with averaging over each output pixel's
   footprint, i.e. antialiased when shrinking), flips, colour jitter (each sample's own order of
   brightness, contrast, saturation and hue), grayscale, Gaussian blur (a per-sample separable
   kernel), normalisation. The original view is the whole image (squashed, or padded with grey for
   ``augment.original: pad``).
-* :class:`DirectViews` (``augment.direct``, PIL backend) applies the same drawn parameters with
-  direct PIL calls in the workers instead.
+* :class:`DirectViews` (``augment.direct``, PIL backend) applies the spec's records with direct PIL
+  calls in the workers instead.
 
 Crop boxes are drawn in the source image's own pixels and kept as fractions of its width and
 height, so squashing it into the fixed square does not change the crops' aspect ratios.
@@ -30,13 +30,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torchvision import transforms as v1
 from torchvision.ops import roi_align
-from torchvision.transforms import v2
 from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
 from ..config import AugmentConfig, norm_stats
-from .ops import CROP_KINDS, PadToSquare, decode_size, fused_colour, to_tensor, yiq_hue_matrix
+from .ops import PadToSquare, decode_size, fused_colour, to_tensor, yiq_hue_matrix
+from .spec import ViewParams, ViewSpec
 
 # one row of parameters per view
 X0, Y0, X1, Y1, FLIP, JITTER, BRIGHT, CONTRAST, SAT, HUE, ORDER, GRAY, BLUR, SIGMA = (
@@ -50,92 +49,68 @@ def blur_kernel_size(cfg: AugmentConfig) -> int:
     return 2 * math.ceil(3 * cfg.blur_sigma[1]) + 1
 
 
+def param_row(p: ViewParams, w: int, h: int) -> list[float]:
+    """One view's :class:`~.spec.ViewParams` of a ``w`` x ``h`` image as :class:`TensorViews`' row: the
+    crop as fractions of the image (so squashing it into the decoded square keeps the crop's aspect
+    ratio), the jitter's order with neutral factors for steps left out, 0/1 coins."""
+    r = [0.0] * N_PARAMS
+    if p.pad:  # the longer side fills the view; the shorter one is centred with grey around it
+        ex, ey = max(h / w, 1.0), max(w / h, 1.0)
+        r[X0:Y1 + 1] = [(1 - ex) / 2, (1 - ey) / 2, (1 + ex) / 2, (1 + ey) / 2]
+    else:
+        r[X0:Y1 + 1] = [p.left / w, p.top / h, (p.left + p.width) / w, (p.top + p.height) / h]
+    r[BRIGHT:HUE + 1] = [n if f is None else f for f, n in zip(p.factors, (1.0, 1.0, 1.0, 0.0))]
+    r[ORDER:ORDER + 4] = [float(o) for o in p.order or range(4)]
+    r[JITTER], r[GRAY], r[FLIP] = float(bool(p.order)), float(p.gray), float(p.flip)
+    r[BLUR], r[SIGMA] = float(p.sigma > 0), p.sigma
+    return r
+
+
 class DecodeAndDraw:
-    """PIL image -> (uint8 (3, S, S) image, float (views, N_PARAMS) parameters); S = decode size."""
+    """PIL image -> (uint8 (3, S, S) image, float (views, N_PARAMS) parameters); S = decode size. The
+    parameters are :class:`~.spec.ViewSpec`'s draws, packed by :func:`param_row`."""
 
     def __init__(self, cfg: AugmentConfig, kinds: Sequence[str]):
         self.cfg, self.kinds, self.size = cfg, tuple(kinds), decode_size(cfg)
-        self.jitter = v2.ColorJitter(*cfg.jitter)
+        self.spec = ViewSpec(cfg, self.kinds)
 
     def __call__(self, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
         w, h = img.size
         pixels = img.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR)
         image = torch.frombuffer(bytearray(pixels.tobytes()), dtype=torch.uint8).view(self.size, self.size, 3)
-        params = torch.stack([self.draw(kind, img, w, h) for kind in self.kinds])
+        params = torch.tensor([param_row(p, w, h) for p in self.spec.draws(w, h)])
         return image.permute(2, 0, 1).contiguous(), params
-
-    def draw(self, kind: str, img: Image.Image, w: int, h: int) -> torch.Tensor:
-        return torch.tensor(self.draw_row(kind, img, w, h))
-
-    def draw_row(self, kind: str, img: Image.Image, w: int, h: int) -> list[float]:
-        """One view's parameters as a plain list (the torch RNG draws are torchvision's samplers;
-        the row itself is Python, as tensor slicing per field costs more than the draws)."""
-        cfg, p = self.cfg, [0.0] * N_PARAMS
-        if kind == "original" and cfg.original == "pad":
-            # the longer side fills the view; the shorter one is centred with grey around it
-            ex, ey = max(h / w, 1.0), max(w / h, 1.0)
-            p[X0:Y1 + 1] = [(1 - ex) / 2, (1 - ey) / 2, (1 + ex) / 2, (1 + ey) / 2]
-        elif kind in CROP_KINDS and cfg.crop:
-            i, j, ch, cw = v1.RandomResizedCrop.get_params(img, list(cfg.crop_scale), list(cfg.crop_ratio))
-            p[X0:Y1 + 1] = [j / w, i / h, (j + cw) / w, (i + ch) / h]
-        else:
-            p[X0:Y1 + 1] = [0.0, 0.0, 1.0, 1.0]
-        p[BRIGHT:HUE + 1] = [1.0, 1.0, 1.0, 0.0]
-        p[ORDER:ORDER + 4] = [0.0, 1.0, 2.0, 3.0]
-        if cfg.color_jitter and torch.rand(1).item() < cfg.jitter_p:  # RandomApply's coin
-            j = self.jitter.make_params([])
-            p[JITTER] = 1.0
-            p[ORDER:ORDER + 4] = [float(o) for o in j["fn_idx"].tolist()]
-            for col, key, neutral in ((BRIGHT, "brightness_factor", 1.0), (CONTRAST, "contrast_factor", 1.0),
-                                      (SAT, "saturation_factor", 1.0), (HUE, "hue_factor", 0.0)):
-                p[col] = neutral if j[key] is None else float(j[key])
-        if cfg.grayscale and torch.rand(1).item() < cfg.grayscale_p:
-            p[GRAY] = 1.0
-        if cfg.blur and torch.rand(1).item() < cfg.blur_p:
-            p[BLUR] = 1.0
-            p[SIGMA] = torch.empty(1).uniform_(*cfg.blur_sigma).item()
-        if cfg.flip and torch.rand(1).item() < 0.5:
-            p[FLIP] = 1.0
-        return p
 
 
 class DirectViews:
-    """``augment.direct`` (PIL backend): the views of one image from parameters drawn once per view by
-    :class:`DecodeAndDraw` (so the distributions are the PIL pipeline's), applied by direct PIL calls in
-    the pipeline's order: crop + resize in one ``resize(box=)``, colour jitter as one matrix
-    (:func:`~.ops.fused_colour`), grayscale (kept one channel through the flip), flip, the tensor,
-    then blur (:func:`blur_hwc`, the tensor backend's Gaussian; it commutes with the flip and with
-    the per-channel normalisation, so the order is the pipeline's)."""
+    """The fast PIL executor of the augmentation spec (``augment.direct``): a :class:`~.spec.ViewParams`
+    record applied by direct PIL calls in the pipeline's order: crop + resize in one ``resize(box=)``,
+    colour jitter as one matrix (:func:`~.ops.fused_colour`), grayscale (kept one channel through the
+    flip), flip, the tensor, then blur (:func:`blur_hwc`, the tensor backend's Gaussian; it commutes with
+    the flip and with the per-channel normalisation, so the order is the pipeline's)."""
 
-    def __init__(self, cfg: AugmentConfig, kinds: Sequence[str]):
-        self.cfg, self.kinds = cfg, tuple(kinds)
-        self.draw = DecodeAndDraw(cfg, kinds).draw_row
-        self.pad = PadToSquare(cfg.size) if cfg.original == "pad" else None
+    def __init__(self, cfg: AugmentConfig):
+        self.size = cfg.size
+        self.pad = PadToSquare(cfg.size)
         self.out = to_tensor(cfg.norm)
         self.scratch: dict = {}  # blur_hwc's padded copies
 
-    def __call__(self, img: Image.Image) -> list[torch.Tensor]:
+    def __call__(self, img: Image.Image, p: ViewParams) -> torch.Tensor:
         img = img.convert("RGB") if img.mode != "RGB" else img
-        w, h, size = img.width, img.height, self.cfg.size
-        views = []
-        for kind in self.kinds:
-            p = self.draw(kind, img, w, h)
-            if kind == "original" and self.pad is not None:
-                v = self.pad(img)
-            else:
-                box = (p[X0] * w, p[Y0] * h, p[X1] * w, p[Y1] * h)
-                v = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
-            if p[JITTER]:
-                v = fused_colour(v, [int(o) for o in p[ORDER:ORDER + 4]], p[BRIGHT:HUE + 1])
-            if p[GRAY]:
-                v = v.convert("L")  # flipped as one channel; the tensor repeats it
-            if p[FLIP]:
-                v = v.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            x = self.out.hwc(v)
-            if p[BLUR]:  # after the flip and the normalisation, which it commutes with
-                x = blur_hwc(x, p[SIGMA], self.scratch)
-            views.append(x.permute(2, 0, 1))
-        return views
+        if p.pad:
+            v = self.pad(img)
+        else:
+            v = img.resize((self.size, self.size), Image.Resampling.BILINEAR, box=p.box)
+        if p.order:
+            v = fused_colour(v, p.order, p.factors)
+        if p.gray:
+            v = v.convert("L")  # flipped as one channel; the tensor repeats it
+        if p.flip:
+            v = v.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        x = self.out.hwc(v)
+        if p.sigma:  # after the flip and the normalisation, which it commutes with
+            x = blur_hwc(x, p.sigma, self.scratch)
+        return x.permute(2, 0, 1)
 
 
 def gaussian_taps(sigma: float, radius: int) -> list[float]:

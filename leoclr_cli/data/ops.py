@@ -1,6 +1,7 @@
-"""View primitives shared by the view makers (views.py: PIL; gpu_views.py: the direct PIL path and the
-tensor backend): the view kinds, tensor + normalise, pad-to-square, the YIQ hue rotation and fused
-colour algebra, the PIL Gaussian blur, and the decode sizes. A leaf of the data package: it imports no
+"""View primitives shared by the executors of the augmentation spec (spec.py; views.py: the PIL
+reference; gpu_views.py: the direct PIL path and the tensor backend): the view kinds, tensor +
+normalise, pad-to-square, the YIQ hue rotation, the PIL colour jitter and its fused colour algebra,
+and the decode sizes. A leaf of the data package: it imports no
 view maker, so each maker can import the others' pieces without a cycle."""
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 from ..config import AugmentConfig, Norm, norm_stats
 
@@ -92,40 +94,6 @@ def yiq_hue_matrix(shift: torch.Tensor | float) -> torch.Tensor:
     return _YIQ_INV @ rot @ _YIQ
 
 
-class ColorJitterYIQ(v2.ColorJitter):
-    """ColorJitter whose hue step is one colour matrix in YIQ (PIL's ``convert(matrix=)``, in C)
-    instead of torchvision's round trip through HSV; the other steps and all draws are ColorJitter's."""
-
-    def transform(self, inpt, params):  # type: ignore[override]
-        out = inpt
-        for fn_id in params["fn_idx"]:
-            if fn_id == 3 and params["hue_factor"] is not None and isinstance(out, Image.Image):
-                m = yiq_hue_matrix(params["hue_factor"]).tolist()
-                out = out.convert("RGB", matrix=tuple(v for row in m for v in (*row, 0.0)))
-            else:
-                out = super().transform(out, {**params, "fn_idx": [fn_id]})
-        return out
-
-
-class GaussianBlurPIL(torch.nn.Module):
-    """MoCo's blur: sigma ~ U(lo, hi), then PIL's ``ImageFilter.GaussianBlur(radius=sigma)`` (radius is
-    the standard deviation; PIL runs it as three box blurs in C, several times faster than a
-    convolution). A tensor image gets torchvision's Gaussian kernel with the same sigma."""
-
-    def __init__(self, sigma: tuple[float, float]):
-        super().__init__()
-        self.sigma = (float(sigma[0]), float(sigma[1]))
-
-    def forward(self, img):
-        sigma = float(torch.empty(1).uniform_(*self.sigma))
-        if isinstance(img, Image.Image):
-            return img.filter(ImageFilter.GaussianBlur(radius=sigma))
-        return v2.functional.gaussian_blur(img, [2 * math.ceil(3 * sigma) + 1] * 2, [sigma, sigma])
-
-    def extra_repr(self) -> str:
-        return f"sigma={self.sigma}"
-
-
 #: PIL's "L" weights (ITU-R 601-2), which ImageEnhance's contrast and saturation blend towards
 _LUMA = np.array([0.299, 0.587, 0.114])
 _LUMA_ROWS, _EYE = np.tile(_LUMA, (3, 1)), np.eye(3)
@@ -139,25 +107,37 @@ def _yiq_hue_np(shift: float) -> np.ndarray:
     return _YIQ_INV_NP @ np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]]) @ _YIQ_NP
 
 
-class ColorJitterFused(ColorJitterYIQ):
-    """ColorJitter with ColorJitterYIQ's steps and draws, composed into one affine colour map
-    ``x -> A x + b`` applied by a single PIL ``convert(matrix=)`` pass in C: brightness ``f x``,
-    contrast ``f x + (1 - f) m`` (``m`` the mean grey of the image at that step, from the image's mean
-    colour), saturation ``f x + (1 - f) L(x)``, hue the YIQ rotation, in the drawn order. Unlike the
-    step-by-step version it does not clamp to [0, 255] between steps."""
+_ADJUST = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
 
-    def transform(self, inpt, params):  # type: ignore[override]
-        if not isinstance(inpt, Image.Image):
-            return super().transform(inpt, params)
-        factors = [params[k] for k in ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor")]
-        return fused_colour(inpt, params["fn_idx"].tolist(), factors)
+
+def _convert(img: Image.Image, a: np.ndarray, b: np.ndarray) -> Image.Image:
+    """The colour map ``x -> A x + b`` in one PIL ``convert(matrix=)`` pass (in C)."""
+    return img.convert("RGB", matrix=tuple(np.concatenate([a, b[:, None]], 1).ravel().tolist()))
+
+
+def jitter_pil(img: Image.Image, order: Sequence[int], factors: Sequence[Optional[float]], hue: str) -> Image.Image:
+    """ColorJitter's steps on a PIL image: ``factors`` = (brightness, contrast, saturation, hue), None for
+    a step left out, applied in ``order`` (ColorJitter's ``fn_idx``). ``hue`` (``augment.hue``): hsv =
+    torchvision's kernels; yiq = theirs but the hue, one YIQ colour matrix (PIL's ``convert(matrix=)``,
+    in C) instead of the round trip through HSV; fused = :func:`fused_colour`, all steps in one matrix."""
+    if hue == "fused":
+        return fused_colour(img, order, factors)
+    for fn_id in order:
+        f = factors[fn_id]
+        if f is None:
+            continue
+        img = _convert(img, _yiq_hue_np(f), np.zeros(3)) if fn_id == 3 and hue == "yiq" else _ADJUST[fn_id](img, f)
+    return img
 
 
 def fused_colour(img: Image.Image, order: Sequence[int], factors: Sequence[Optional[float]]) -> Image.Image:
-    """:class:`ColorJitterFused`'s one pass: ``factors`` = (brightness, contrast, saturation, hue), each
-    None or neutral for a step left out, applied in ``order`` (ColorJitter's ``fn_idx``). The 3x3
-    algebra is numpy on constants made once, the pixels one PIL ``convert(matrix=)``; the mean colour
-    (contrast) comes from an ~8x8 box reduction of the image."""
+    """``augment.hue: fused``: :func:`jitter_pil`'s steps (with the YIQ hue) composed into one affine
+    colour map ``x -> A x + b`` applied by a single PIL ``convert(matrix=)`` pass in C: brightness
+    ``f x``, contrast ``f x + (1 - f) m`` (``m`` the mean grey of the image at that step, from the image's
+    mean colour), saturation ``f x + (1 - f) L(x)``, hue the YIQ rotation, in ``order``. Unlike the
+    step-by-step version it does not clamp to [0, 255] between steps. ``factors`` as
+    :func:`jitter_pil`'s, each None or neutral for a step left out. The 3x3 algebra is numpy on
+    constants made once; the mean colour (contrast) comes from an ~8x8 box reduction of the image."""
     a, b = np.eye(3), np.zeros(3)
     mean_rgb = None
     for fn_id in order:
@@ -178,7 +158,7 @@ def fused_colour(img: Image.Image, order: Sequence[int], factors: Sequence[Optio
         else:
             rot = _yiq_hue_np(f)
             a, b = rot @ a, rot @ b
-    return img.convert("RGB", matrix=tuple(np.concatenate([a, b[:, None]], 1).ravel().tolist()))
+    return _convert(img, a, b)
 
 
 def decode_size(cfg: AugmentConfig) -> int:

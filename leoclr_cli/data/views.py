@@ -1,14 +1,15 @@
 """Views: the MoCo-v2 augmentation with removable parts, and the view sets of each method.
 
-* :func:`augmentation` builds the per-view pipeline (crop, colour jitter, grayscale, blur, flip,
-  then tensor + normalise); each part is switched by :class:`AugmentConfig`.
 * :class:`ViewMaker` turns one decoded image into the views a method asks for, e.g.
-  ``("original", "crop", "crop")`` for LeOCLR: the original is the whole image resized to the
-  crop size (``resize`` squashes, ``pad`` keeps the aspect ratio), then augmented like the crops
-  minus the crop. The image is decoded once for all its views. View kinds: ``crop``, ``original``,
-  and ``random-original`` (Table 8's ablation: the anchor is cropped exactly like a crop).
-  With :class:`~.ccrop.CropBoxes` (ContrastiveCrop), the crop kinds place their crop within the
-  image's box once the boxes are active.
+  ``("original", "crop", "crop")`` for LeOCLR: the parameters of every view are drawn by the
+  augmentation spec (:class:`~.spec.ViewSpec`: crop, colour jitter, grayscale, blur, flip, each part
+  switched by :class:`AugmentConfig`) and applied by :class:`PILViews` (the reference) or, with
+  ``augment.direct``, :class:`~.gpu_views.DirectViews`. The original is the whole image resized to the
+  crop size (``resize`` squashes, ``pad`` keeps the aspect ratio), then augmented like the crops minus
+  the crop. The image is decoded once for all its views. View kinds: ``crop``, ``original``, and
+  ``random-original`` (Table 8's ablation: the anchor is cropped exactly like a crop). With
+  :class:`~.ccrop.CropBoxes` (ContrastiveCrop), the crop kinds place their crop within the image's box
+  once the boxes are active.
 * :class:`AugmentedDataset` seeds each sample's augmentation from (seed, epoch, index), so the views
   do not depend on the number of DataLoader workers and a resumed run sees the same views. The
   epoch lives in shared memory, so persistent DataLoader workers see ``set_epoch`` too.
@@ -21,75 +22,69 @@ from typing import TYPE_CHECKING, Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
-from ..errors import BadImage, UserError
 from ..config import AugmentConfig, Norm
-from .ccrop import sample_crop
+from ..errors import BadImage, UserError
 from .gpu_views import DirectViews
-from .ops import CROP_KINDS, VIEW_KINDS, ColorJitterFused, ColorJitterYIQ, GaussianBlurPIL, PadToSquare, to_tensor
+from .ops import PadToSquare, jitter_pil, to_tensor
+from .spec import ViewParams, ViewSpec
 
 if TYPE_CHECKING:
     from .ccrop import CropBoxes
 
-def augmentation(cfg: AugmentConfig, *, view: str = "crop") -> v2.Compose:
-    """The pipeline of one view: ``crop`` / ``random-original`` (RandomResizedCrop) or ``original``
-    (whole image)."""
-    if view not in VIEW_KINDS:
-        raise ValueError(f"unknown view kind {view!r}")
-    if view == "original":
-        first: Callable = PadToSquare(cfg.size) if cfg.original == "pad" else v2.Resize((cfg.size, cfg.size), antialias=True)
-    elif cfg.crop:
-        first = v2.RandomResizedCrop(cfg.size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, antialias=True)
-    else:
-        first = v2.Resize((cfg.size, cfg.size), antialias=True)
-    return v2.Compose([first, *after_crop(cfg)])
 
+class PILViews:
+    """The reference executor of the augmentation spec: a :class:`~.spec.ViewParams` record applied to a
+    PIL image with torchvision's functional ops, in MoCo-v2's order: crop + resize (the original: resize
+    or :class:`~.ops.PadToSquare`), colour jitter (:func:`~.ops.jitter_pil`, by ``augment.hue``),
+    grayscale, PIL's Gaussian blur (``radius`` = sigma: three box blurs in C), flip, tensor + normalise."""
 
-def after_crop(cfg: AugmentConfig) -> list[Callable]:
-    """Everything after the crop: colour jitter, grayscale, blur, flip, tensor + normalise."""
-    ops: list[Callable] = []
-    if cfg.color_jitter:
-        jitter = {"yiq": ColorJitterYIQ, "fused": ColorJitterFused}.get(cfg.hue, v2.ColorJitter)
-        ops.append(v2.RandomApply([jitter(*cfg.jitter)], p=cfg.jitter_p))
-    if cfg.grayscale:
-        ops.append(v2.RandomGrayscale(p=cfg.grayscale_p))
-    if cfg.blur:
-        ops.append(v2.RandomApply([GaussianBlurPIL(cfg.blur_sigma)], p=cfg.blur_p))
-    if cfg.flip:
-        ops.append(v2.RandomHorizontalFlip())
-    ops.append(to_tensor(cfg.norm))
-    return ops
+    def __init__(self, cfg: AugmentConfig):
+        self.cfg, self.size = cfg, [cfg.size, cfg.size]
+        self.pad, self.out = PadToSquare(cfg.size), to_tensor(cfg.norm)
+
+    def __call__(self, img: Image.Image, p: ViewParams) -> torch.Tensor:
+        if p.pad:
+            v = self.pad(img)
+        elif p.box == (0, 0, *img.size):
+            v = TF.resize(img, self.size, antialias=True)
+        else:
+            v = TF.resized_crop(img, p.top, p.left, p.height, p.width, self.size, antialias=True)
+        if p.order:
+            v = jitter_pil(v, p.order, p.factors, self.cfg.hue)
+        if p.gray:
+            v = TF.rgb_to_grayscale(v, num_output_channels=len(v.getbands()))
+        if p.sigma:
+            v = v.filter(ImageFilter.GaussianBlur(radius=p.sigma))
+        if p.flip:
+            v = TF.horizontal_flip(v)
+        return self.out(v)
 
 
 class ViewMaker:
-    """One image in, the list of views ``kinds`` out (each kind one of :data:`VIEW_KINDS`).
+    """One image in, the list of views ``kinds`` out (each kind one of :data:`~.ops.VIEW_KINDS`).
 
     With ``boxes`` (ContrastiveCrop), a crop kind of image ``index`` in an epoch where the boxes are
-    active is cropped within ``boxes.box(index)`` (:func:`~.ccrop.sample_crop`) instead of anywhere.
+    active is cropped within ``boxes.box(index)`` (:func:`~.ccrop.sample_crop`) instead of anywhere; those
+    images take the reference executor also with ``augment.direct``.
     """
 
     def __init__(self, cfg: AugmentConfig, kinds: Sequence[str], boxes: Optional["CropBoxes"] = None):
         self.kinds, self.cfg, self.boxes = tuple(kinds), cfg, boxes
-        self.pipelines = {k: augmentation(cfg, view=k) for k in set(self.kinds)}
-        self.rest = v2.Compose(after_crop(cfg))
-        self.direct = None
+        self.spec = ViewSpec(cfg, self.kinds)
+        self.reference = PILViews(cfg)
+        self.apply: Callable[[Image.Image, ViewParams], torch.Tensor] = self.reference
         if cfg.direct:
-            self.direct = DirectViews(cfg, kinds)
+            self.apply = DirectViews(cfg)
 
     def __call__(self, img: Image.Image, index: Optional[int] = None, epoch: int = 0) -> list[torch.Tensor]:
-        if self.boxes is None or index is None or not self.boxes.active(epoch):
-            if self.direct is not None:
-                return self.direct(img)
-            return [self.pipelines[k](img) for k in self.kinds]
-        return [self._box_crop(img, self.boxes.box(index)) if k in CROP_KINDS else self.pipelines[k](img)
-                for k in self.kinds]
-
-    def _box_crop(self, img: Image.Image, box: tuple[float, float, float, float]) -> torch.Tensor:
-        c = self.cfg
-        top, left, h, w = sample_crop(img.height, img.width, box, c.crop_scale, c.crop_ratio, c.ccrop.alpha)
-        return self.rest(v2.functional.resized_crop(img, top, left, h, w, [c.size, c.size], antialias=True))
+        apply, box = self.apply, None
+        if self.boxes is not None and index is not None and self.boxes.active(epoch):
+            apply, box = self.reference, self.boxes.box(index)
+        return [apply(img, p) for p in self.spec.draws(img.width, img.height, box)]
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

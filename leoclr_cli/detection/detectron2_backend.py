@@ -4,7 +4,13 @@
 One trial runs in :func:`trial_worker` through Detectron2's ``launch`` (one process per GPU).
 The backbone is loaded in memory through ``DetectionCheckpointer`` with suffix matching, exactly
 as the exported .pkl would be; Detectron2's periodic ``.pth`` checkpoints are not written (the
-final model is saved as safetensors). The AP is Detectron2's own: ``PascalVOCDetectionEvaluator``
+final model is saved as safetensors). Instead a hook (:func:`_checkpoints_hook`) writes the
+project's train state (``checkpoints/state_e0000_sNNNNNN.safetensors`` after NNNNNN iterations:
+model, optimizer, lr scheduler, RNGs) every ``period`` iterations and after the last one, and stops
+the loop within one iteration of a SIGTERM/SIGINT after writing one (exit 75); a resume continues
+from it. PreciseBN and the test pass run after the loop and stop within one batch of a signal.
+
+The AP is Detectron2's own: ``PascalVOCDetectionEvaluator``
 (VOC, the 2007 11-point metric for VOC2007) or ``COCOEvaluator`` (COCO), on the tested images
 (:func:`test_evaluator`); the torchvision backend scores with the project's metrics
 (``metrics.py``), which give the same AP on the same detections (a test checks it).
@@ -12,13 +18,20 @@ final model is saved as safetensors). The AP is Detectron2's own: ``PascalVOCDet
 
 from __future__ import annotations
 
+import json
 import math
+import signal
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+from ..core import checkpoint as ckpt
+from ..core import preempt
+from ..core.atomic import atomic_write_text
+from ..core.engine import read_metrics
 from ..core.rundir import RunDir
+from ..errors import Preempted
 from .export import detectron2_checkpoint
 from .trial import finish_trial
 
@@ -83,10 +96,11 @@ def build_config(p, solver: dict[str, Any], num_classes: int, train_name: str, t
     s.IMS_PER_BATCH, s.BASE_LR, s.MAX_ITER = solver["ims_per_batch"], solver["base_lr"], solver["max_iter"]
     s.STEPS, s.WARMUP_ITERS, s.WARMUP_FACTOR = tuple(solver["steps"]), solver["warmup_iters"], p.warmup_factor
     s.GAMMA, s.MOMENTUM, s.WEIGHT_DECAY, s.WEIGHT_DECAY_NORM = p.gamma, p.momentum, p.weight_decay, p.weight_decay_norm
-    s.CHECKPOINT_PERIOD = 10 ** 9
+    s.CHECKPOINT_PERIOD = 10 ** 9  # the Checkpoints hook writes our own train states instead
     s.REFERENCE_WORLD_SIZE = 0  # the rescale rule is applied (and stated) by leoclr
     cfg.TEST.DETECTIONS_PER_IMAGE, cfg.TEST.EVAL_PERIOD = p.detections_per_image, 0
-    cfg.TEST.PRECISE_BN.ENABLED, cfg.TEST.PRECISE_BN.NUM_ITER = p.precise_bn, p.precise_bn_iters
+    # PreciseBN runs after the loop (trial_worker), where a signal can stop it and a resume finds it to do
+    cfg.TEST.PRECISE_BN.ENABLED, cfg.TEST.PRECISE_BN.NUM_ITER = False, p.precise_bn_iters
     cfg.OUTPUT_DIR, cfg.SEED = str(out_dir), seed
     cfg.freeze()
     return cfg
@@ -140,15 +154,108 @@ def bbox_metrics(results: dict[str, Any]) -> dict[str, float]:
     return {k: 0.0 if math.isnan(v) else v for k, v in values.items()}
 
 
+class _Stopped(BaseException):
+    """Leaves Detectron2's loop at a signal: a BaseException, so that the loop does not log it as a failure
+    (its ``finally`` still closes the writers); :func:`trial_worker` raises Preempted in its place."""
+
+
+def _checkpoints_hook(spec: dict[str, Any], period: int):
+    """Detectron2's trainer hook (built here: Detectron2 is imported lazily) that saves and stops; see the
+    module docstring."""
+    from detectron2.engine import HookBase
+    from detectron2.utils import comm
+
+    class Checkpoints(HookBase):
+        def after_step(self):
+            done = self.trainer.iter + 1
+            signum = preempt.requested() or 0
+            if comm.get_world_size() > 1:  # every process stops at the same iteration
+                signum = max(comm.all_gather(signum))
+            if signum or done % period == 0 or done == self.trainer.max_iter:
+                path = _save(self.trainer, done, spec) if comm.is_main_process() else None
+                if signum:
+                    written = f"checkpoint {path} written" if path else "checkpoint written by rank 0"
+                    raise _Stopped(f"{signal.Signals(signum).name} at iteration {done} of {self.trainer.max_iter}; "
+                                   f"{written}; continue with --resume auto")
+
+    return Checkpoints()
+
+
+def _save(trainer, done: int, spec: dict[str, Any]) -> Path:
+    """The train state after ``done`` iterations (only the newest is kept)."""
+    trial_dir = Path(spec["trial_dir"])
+    path = ckpt.state_path(trial_dir, 0, done)
+    ckpt.save_train_state(path, model=trainer.checkpointer.model, optimizer=trainer.optimizer, epoch=0, step=done,
+                          protocol_json=spec["protocol_json"], extra={"scheduler": trainer.scheduler.state_dict()})
+    ckpt.prune_states(trial_dir, 1)
+    return path
+
+
+def _drop_metrics_after(path: Path, spec: dict[str, Any]) -> None:
+    """Before a resume from the train state ``path`` (and before Detectron2 opens the file): drop the
+    metrics.jsonl records of the iterations after that state."""
+    metrics = RunDir(spec["trial_dir"]).metrics
+    done = int(ckpt.read_metadata(path, ckpt.KIND_STATE)["step"])
+    if metrics.is_file():
+        kept = [m for m in read_metrics(metrics) if m.get("iteration", -1) < done]
+        atomic_write_text(metrics, "".join(json.dumps(m) + "\n" for m in kept))
+
+
+def _resume(trainer, path: Path, spec: dict[str, Any]) -> None:
+    """Continue ``trainer`` from our train state ``path``: weights, optimizer, scheduler and RNGs, and the
+    iteration to start at. Detectron2's data loader starts a new pass (as after its own
+    ``resume_or_load``), so the run is not bit-identical to an uninterrupted one."""
+    from detectron2.utils import comm
+    from detectron2.utils.env import seed_all_rng
+
+    _, extra = ckpt.load_train_state(path, model=trainer.checkpointer.model, optimizer=trainer.optimizer,
+                                     protocol_json=spec["protocol_json"])
+    trainer.scheduler.load_state_dict(extra["scheduler"])
+    trainer.start_iter = extra["step"]
+    if comm.get_world_size() > 1:  # the state holds rank 0's RNGs; each rank draws its own again
+        seed_all_rng(spec["seed"] + comm.get_rank())
+
+
+def _precise_bn(trainer, cfg, num_iter: int) -> None:
+    """Detectron2's PreciseBN (its hook, run once after the loop) over a new train loader, stopping within
+    one batch of a signal."""
+    from detectron2.engine.hooks import PreciseBN
+
+    loader_cfg = cfg.clone()
+    loader_cfg.defrost()
+    loader_cfg.DATALOADER.NUM_WORKERS = 0  # as DefaultTrainer builds it
+    trainer.model.train()
+    PreciseBN(0, trainer.model, preempt.each(trainer.build_train_loader(loader_cfg), "PreciseBN"),
+              num_iter).update_stats()
+
+
+class _Checked:
+    """A test loader whose iteration stops within one batch of a signal (Detectron2's inference loop
+    needs its length)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        return preempt.each(self.loader, "detection on the test split")
+
+
 def trial_worker(spec: dict[str, Any]) -> None:
     """Train and test one trial (run in each of Detectron2's processes); rank 0 writes the trial files."""
+    with preempt.preemptible():  # a process Detectron2 started records its signals too
+        _trial(spec)
+
+
+def _trial(spec: dict[str, Any]) -> None:
     import detectron2.utils.comm as comm
     from detectron2.data import build_detection_test_loader
     from detectron2.engine import DefaultTrainer, hooks
     from detectron2.evaluation import inference_on_dataset
     from detectron2.utils.env import seed_all_rng
     from detectron2.utils.events import CommonMetricPrinter, JSONWriter
-
 
     seed_all_rng(spec["seed"] + comm.get_rank())
     register_extra_norm()
@@ -161,18 +268,30 @@ def trial_worker(spec: dict[str, Any]) -> None:
     class Trainer(DefaultTrainer):
         def build_hooks(self):
             drop = (hooks.PeriodicCheckpointer, hooks.EvalHook)
-            return [h for h in super().build_hooks() if not isinstance(h, drop)]
+            kept = [h for h in super().build_hooks() if not isinstance(h, drop)]
+            return kept + [_checkpoints_hook(spec, p.period)]  # last: the scheduler has stepped, metrics written
 
         def build_writers(self):
             return [CommonMetricPrinter(self.max_iter), JSONWriter(str(RunDir(self.cfg.OUTPUT_DIR).metrics))]
 
+    if spec["resume"] is not None and comm.is_main_process():
+        _drop_metrics_after(spec["resume"], spec)
     trainer = Trainer(cfg)
-    incompatible = load_backbone_into(trainer.checkpointer.model, spec["backbone_state"])
-    if incompatible.unexpected_keys:
-        raise RuntimeError(f"backbone weights not matched by Detectron2: {incompatible.unexpected_keys[:3]}")
-    trainer.train()
+    if spec["resume"] is not None:
+        _resume(trainer, spec["resume"], spec)
+    else:
+        incompatible = load_backbone_into(trainer.checkpointer.model, spec["backbone_state"])
+        if incompatible.unexpected_keys:
+            raise RuntimeError(f"backbone weights not matched by Detectron2: {incompatible.unexpected_keys[:3]}")
+    try:
+        if trainer.start_iter < trainer.max_iter:  # else resumed from the state after the last iteration
+            trainer.train()
+    except _Stopped as stop:
+        raise Preempted(str(stop)) from None
+    if p.precise_bn:
+        _precise_bn(trainer, cfg, p.precise_bn_iters)
 
     evaluator = test_evaluator(spec, "leoclr_test", out_dir)
-    results = inference_on_dataset(trainer.model, build_detection_test_loader(cfg, "leoclr_test"), evaluator)
+    results = inference_on_dataset(trainer.model, _Checked(build_detection_test_loader(cfg, "leoclr_test")), evaluator)
     if comm.is_main_process():
         finish_trial(spec, bbox_metrics(results), trainer.checkpointer.model.state_dict())

@@ -1,11 +1,15 @@
 """``leoclr detect voc|coco``: backend choice, the rescale rule, trials, the run directory.
 
 Run directory: ``protocol.yaml``, ``env.json``, ``result.json`` (means over trials), and per trial
-``trial-N/`` with ``metrics.jsonl``, ``model.safetensors`` (the final detector) and ``result.json``.
+``trial-N/`` with ``metrics.jsonl``, ``model.safetensors`` (the final detector) and ``result.json``;
+while a trial runs, ``checkpoints/`` holds its newest train state (every ``period`` iterations, after the
+last one, at a signal). ``--resume auto`` keeps the finished trials and continues the interrupted one.
 """
 
 from __future__ import annotations
 
+import re
+import shutil
 import statistics
 from pathlib import Path
 from typing import Any, Optional
@@ -13,11 +17,11 @@ from typing import Any, Optional
 import torch
 from rich.console import Console
 
-from ..errors import UserError
-from ..core.results import DetectResult
-from ..core.rundir import RunDir, command
 from ..config import DetectProtocol, protocol_json
 from ..core.engine import resolve_device
+from ..core.results import DetectResult
+from ..core.rundir import RunDir, command
+from ..errors import Preempted, UserError
 from .datasets import VOC_CLASSES, coco_paths, read_coco, read_voc
 from . import detectron2_backend as d2_backend
 from .export import load_detection_backbone
@@ -92,29 +96,33 @@ def rescale_line(p: DetectProtocol, gpus: int, solver: dict[str, Any]) -> str:
 
 
 @command
-def run_detect(p: DetectProtocol, backbone_path: Path, run_dir: Path, *, force: bool = False, quiet: bool = False,
-               console: Optional[Console] = None) -> dict[str, Any]:
+def run_detect(p: DetectProtocol, backbone_path: Path, run_dir: Path, *, resume: Optional[str] = None,
+               force: bool = False, quiet: bool = False, console: Optional[Console] = None) -> dict[str, Any]:
+    """Train and test ``p.trials`` detectors; writes result.json. ``resume`` (``auto`` or ``run_dir``) keeps
+    the finished trials and continues the interrupted one from its checkpoint."""
     console = console or Console(stderr=True)
     state, meta = load_detection_backbone(backbone_path, archs=("resnet50",))
     data = load_data(p)
     backend = choose_backend(p, console)
     gpus = gpu_count(p, backend)
     solver = p.solver(gpus)
+    resuming = RunDir(run_dir).reopen(p, resume=resume, force=force)
     console.print(rescale_line(p, gpus, solver), highlight=False)
-    RunDir(run_dir).prepare(p, resume=None, force=force)
     pjson = protocol_json(p)
     trials = []
     for t in range(p.trials):
         seed = p.seed + t
         trial_dir = Path(run_dir) / f"trial-{t}"
-        trial_dir.mkdir(parents=True, exist_ok=True)
-        spec = {"protocol": p, "protocol_json": pjson, "dataset": p.dataset, "backend": backend, "seed": seed,
-                "trial_dir": str(trial_dir), "solver": solver, **data}
-        if backend == "detectron2":
-            _detectron2_trial(spec, state, gpus)
-        else:
-            _torchvision_trial(spec, state, quiet, console)
-        trials.append(RunDir(trial_dir).read_result())
+        trial = RunDir(trial_dir)
+        if not (resuming and trial.result.is_file()):  # a finished trial is kept as it is
+            spec = {"protocol": p, "protocol_json": pjson, "dataset": p.dataset, "backend": backend, "seed": seed,
+                    "trial_dir": str(trial_dir), "solver": solver, "resume": trial.resume_part(resuming), **data}
+            if backend == "detectron2":
+                _detectron2_trial(spec, state, gpus)
+            else:
+                _torchvision_trial(spec, state, quiet, console)
+        shutil.rmtree(trial.checkpoints, ignore_errors=True)  # finished: model.safetensors is kept
+        trials.append(trial.read_result())
         console.print(f"trial {t + 1}/{p.trials} (seed {seed}): AP {trials[-1]['AP']:.2f}, "
                       f"AP50 {trials[-1]['AP50']:.2f}, AP75 {trials[-1]['AP75']:.2f}", highlight=False)
     result: dict[str, Any] = {
@@ -133,7 +141,7 @@ def _torchvision_trial(spec: dict[str, Any], state: dict[str, torch.Tensor], qui
 
     p = spec["protocol"]
     model, _ = train_torchvision(p, spec["train"], len(spec["classes"]), state, Path(spec["trial_dir"]),
-                                 spec["seed"], spec["protocol_json"], quiet, console)
+                                 spec["seed"], spec["protocol_json"], quiet, console, resume=spec["resume"])
     dets = predict(model, spec["test"], p, resolve_device(p.device))
     finish_trial(spec, evaluate(spec, dets), model.state_dict())
 
@@ -144,4 +152,11 @@ def _detectron2_trial(spec: dict[str, Any], state: dict[str, torch.Tensor], gpus
 
     device = "cuda" if gpus > 0 and torch.cuda.is_available() and spec["protocol"].device != "cpu" else "cpu"
     spec = {**spec, "backbone_state": state, "device": device}
-    launch(d2_backend.trial_worker, num_gpus_per_machine=gpus if device == "cuda" else 1, dist_url="auto", args=(spec,))
+    try:
+        launch(d2_backend.trial_worker, num_gpus_per_machine=gpus if device == "cuda" else 1, dist_url="auto",
+               args=(spec,))
+    except Exception as e:  # one process per GPU: a worker's Preempted reaches us as its traceback's text
+        stopped = re.search(r"leoclr_cli\.errors\.Preempted: (.+)", str(e))
+        if stopped is None:
+            raise
+        raise Preempted(stopped[1].strip()) from None

@@ -160,8 +160,10 @@ def predict(model: FasterRCNN, records: list[dict[str, Any]], p: DetectProtocol,
 
 def train_torchvision(p: DetectProtocol, train_records: list[dict[str, Any]], num_classes: int,
                       backbone_state: dict[str, torch.Tensor], run_dir: Path, seed: int, protocol_json: str,
-                      quiet: bool, console: Console) -> tuple[FasterRCNN, dict[str, Any]]:
-    """Train one trial on one device through the engine; returns (model, solver actually used)."""
+                      quiet: bool, console: Console,
+                      resume: Optional[Path] = None) -> tuple[FasterRCNN, dict[str, Any]]:
+    """Train one trial on one device through the engine (from the train state ``resume``, if given; a state
+    every ``period`` iterations and after the last one); returns (model, solver actually used)."""
     device = resolve_device(p.device)
     gpus = 1
     solver = p.solver(gpus)
@@ -174,9 +176,10 @@ def train_torchvision(p: DetectProtocol, train_records: list[dict[str, Any]], nu
     lr_at_step = warmup_multistep(solver["base_lr"], solver["steps"], p.gamma, solver["warmup_iters"], p.warmup_factor)
     schedule = Schedule(solver["max_iter"] // period, lambda e: lr_at_step(e * period), lr_at_step, seed=seed)
     engine = Engine(DetectionTask(model), optimizer, loader, schedule=schedule,
-                    checkpoints=Checkpoints(run_dir, protocol_json), device=DeviceSpec(device),
+                    checkpoints=Checkpoints(run_dir, protocol_json, every=p.period // period, keep=1),
+                    device=DeviceSpec(device),
                     observers=Observers(f"detect {p.dataset}", quiet=quiet, console=console, log_every=20))
-    engine.run()
+    engine.run(resume)
     if p.precise_bn:
         gen = torch.Generator().manual_seed(seed + 1)
         bn_loader = train_loader(train_records, p, solver["ims_per_batch"], p.precise_bn_iters, gen)

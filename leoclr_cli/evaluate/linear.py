@@ -205,15 +205,21 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float, max_
 
 def sweep_lbfgs(x_fit: torch.Tensor, y_fit: torch.Tensor, scored: dict[str, tuple[torch.Tensor, torch.Tensor]],
                 num_classes: int, cs: list[float], max_iter: int, feature_norm: str,
-                score: Callable[[torch.Tensor, torch.Tensor], float]) -> list[dict[str, Any]]:
+                score: Callable[[torch.Tensor, torch.Tensor], float], *, done: list[dict[str, Any]] = (),
+                warm: Optional[LinearClassifier] = None,
+                on_cell: Optional[Callable[[list[dict[str, Any]], LinearClassifier], None]] = None
+                ) -> list[dict[str, Any]]:
     """One cell per C, fitted on (x_fit, y_fit), warm-started from the previous C: {"c", "wd", NAME: score}
-    for every NAME -> (features, labels) of ``scored``."""
-    cells, prev = [], None
-    for c in cs:
+    for every NAME -> (features, labels) of ``scored``. A resumed sweep passes the cells of the first Cs
+    (``done``) and the probe of the last of them (``warm``); ``on_cell(cells so far, probe)`` follows each fit."""
+    cells, prev = list(done), warm
+    for c in cs[len(cells):]:
         prev = fit_probe(x_fit, y_fit, num_classes, c, max_iter, feature_norm, init=prev)
         with torch.no_grad():
             cells.append({"c": c, "wd": 1.0 / c, **{name: score(prev.logits(x).cpu(), y.cpu())
                                                     for name, (x, y) in scored.items()}})
+        if on_cell is not None:
+            on_cell(cells, prev)
     return cells
 
 

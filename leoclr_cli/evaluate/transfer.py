@@ -11,34 +11,44 @@ once by :func:`~leoclr_cli.evaluate.features.extract`: the linear probe of
 :mod:`~leoclr_cli.evaluate.linear` (``feature_norm: bn`` standardises the features with the fit set's statistics).
 
 The metric is top-1 accuracy, except mean per-class accuracy for Pets.
+
+Resume (``--resume auto``, :meth:`~leoclr_cli.core.rundir.RunDir.reopen`): the cells already in ``grid.json`` are
+kept, an interrupted cell or refit continues from its engine checkpoint (every cell checkpoints its
+last epoch, so a signal during its validation pass keeps its training; the checkpoint is removed once
+the cell is in ``grid.json``). In linear mode the features are cached in
+``checkpoints/features.safetensors`` and the sweep's progress (the cells so far and the probe that
+warm-starts the next C) in ``checkpoints/lbfgs.safetensors``; both are removed when the run ends.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from rich.console import Console
 
-from ..core import checkpoint as ckpt
-from ..data.sources import open_source
-from ..core.engine import resolve_device
-from ..errors import UserError
-from ..core.results import TransferResult
-from ..core.rundir import RunDir, command, write_json
 from ..config import TransferProtocol, protocol_json
+from ..core import checkpoint as ckpt
+from ..core.engine import resolve_device
+from ..core.results import TransferResult
+from ..core.rundir import RunDir, command, read_json, write_json
+from ..data.sources import open_source
+from ..errors import UserError
 from .features import extract, loader_for
 from .finetune import FinetuneClassifier, train_classifier
 from .knn import topk_accuracy
-from .linear import best_cell, fit_probe, predict_scores, save_classifier, sweep_lbfgs
+from .linear import LinearClassifier, best_cell, fit_probe, predict_scores, save_classifier, sweep_lbfgs
 from .subsets import take
 
 SPLITS = {"cifar10": ("train", "test"), "cifar100": ("train", "test"), "cars": ("train", "test"),
           "pets": ("trainval", "test"), "birdsnap": ("train", "test")}
 METRIC = {"pets": "mean_per_class"}  # every other dataset: top1
+KIND_FEATURES = "features"
 
 
 def mean_per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
@@ -80,14 +90,15 @@ def _cell_name(lr: float, wd: float) -> str:
 
 
 @command
-def run_transfer(p: TransferProtocol, backbone_path: Path, run_dir: Path, *, force: bool = False,
-                 quiet: bool = False, console: Optional[Console] = None) -> dict[str, Any]:
-    """Grid search on the validation split, refit, one test evaluation; writes grid.json and result.json."""
+def run_transfer(p: TransferProtocol, backbone_path: Path, run_dir: Path, *, resume: Optional[str] = None,
+                 force: bool = False, quiet: bool = False, console: Optional[Console] = None) -> dict[str, Any]:
+    """Grid search on the validation split, refit, one test evaluation; writes grid.json and result.json.
+    ``resume`` (``auto`` or ``run_dir``) continues an interrupted run in ``run_dir`` (see the module docstring)."""
     console = console or Console(stderr=True)
     backbone, meta = ckpt.load_backbone(backbone_path)
     train, test = _open(p)
     run_dir = Path(run_dir)
-    RunDir(run_dir).prepare(p, resume=None, force=force)
+    resuming = RunDir(run_dir).reopen(p, resume=resume, force=force)
     device = resolve_device(p.device)
     metric = METRIC.get(p.dataset, "top1")
     fit_idx, val_idx = split_train_val(len(train), p.val_fraction, p.split_seed)
@@ -95,10 +106,10 @@ def run_transfer(p: TransferProtocol, backbone_path: Path, run_dir: Path, *, for
                             "num_val": len(val_idx), "cells": []}
     if p.mode == "linear":
         chosen, final = _linear(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, run_dir,
-                                quiet, console)
+                                resuming, quiet, console)
     else:
         chosen, final = _finetune(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, run_dir,
-                                  quiet, console)
+                                  resuming, quiet, console)
     result = TransferResult(
         dataset=p.dataset, mode=p.mode, metric=metric, value=final[metric], top1=final["top1"], val=chosen["val"],
         best_lr=chosen.get("lr"), best_wd=chosen["wd"], best_c=chosen.get("c"), epochs=chosen.get("epochs"),
@@ -106,20 +117,29 @@ def run_transfer(p: TransferProtocol, backbone_path: Path, run_dir: Path, *, for
         num_test=len(test), **TransferResult.provenance(backbone_path, meta))
     if p.dataset == "birdsnap":
         result.images_listed, result.images_present = train.listed + test.listed, train.present + test.present
-    return RunDir(run_dir).write_result(result)
+    record = RunDir(run_dir).write_result(result)
+    if p.mode == "linear":
+        shutil.rmtree(RunDir(run_dir).checkpoints, ignore_errors=True)  # the caches only a resume reads
+    return record
 
 
-def _finetune(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, run_dir, quiet, console):
-    def fit(indices: list[int], lr: float, wd: float, where: Path, checkpoint_every: int):
+def _cells_so_far(run_dir: Path, resuming: bool) -> list[dict[str, Any]]:
+    """The grid cells an interrupted run finished (its grid.json), none for a fresh run."""
+    path = RunDir(run_dir).grid
+    return read_json(path)["cells"] if resuming and path.is_file() else []
+
+
+def _finetune(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, run_dir, resuming, quiet, console):
+    def fit(indices: list[int], lr: float, wd: float, where: Path):
         epochs = max(1, math.ceil(p.steps * p.batch_size / len(indices)))
-        where.mkdir(parents=True, exist_ok=True)
+        state = RunDir(where).resume_part(resuming)
         torch.manual_seed(p.seed)
         model = FinetuneClassifier(copy.deepcopy(backbone), train.num_classes)
         train_classifier(model, take(train, indices), size=p.transform.size, normalize=p.transform.norm,
                          epochs=epochs, batch_size=p.batch_size, lr=lr, momentum=p.momentum, nesterov=p.nesterov,
                          weight_decay=wd / lr if p.wd_over_lr else wd, schedule="cosine", device=device,
-                         run_dir=where, protocol=protocol_json(p), seed=p.seed, checkpoint_every=checkpoint_every,
-                         num_workers=p.num_workers, quiet=quiet, console=console, desc=where.name)
+                         run_dir=where, protocol=protocol_json(p), seed=p.seed, checkpoint_every=10**9,  # the end
+                         num_workers=p.num_workers, resume=state, quiet=quiet, console=console, desc=where.name)
         return model, epochs
 
     def evaluate(model, source) -> dict[str, float]:
@@ -128,31 +148,62 @@ def _finetune(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, 
         return {"top1": score("top1", scores, labels), metric: score(metric, scores, labels)}
 
     val = take(train, val_idx)
+    finished = {(c["lr"], c["wd"]): c for c in _cells_so_far(run_dir, resuming)}
     for lr in p.lrs:
         for wd in p.wds:
-            model, epochs = fit(fit_idx, lr, wd, run_dir / "grid" / _cell_name(lr, wd), 0)
-            grid["cells"].append({"lr": lr, "wd": wd, "weight_decay": wd / lr if p.wd_over_lr else wd,
-                                  "epochs": epochs, "val": evaluate(model, val)[metric]})
+            where = run_dir / "grid" / _cell_name(lr, wd)
+            cell = finished.get((lr, wd))
+            if cell is None:
+                model, epochs = fit(fit_idx, lr, wd, where)
+                cell = {"lr": lr, "wd": wd, "weight_decay": wd / lr if p.wd_over_lr else wd, "epochs": epochs,
+                        "val": evaluate(model, val)[metric]}
+            grid["cells"].append(cell)
             write_json(RunDir(run_dir).grid, grid)  # progress is visible while the grid runs
+            shutil.rmtree(RunDir(where).checkpoints, ignore_errors=True)  # the cell is in grid.json for good
     grid["best"] = best_cell(grid["cells"])
     write_json(RunDir(run_dir).grid, grid)
     chosen = grid["cells"][grid["best"]]
-    model, epochs = fit(list(range(len(train))), chosen["lr"], chosen["wd"], run_dir / "refit", 10**9)
+    model, epochs = fit(list(range(len(train))), chosen["lr"], chosen["wd"], run_dir / "refit")
     return {**chosen, "epochs": epochs}, evaluate(model, test)
 
 
-def _linear(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, run_dir, quiet, console):
+def _features(p, backbone, train, test, device, run_dir: Path, resuming: bool, quiet: bool,
+              console: Console) -> list[torch.Tensor]:
+    """[train features, labels, test features, labels] of the frozen backbone, extracted once per run:
+    kept in checkpoints/features.safetensors for a resume."""
+    cache, names = RunDir(run_dir).checkpoints / "features.safetensors", ("train", "train_labels", "test", "test_labels")
+    if resuming and cache.is_file():
+        tensors, _ = ckpt.load_tensors(cache, KIND_FEATURES)
+        return [tensors[name] for name in names]
     backbone.to(device)
     shown = {"console": console, "quiet": quiet}
-    feats, labels = extract(backbone, loader_for(train, p.transform, p.batch_size, p.num_workers, device), device,
-                            desc="train features", **shown)
-    test_f, test_y = extract(backbone, loader_for(test, p.transform, p.batch_size, p.num_workers, device), device,
-                             desc="test features", **shown)
-    feats, labels, test_f, test_y = feats.to(device), labels.to(device), test_f.to(device), test_y.to(device)
+    found = [*extract(backbone, loader_for(train, p.transform, p.batch_size, p.num_workers, device), device,
+                      desc="train features", **shown),
+             *extract(backbone, loader_for(test, p.transform, p.batch_size, p.num_workers, device), device,
+                      desc="test features", **shown)]
+    ckpt.save_tensors(cache, dict(zip(names, found)), {"kind": KIND_FEATURES, "protocol": protocol_json(p)})
+    return found
+
+
+def _linear(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, run_dir, resuming, quiet, console):
+    feats, labels, test_f, test_y = (t.to(device) for t in _features(p, backbone, train, test, device, run_dir,
+                                                                     resuming, quiet, console))
     grid["feature_norm"] = p.feature_norm
+    sweep = RunDir(run_dir).checkpoints / "lbfgs.safetensors"
+    done, warm = [], None
+    if resuming and sweep.is_file():  # the C values fitted before the interruption, and the last probe
+        tensors, meta = ckpt.load_tensors(sweep, ckpt.KIND_LINEAR)
+        done = json.loads(meta["cells"])
+        warm = LinearClassifier(None, feats.shape[1], train.num_classes, p.feature_norm).to(device)
+        warm.load_head(tensors, sweep)
+
+    def keep(cells: list[dict[str, Any]], probe) -> None:
+        save_classifier(sweep, probe, {"cells": json.dumps(cells), "protocol": protocol_json(p)})
+        write_json(RunDir(run_dir).grid, {**grid, "cells": cells})  # progress is visible while the sweep runs
+
     grid["cells"] = sweep_lbfgs(feats[fit_idx], labels[fit_idx], {"val": (feats[val_idx], labels[val_idx])},
                                 train.num_classes, p.cs, p.lbfgs_max_iter, p.feature_norm,
-                                lambda s, y: score(metric, s, y))
+                                lambda s, y: score(metric, s, y), done=done, warm=warm, on_cell=keep)
     grid["best"] = best_cell(grid["cells"])
     write_json(RunDir(run_dir).grid, grid)
     chosen = grid["cells"][grid["best"]]
