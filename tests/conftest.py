@@ -11,7 +11,7 @@ torch.set_num_threads(2)
 
 @pytest.fixture
 def tiny_model_cfg():
-    from leoclr_cli.schema import ModelConfig
+    from leoclr_cli.config import ModelConfig
 
     return ModelConfig(arch="resnet18", dim=8, bn_splits=2)
 
@@ -20,9 +20,9 @@ def tiny_model_cfg():
 def random_backbone(tmp_path_factory):
     """A randomly initialised resnet18 backbone.safetensors whose pretraining protocol names the
     built-in data at 32 px (so evaluation commands derive their data defaults from it)."""
-    from leoclr_cli import checkpoint as ckpt
-    from leoclr_cli.nets import build_backbone
-    from leoclr_cli.schema import PretrainProtocol, protocol_json
+    from leoclr_cli.core import checkpoint as ckpt
+    from leoclr_cli.core.nets import build_backbone
+    from leoclr_cli.config import PretrainProtocol, protocol_json
 
     torch.manual_seed(0)
     p = PretrainProtocol.model_validate({"augment": {"size": 32, "normalize": "builtin"}, "model": {"arch": "resnet18"},

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from leoclr_cli import checkpoint as ckpt
-from leoclr_cli.engine import amp_dtype
-from leoclr_cli.pretrain import run_pretrain
-from leoclr_cli.schema import load_protocol
+from leoclr_cli.core import checkpoint as ckpt
+from leoclr_cli.core.engine import amp_dtype
+from leoclr_cli.workflows.pretrain import run_pretrain
+from leoclr_cli.config import load_protocol
 
 TINY = {"augment.size": 32, "augment.blur": False, "augment.normalize": "builtin", "data.builtin_train": 32,
         "data.builtin_test": 16, "method.queue_size": 32, "model.arch": "resnet18", "model.dim": 16,
@@ -36,7 +36,7 @@ def test_mixed_precision_pretraining_runs_and_keeps_fp32_state(tmp_path, mode):
 def test_compiled_encoders_train_like_eager_ones(tmp_path, capsys, monkeypatch):
     # the real inductor backend on the CPU (about half a minute of compiling): the same state keys,
     # the same weights to float tolerance, and both encoders really went through torch.compile
-    from leoclr_cli import pretrain
+    from leoclr_cli.workflows import pretrain
 
     small = {**TINY, "augment.size": 16, "data.builtin_train": 16, "optim.batch_size": 8, "model.bn_splits": 1,
              "model.cifar_stem": True}

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from leoclr_cli import checkpoint as ckpt
+from leoclr_cli.core import checkpoint as ckpt
 from leoclr_cli.data.ccrop import CropBoxes, boxes_from_features, load_boxes, sample_crop
 from leoclr_cli.data.views import AugmentedDataset, ViewMaker
-from leoclr_cli.pretrain import run_pretrain
-from leoclr_cli.schema import AugmentConfig, load_protocol
+from leoclr_cli.workflows.pretrain import run_pretrain
+from leoclr_cli.config import AugmentConfig, load_protocol
 from cliutil import error_line, run
 
 

@@ -7,10 +7,10 @@ import torch
 import torchvision
 from safetensors.torch import load_file
 
-from leoclr_cli import checkpoint as ckpt
+from leoclr_cli.core import checkpoint as ckpt
 from leoclr_cli.errors import UserError
 from leoclr_cli.methods import LeOCLR
-from leoclr_cli.schema import MethodConfig, ModelConfig
+from leoclr_cli.config import MethodConfig, ModelConfig
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])

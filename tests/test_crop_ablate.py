@@ -8,11 +8,11 @@ import torch
 import yaml
 from PIL import Image
 
-from leoclr_cli.ablate import remove_parts
+from leoclr_cli.workflows.ablate import remove_parts
 from leoclr_cli.cli import main
+from leoclr_cli.config import AugmentConfig
 from leoclr_cli.data.spec import ViewParams, ViewSpec
 from leoclr_cli.data.views import crop_test_transform
-from leoclr_cli.schema import AugmentConfig
 
 TINY = ["--set", "augment.size=32", "--set", "augment.normalize=builtin", "--set", "data.builtin_train=64",
         "--set", "data.builtin_test=32", "--set", "method.queue_size=32", "--set", "model.dim=16",
@@ -125,8 +125,8 @@ def test_crop_test_end_to_end(baseline, capsys, tmp_path):
     assert proto["size"] == 32 and proto["resize"] == 32 and proto["normalize"] == "builtin"  # from the linear run
 
     # a backbone other than the one the classifier was trained on is refused
-    from leoclr_cli import checkpoint as ckpt
-    from leoclr_cli.nets import build_backbone
+    from leoclr_cli.core import checkpoint as ckpt
+    from leoclr_cli.core.nets import build_backbone
 
     other = tmp_path / "other.safetensors"
     ckpt.save_backbone(other, build_backbone("resnet18"), arch="resnet18", cifar_stem=False, method="random-init",

@@ -10,14 +10,14 @@ import torch
 from safetensors.torch import load_file
 
 import fakedata
-from leoclr_cli import checkpoint as ckpt
+from leoclr_cli.core import checkpoint as ckpt
 from leoclr_cli.detection import detectron2_backend as d2b
 from leoclr_cli.detection.datasets import DetectionTrainSet, read_coco, read_voc
 from leoclr_cli.detection.export import detectron2_name, to_detectron2
 from leoclr_cli.detection.metrics import coco_ap, voc_ap
 from leoclr_cli.detection.torchvision_r50c4 import warmup_multistep
-from leoclr_cli.nets import build_backbone
-from leoclr_cli.schema import DetectProtocol
+from leoclr_cli.core.nets import build_backbone
+from leoclr_cli.config import DetectProtocol
 from cliutil import error_line, run
 
 HAS_D2 = d2b.import_error() is None
@@ -378,8 +378,8 @@ def test_detectron2_backend_asked_but_missing(r50, voc_root, tmp_path, capsys, m
                                                          ("detect_coco_r50c4_1x", 90000, [60000, 80000], "coco"),
                                                          ("detect_coco_r50c4_2x", 180000, [120000, 160000], "coco")])
 def test_shipped_detection_protocols(name, iters, steps, dataset):
-    from leoclr_cli.quickstart import protocol_file
-    from leoclr_cli.schema import load_protocol
+    from leoclr_cli.workflows.quickstart import protocol_file
+    from leoclr_cli.config import load_protocol
 
     p = load_protocol("detect", protocol_file(name + ".yaml"), {"root": "x"})
     assert p.dataset == dataset and p.norm == "naiveSyncBN" and p.extra_norm and p.freeze_at == 0 and p.precise_bn

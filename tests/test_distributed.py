@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from leoclr_cli import checkpoint as ckpt
-from leoclr_cli import distributed
+from leoclr_cli.core import checkpoint as ckpt
+from leoclr_cli.core import distributed
 from leoclr_cli.cli import main
-from leoclr_cli.engine import read_metrics
+from leoclr_cli.core.engine import read_metrics
 
 # 16 images, global batch 8: 2 steps, fixed order; per-rank BN in 2 ranks = SplitBatchNorm(2) in one
 # (well conditioned: CIFAR stem, so BN never sees 4 values alone; the DistributedSampler deals rank r the samples r, r+2, ..., as SplitBatchNorm's split r holds)
@@ -101,9 +101,9 @@ def test_one_process_is_the_identity(monkeypatch):
 
 
 def test_global_batch_must_divide(tmp_path, capsys):
-    from leoclr_cli.pretrain import scale_out
+    from leoclr_cli.workflows.pretrain import scale_out
     from leoclr_cli.errors import UserError
-    from leoclr_cli.schema import load_protocol
+    from leoclr_cli.config import load_protocol
 
     p = load_protocol("pretrain", None, {"optim.batch_size": 10, "model.bn_splits": 1})
     with pytest.raises(UserError, match="multiple of the 3 ranks"):
@@ -138,7 +138,7 @@ def report(row):
 
 FLAG_SCRIPT = """
 import torch
-from leoclr_cli import distributed
+from leoclr_cli.core import distributed
 rank, world, _ = distributed.init_from_env(torch.device("cpu"))
 flag = distributed.HostFlag()
 # rank 1 raises its flag at step 2 only; rank 0 never does
@@ -159,12 +159,12 @@ def test_host_flag_reaches_every_rank_one_step_late(tmp_path):
 
 BOXES_SCRIPT = """
 import torch
-from leoclr_cli import distributed
+from leoclr_cli.core import distributed
 from leoclr_cli.data.builtin import BuiltinTextures
 from leoclr_cli.data.ccrop import localise
 from leoclr_cli.data.views import AugmentedDataset, eval_transform
-from leoclr_cli.nets import build_backbone
-from leoclr_cli.pretrain import localise_shared
+from leoclr_cli.core.nets import build_backbone
+from leoclr_cli.workflows.pretrain import localise_shared
 rank, world, dev = distributed.init_from_env(torch.device("cpu"))
 torch.manual_seed(0)
 backbone = build_backbone("resnet18").eval()
@@ -191,7 +191,7 @@ def e2e_case(name: str):
     """A ``name`` method (simclr / leoclr-e2e) whose encoder is one seeded linear layer, and its views
     of a global batch of 8 (the same in every process)."""
     from leoclr_cli.methods import build_method
-    from leoclr_cli.schema import MethodConfig, ModelConfig
+    from leoclr_cli.config import MethodConfig, ModelConfig
 
     torch.manual_seed(0)
     views = [torch.randn(8, 6) for _ in range(3 if name == "leoclr-e2e" else 2)]
@@ -204,7 +204,7 @@ def e2e_case(name: str):
 E2E_SCRIPT = """
 import sys, torch
 sys.path.insert(0, os.environ["TESTS_DIR"])
-from leoclr_cli import distributed
+from leoclr_cli.core import distributed
 from test_distributed import e2e_case
 rank, world, _ = distributed.init_from_env(torch.device("cpu"))
 out = {"rank": rank}

@@ -12,9 +12,9 @@ import pytest
 import torch
 from rich.console import Console
 
-from leoclr_cli import checkpoint as ckpt
-from leoclr_cli.engine import (Checkpoints, DeviceSpec, Divergence, Engine, Observers, Schedule, Task, cosine_lr,
-                               read_metrics)
+from leoclr_cli.core import checkpoint as ckpt
+from leoclr_cli.core.engine import (Checkpoints, DeviceSpec, Divergence, Engine, Observers, Schedule, Task, cosine_lr,
+                                    read_metrics)
 from leoclr_cli.errors import EXIT_PREEMPTED, Preempted, UserError
 
 STEPS, EPOCHS = 4, 3  # 16 samples, batch 4
@@ -242,7 +242,7 @@ def test_the_moco_queue_is_filled_by_warmup_before_the_first_step(tmp_path):
     holds the key encoder's keys of the first ones, in order (the first step sees the first batch
     again); a resumed run does not warm up again."""
     from leoclr_cli.methods import MoCoV2
-    from leoclr_cli.schema import MethodConfig, ModelConfig
+    from leoclr_cli.config import MethodConfig, ModelConfig
 
     def build():
         torch.manual_seed(0)

@@ -12,8 +12,9 @@ import torchvision
 from PIL import Image
 
 from fakedata import imagefolder_class, make_imagefolder
-from leoclr_cli import checkpoint as ckpt
-from leoclr_cli.nets import build_backbone
+import leoclr_cli
+from leoclr_cli.core import checkpoint as ckpt
+from leoclr_cli.core.nets import build_backbone
 from cliutil import error_line, run
 
 TINY = ["--method", "mocov2", "--arch", "resnet18", "--batch-size", "4", "--epochs", "1", "--device", "cpu",
@@ -265,7 +266,7 @@ def test_import_refuses_what_weights_only_cannot_load(tmp_path, capsys, content)
 
 def test_no_code_path_unpickles_a_user_file():
     """torch.load only with weights_only=True; pickle only through the restricted CIFAR unpickler."""
-    package = Path(ckpt.__file__).parent
+    package = Path(leoclr_cli.__file__).parent
     for path in package.rglob("*.py"):
         text = path.read_text()
         for call in re.findall(r"torch\.load\([^)]*\)", text):

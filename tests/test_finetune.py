@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 import torch
 
-from leoclr_cli import checkpoint as ckpt
+from leoclr_cli.core import checkpoint as ckpt
 from leoclr_cli.data.sources import open_source
 from leoclr_cli.errors import UserError
 from leoclr_cli.evaluate.subsets import balanced_subset, read_subset_file, write_subset_file
@@ -83,7 +83,7 @@ def _recompute(run_dir, result, num_classes):
     from leoclr_cli.data.views import AugmentedDataset, eval_transform
     from leoclr_cli.evaluate.finetune import FinetuneClassifier
     from leoclr_cli.evaluate.knn import topk_accuracy
-    from leoclr_cli.nets import build_backbone
+    from leoclr_cli.core.nets import build_backbone
 
     tensors, _ = ckpt.load_tensors(ckpt.latest_state(run_dir))
     model = FinetuneClassifier(build_backbone("resnet18"), num_classes)
@@ -151,7 +151,7 @@ def test_finetune_imagefolder_with_a_simclr_list(random_backbone, tmp_path, caps
 
 
 def test_finetune_default_epochs_follow_the_label_fraction():
-    from leoclr_cli.schema import FinetuneProtocol
+    from leoclr_cli.config import FinetuneProtocol
 
     assert [FinetuneProtocol(labels=f).resolved_epochs() for f in (1, 2, 5, 10, 20, 100)] == [60, 60, 60, 30, 30, 30]
     assert FinetuneProtocol(labels=1, epochs=7).resolved_epochs() == 7
@@ -173,7 +173,7 @@ def test_finetune_bad_inputs(random_backbone, tmp_path, capsys, extra, needle):
 
 
 def test_protocol_files_of_table_2():
-    from leoclr_cli.schema import load_protocol
+    from leoclr_cli.config import load_protocol
 
     one = load_protocol("finetune", "protocols/finetune_imagenet_1pct.yaml", {"data.root": "/data/imagenet"})
     ten = load_protocol("finetune", "protocols/finetune_imagenet_10pct.yaml", {"data.root": "/data/imagenet"})

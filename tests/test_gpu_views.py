@@ -9,9 +9,9 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from leoclr_cli.data import gpu_views as gv
+from leoclr_cli.config import AugmentConfig, norm_stats
 from leoclr_cli.data.spec import ViewParams, ViewSpec
 from leoclr_cli.data.views import AugmentedDataset, PILViews, ViewMaker
-from leoclr_cli.schema import AugmentConfig, norm_stats
 from test_views import PLAIN, corners_image, marks_present
 
 N = 600
@@ -156,8 +156,8 @@ def test_yiq_hue_keeps_luma_and_turns_red_towards_green():
 
 
 def test_pretrain_with_the_tensor_backend(tmp_path):
-    from leoclr_cli.pretrain import run_pretrain
-    from leoclr_cli.schema import load_protocol
+    from leoclr_cli.workflows.pretrain import run_pretrain
+    from leoclr_cli.config import load_protocol
 
     p = load_protocol("pretrain", None, {
         "augment.backend": "tensor", "augment.size": 16, "augment.normalize": "builtin", "augment.hue": "yiq",

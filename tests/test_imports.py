@@ -1,5 +1,7 @@
 """The package's import graph: no cycles (function-local imports count: hiding an import inside a
-function does not remove the cycle), and the leaf modules stay leaves."""
+function does not remove the cycle), no function-local import of a package module at all (only
+optional packages, such as detectron2, are imported where they are used), and the leaf modules stay
+leaves."""
 
 import ast
 from pathlib import Path
@@ -15,28 +17,45 @@ def module_files() -> dict[str, Path]:
     return mods
 
 
+def package_imports(mod: str, is_init: bool, tree: ast.AST, mods: dict[str, Path]) -> list[tuple[ast.AST, set[str]]]:
+    """Every import statement of module ``mod`` with the package modules it names (``from . import x``
+    counts as x); a package's imports of its own submodules are left out."""
+    package = mod if is_init else mod.rsplit(".", 1)[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names = [target] + [f"{target}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        hits = {n for n in names if n in mods and n != mod and not (is_init and n.startswith(mod + "."))}
+        if hits:
+            found.append((node, hits))
+    return found
+
+
 def import_graph() -> dict[str, set[str]]:
     """Module -> the package modules it imports anywhere in its file (``from . import x`` counts as x)."""
     mods = module_files()
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for mod, path in mods.items():
-        package = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    target = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    target = node.module or ""
-                names = [target] + [f"{target}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            else:
-                continue
-            for name in names:
-                if name in mods and name != mod and not (path.name == "__init__.py" and name.startswith(mod + ".")):
-                    graph[mod].add(name)
+        for _, hits in package_imports(mod, path.name == "__init__.py", ast.parse(path.read_text()), mods):
+            graph[mod] |= hits
     return graph
+
+
+def local_imports(mod: str, is_init: bool, tree: ast.AST, mods: dict[str, Path]) -> list[str]:
+    """``mod:line`` of every import of a package module inside a function (or a class body)."""
+    top = {id(node) for node in ast.iter_child_nodes(tree)}
+    top |= {id(n) for node in ast.iter_child_nodes(tree) if isinstance(node, (ast.If, ast.Try))
+            for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))}  # `if TYPE_CHECKING:`, try/except
+    return [f"{mod}:{node.lineno}" for node, _ in package_imports(mod, is_init, tree, mods) if id(node) not in top]
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str]:
@@ -77,8 +96,57 @@ def test_the_cycle_finder_finds_a_hidden_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) == []
 
 
+def test_no_package_module_is_imported_inside_a_function():
+    mods = module_files()
+    found = [hit for mod, path in sorted(mods.items())
+             for hit in local_imports(mod, path.name == "__init__.py", ast.parse(path.read_text()), mods)]
+    assert not found, "function-local imports of package modules: " + ", ".join(found)
+
+
+def test_the_local_import_finder_finds_one_and_spares_optional_packages():
+    mods = {"pkg": Path("pkg/__init__.py"), "pkg.a": Path("pkg/a.py"), "pkg.b": Path("pkg/b.py")}
+    source = ("from typing import TYPE_CHECKING\nfrom . import a\nif TYPE_CHECKING:\n    from .a import X\n"
+              "def f():\n    import detectron2\n    from .a import Y\n    return Y\n"
+              "class C:\n    def g(self):\n        from pkg import a\n")
+    assert local_imports("pkg.b", False, ast.parse(source), mods) == ["pkg.b:7", "pkg.b:11"]
+
+
+def bound_names(tree: ast.Module) -> set[str]:
+    """The names a module binds at its top level (``if``/``try`` blocks included)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return names
+
+
+def test_every_package_import_names_a_module_or_a_name_that_exists():
+    """A stale path (a module that moved) fails here even where an installed copy of the package
+    would still answer the import."""
+    mods = module_files()
+    trees = {mod: ast.parse(path.read_text()) for mod, path in mods.items()}
+    bound = {mod: bound_names(tree) for mod, tree in trees.items()}
+    stale = []
+    for mod, tree in sorted(trees.items()):
+        package = mod if mods[mod].name == "__init__.py" else mod.rsplit(".", 1)[0]
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom) or not (node.level or (node.module or "").startswith("leoclr_cli")):
+                continue
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            missing = [a.name for a in node.names if f"{target}.{a.name}" not in mods
+                       and (target not in mods or a.name not in bound[target])]
+            if missing:
+                stale.append(f"{mod}:{node.lineno} {target}: {', '.join(missing)}")
+    assert not stale, stale
+
+
 def test_leaf_modules_import_nothing_of_the_package_but_errors():
     graph = import_graph()
-    for leaf in ("leoclr_cli.atomic", "leoclr_cli.errors"):
+    for leaf in ("leoclr_cli.core.atomic", "leoclr_cli.errors"):
         assert graph[leaf] <= {"leoclr_cli.errors"}, (leaf, graph[leaf])
-    assert graph["leoclr_cli.data.ops"] <= {"leoclr_cli.schema"}
+    assert graph["leoclr_cli.data.ops"] <= {"leoclr_cli.config"}

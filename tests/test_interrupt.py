@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from leoclr_cli import checkpoint as ckpt
+from leoclr_cli.core import checkpoint as ckpt
 from leoclr_cli.errors import EXIT_PREEMPTED
 
 STEPS, EPOCHS = 4, 2

@@ -19,9 +19,9 @@ import math
 
 import pytest
 
-from leoclr_cli.engine import read_metrics
-from leoclr_cli.pretrain import run_pretrain
-from leoclr_cli.schema import load_protocol
+from leoclr_cli.config import load_protocol
+from leoclr_cli.core.engine import read_metrics
+from leoclr_cli.workflows.pretrain import run_pretrain
 
 QUEUE = 256
 

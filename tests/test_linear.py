@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from leoclr_cli.evaluate.linear import LinearClassifier, check_unchanged
-from leoclr_cli.nets import build_backbone
+from leoclr_cli.core.nets import build_backbone
 
 
 def test_check_unchanged_catches_a_moved_bn_buffer():

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from leoclr_cli.methods import LeOCLR, MoCoV2
 from leoclr_cli.methods.momentum import info_nce
-from leoclr_cli.schema import MethodConfig, ModelConfig
+from leoclr_cli.config import MethodConfig, ModelConfig
 
 
 def hand_info_nce(q, k, queue, t):
@@ -139,7 +139,7 @@ def test_leoclr_forward_updates_key_encoder_before_keys(tiny_model_cfg):
 
 
 def test_split_batchnorm_normalises_each_split_separately():
-    from leoclr_cli.nets import SplitBatchNorm
+    from leoclr_cli.core.nets import SplitBatchNorm
 
     bn = SplitBatchNorm(3, num_splits=2)
     x = torch.randn(8, 3, 4, 4)
@@ -157,7 +157,7 @@ def test_split_batchnorm_normalises_each_split_separately():
 
 
 def test_split_batchnorm_accepts_channels_last_input():
-    from leoclr_cli.nets import SplitBatchNorm
+    from leoclr_cli.core.nets import SplitBatchNorm
 
     bn = SplitBatchNorm(3, num_splits=2)
     x = torch.randn(8, 3, 4, 4)
@@ -169,7 +169,7 @@ def test_split_batchnorm_accepts_channels_last_input():
 def test_a_syncbn_method_does_not_shuffle_the_key_batch(monkeypatch):
     """distributed.bn sync: the method makes every BN of both encoders a SyncBatchNorm and its key
     forward stops shuffling (SyncBN sees the global batch); with per-rank BN it shuffles."""
-    from leoclr_cli import distributed
+    from leoclr_cli.core import distributed
 
     shuffled, real = [], distributed.batch_shuffle
     monkeypatch.setattr(distributed, "batch_shuffle", lambda x: shuffled.append(len(x)) or real(x))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from leoclr_cli.methods import METHODS, build_method
 from leoclr_cli.methods.endtoend import in_batch_nce
-from leoclr_cli.schema import MethodConfig, ModelConfig
+from leoclr_cli.config import MethodConfig, ModelConfig
 from test_methods import FixedEncoder, _ids, _with_fixed_encoders, hand_info_nce
 
 MODEL = ModelConfig(arch="resnet18", dim=4, bn_splits=1, shuffle_bn=False)
@@ -136,7 +136,7 @@ def test_every_method_is_registered_trains_and_exports_a_backbone(tiny_model_cfg
 def test_protocol_files_match_their_table_rows(stem, name, table_row):
     from pathlib import Path
 
-    from leoclr_cli.schema import load_protocol
+    from leoclr_cli.config import load_protocol
 
     path = Path(__file__).parent.parent / "protocols" / f"imagenet_r50_{stem}_200ep.yaml"
     p = load_protocol("pretrain", path, {"data.root": "/imagenet"})

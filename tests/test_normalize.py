@@ -11,8 +11,9 @@ from PIL import Image
 
 import fakedata
 from cliutil import error_line, run
-from leoclr_cli import checkpoint as ckpt
-from leoclr_cli import cli
+from leoclr_cli.core import checkpoint as ckpt
+from leoclr_cli.evaluate.crop_test import linear_run_defaults
+from leoclr_cli.evaluate.inputs import backbone_and_defaults, own_stats
 from leoclr_cli.data import open_data
 from leoclr_cli.data.ops import ToNormalized
 from leoclr_cli.data.views import measure_normalization
@@ -65,7 +66,8 @@ def test_auto_is_measured_before_training_recorded_and_reused(folder, tmp_path, 
     assert json.loads(meta["protocol"])["augment"]["std"] == list(expected[1])
 
     # a resume takes the recorded values instead of measuring again
-    monkeypatch.setattr("leoclr_cli.pretrain.measure_normalization", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr("leoclr_cli.workflows.pretrain.measure_normalization",
+                        lambda *a, **k: pytest.fail("measured again"))
     code, _, err = run(["pretrain", "--data", str(folder), *TINY, "--set", "augment.normalize=auto",
                         "--set", "augment.normalize_sample=6", "--out", str(run_dir), "--resume", "auto"], capsys)
     assert code in (0, None), err
@@ -76,22 +78,22 @@ def test_auto_is_measured_before_training_recorded_and_reused(folder, tmp_path, 
     assert code in (0, None), err
     t = yaml.safe_load((run_dir / "linear-eval" / "protocol.yaml").read_text())["transform"]
     assert t["normalize"] == "custom" and (tuple(t["mean"]), tuple(t["std"])) == expected
-    crop = cli._linear_run_defaults(run_dir / "linear-eval")
+    crop = linear_run_defaults(run_dir / "linear-eval")
     assert crop["normalize"] == "custom" and (tuple(crop["mean"]), tuple(crop["std"])) == expected
     # transfer and detection take the backbone's own statistics too (detection on the 0..255 scale)
-    _, _, defaults = cli._backbone_and_defaults(run_dir)
-    own = cli._own_stats(defaults)
+    _, _, defaults = backbone_and_defaults(run_dir)
+    own = own_stats(defaults)
     assert own == {"transform.normalize": "custom", "transform.mean": list(expected[0]),
                    "transform.std": list(expected[1])}
 
 
 def test_named_constants_leave_transfer_and_detection_defaults_alone(random_backbone):
-    _, _, defaults = cli._backbone_and_defaults(random_backbone)
-    assert defaults["transform.normalize"] == "builtin" and cli._own_stats(defaults) == {}
+    _, _, defaults = backbone_and_defaults(random_backbone)
+    assert defaults["transform.normalize"] == "builtin" and own_stats(defaults) == {}
 
 
 def test_explicit_mean_and_std(tmp_path, capsys):
-    from leoclr_cli.schema import load_protocol
+    from leoclr_cli.config import load_protocol
 
     p = load_protocol("pretrain", None, {"augment.mean": [0.2, 0.4, 0.6], "augment.std": [0.5, 0.25, 0.125]})
     assert p.augment.normalize == "custom"

@@ -6,7 +6,7 @@ from PIL import Image
 
 from cliutil import error_line, run
 from leoclr_cli.data import open_data
-from leoclr_cli.pictures import HEADER, PAD, tile_origin
+from leoclr_cli.report.pictures import HEADER, PAD, tile_origin
 
 SIZE = 32
 PLAIN = ["--source", "builtin", "--set", "data.builtin_train=16", "--set", f"augment.size={SIZE}",

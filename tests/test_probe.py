@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file
 
 from cliutil import error_line, run
-from leoclr_cli import checkpoint as ckpt
+from leoclr_cli.core import checkpoint as ckpt
 from leoclr_cli.evaluate.linear import run_linear_eval
-from leoclr_cli.checkpoint import random_backbone_file
-from leoclr_cli.nets import build_backbone
-from leoclr_cli.quickstart import protocol_file
-from leoclr_cli.schema import load_protocol
+from leoclr_cli.core.checkpoint import random_backbone_file
+from leoclr_cli.core.nets import build_backbone
+from leoclr_cli.workflows.quickstart import protocol_file
+from leoclr_cli.config import load_protocol
 
 AGREE = 2.0  # points: the SGD and the L-BFGS probe on the same frozen random-init features
 CS = [10.0 ** k for k in range(-4, 3)]  # the L-BFGS sweep of the tests: a decade apart

@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 
 from cliutil import run
-from leoclr_cli import progress, threads
+from leoclr_cli.core import progress, threads
 
 TINY = ["--set", "augment.size=32", "--set", "augment.normalize=builtin", "--set", "data.builtin_train=64",
         "--set", "data.builtin_test=32", "--set", "method.queue_size=32", "--set", "model.dim=16",
@@ -136,7 +136,7 @@ def test_omp_num_threads_is_kept(monkeypatch):
 ])
 def test_queue_warnings(name, enqueue, size, warned, tiny_model_cfg):
     from leoclr_cli.methods import build_method
-    from leoclr_cli.schema import MethodConfig
+    from leoclr_cli.config import MethodConfig
 
     method = build_method(tiny_model_cfg, MethodConfig(name=name, enqueue=enqueue, queue_size=size))
     text = " | ".join(method.queue_warnings(64, 16))

@@ -45,7 +45,7 @@ def test_quickstart_compares_methods_over_seeds_and_reuses_runs(tmp_path, capsys
 
 
 def test_quickstart_summary_means_stds_and_whether_gaps_hold():
-    from leoclr_cli.quickstart import summarise
+    from leoclr_cli.workflows.quickstart import summarise
 
     runs = [{"name": n, "seed": s, "top1": v, "top5": 90.0, "wall_s": 1.0}
             for s, (a, b, c) in enumerate([(60.0, 50.0, 49.0), (62.0, 51.0, 45.0), (64.0, 52.0, 47.0)])

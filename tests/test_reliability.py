@@ -17,10 +17,10 @@ from PIL import Image
 
 from cliutil import error_line, run
 from fakedata import imagefolder_class, make_imagefolder
-from leoclr_cli import checkpoint as ckpt
+from leoclr_cli.core import checkpoint as ckpt
 from leoclr_cli.errors import EXIT_PREEMPTED
-from leoclr_cli.nets import build_backbone
-from leoclr_cli.schema import PretrainProtocol, protocol_json, write_protocol
+from leoclr_cli.core.nets import build_backbone
+from leoclr_cli.config import PretrainProtocol, protocol_json, write_protocol
 
 TINY = ["--method", "mocov2", "--arch", "resnet18", "--batch-size", "4", "--device", "cpu", "--quiet",
         "--set", "augment.size=16", "--set", "augment.blur=false", "--set", "augment.normalize=builtin",

@@ -108,7 +108,7 @@ def test_report_tables_and_figures(runs, tmp_path, capsys):
             assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
             assert len(np.unique(np.asarray(im.convert("L")))) > 2  # something is drawn
 
-    from leoclr_cli.report import build_report
+    from leoclr_cli.report.report import build_report
 
     r = build_report([runs], tmp_path / "again")
     ours = [s for s in r["figure3"] if s["label"].startswith("ours")]
@@ -137,7 +137,7 @@ def test_report_overlays_the_training_curves_of_its_pretraining_runs(tmp_path, c
         d = put(root, name, {"kind": "pretrain", "method": "leoclr" if name == "leo" else "mocov2", "epochs": 4})
         # the last line torn by a kill is ignored, as everywhere metrics.jsonl is read
         (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in records) + '{"epoch": 9, "lo')
-    from leoclr_cli.report import build_report
+    from leoclr_cli.report.report import build_report
 
     r = build_report([root], tmp_path / "report")
     plotted = {(s["panel"], s["label"].split(" ")[0].rsplit("/", 1)[-1]): (s["x"], s["y"]) for s in r["curves"]}

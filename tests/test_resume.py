@@ -4,9 +4,9 @@ import shutil
 
 import torch
 
-from leoclr_cli import checkpoint as ckpt
-from leoclr_cli.pretrain import run_pretrain
-from leoclr_cli.schema import load_protocol
+from leoclr_cli.core import checkpoint as ckpt
+from leoclr_cli.workflows.pretrain import run_pretrain
+from leoclr_cli.config import load_protocol
 
 OVERRIDES = {"augment.size": 32, "augment.blur": False, "augment.normalize": "builtin", "data.builtin_train": 64, "data.builtin_test": 32, "method.queue_size": 48, "model.arch": "resnet18",
              "model.dim": 16, "model.bn_splits": 2, "optim.batch_size": 16, "optim.epochs": 2, "checkpoint_every": 1,

@@ -11,7 +11,7 @@ from PIL import Image
 
 import fakedata
 from cliutil import error_line, run
-from leoclr_cli import checkpoint as ckpt
+from leoclr_cli.core import checkpoint as ckpt
 from leoclr_cli.data.shards import ShardSource, ShardViews, write_shards
 from test_distributed import two_ranks
 
@@ -101,10 +101,10 @@ def test_ranks_and_workers_read_disjoint_shards_in_a_seeded_order(numbered):
 SPLIT_SCRIPT = """
 import os, sys, numpy as np, torch
 sys.path.insert(0, os.environ["TESTS_DIR"])
-from leoclr_cli import distributed
+from leoclr_cli.core import distributed
 from leoclr_cli.data import open_data
-from leoclr_cli.pretrain import build_loader
-from leoclr_cli.schema import load_protocol
+from leoclr_cli.workflows.pretrain import build_loader
+from leoclr_cli.config import load_protocol
 rank, world, dev = distributed.init_from_env(torch.device("cpu"))
 p = load_protocol("pretrain", None, {"data.source": "webdataset", "data.root": os.environ["SHARDS"],
                                      "data.num_workers": 2, "augment.size": 8, "augment.crop": False,

@@ -363,7 +363,7 @@ def test_draft_decodes_large_jpegs_at_a_reduced_scale(tmp_path):
     from PIL import Image
 
     from leoclr_cli.data.ops import draft_side
-    from leoclr_cli.schema import AugmentConfig
+    from leoclr_cli.config import AugmentConfig
 
     (tmp_path / "train" / "a").mkdir(parents=True)
     big = np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8)

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from cliutil import error_line, run
-from leoclr_cli.engine import read_metrics
+from leoclr_cli.core.engine import read_metrics
 
 STEPS, EPOCHS = 4, 2
 TINY = ["pretrain", "--source", "builtin", "--arch", "resnet18", "--epochs", str(EPOCHS), "--batch-size", "8",

@@ -101,7 +101,7 @@ def test_validation_split_is_seeded_disjoint_and_20_percent():
 
 def test_grid_search_refits_the_best_validation_cell(copies, random_backbone, tmp_path, monkeypatch):
     """Stub training and scoring: each cell gets a known validation score; the refit must use the best."""
-    from leoclr_cli.schema import TransferProtocol
+    from leoclr_cli.config import TransferProtocol
 
     fits = []
     monkeypatch.setattr(tr, "train_classifier", lambda model, data, **kw: fits.append((len(data), kw["lr"], kw["weight_decay"])))
@@ -265,7 +265,7 @@ def test_sigterm_then_resume_auto_ends_as_an_uninterrupted_run(mode, target, cal
 
 def test_resume_auto_of_a_run_with_no_part_done_starts_it_over(copies, random_backbone, tmp_path, capsys):
     """A run killed after it wrote protocol.yaml, before any part: --resume auto runs it from the start."""
-    from leoclr_cli.schema import load_protocol, write_protocol
+    from leoclr_cli.config import load_protocol, write_protocol
 
     argv = ["transfer", str(random_backbone), "cars", "--data", str(copies["cars"]), "--mode", "linear", *TINY,
             *GRIDS["linear"], "--out", str(tmp_path / "run")]

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
+from leoclr_cli.config import AugmentConfig
 from leoclr_cli.data.spec import ViewParams, ViewSpec
 from leoclr_cli.data.views import AugmentedDataset, PILViews, ViewMaker
-from leoclr_cli.schema import AugmentConfig
 
 # no colour changes and no flip, so pixel values and positions can be checked exactly
 PLAIN = dict(color_jitter=False, grayscale=False, blur=False, flip=False, size=32, normalize="builtin")
@@ -212,7 +212,7 @@ def test_to_tensor_equals_torchvisions_normalize():
     from torchvision.transforms import v2
 
     from leoclr_cli.data.ops import to_tensor
-    from leoclr_cli.schema import NORMALIZATION
+    from leoclr_cli.config import NORMALIZATION
 
     rng = np.random.default_rng(0)
     for name, (mean, std) in NORMALIZATION.items():

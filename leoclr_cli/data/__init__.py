@@ -10,6 +10,7 @@ import torch
 from ..errors import UserError
 from .builtin import BuiltinScenes, BuiltinTextures
 from .shards import ShardSource
+from .sources import open_source
 
 
 def open_data(source: str, root: Optional[str], split: str, *, verify_checksums: bool = True,
@@ -22,15 +23,13 @@ def open_data(source: str, root: Optional[str], split: str, *, verify_checksums:
         return BuiltinTextures(split, n=builtin_n)
     if source == "webdataset" and root is not None:
         return ShardSource(root, shard_samples)
-    from .sources import open_source
-
     if root is None:
         raise UserError(f"data source '{source}' needs a path: give --data PATH")
     return open_source(source, Path(root).expanduser(), split, verify_checksums=verify_checksums)
 
 
 def open_pretrain_data(d) -> torch.utils.data.Dataset:
-    """The images of a pretraining protocol's ``data`` section (a :class:`~..schema.DataConfig`)."""
+    """The images of a pretraining protocol's ``data`` section (a :class:`~..config.DataConfig`)."""
     return open_data(d.source, d.root, d.split, verify_checksums=d.verify_checksums, builtin_n=d.builtin_train,
                      shard_samples=d.shard_samples)
 

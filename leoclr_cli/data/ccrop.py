@@ -22,8 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import RandomResizedCrop
 
-from .. import preempt
-from ..schema import AugmentConfig
+from ..config import AugmentConfig
+from ..core import preempt
+from ..core.checkpoint import load_tensors, save_tensors
+from ..errors import UserError
 
 WHOLE = (0.0, 0.0, 1.0, 1.0)
 KIND_BOXES = "crop-boxes"
@@ -142,8 +144,6 @@ class CropBoxes:
 
     def save(self, path: Path, protocol_json: str) -> None:
         """``boxes.safetensors`` in the run directory: the boxes and the epoch they were computed after."""
-        from ..checkpoint import save_tensors
-
         save_tensors(path, {"boxes": self.boxes}, {"kind": KIND_BOXES, "mode": self.mode,
                                                    "epoch": str(int(self.updated)), "protocol": protocol_json})
 
@@ -154,9 +154,6 @@ def box_stats(boxes: torch.Tensor) -> dict[str, float]:
 
 
 def load_boxes(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
-    from ..checkpoint import load_tensors
-    from ..errors import UserError
-
     tensors, meta = load_tensors(path, KIND_BOXES)
     boxes = tensors.get("boxes")
     if boxes is None or boxes.dim() != 2 or boxes.shape[1] != 4:

@@ -33,7 +33,7 @@ from torch import nn
 from torchvision.ops import roi_align
 from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
-from ..schema import AugmentConfig, norm_stats
+from ..config import AugmentConfig, norm_stats
 from .ops import PadToSquare, decode_size, fused_colour, to_tensor, yiq_hue_matrix
 from .spec import ViewParams, ViewSpec
 

@@ -15,7 +15,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from ..schema import AugmentConfig, Norm, norm_stats
+from ..config import AugmentConfig, Norm, norm_stats
 
 #: view kinds that are random crops of the image (ContrastiveCrop places them)
 CROP_KINDS = ("crop", "random-original")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .. import distributed
+from ..config import PretrainProtocol
+from ..core import distributed
 from ..errors import UserError
-from ..schema import PretrainProtocol
 from .ccrop import CropBoxes
 from .gpu_views import DecodeAndDraw
-from .shards import ShardSource, ShardViews
 from .ops import draft_side
+from .shards import ShardSource, ShardViews
 from .views import AugmentedDataset, ViewMaker
 
 

@@ -37,7 +37,7 @@ from torchvision.datasets import CIFAR10, CIFAR100, STL10, ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import check_integrity
 
-from leoclr_cli.errors import BadImage, UserError
+from ..errors import BadImage, UserError
 
 __all__ = ["SOURCES", "STL10_CLASSES", "Source", "open_source"]
 

@@ -23,7 +23,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms import RandomResizedCrop
 
-from ..schema import AugmentConfig
+from ..config import AugmentConfig
 from .ccrop import sample_crop
 from .ops import CROP_KINDS, VIEW_KINDS
 

@@ -26,8 +26,8 @@ from PIL import Image, ImageFilter
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from ..config import AugmentConfig, Norm
 from ..errors import BadImage, UserError
-from ..schema import AugmentConfig, Norm
 from .gpu_views import DirectViews
 from .ops import PadToSquare, jitter_pil, to_tensor
 from .spec import ViewParams, ViewSpec

@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from .. import checkpoint as ckpt
-from .. import preempt
-from ..atomic import atomic_write_text
-from ..engine import read_metrics
+from ..core import checkpoint as ckpt
+from ..core import preempt
+from ..core.atomic import atomic_write_text
+from ..core.engine import read_metrics
+from ..core.rundir import RunDir
 from ..errors import Preempted
 from .export import detectron2_checkpoint
 from .trial import finish_trial
@@ -194,7 +194,7 @@ def _save(trainer, done: int, spec: dict[str, Any]) -> Path:
 def _drop_metrics_after(path: Path, spec: dict[str, Any]) -> None:
     """Before a resume from the train state ``path`` (and before Detectron2 opens the file): drop the
     metrics.jsonl records of the iterations after that state."""
-    metrics = Path(spec["trial_dir"]) / "metrics.jsonl"
+    metrics = RunDir(spec["trial_dir"]).metrics
     done = int(ckpt.read_metadata(path, ckpt.KIND_STATE)["step"])
     if metrics.is_file():
         kept = [m for m in read_metrics(metrics) if m.get("iteration", -1) < done]
@@ -272,7 +272,7 @@ def _trial(spec: dict[str, Any]) -> None:
             return kept + [_checkpoints_hook(spec, p.period)]  # last: the scheduler has stepped, metrics written
 
         def build_writers(self):
-            return [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.jsonl"))]
+            return [CommonMetricPrinter(self.max_iter), JSONWriter(str(RunDir(self.cfg.OUTPUT_DIR).metrics))]
 
     if spec["resume"] is not None and comm.is_main_process():
         _drop_metrics_after(spec["resume"], spec)

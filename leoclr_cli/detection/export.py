@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import checkpoint as ckpt
-from ..atomic import atomic_write_bytes
+from ..core import checkpoint as ckpt
+from ..core.atomic import atomic_write_bytes
 from ..errors import UserError
 
 # Detectron2 builds bottleneck ResNets of these depths; R50 is the paper's detector backbone.

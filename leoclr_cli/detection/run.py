@@ -17,10 +17,11 @@ from typing import Any, Optional
 import torch
 from rich.console import Console
 
+from ..config import DetectProtocol, protocol_json
+from ..core.engine import resolve_device
+from ..core.results import DetectResult
+from ..core.rundir import RunDir, command
 from ..errors import Preempted, UserError
-from ..rundir import command, part, read_json, reopen, write_json
-from ..schema import DetectProtocol, protocol_json
-from ..engine import resolve_device
 from .datasets import VOC_CLASSES, coco_paths, read_coco, read_voc
 from . import detectron2_backend as d2_backend
 from .export import load_detection_backbone
@@ -105,27 +106,27 @@ def run_detect(p: DetectProtocol, backbone_path: Path, run_dir: Path, *, resume:
     backend = choose_backend(p, console)
     gpus = gpu_count(p, backend)
     solver = p.solver(gpus)
-    resuming = reopen(run_dir, p, resume=resume, force=force)
+    resuming = RunDir(run_dir).reopen(p, resume=resume, force=force)
     console.print(rescale_line(p, gpus, solver), highlight=False)
     pjson = protocol_json(p)
     trials = []
     for t in range(p.trials):
         seed = p.seed + t
         trial_dir = Path(run_dir) / f"trial-{t}"
-        if not (resuming and (trial_dir / "result.json").is_file()):  # a finished trial is kept as it is
+        trial = RunDir(trial_dir)
+        if not (resuming and trial.result.is_file()):  # a finished trial is kept as it is
             spec = {"protocol": p, "protocol_json": pjson, "dataset": p.dataset, "backend": backend, "seed": seed,
-                    "trial_dir": str(trial_dir), "solver": solver, "resume": part(trial_dir, resuming), **data}
+                    "trial_dir": str(trial_dir), "solver": solver, "resume": trial.resume_part(resuming), **data}
             if backend == "detectron2":
                 _detectron2_trial(spec, state, gpus)
             else:
                 _torchvision_trial(spec, state, quiet, console)
-        shutil.rmtree(trial_dir / "checkpoints", ignore_errors=True)  # finished: model.safetensors is kept
-        trials.append(read_json(trial_dir / "result.json"))
+        shutil.rmtree(trial.checkpoints, ignore_errors=True)  # finished: model.safetensors is kept
+        trials.append(trial.read_result())
         console.print(f"trial {t + 1}/{p.trials} (seed {seed}): AP {trials[-1]['AP']:.2f}, "
                       f"AP50 {trials[-1]['AP50']:.2f}, AP75 {trials[-1]['AP75']:.2f}", highlight=False)
     result: dict[str, Any] = {
-        "kind": "detect", "dataset": p.dataset, "backend": backend, "backbone": str(backbone_path),
-        "arch": meta.get("arch"), "method": meta.get("method"), "pretrain_epoch": int(meta.get("epoch", 0)),
+        "dataset": p.dataset, "backend": backend, **DetectResult.provenance(backbone_path, meta),
         "trials": p.trials, "gpus": gpus, "solver": solver, "test_images": len(data["test"]),
         "per_trial": [{"seed": tr["seed"], "AP": tr["AP"], "AP50": tr["AP50"], "AP75": tr["AP75"]} for tr in trials],
     }
@@ -133,8 +134,7 @@ def run_detect(p: DetectProtocol, backbone_path: Path, run_dir: Path, *, resume:
         values = [tr[key] for tr in trials]
         result[key] = statistics.fmean(values)
         result[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-    write_json(Path(run_dir) / "result.json", result)
-    return result
+    return RunDir(run_dir).write_result(DetectResult(**result))
 
 
 def _torchvision_trial(spec: dict[str, Any], state: dict[str, torch.Tensor], quiet: bool, console: Console) -> None:

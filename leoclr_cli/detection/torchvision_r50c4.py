@@ -23,9 +23,10 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
-from .. import preempt
-from ..engine import Checkpoints, DeviceSpec, Engine, Observers, Schedule, Task, resolve_device, to_device
-from ..schema import DetectProtocol
+from ..config import DetectProtocol
+from ..core import preempt
+from ..core.engine import Checkpoints, DeviceSpec, Engine, Observers, Schedule, Task, resolve_device, to_device
+from ..errors import UserError
 from .datasets import DetectionTrainSet, collate, read_image
 
 
@@ -121,7 +122,6 @@ def train_loader(records: list[dict[str, Any]], p: DetectProtocol, batch: int, i
                  generator: Optional[torch.Generator] = None) -> torch.utils.data.DataLoader:
     ds = DetectionTrainSet(records, flip=p.flip)
     if len(ds) == 0:
-        from ..errors import UserError
         raise UserError("the training set has no image with a usable box")
     sampler = torch.utils.data.RandomSampler(ds, num_samples=iterations * batch, generator=generator)
     return torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, collate_fn=collate, drop_last=True,

@@ -13,15 +13,25 @@ from typing import Any, Optional
 
 import torch
 
-from .. import checkpoint as ckpt
-from .. import preempt
+from ..config import CropTestProtocol
+from ..core import checkpoint as ckpt
+from ..core import preempt
+from ..core.engine import resolve_device
+from ..core.results import CropTestResult
+from ..core.rundir import RunDir, command
 from ..data.views import AugmentedDataset, crop_test_transform
-from ..engine import resolve_device
 from ..errors import UserError
-from ..rundir import command, prepare, write_json
-from ..schema import CropTestProtocol
 from .features import labelled_split
 from .linear import evaluate_logits, load_classifier
+
+
+def linear_run_defaults(linear_dir: Path) -> dict[str, Any]:
+    """crop-test defaults: the data, crop size, resize and normalisation of the linear-eval run."""
+    lin = RunDir(linear_dir).read_protocol("linear-eval")
+    defaults = {f"data.{k}": v for k, v in lin.data.model_dump().items()}
+    defaults.update({"size": lin.transform.size, "resize": lin.transform.resize, **lin.transform.norm_fields(),
+                     "device": lin.device, "batch_size": lin.batch_size, "seed": lin.seed})
+    return defaults
 
 
 def find_backbone(linear_dir: Path, meta: dict[str, str], override: Optional[Path]) -> Path:
@@ -30,10 +40,10 @@ def find_backbone(linear_dir: Path, meta: dict[str, str], override: Optional[Pat
     if override is not None:
         candidates = [Path(override).expanduser()]
     else:
-        candidates = [Path(meta.get("backbone", "")), linear_dir.parent / "backbone.safetensors"]
+        candidates = [Path(meta.get("backbone", "")), RunDir(linear_dir.parent).backbone]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
-        raise UserError(f"backbone {candidates[0]} named by {linear_dir / 'linear.safetensors'} does not exist; "
+        raise UserError(f"backbone {candidates[0]} named by {RunDir(linear_dir).classifier} does not exist; "
                         "give its location with --backbone")
     want = meta.get("backbone_sha256")
     if want and ckpt.file_sha256(found) != want:
@@ -45,7 +55,7 @@ def find_backbone(linear_dir: Path, meta: dict[str, str], override: Optional[Pat
 @command
 def run_crop_test(protocol: CropTestProtocol, linear_dir: Path, run_dir: Path, *, backbone: Optional[Path] = None,
                   force: bool = False) -> dict[str, Any]:
-    path = linear_dir / "linear.safetensors"
+    path = RunDir(linear_dir).classifier
     meta = ckpt.read_metadata(path, ckpt.KIND_LINEAR)
     backbone_path = find_backbone(linear_dir, meta, backbone)
     net, bmeta = ckpt.load_backbone(backbone_path)
@@ -55,7 +65,8 @@ def run_crop_test(protocol: CropTestProtocol, linear_dir: Path, run_dir: Path, *
     if test_src.num_classes != num_classes:
         raise UserError(f"test split '{protocol.data.test_split}' has {test_src.num_classes} classes, the classifier "
                         f"{num_classes}")
-    prepare(run_dir, protocol, resume=None, force=force)
+    run = RunDir(run_dir)
+    run.prepare(protocol, resume=None, force=force)
     device = resolve_device(protocol.device)
     model.to(device)
 
@@ -72,14 +83,8 @@ def run_crop_test(protocol: CropTestProtocol, linear_dir: Path, run_dir: Path, *
     randoms = [score("random", protocol.seed + r) for r in range(protocol.repeats)]
     random_top1 = sum(r["top1"] for r in randoms) / len(randoms)
     random_top5 = sum(r["top5"] for r in randoms) / len(randoms)
-    result = {
-        "kind": "crop-test", "linear_run": str(linear_dir), "backbone": str(backbone_path), "arch": bmeta["arch"],
-        "method": bmeta.get("method"), "pretrain_epoch": int(bmeta.get("epoch", 0)), "dataset": protocol.data.source,
-        "num_classes": num_classes, "test_images": len(test_src), "repeats": protocol.repeats,
-        "center_top1": center["top1"], "center_top5": center["top5"],
-        "random_top1": random_top1, "random_top5": random_top5,
-        "random_top1_each": [r["top1"] for r in randoms],
-        "drop": center["top1"] - random_top1,
-    }
-    write_json(Path(run_dir) / "result.json", result)
-    return result
+    return run.write_result(CropTestResult(
+        **CropTestResult.provenance(backbone_path, bmeta), linear_run=str(linear_dir), dataset=protocol.data.source,
+        num_classes=num_classes, test_images=len(test_src), repeats=protocol.repeats, center_top1=center["top1"],
+        center_top5=center["top5"], random_top1=random_top1, random_top5=random_top5,
+        random_top1_each=[r["top1"] for r in randoms], drop=center["top1"] - random_top1))

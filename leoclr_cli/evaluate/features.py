@@ -8,11 +8,11 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from .. import preempt
+from ..config import EvalDataConfig, EvalTransformConfig
+from ..core import preempt
+from ..core.progress import Reporter
 from ..data import open_data
 from ..data.views import AugmentedDataset, eval_transform
-from ..progress import Reporter
-from ..schema import EvalDataConfig, EvalTransformConfig
 
 
 def labelled_split(data: EvalDataConfig, which: str):

@@ -9,26 +9,28 @@ and top-5 on the full test/val split. :func:`train_classifier` is also the fine-
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
+from rich.table import Table
 from torch import nn
 
-from .. import checkpoint as ckpt
+from ..config import FinetuneProtocol, Norm, protocol_json
+from ..core import checkpoint as ckpt
+from ..core.engine import Checkpoints, DeviceSpec, Engine, Observers, Schedule, Task, cosine_lr, resolve_device
+from ..core.results import FinetuneResult, FinetuneSweepResult
+from ..core.rundir import RunDir, command
 from ..data.views import AugmentedDataset, linear_train_transform
-from ..engine import Checkpoints, DeviceSpec, Engine, Observers, Schedule, Task, cosine_lr, resolve_device
 from ..errors import UserError
-from ..rundir import command, prepare, read_json, write_json
-from ..schema import FinetuneProtocol, Norm, protocol_json
 from .features import labelled_split, loader_for
 from .linear import evaluate_logits
 from .subsets import balanced_subset, read_subset_file, take, write_subset_file
 
-RESULT_KEYS = ("kind", "dataset", "pretrain_epoch", "labels", "fraction", "top1", "top5", "epochs", "backbone", "arch",
-               "method", "num_classes", "num_labelled", "num_test", "subset", "subset_file")
+RESULT_KEYS = tuple(FinetuneResult.model_fields)
 
 
 class FinetuneClassifier(Task):
@@ -83,33 +85,56 @@ def _labelled_subset(p: FinetuneProtocol, train_src) -> tuple[list[int], str]:
 
 @command
 def run_finetune(p: FinetuneProtocol, backbone_path: Path, run_dir: Path, *, resume: Optional[str] = None,
-                 force: bool = False, quiet: bool = False, console: Optional[Console] = None) -> dict[str, Any]:
-    """Fine-tune on the labelled subset, test on the full test split; writes ``subset.txt`` and ``result.json``."""
+                 force: bool = False, quiet: bool = False, console: Optional[Console] = None,
+                 splits: Optional[tuple[Any, Any]] = None) -> dict[str, Any]:
+    """Fine-tune on the labelled subset, test on the full test split; writes ``subset.txt`` and ``result.json``.
+    ``splits``: the labelled train and test splits of ``p.data`` when the caller opened them already."""
     backbone, meta = ckpt.load_backbone(backbone_path)
-    train_src, test_src = labelled_split(p.data, "train"), labelled_split(p.data, "test")
+    train_src, test_src = splits or (labelled_split(p.data, "train"), labelled_split(p.data, "test"))
     indices, how = _labelled_subset(p, train_src)
-    run_dir = Path(run_dir)
-    resume_from = prepare(run_dir, p, resume=resume, force=force)
-    write_subset_file(run_dir / "subset.txt", train_src, indices)
+    run = RunDir(run_dir)
+    resume_from = run.prepare(p, resume=resume, force=force)
+    write_subset_file(run.subset, train_src, indices)
     torch.manual_seed(p.seed)
     device = resolve_device(p.device)
     model = FinetuneClassifier(backbone, train_src.num_classes)
     epochs = p.resolved_epochs()
     train_classifier(model, take(train_src, indices), size=p.transform.size, normalize=p.transform.norm,
                      epochs=epochs, batch_size=p.batch_size, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov,
-                     weight_decay=p.weight_decay, schedule=p.schedule, device=device, run_dir=run_dir,
+                     weight_decay=p.weight_decay, schedule=p.schedule, device=device, run_dir=run.path,
                      protocol=protocol_json(p), seed=p.seed, checkpoint_every=p.checkpoint_every,
                      keep_checkpoints=p.keep_checkpoints, num_workers=p.data.num_workers, resume=resume_from,
                      quiet=quiet, console=console, desc=f"finetune {p.labels:g}%")
     acc = evaluate_logits(model, loader_for(test_src, p.transform, p.batch_size, p.data.num_workers, device), device)
-    result = {
-        "kind": "finetune", "dataset": p.data.source, "pretrain_epoch": int(meta.get("epoch", 0)), "labels": p.labels, "fraction": p.labels / 100, "top1": acc["top1"], "top5": acc["top5"],
-        "epochs": epochs, "backbone": str(backbone_path), "arch": meta["arch"], "method": meta.get("method"),
-        "num_classes": train_src.num_classes, "num_labelled": len(indices), "num_test": len(test_src),
-        "subset": how, "subset_file": str(run_dir / "subset.txt"),
-    }
-    write_json(run_dir / "result.json", result)
-    return result
+    return run.write_result(FinetuneResult(
+        **FinetuneResult.provenance(backbone_path, meta), dataset=p.data.source, labels=p.labels,
+        fraction=p.labels / 100, top1=acc["top1"], top5=acc["top5"], epochs=epochs, num_classes=train_src.num_classes,
+        num_labelled=len(indices), num_test=len(test_src), subset=how, subset_file=str(run.subset)))
+
+
+def parse_labels(text: str) -> list[float]:
+    """``10%``, ``1``, ``0.5%`` or a sweep ``1,2,5,10,20,50,100`` -> percents in (0, 100]."""
+    values = []
+    for part in text.split(","):
+        part = part.strip().rstrip("%").strip()
+        try:
+            value = float(part)
+        except ValueError:
+            raise UserError(f"--labels {text!r}: {part!r} is not a percentage (e.g. 10% or 1,10,100)") from None
+        if not 0 < value <= 100:
+            raise UserError(f"--labels {text!r}: {value:g} is not a percentage in (0, 100]")
+        values.append(value)
+    if len(set(values)) != len(values):
+        raise UserError(f"--labels {text!r} names a fraction twice")
+    return values
+
+
+def label_fractions(labels: Optional[str], subset_file: Optional[Path]) -> list[Optional[float]]:
+    """The fractions ``--labels`` names (``[None]``: the protocol's own); ``--subset-file`` fixes one subset."""
+    fractions: list[Optional[float]] = list(parse_labels(labels)) if labels is not None else [None]
+    if subset_file is not None and len(fractions) > 1:
+        raise UserError("--subset-file fixes one subset; it cannot be combined with a sweep of --labels")
+    return fractions
 
 
 def fraction_dir(labels: float) -> str:
@@ -123,28 +148,35 @@ def run_finetune_sweep(protocols: list[FinetuneProtocol], backbone_path: Path, r
                        console: Optional[Console] = None) -> dict[str, Any]:
     """One fine-tuning run per protocol (one per label fraction) in ``run_dir/labels_<N>pct``, and
     ``run_dir/summary.json``. With ``resume='auto'`` finished fractions are kept and others resumed."""
+    if resume not in (None, "auto"):
+        raise UserError("a sweep of --labels resumes with --resume auto only")
     run_dir = Path(run_dir)
-    train_src = labelled_split(protocols[0].data, "train")
+    splits = labelled_split(protocols[0].data, "train"), labelled_split(protocols[0].data, "test")  # opened once
     for p in protocols:  # every fraction's subset is valid before the first one trains
-        _labelled_subset(p, train_src)
+        _labelled_subset(p, splits[0])
     if run_dir.exists() and any(run_dir.iterdir()) and resume is None:
         if not force:
             raise UserError(f"run directory {run_dir} already exists; use --resume auto to continue it "
                             "or --force to start over")
-        import shutil
-
         shutil.rmtree(run_dir)
     runs = []
     for p in protocols:
-        sub = run_dir / fraction_dir(p.labels)
-        if resume == "auto" and (sub / "result.json").is_file():
-            result = read_json(sub / "result.json")
+        sub = RunDir(run_dir / fraction_dir(p.labels))
+        if resume == "auto" and sub.result.is_file():
+            result = sub.read_result()
         else:
-            again = "auto" if resume == "auto" and ckpt.latest_state(sub) is not None else None
-            result = run_finetune(p, backbone_path, sub, resume=again, force=resume == "auto", quiet=quiet,
-                                  console=console)
-        runs.append({"dir": sub.name, **{k: result[k] for k in ("labels", "fraction", "top1", "top5", "epochs")}})
-    summary = {"kind": "finetune-sweep", "backbone": str(backbone_path), "runs": runs}
-    write_json(run_dir / "summary.json", summary)
-    return summary
+            again = "auto" if resume == "auto" and ckpt.latest_state(sub.path) is not None else None
+            result = run_finetune(p, backbone_path, sub.path, resume=again, force=resume == "auto", quiet=quiet,
+                                  console=console, splits=splits)
+        runs.append({"dir": sub.path.name, **{k: result[k] for k in ("labels", "fraction", "top1", "top5", "epochs")}})
+    return RunDir(run_dir).write_result(FinetuneSweepResult(backbone=str(backbone_path), runs=runs))
 
+
+def sweep_table(summary: dict[str, Any]) -> Table:
+    """A sweep's summary as a table: one row per label fraction."""
+    table = Table(title=f"Semi-supervised fine-tuning of {summary['backbone']}")
+    for col in ("labels %", "epochs", "top-1 %", "top-5 %"):
+        table.add_column(col, justify="right")
+    for row in summary["runs"]:
+        table.add_row(f"{row['labels']:g}", str(row["epochs"]), f"{row['top1']:.2f}", f"{row['top5']:.2f}")
+    return table

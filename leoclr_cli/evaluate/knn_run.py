@@ -7,10 +7,11 @@ from typing import Any, Optional
 
 from rich.console import Console
 
-from .. import checkpoint as ckpt
-from ..engine import resolve_device
-from ..rundir import command, prepare, write_json
-from ..schema import KnnProtocol
+from ..config import KnnProtocol
+from ..core import checkpoint as ckpt
+from ..core.engine import resolve_device
+from ..core.results import KnnResult
+from ..core.rundir import RunDir, command
 from .features import extract, labelled_split, loader_for
 from .knn import knn_accuracy
 
@@ -20,7 +21,8 @@ def run_knn(p: KnnProtocol, backbone_path: Path, run_dir: Path, *, force: bool =
             console: Optional[Console] = None) -> dict[str, Any]:
     backbone, meta = ckpt.load_backbone(backbone_path)
     bank_src, test_src = labelled_split(p.data, "train"), labelled_split(p.data, "test")
-    prepare(run_dir, p, resume=None, force=force)
+    run = RunDir(run_dir)
+    run.prepare(p, resume=None, force=force)
     device = resolve_device(p.device)
     backbone.to(device)
     shown = {"console": console, "quiet": quiet}
@@ -30,7 +32,5 @@ def run_knn(p: KnnProtocol, backbone_path: Path, run_dir: Path, *, force: bool =
                            desc="knn test features", **shown)
     keep = bank_y >= 0  # STL-10 unlabeled images cannot vote
     acc = knn_accuracy(bank[keep], bank_y[keep], test, test_y, bank_src.num_classes, p.k, p.t)
-    result = {"kind": "knn", "backbone": str(backbone_path), "arch": meta["arch"], "method": meta.get("method"),
-              "k": p.k, "t": p.t, "bank": int(keep.sum()), "test": len(test_y), **acc}
-    write_json(Path(run_dir) / "result.json", result)
-    return result
+    return run.write_result(KnnResult(**KnnResult.provenance(backbone_path, meta), k=p.k, t=p.t, bank=int(keep.sum()),
+                                      test=len(test_y), **acc))

@@ -27,13 +27,14 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
-from .. import checkpoint as ckpt
-from .. import preempt
+from ..config import LinearEvalProtocol, protocol_json
+from ..core import checkpoint as ckpt
+from ..core import preempt
+from ..core.engine import Checkpoints, DeviceSpec, Engine, Observers, Schedule, Task, resolve_device, step_lr
+from ..core.results import LinearResult
+from ..core.rundir import RunDir, command, write_json
 from ..data.views import AugmentedDataset, linear_train_transform
-from ..engine import Checkpoints, DeviceSpec, Engine, Observers, Schedule, Task, resolve_device, step_lr
 from ..errors import UserError
-from ..rundir import command, prepare, read_json, write_json
-from ..schema import LinearEvalProtocol, protocol_json
 from .features import extract, labelled_split, loader_for
 from .knn import topk_accuracy
 from .subsets import balanced_split, take
@@ -253,7 +254,8 @@ def run_linear_eval(protocol: LinearEvalProtocol, backbone_path: Path, run_dir: 
                             "validation; use selection: test")
     else:
         fit_idx, val_idx = list(range(len(train_src))), []
-    resume_from = prepare(run_dir, p, resume=resume, force=force)
+    run = RunDir(run_dir)
+    resume_from = run.prepare(p, resume=resume, force=force)
     torch.manual_seed(p.seed)
     device = resolve_device(p.device)
     backbone.to(device)
@@ -289,24 +291,17 @@ def run_linear_eval(protocol: LinearEvalProtocol, backbone_path: Path, run_dir: 
     check_unchanged(backbone, reference, backbone_path)
     final = evaluate_logits(model, test_loader, device)  # the selected classifier, scored once on test
     pre = json.loads(meta.get("protocol", "{}") or "{}")
-    result = {
-        "kind": "linear-eval", "backbone": str(backbone_path), "arch": meta["arch"], "method": meta.get("method"),
-        "pretrain_epoch": int(meta.get("epoch", 0)), "num_classes": num_classes, "epochs": p.epochs,
-        "dataset": p.data.source, "pretrain_dataset": pre.get("data", {}).get("source"),
-        "pretrain_batch_size": pre.get("optim", {}).get("batch_size"),
-        "pretrain_schedule": pre.get("optim", {}).get("schedule"),
-        "probe": p.probe, "feature_norm": p.feature_norm, "selected_on": p.selection,
-        "num_fit": len(fit_idx), "num_val": len(val_idx),
-        "top1": final["top1"], "top5": final["top5"], **chosen, **diag,
-        "backbone_unchanged": True,
-    }
-    if p.probe == "lbfgs":
-        result["epochs"] = None
-    save_classifier(Path(run_dir) / "linear.safetensors", model, {
+    result = LinearResult(
+        **LinearResult.provenance(backbone_path, meta), num_classes=num_classes,
+        epochs=None if p.probe == "lbfgs" else p.epochs, dataset=p.data.source,
+        pretrain_dataset=pre.get("data", {}).get("source"), pretrain_batch_size=pre.get("optim", {}).get("batch_size"),
+        pretrain_schedule=pre.get("optim", {}).get("schedule"), probe=p.probe, feature_norm=p.feature_norm,
+        selected_on=p.selection, num_fit=len(fit_idx), num_val=len(val_idx), top1=final["top1"], top5=final["top5"],
+        **chosen, **diag, backbone_unchanged=True)
+    save_classifier(run.classifier, model, {
         "backbone": str(backbone_path), "arch": meta["arch"], "backbone_sha256": ckpt.file_sha256(backbone_path),
         "num_classes": str(num_classes), "protocol": protocol_json(p)})
-    write_json(Path(run_dir) / "result.json", result)
-    return result
+    return run.write_result(result)
 
 
 def _sgd(p: LinearEvalProtocol, backbone: nn.Module, fit_ds, val_loader, test_loader, num_classes: int,
@@ -349,7 +344,7 @@ def _sgd(p: LinearEvalProtocol, backbone: nn.Module, fit_ds, val_loader, test_lo
     tested = [m for m in history if "test_top1" in m]
     test_best, last = max(tested, key=lambda m: m["test_top1"]), tested[-1]
     chosen = {"selected_epoch": model.selected["epoch"], "val_top1": model.selected["score"] if on_val else None}
-    model.load_head(model.selected["state"], Path(run_dir) / "checkpoints")
+    model.load_head(model.selected["state"], RunDir(run_dir).checkpoints)
     diag = {"top1_test_best": test_best["test_top1"], "top5_test_best": test_best["test_top5"],
             "test_best_epoch": test_best["epoch"], "top1_last": last["test_top1"], "top5_last": last["test_top5"]}
     return model, chosen, diag
@@ -366,8 +361,8 @@ def _lbfgs(p: LinearEvalProtocol, train_f, train_y, test_f, test_y, fit_idx: lis
     key = "val" if val_idx else "test"
     cells = sweep_lbfgs(x_fit, y_fit, scored, num_classes, p.cs, p.lbfgs_max_iter, p.feature_norm, top1)
     best = best_cell(cells, key)
-    write_json(Path(run_dir) / "grid.json", {"probe": "lbfgs", "selected_on": key, "num_fit": len(fit_idx),
-                                             "num_val": len(val_idx), "cells": cells, "best": best})
+    write_json(RunDir(run_dir).grid, {"probe": "lbfgs", "selected_on": key, "num_fit": len(fit_idx),
+                                      "num_val": len(val_idx), "cells": cells, "best": best})
     c = cells[best]["c"]
     model = fit_probe(train_f, train_y, num_classes, c, p.lbfgs_max_iter, p.feature_norm) if val_idx else \
         fit_probe(x_fit, y_fit, num_classes, c, p.lbfgs_max_iter, p.feature_norm)
@@ -376,15 +371,22 @@ def _lbfgs(p: LinearEvalProtocol, train_f, train_y, test_f, test_y, fit_idx: lis
     return model, chosen, {"top1_test_best": test_best["test"], "test_best_c": test_best["c"]}
 
 
+def describe_selection(r: dict[str, Any]) -> str:
+    """How a linear-eval result's classifier was chosen, in words."""
+    what = f"epoch {r['selected_epoch']}" if r.get("selected_epoch") is not None else f"C {r['selected_c']:.3g}"
+    on = f"validation top-1 {r['val_top1']:.2f}%" if r["selected_on"] == "val" else "the test split"
+    return f"{r['probe']} probe, feature_norm {r['feature_norm']}; {what} chosen on {on}"
+
+
 def find_linear_run(target: Path) -> tuple[Path, dict[str, Any]]:
     """(directory, result) of a finished linear-eval run: ``target`` itself or ``target/linear-eval``."""
     target = Path(target).expanduser()
-    for cand in (target, target / "linear-eval"):
-        if (cand / "result.json").is_file():
-            result = read_json(cand / "result.json")
+    for cand in (RunDir(target), RunDir(target).linear_eval):
+        if cand.result.is_file():
+            result = cand.read_result()
             if isinstance(result, dict) and result.get("kind") == "linear-eval":
-                return cand, result
+                return cand.path, result
     if not target.exists():
         raise UserError(f"run directory {target} does not exist")
-    raise UserError(f"{target} holds no finished linear evaluation (no result.json of kind 'linear-eval' in it or "
-                    "in its linear-eval/); run `leoclr linear-eval` first")
+    raise UserError(f"{target} holds no finished linear evaluation (no {RunDir.RESULT} of kind 'linear-eval' in it or "
+                    f"in its {RunDir.LINEAR_EVAL}/); run `leoclr linear-eval` first")

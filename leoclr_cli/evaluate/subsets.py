@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..atomic import atomic_write_text
+from ..core.atomic import atomic_write_text
 from ..errors import UserError
 
 

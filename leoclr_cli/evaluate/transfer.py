@@ -12,7 +12,7 @@ once by :func:`~leoclr_cli.evaluate.features.extract`: the linear probe of
 
 The metric is top-1 accuracy, except mean per-class accuracy for Pets.
 
-Resume (``--resume auto``, :func:`~leoclr_cli.rundir.reopen`): the cells already in ``grid.json`` are
+Resume (``--resume auto``, :meth:`~leoclr_cli.core.rundir.RunDir.reopen`): the cells already in ``grid.json`` are
 kept, an interrupted cell or refit continues from its engine checkpoint (every cell checkpoints its
 last epoch, so a signal during its validation pass keeps its training; the checkpoint is removed once
 the cell is in ``grid.json``). In linear mode the features are cached in
@@ -32,12 +32,13 @@ from typing import Any, Optional
 import torch
 from rich.console import Console
 
-from .. import checkpoint as ckpt
+from ..config import TransferProtocol, protocol_json
+from ..core import checkpoint as ckpt
+from ..core.engine import resolve_device
+from ..core.results import TransferResult
+from ..core.rundir import RunDir, command, read_json, write_json
 from ..data.sources import open_source
-from ..engine import resolve_device
 from ..errors import UserError
-from ..rundir import command, part, read_json, reopen, write_json
-from ..schema import TransferProtocol, protocol_json
 from .features import extract, loader_for
 from .finetune import FinetuneClassifier, train_classifier
 from .knn import topk_accuracy
@@ -97,7 +98,7 @@ def run_transfer(p: TransferProtocol, backbone_path: Path, run_dir: Path, *, res
     backbone, meta = ckpt.load_backbone(backbone_path)
     train, test = _open(p)
     run_dir = Path(run_dir)
-    resuming = reopen(run_dir, p, resume=resume, force=force)
+    resuming = RunDir(run_dir).reopen(p, resume=resume, force=force)
     device = resolve_device(p.device)
     metric = METRIC.get(p.dataset, "top1")
     fit_idx, val_idx = split_train_val(len(train), p.val_fraction, p.split_seed)
@@ -109,32 +110,29 @@ def run_transfer(p: TransferProtocol, backbone_path: Path, run_dir: Path, *, res
     else:
         chosen, final = _finetune(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, run_dir,
                                   resuming, quiet, console)
-    result = {
-        "kind": "transfer", "dataset": p.dataset, "mode": p.mode, "metric": metric, "value": final[metric],
-        "top1": final["top1"], "val": chosen["val"], "best_lr": chosen.get("lr"), "best_wd": chosen["wd"],
-        "best_c": chosen.get("c"), "epochs": chosen.get("epochs"), "num_classes": train.num_classes,
-        "num_train": len(train), "num_fit": len(fit_idx), "num_val": len(val_idx), "num_test": len(test),
-        "backbone": str(backbone_path), "arch": meta["arch"], "method": meta.get("method"),
-        "pretrain_epoch": int(meta.get("epoch", 0)),
-    }
+    result = TransferResult(
+        dataset=p.dataset, mode=p.mode, metric=metric, value=final[metric], top1=final["top1"], val=chosen["val"],
+        best_lr=chosen.get("lr"), best_wd=chosen["wd"], best_c=chosen.get("c"), epochs=chosen.get("epochs"),
+        num_classes=train.num_classes, num_train=len(train), num_fit=len(fit_idx), num_val=len(val_idx),
+        num_test=len(test), **TransferResult.provenance(backbone_path, meta))
     if p.dataset == "birdsnap":
-        result.update({"images_listed": train.listed + test.listed, "images_present": train.present + test.present})
-    write_json(run_dir / "result.json", result)
+        result.images_listed, result.images_present = train.listed + test.listed, train.present + test.present
+    record = RunDir(run_dir).write_result(result)
     if p.mode == "linear":
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the caches only a resume reads
-    return result
+        shutil.rmtree(RunDir(run_dir).checkpoints, ignore_errors=True)  # the caches only a resume reads
+    return record
 
 
 def _cells_so_far(run_dir: Path, resuming: bool) -> list[dict[str, Any]]:
     """The grid cells an interrupted run finished (its grid.json), none for a fresh run."""
-    path = run_dir / "grid.json"
+    path = RunDir(run_dir).grid
     return read_json(path)["cells"] if resuming and path.is_file() else []
 
 
 def _finetune(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, run_dir, resuming, quiet, console):
     def fit(indices: list[int], lr: float, wd: float, where: Path):
         epochs = max(1, math.ceil(p.steps * p.batch_size / len(indices)))
-        state = part(where, resuming)
+        state = RunDir(where).resume_part(resuming)
         torch.manual_seed(p.seed)
         model = FinetuneClassifier(copy.deepcopy(backbone), train.num_classes)
         train_classifier(model, take(train, indices), size=p.transform.size, normalize=p.transform.norm,
@@ -160,10 +158,10 @@ def _finetune(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, 
                 cell = {"lr": lr, "wd": wd, "weight_decay": wd / lr if p.wd_over_lr else wd, "epochs": epochs,
                         "val": evaluate(model, val)[metric]}
             grid["cells"].append(cell)
-            write_json(run_dir / "grid.json", grid)  # progress is visible while the grid runs
-            shutil.rmtree(where / "checkpoints", ignore_errors=True)  # the cell is in grid.json for good
+            write_json(RunDir(run_dir).grid, grid)  # progress is visible while the grid runs
+            shutil.rmtree(RunDir(where).checkpoints, ignore_errors=True)  # the cell is in grid.json for good
     grid["best"] = best_cell(grid["cells"])
-    write_json(run_dir / "grid.json", grid)
+    write_json(RunDir(run_dir).grid, grid)
     chosen = grid["cells"][grid["best"]]
     model, epochs = fit(list(range(len(train))), chosen["lr"], chosen["wd"], run_dir / "refit")
     return {**chosen, "epochs": epochs}, evaluate(model, test)
@@ -173,7 +171,7 @@ def _features(p, backbone, train, test, device, run_dir: Path, resuming: bool, q
               console: Console) -> list[torch.Tensor]:
     """[train features, labels, test features, labels] of the frozen backbone, extracted once per run:
     kept in checkpoints/features.safetensors for a resume."""
-    cache, names = run_dir / "checkpoints" / "features.safetensors", ("train", "train_labels", "test", "test_labels")
+    cache, names = RunDir(run_dir).checkpoints / "features.safetensors", ("train", "train_labels", "test", "test_labels")
     if resuming and cache.is_file():
         tensors, _ = ckpt.load_tensors(cache, KIND_FEATURES)
         return [tensors[name] for name in names]
@@ -191,7 +189,7 @@ def _linear(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, ru
     feats, labels, test_f, test_y = (t.to(device) for t in _features(p, backbone, train, test, device, run_dir,
                                                                      resuming, quiet, console))
     grid["feature_norm"] = p.feature_norm
-    sweep = run_dir / "checkpoints" / "lbfgs.safetensors"
+    sweep = RunDir(run_dir).checkpoints / "lbfgs.safetensors"
     done, warm = [], None
     if resuming and sweep.is_file():  # the C values fitted before the interruption, and the last probe
         tensors, meta = ckpt.load_tensors(sweep, ckpt.KIND_LINEAR)
@@ -201,17 +199,17 @@ def _linear(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, ru
 
     def keep(cells: list[dict[str, Any]], probe) -> None:
         save_classifier(sweep, probe, {"cells": json.dumps(cells), "protocol": protocol_json(p)})
-        write_json(run_dir / "grid.json", {**grid, "cells": cells})  # progress is visible while the sweep runs
+        write_json(RunDir(run_dir).grid, {**grid, "cells": cells})  # progress is visible while the sweep runs
 
     grid["cells"] = sweep_lbfgs(feats[fit_idx], labels[fit_idx], {"val": (feats[val_idx], labels[val_idx])},
                                 train.num_classes, p.cs, p.lbfgs_max_iter, p.feature_norm,
                                 lambda s, y: score(metric, s, y), done=done, warm=warm, on_cell=keep)
     grid["best"] = best_cell(grid["cells"])
-    write_json(run_dir / "grid.json", grid)
+    write_json(RunDir(run_dir).grid, grid)
     chosen = grid["cells"][grid["best"]]
     model = fit_probe(feats, labels, train.num_classes, chosen["c"], p.lbfgs_max_iter, p.feature_norm)
-    save_classifier(run_dir / "linear.safetensors", model, {"num_classes": str(train.num_classes),
-                                                            "protocol": protocol_json(p)})
+    save_classifier(RunDir(run_dir).classifier, model, {"num_classes": str(train.num_classes),
+                                                        "protocol": protocol_json(p)})
     with torch.no_grad():
         scores = model.logits(test_f).cpu()
     return chosen, {"top1": score("top1", scores, test_y.cpu()), metric: score(metric, scores, test_y.cpu())}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..schema import MethodConfig, ModelConfig
+from ..config import MethodConfig, ModelConfig
 from .base import ContrastiveMethod
 from .leoclr import LeOCLR
 from .leoclr_attract_all import LeOCLRAttractAll

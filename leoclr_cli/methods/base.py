@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import distributed
-from ..engine import Task
-from ..nets import Encoder
-from ..schema import MethodConfig, ModelConfig
+from ..config import MethodConfig, ModelConfig
+from ..core import distributed
+from ..core.engine import Task
+from ..core.nets import Encoder
 
 
 def top1_positive(logits: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from .. import distributed
-from ..schema import MethodConfig, ModelConfig
+from ..config import MethodConfig, ModelConfig
+from ..core import distributed
 from .base import ContrastiveMethod
 
 

@@ -3,7 +3,7 @@
 The engine emits every metric in one place (``metrics.jsonl``) and hands the same values to a
 :class:`Tracker`, which fans them out to the tools a protocol's ``log`` section names (rank 0 only):
 per-step loss and lr, each epoch's record (samples/s, kNN monitor, ...) at the global step where the
-epoch ends, the protocol as parameters, and one image (the grid of :mod:`~.pictures`).
+epoch ends, the protocol as parameters, and one image (the grid of :mod:`~..report.pictures`).
 
 The packages are optional (``leoclr[tracking]``); :func:`check` names the missing one before the
 run directory is touched. Run ids are kept in ``RUN/tracking.json``, so ``--resume`` continues the
@@ -21,12 +21,12 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..config import TrackingConfig
+from ..errors import UserError
 from .atomic import atomic_write_text
-from .errors import UserError
-from .schema import TrackingConfig
+from .rundir import RunDir
 
 EXTRA = "pip install 'leoclr[tracking]'"
-IDS_FILE = "tracking.json"
 # (field, module to import, the package that provides it)
 NEEDS = (("tensorboard", "torch.utils.tensorboard", "tensorboard"), ("mlflow", "mlflow", "mlflow (or mlflow-skinny)"),
          ("wandb", "wandb", "wandb"))
@@ -184,7 +184,7 @@ def open_tracker(cfg: TrackingConfig, run_dir: Path, params: dict[str, Any], nam
     """The trackers ``cfg`` names for the run in ``run_dir`` (None: none asked for). ``start_step``:
     the global step a resumed run starts from (its MLflow / W&B runs are continued)."""
     run_dir = Path(run_dir)
-    ids_path = run_dir / IDS_FILE
+    ids_path = RunDir(run_dir).tracking
     ids = json.loads(ids_path.read_text()) if start_step and ids_path.is_file() else {}
     sinks: list[Any] = []
     if cfg.tensorboard:

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def atomic_write_bytes(path: Path, *chunks: bytes | memoryview) -> None:

@@ -30,14 +30,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 from rich.console import Console
+from rich.table import Table
 
-from .data.gpu_views import DecodeAndDraw, TensorViews
-from .data.sources import open_rgb
-from .data.ops import draft_side
-from .data.views import AugmentedDataset, ViewMaker
-from .engine import Checkpoints, DeviceSpec, Engine, Observers, Schedule, amp_dtype, resolve_device
-from .methods import build_method
-from .schema import AugmentConfig, MethodConfig, ModelConfig, PretrainProtocol
+from ..config import AugmentConfig, MethodConfig, ModelConfig, PretrainProtocol
+from ..core.engine import Checkpoints, DeviceSpec, Engine, Observers, Schedule, amp_dtype, resolve_device
+from ..core.rundir import environment, write_json
+from ..data.gpu_views import DecodeAndDraw, TensorViews
+from ..data.ops import draft_side
+from ..data.sources import open_rgb
+from ..data.views import AugmentedDataset, ViewMaker
+from ..methods import build_method
+from .pretrain import build_loader
 
 KINDS = {"mocov2": ("crop", "crop"), "leoclr": ("original", "crop", "crop")}
 #: the view-pipeline variants of ours: (row label, augment fields)
@@ -232,8 +235,6 @@ def _row(what: str, device: torch.device, results: dict[str, dict[str, Any]]) ->
 
 def end_to_end(method: str, arch: str, size: int, batch: int, steps: int, workers: int, device: torch.device,
                backend: str) -> dict[str, Any]:
-    from .pretrain import build_loader
-
     fields = {"tensor": {"backend": "tensor", "hue": "yiq"}, **{k: v[1] for k, v in VARIANTS.items()}}[backend]
     p = PretrainProtocol(augment=augment(size, **fields), model=ModelConfig(bn_splits=1),
                          data={"num_workers": workers}, optim={"batch_size": batch})
@@ -243,9 +244,10 @@ def end_to_end(method: str, arch: str, size: int, batch: int, steps: int, worker
     return engine_rate(method, arch, batch, loader, device, transform)
 
 
-def run_bench(*, device: str, arch: str, size: int, batch_size: int, steps: int, images: int,
-              view_size: int = 224, workers: int = 0) -> tuple[list[dict[str, Any]], float]:
-    """The table's rows and the LeOCLR/MoCo-v2 cost per sample of the train step."""
+def run_bench(*, device: str, arch: str, size: int, batch_size: int, steps: int, images: int, view_size: int = 224,
+              workers: int = 0, json_out: Optional[Path] = None) -> tuple[list[dict[str, Any]], float]:
+    """The table's rows and the LeOCLR/MoCo-v2 cost per sample of the train step; also written to ``json_out``
+    (with the environment and the settings) when given."""
     dev = resolve_device(device)
     rows = view_rates(view_size, images, batch_size, dev)
     step = {}
@@ -257,4 +259,28 @@ def run_bench(*, device: str, arch: str, size: int, batch_size: int, steps: int,
     for backend in ("pil", "fast", "tensor"):
         results = {m: end_to_end(m, arch, size, batch_size, steps, workers, dev, backend) for m in KINDS}
         rows.append(_row(f"end to end ({backend} views, {workers} workers, {size} px)", dev, results))
-    return rows, step["mocov2"]["rate"] / step["leoclr"]["rate"]
+    ratio = step["mocov2"]["rate"] / step["leoclr"]["rate"]
+    if json_out is not None:
+        write_json(json_out, {"rows": rows, "train_step_cost_ratio": ratio, "environment": environment(),
+                              "settings": {"arch": arch, "size": size, "view_size": view_size, "batch_size": batch_size,
+                                           "steps": steps, "images": images, "workers": workers}})
+    return rows, ratio
+
+
+def bench_table(rows: list[dict[str, Any]], *, arch: str, batch_size: int, view_size: int, size: int) -> Table:
+    """The rows of :func:`run_bench` as the table ``leoclr bench`` prints."""
+    table = Table(title=f"leoclr bench: {arch}, batch {batch_size}; views at {view_size} px from "
+                        f"photo-sized JPEGs, train at {size} px")
+    cols = ("what", "device", "mocov2 samples/s", "leoclr samples/s", "leoclr / mocov2 cost", "leoclr vs reference",
+            "peak GiB", "GPU util %")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("what", "device") else "right")
+
+    def fmt(v: Any, spec: str) -> str:
+        return "" if v is None else format(v, spec)
+
+    for r in rows:
+        table.add_row(r["what"], r["device"], f"{r['mocov2']:.1f}", f"{r['leoclr']:.1f}",
+                      f"{r['mocov2'] / r['leoclr']:.2f}x", fmt(r.get("vs_reference"), ".2f"),
+                      fmt(r.get("peak_gib"), ".2f"), fmt(r.get("gpu_util"), ".0f"))
+    return table

@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 from rich.console import Console
+from rich.table import Table
 
-from . import threads
-from .checkpoint import latest_state, random_backbone_file
-from .evaluate.linear import run_linear_eval
-from .nets import RANDOM_PREFIX
+from ..config import load_protocol
+from ..core import threads
+from ..core.checkpoint import random_backbone_file
+from ..core.nets import RANDOM_PREFIX
+from ..core.results import QuickstartResult
+from ..core.rundir import RunDir, command
+from ..evaluate.linear import run_linear_eval
 from .pretrain import run_pretrain
-from .rundir import command, write_json
-from .schema import load_protocol
 
 #: the methods the quickstart compares by default, in the order of its table
 DEFAULT_METHODS = ("leoclr", "mocov2")
@@ -35,7 +37,7 @@ RANDOM_INIT = "random init"
 
 def protocol_file(name: str) -> Path:
     """A protocol shipped with leoclr (the repo's protocols/, installed as leoclr_cli.protocols)."""
-    in_checkout = Path(__file__).resolve().parent.parent / "protocols" / name
+    in_checkout = Path(__file__).resolve().parents[2] / "protocols" / name
     if in_checkout.is_file():
         return in_checkout
     from importlib.resources import files
@@ -50,15 +52,10 @@ LINEAR_OVERRIDES = {"train_augment": "none", "epochs": 100, "batch_size": 256,
                     "transform.normalize": "builtin"}
 
 
-def _resume_or_fresh(run_dir: Path, force: bool) -> tuple[Optional[str], bool]:
-    if not force and run_dir.exists() and latest_state(run_dir) is not None:
-        return "auto", False
-    return None, True
-
-
-def _probe(lin, backbone: Path, run_dir: Path, force: bool, quiet: bool, console: Console) -> dict[str, Any]:
-    resume, fresh = _resume_or_fresh(run_dir, force)
-    return run_linear_eval(lin, backbone, run_dir, resume=resume, force=fresh, quiet=quiet, console=console)
+def _probe(lin, backbone: Path, run: RunDir, force: bool, quiet: bool, console: Console) -> dict[str, Any]:
+    """The linear probe of ``backbone`` in ``run``: continued, reused or started fresh."""
+    resume, fresh = run.resume_or_fresh(force)
+    return run_linear_eval(lin, backbone, run.path, resume=resume, force=fresh, quiet=quiet, console=console)
 
 
 @command
@@ -81,25 +78,24 @@ def run_quickstart(methods: tuple[str, ...] | list[str], out_dir: Path, *, seeds
         for method in methods:
             p = load_protocol("pretrain", protocol_file("quickstart.yaml"),
                               {"optim.epochs": epochs, **(overrides or {}), "method.name": method, "seed": seed})
-            pre_dir = seed_dir / method
+            pre = RunDir(seed_dir / method)
             t0 = time.perf_counter()
-            resume, fresh = _resume_or_fresh(pre_dir, force)
-            run_pretrain(p, pre_dir, resume=resume, force=fresh, quiet=quiet, console=console)
-            r = _probe(lin, pre_dir / "backbone.safetensors", pre_dir / "linear-eval", force, quiet, console)
+            resume, fresh = pre.resume_or_fresh(force)
+            run_pretrain(p, pre.path, resume=resume, force=fresh, quiet=quiet, console=console)
+            r = _probe(lin, pre.backbone, pre.linear_eval, force, quiet, console)
             crops = f", {p.augment.crops} crops" if p.augment.crops != "random" else ""
             runs.append({"name": f"{method}{crops}, {p.optim.epochs} epochs", "method": method, "seed": seed,
                          "top1": r["top1"], "top5": r["top5"], "wall_s": time.perf_counter() - t0})
 
         t0 = time.perf_counter()
-        rand_dir = seed_dir / "random-init"
+        rand = RunDir(seed_dir / "random-init")
         spec = RANDOM_PREFIX + base.model.arch + ("-cifar" if base.model.cifar_stem else "")
-        backbone = random_backbone_file(spec, seed, rand_dir / "backbone.safetensors")
-        r = _probe(lin, backbone, rand_dir / "linear-eval", force, quiet, console)
+        backbone = random_backbone_file(spec, seed, rand.backbone)
+        r = _probe(lin, backbone, rand.linear_eval, force, quiet, console)
         runs.append({"name": RANDOM_INIT, "method": "random-init", "seed": seed, "top1": r["top1"],
                      "top5": r["top5"], "wall_s": time.perf_counter() - t0})
-    result = {"methods": list(methods), "seeds": seeds, "runs": runs, "summary": summarise(runs)}
-    write_json(out_dir / "quickstart.json", result)
-    return result
+    return RunDir(out_dir).write_result(QuickstartResult(methods=list(methods), seeds=seeds, runs=runs,
+                                                         summary=summarise(runs)))
 
 
 def _mean_std(values: list[float]) -> tuple[float, Optional[float]]:
@@ -128,3 +124,21 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row.update({"next": nxt["name"], "gap_to_next": gap, "gap_to_next_std": gap_std,
                     "gap_holds": gap > 2 * max(spread) if spread else None})
     return rows
+
+
+def summary_table(summary: list[dict[str, Any]], seeds: int) -> Table:
+    """The summary rows (:func:`summarise`) as the table ``leoclr quickstart`` prints."""
+    def pm(mean: float, std: Optional[float], digits: int = 1) -> str:
+        return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+    table = Table(title=f"Linear probe on the built-in test split (10 classes), {seeds} seed{'s' * (seeds > 1)}")
+    for col in ("backbone", "top-1 %", "top-5 %", "top-1 per seed", "top-1 gap to next row", "wall time"):
+        table.add_column(col, justify="left" if col == "backbone" else "right")
+    for row in summary:
+        gap = ""
+        if "gap_to_next" in row:
+            gap = pm(row["gap_to_next"], row["gap_to_next_std"]) + {True: " (holds)", False: " (does not hold)",
+                                                                    None: ""}[row["gap_holds"]]
+        table.add_row(row["name"], pm(row["top1"], row["top1_std"]), pm(row["top5"], row["top5_std"]),
+                      " / ".join(f"{v:.1f}" for v in row["top1_per_seed"]), gap, f"{row['wall_s']:.0f} s")
+    return table

@@ -13,22 +13,24 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from . import checkpoint as ckpt
-from . import distributed, preempt, tracking
-from .data import default_eval_splits, open_pretrain_data
-from .data.ccrop import CropBoxes, box_stats, localise
-from .data.gpu_views import TensorViews
-from .data.pipeline import augmented
-from .data.views import AugmentedDataset, eval_transform, measure_normalization
-from .errors import UserError
-from .engine import (Checkpoints, DeviceSpec, Engine, Observers, Schedule, amp_dtype, cosine_lr, require_a_batch,
-                     resolve_device)
-from .evaluate.features import extract, labelled_split, loader_for, subset
-from .evaluate.knn import knn_accuracy
-from .methods import MomentumContrast, build_method
-from .pictures import views_grid
-from .rundir import command, prepare, write_json
-from .schema import EvalDataConfig, EvalTransformConfig, PretrainProtocol, load_protocol, norm_stats, protocol_json
+from ..config import (EvalDataConfig, EvalTransformConfig, PretrainProtocol, eval_transform_for, norm_stats,
+                      protocol_json)
+from ..core import checkpoint as ckpt
+from ..core import distributed, preempt, tracking
+from ..core.engine import (Checkpoints, DeviceSpec, Engine, Observers, Schedule, amp_dtype, cosine_lr, require_a_batch,
+                           resolve_device)
+from ..core.results import PretrainResult
+from ..core.rundir import RunDir, command
+from ..data import default_eval_splits, open_pretrain_data
+from ..data.ccrop import CropBoxes, box_stats, localise
+from ..data.gpu_views import TensorViews
+from ..data.pipeline import augmented
+from ..data.views import AugmentedDataset, eval_transform, measure_normalization
+from ..errors import UserError
+from ..evaluate.features import extract, labelled_split, loader_for, subset
+from ..evaluate.knn import knn_accuracy
+from ..methods import MomentumContrast, build_method
+from ..report.pictures import views_grid
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -49,9 +51,7 @@ def monitor_data(p: PretrainProtocol) -> EvalDataConfig:
 
 
 def monitor_transform(p: PretrainProtocol) -> EvalTransformConfig:
-    small = p.augment.size <= 96
-    return EvalTransformConfig(size=p.augment.size, resize=p.augment.size if small else round(p.augment.size * 8 / 7),
-                               test="none" if small else "resize-center-crop", **p.augment.norm_fields())
+    return EvalTransformConfig(**eval_transform_for(p.augment.size), **p.augment.norm_fields())
 
 
 def build_loader(p: PretrainProtocol, source, kinds, device: torch.device,
@@ -87,10 +87,10 @@ def resolve_normalize(p: PretrainProtocol, source, run_dir: Path, resume: Option
     aug = p.augment
     if aug.normalize != "auto" or aug.mean is not None:
         return p
-    saved = Path(run_dir) / "protocol.yaml"
+    run = RunDir(run_dir)
     stats = None
-    if resume is not None and saved.is_file():
-        before = load_protocol("pretrain", saved).augment
+    if resume is not None and run.protocol_file.is_file():
+        before = run.read_protocol("pretrain").augment
         stats = (before.mean, before.std) if before.normalize == "auto" and before.mean is not None else None
     if stats is None:
         outcome: tuple[str, Any] = ("ok", None)
@@ -134,7 +134,7 @@ def prepare_on_main(run_dir: Path, p: PretrainProtocol, resume: Optional[str], f
     outcome: tuple[str, Any] = ("ok", None)
     if distributed.is_main():
         try:
-            outcome = ("ok", prepare(run_dir, p, resume=resume, force=force))
+            outcome = ("ok", RunDir(run_dir).prepare(p, resume=resume, force=force))
         except UserError as e:
             outcome = ("error", str(e))
     outcome = distributed.broadcast_object(outcome)
@@ -157,7 +157,7 @@ def box_updater(p: PretrainProtocol, source, boxes: CropBoxes, method, device: t
                                     p.augment.ccrop.threshold)
             boxes.update(found, epoch + 1)
             if distributed.is_main():
-                boxes.save(run_dir / "boxes.safetensors", protocol_json(p))
+                boxes.save(RunDir(run_dir).boxes, protocol_json(p))
             record.update({"ccrop_updated": True, **box_stats(boxes.boxes)})
         return record
 
@@ -293,19 +293,18 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
         if tracker is not None:
             tracker.close()
     distributed.average_buffers(method)
-    result = {"kind": "pretrain", "method": p.method.name, "arch": p.model.arch, "epochs": p.optim.epochs,
-              "rank": distributed.rank(), "world_size": world, "global_batch": local_batch * world, "lr": lr}
+    every_rank = {"method": p.method.name, "arch": p.model.arch, "epochs": p.optim.epochs, "rank": distributed.rank(),
+                  "world_size": world, "global_batch": local_batch * world, "lr": lr}
     if not main:
-        return result
+        return PretrainResult(**every_rank).record()
+    run = RunDir(run_dir)
     if boxes is not None:
-        boxes.save(Path(run_dir) / "boxes.safetensors", protocol_json(p))
-    ckpt.save_backbone(Path(run_dir) / "backbone.safetensors", method.backbone, arch=p.model.arch,
-                       cifar_stem=p.model.cifar_stem, method=p.method.name, epoch=p.optim.epochs,
-                       protocol_json=protocol_json(p), extra_meta=norm_meta(p))
+        boxes.save(run.boxes, protocol_json(p))
+    ckpt.save_backbone(run.backbone, method.backbone, arch=p.model.arch, cifar_stem=p.model.cifar_stem,
+                       method=p.method.name, epoch=p.optim.epochs, protocol_json=protocol_json(p),
+                       extra_meta=norm_meta(p))
     last = history[-1] if history else {}
-    result.update({"final_loss": last.get("loss"), "knn_top1": next((m["knn_top1"] for m in reversed(history)
-                                                                if "knn_top1" in m), None),
-              "wall_s_this_invocation": time.perf_counter() - started, "device": str(device),
-              "backbone": str(Path(run_dir) / "backbone.safetensors")})
-    write_json(Path(run_dir) / "result.json", result)
-    return result
+    return run.write_result(PretrainResult(
+        **every_rank, final_loss=last.get("loss"),
+        knn_top1=next((m["knn_top1"] for m in reversed(history) if "knn_top1" in m), None),
+        wall_s_this_invocation=time.perf_counter() - started, device=str(device), backbone=str(run.backbone)))

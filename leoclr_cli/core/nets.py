@@ -13,8 +13,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .errors import UserError
-from .schema import RESNETS, ModelConfig
+from ..config import RESNETS, ModelConfig
+from ..errors import UserError
 
 #: ``random:ARCH`` (``random:resnet18``, ``random:resnet18-cifar`` for the CIFAR stem) names a seeded
 #: random-init backbone wherever a backbone is expected: the floor any pretraining must beat

@@ -3,9 +3,9 @@
 * :func:`preemptible`: while a long command runs, SIGTERM/SIGINT only record the signal (a second
   one exits at once, status 128 + signal); every loop over batches calls :func:`check` once per
   step, so the command stops within one step. The engine saves a resumable checkpoint first (see
-  :class:`~leoclr_cli.engine.Engine`); loops with nothing to save (feature extraction, evaluation,
+  :class:`~leoclr_cli.core.engine.Engine`); loops with nothing to save (feature extraction, evaluation,
   L-BFGS) raise :class:`~leoclr_cli.errors.Preempted` (exit 75) directly. Long commands run in it
-  (:func:`~leoclr_cli.rundir.command`); short ones keep the default (a signal ends them).
+  (:func:`~leoclr_cli.core.rundir.command`); short ones keep the default (a signal ends them).
 * :func:`worker_init`: DataLoader workers leave SIGTERM/SIGINT to the main process (a scheduler
   signals the whole process group; the main process checkpoints, then ends them), and die with
   their parent: on Linux the kernel kills them the moment it dies (``PR_SET_PDEATHSIG``), elsewhere
@@ -30,8 +30,8 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Optional
 
+from ..errors import Preempted
 from . import distributed
-from .errors import Preempted
 
 _received: Optional[int] = None  # the first signal of the current preemptible section
 _installed = False

@@ -45,8 +45,9 @@ from rich.console import Console
 from . import checkpoint as ckpt
 from .atomic import atomic_write_text
 from . import distributed, preempt
-from .errors import Preempted, UserError
+from ..errors import Preempted, UserError
 from .progress import Reporter
+from .rundir import RunDir
 
 if TYPE_CHECKING:
     from .tracking import Tracker
@@ -230,7 +231,7 @@ class Engine:
         self.epochs, self.device = schedule.epochs, device.device
         self.run_dir = Path(checkpoints.run_dir)
         self.console = observers.console or Console(stderr=True)
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.metrics_path = RunDir(self.run_dir).metrics
         self.scaler = device.grad_scaler()
         self.batch_transform = batch_transform
         # TensorBoard / MLflow / W&B (tracking.Tracker): fed from _emit and _flush_steps, rank 0 only

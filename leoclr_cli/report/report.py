@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-import yaml
 
+from ..core.atomic import atomic_write_bytes, atomic_write_text
+from ..core.checkpoint import read_metadata
+from ..core.engine import read_metrics
+from ..core.rundir import RunDir
+from ..errors import UserError
 from . import paper
-from .atomic import atomic_write_bytes, atomic_write_text
-from .errors import UserError
 
 GAP = "—"
 KINDS = ("pretrain", "linear-eval", "knn", "crop-test", "ablate", "finetune", "transfer", "detection")
@@ -66,7 +68,7 @@ class Run:
     def pretrain_optim(self, key: str) -> Any:
         """``schedule`` or ``batch_size`` of the pretraining behind this run (None: not recorded)."""
         if self.kind == "pretrain":
-            return (_protocol_of(self.dir).get("optim") or {}).get(key)
+            return (RunDir(self.dir).protocol_tree().get("optim") or {}).get(key)
         return self.result.get(f"pretrain_{key}") or self.extra.get(f"pretrain_{key}")
 
     @property
@@ -87,18 +89,8 @@ class Run:
 # --------------------------------------------------------------------------- reading run directories
 
 
-def _protocol_of(run_dir: Path) -> dict[str, Any]:
-    try:
-        tree = yaml.safe_load((run_dir / "protocol.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    return tree if isinstance(tree, dict) else {}
-
-
 def _backbone_info(result: dict[str, Any]) -> dict[str, Any]:
     """Epoch and pretraining dataset from the header of the backbone a run names, if that file is here."""
-    from .checkpoint import read_metadata
-
     path = Path(str(result.get("backbone", "")))
     if not result.get("backbone") or not path.is_file():
         return {}
@@ -123,7 +115,7 @@ def dataset_label(source: Optional[str], num_classes: Optional[int]) -> Optional
 def _dataset(kind: str, result: dict[str, Any], run_dir: Path, extra: dict[str, Any]) -> Optional[str]:
     source = result.get("dataset")
     if source is None:
-        proto = _protocol_of(run_dir)
+        proto = RunDir(run_dir).protocol_tree()
         source = proto.get("dataset") or (proto.get("data") or {}).get("source")
     if source is None:
         source = result.get("pretrain_dataset") or extra.get("pretrain_dataset")
@@ -137,16 +129,13 @@ def collect(run_dirs: Iterable[Path]) -> tuple[list[Run], list[tuple[Path, str]]
         top = Path(top).expanduser()
         if not top.is_dir():
             raise UserError(f"run directory {top} does not exist")
-        found = sorted(top.rglob("result.json"))
+        found = sorted(top.rglob(RunDir.RESULT))
         if not found:
-            raise UserError(f"{top} holds no result.json (not a run directory, or the run has not finished)")
+            raise UserError(f"{top} holds no {RunDir.RESULT} (not a run directory, or the run has not finished)")
         files.update((f.resolve(), None) for f in found)
     runs, ignored = [], []
     for f in files:
-        try:
-            result = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
-            raise UserError(f"{f} is not valid JSON") from None
+        result = RunDir(f.parent).read_result()
         kind = KIND_ALIASES.get(result.get("kind"), result.get("kind")) if isinstance(result, dict) else None
         if kind not in KINDS:
             ignored.append((f, f"kind {result.get('kind')!r}" if isinstance(result, dict) else "not a mapping"))
@@ -195,10 +184,11 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 def pretrain_hours(run: Run) -> Optional[float]:
     """Wall time of the pretraining behind ``run`` (sum of metrics.jsonl's per-epoch time_s), in hours."""
     pre_dir = run.dir if run.kind == "pretrain" else run.extra.get("pretrain_dir")
-    if pre_dir is None or not (Path(pre_dir) / "metrics.jsonl").is_file():
+    metrics = RunDir(pre_dir).metrics if pre_dir is not None else None
+    if metrics is None or not metrics.is_file():
         return None
     total = 0.0
-    for line in (Path(pre_dir) / "metrics.jsonl").read_text().splitlines():
+    for line in metrics.read_text().splitlines():
         try:
             total += float(json.loads(line).get("time_s", 0.0))
         except (ValueError, AttributeError):
@@ -246,7 +236,7 @@ def differs(run: Run, spec: TableSpec, values: tuple[Any, ...]) -> list[str]:
             why.append(f"{solver.get('max_iter', '?')} iterations of {solver.get('ims_per_batch', '?')} images, "
                        f"not {' or '.join(f'{n // 16} of 16' for n in proto.detection_images)}")
     if run.kind == "linear-eval":
-        augment = _protocol_of(run.dir).get("train_augment")
+        augment = RunDir(run.dir).protocol_tree().get("train_augment")
         if run.get("probe", "sgd") != "sgd" or run.get("feature_norm") not in (None, "none") or augment == "none":
             why.append(f"{run.get('probe', 'sgd')} probe, feature_norm {run.get('feature_norm')}, train_augment "
                        f"{augment}: not MoCo's linear protocol")
@@ -469,14 +459,12 @@ def figure4(runs: list[Run]) -> tuple[bytes, list[dict[str, Any]]]:
 def curves(runs: list[Run]) -> tuple[bytes, list[dict[str, Any]]]:
     """Loss, lr and kNN monitor per epoch of every pretraining run (its ``metrics.jsonl``), overlaid:
     (PNG, the plotted series as read back from the axes)."""
-    from .engine import read_metrics
-
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 4))
     for r in runs:
         if r.kind != "pretrain":
             continue
-        records = read_metrics(r.dir / "metrics.jsonl")
+        records = read_metrics(RunDir(r.dir).metrics)
         for ax, (key, _) in zip(axes, CURVES):
             pts = [(m["epoch"], m[key]) for m in records if m.get(key) is not None and "epoch" in m]
             if pts:
@@ -516,7 +504,7 @@ def build_report(run_dirs: list[Path], out_dir: Path, *, force: bool = False) ->
         "# LeOCLR: the paper's numbers and ours",
         "Read from: " + ", ".join(f"`{_short(Path(d).expanduser().resolve())}`" for d in run_dirs) + ". Runs: "
         + ", ".join(f"{n} {k}" for k, n in counts.items()) + ".",
-        "Paper values are transcribed from the paper's text (`leoclr_cli/paper.py`); \"ours\" comes from the run "
+        "Paper values are transcribed from the paper's text (`leoclr_cli/report/paper.py`); \"ours\" comes from the run "
         "named in the \"our run\" column, whose dataset, architecture, pretraining epochs and schedule follow it. "
         "A run is printed in a method's row only when it follows the paper's protocol for that table (dataset; "
         "architecture; pretraining epochs and lr schedule; MoCo's linear protocol; the detector's full schedule); "

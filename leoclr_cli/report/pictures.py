@@ -1,9 +1,10 @@
 """Pictures of what the method sees: a grid of images, each beside its views as the method gets them
-(``leoclr views``, and TensorBoard's ``views`` image).
+(``leoclr views``, and TensorBoard's ``views`` image); and a run's ContrastiveCrop boxes drawn on its
+images (``leoclr boxes``).
 
-The views come from the training pipeline itself (:func:`~.data.pipeline.augmented`: the same view makers
+The views come from the training pipeline itself (:func:`~..data.pipeline.augmented`: the same view makers
 and the same (seed, epoch 0, index) draws as the first epoch), and are shown before normalisation
-(:func:`~.data.views.denormalize`). ContrastiveCrop's boxes do not exist before training, so its crop
+(:func:`~..data.ops.denormalize`). ContrastiveCrop's boxes do not exist before training, so its crop
 views are the warm-up's random crops.
 """
 
@@ -17,13 +18,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .atomic import atomic_write_bytes
-from .data.gpu_views import TensorViews
-from .data.pipeline import augmented
-from .data.ops import denormalize
-from .errors import UserError
-from .methods import METHODS
-from .schema import PretrainProtocol
+from ..config import PretrainProtocol
+from ..core.atomic import atomic_write_bytes
+from ..core.rundir import RunDir
+from ..data import open_pretrain_data
+from ..data.ccrop import box_stats, draw_boxes, load_boxes
+from ..data.gpu_views import TensorViews
+from ..data.ops import denormalize
+from ..data.pipeline import augmented
+from ..errors import UserError
+from ..methods import METHODS
 
 PAD, HEADER = 4, 14
 
@@ -83,3 +87,27 @@ def write_png(image: Image.Image, path: Path) -> None:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def views_picture(p: PretrainProtocol, out_file: Path, count: int, cell: Optional[int] = None) -> int:
+    """``out_file``: the grid of the first ``count`` images of ``p``'s data beside their views; how many."""
+    source = open_pretrain_data(p.data)
+    write_png(views_grid(p, source, count, cell), out_file)
+    return min(count, len(source))
+
+
+def boxes_picture(run_dir: Path, out_file: Path, count: int, cell: int) -> dict[str, Any]:
+    """``out_file``: the ContrastiveCrop boxes of the pretraining run ``run_dir`` drawn on its first ``count``
+    images; the number of images, the boxes' mode and epoch, and the share of whole-image boxes."""
+    run = RunDir(Path(run_dir).expanduser())
+    if not run.boxes.is_file():
+        raise UserError(f"{run.path} holds no {RunDir.BOXES} (pretrain with --crops contrastive or center-box)")
+    check_png_name(out_file)
+    boxes, meta = load_boxes(run.boxes)
+    source = open_pretrain_data(run.read_protocol("pretrain").data)
+    if len(source) != boxes.shape[0]:
+        raise UserError(f"{run.boxes} holds {boxes.shape[0]} boxes, but the run's data has {len(source)} images")
+    n = min(count, len(source))
+    write_png(draw_boxes([source[i][0] for i in range(n)], boxes[:n], cell=cell), out_file)
+    return {"images": n, "mode": meta.get("mode", ""), "epoch": meta.get("epoch", "?"),
+            "whole": box_stats(boxes)["ccrop_whole"]}

@@ -1,0 +1,147 @@
+"""Protocols from files and flags: YAML reading, the ``--set`` parser, the one-sentence validation
+error, and the protocol written into a run directory (YAML) or a checkpoint header (JSON).
+
+A protocol is a YAML file (see ``protocols/``) plus CLI overrides. :func:`load_protocol` merges
+them, validates the result and turns any validation error into one :class:`UserError` sentence
+that names the field and the rule.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ..core.atomic import atomic_write_text
+from ..errors import UserError
+from .common import Strict
+from .detection import DetectProtocol
+from .evaluation import CropTestProtocol, FinetuneProtocol, KnnProtocol, LinearEvalProtocol, TransferProtocol
+from .pretrain import AblateProtocol, PretrainProtocol
+
+PROTOCOLS: dict[str, type[Strict]] = {
+    "pretrain": PretrainProtocol,
+    "linear-eval": LinearEvalProtocol,
+    "knn": KnnProtocol,
+    "detect": DetectProtocol,
+    "finetune": FinetuneProtocol,
+    "transfer": TransferProtocol,
+    "crop-test": CropTestProtocol,
+    "ablate": AblateProtocol,
+}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"protocol file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"protocol file {path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"protocol file {path} must hold a mapping of fields, not a {type(data).__name__}")
+    return data
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree['a']['b'] = value`` for ``dotted='a.b'``, creating mappings on the way."""
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[part] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``--set a.b=VALUE`` items to a dotted mapping; VALUE is parsed as YAML (numbers, lists, bools)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--set {item!r} must look like field.path=value")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """The first error as one sentence: field path, the rule broken, the value given."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not isinstance(p, int)) or "(protocol)"
+    msg = first["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown field '{loc}'"
+    given = first.get("input")
+    shown = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: field '{loc}': {msg}{shown}{more}"
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_protocol(kind: str, path: Optional[Path] = None, overrides: Optional[dict[str, Any]] = None,
+                  defaults: Optional[dict[str, Any]] = None) -> Any:
+    """Validate a protocol made of, in rising precedence: the model's defaults, dotted ``defaults``
+    (e.g. derived from the pretraining run being evaluated), the file ``path``, dotted ``overrides``."""
+    model = PROTOCOLS[kind]
+    tree: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    file_kind = tree.get("kind")
+    if file_kind is not None and file_kind != kind:
+        raise UserError(f"protocol file {path} is a '{file_kind}' protocol, not a '{kind}' one")
+    base: dict[str, Any] = {}
+    for dotted, value in (defaults or {}).items():
+        if value is not None:
+            set_dotted(base, dotted, value)
+    tree = _merge(base, tree)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            set_dotted(tree, dotted, value)
+    try:
+        return model.model_validate(tree)
+    except ValidationError as e:
+        raise UserError(format_validation_error(e, str(path) if path else f"{kind} protocol")) from None
+
+
+#: protocol fields that set how fast a run goes, not what it computes: a resume may change them
+RUNTIME_FIELDS = ("threads",)
+
+
+def without_runtime(protocol: Any) -> Any:
+    return {k: v for k, v in protocol.items() if k not in RUNTIME_FIELDS} if isinstance(protocol, dict) else protocol
+
+
+def first_difference(a: Any, b: Any, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+    return prefix.rstrip(".") or "(root)"
+
+
+def protocol_json(protocol: BaseModel) -> str:
+    return json.dumps(protocol.model_dump(mode="json"), sort_keys=True)
+
+
+def write_protocol(protocol: BaseModel, path: Path) -> None:
+
+    atomic_write_text(path, yaml.safe_dump(protocol.model_dump(mode="json"), sort_keys=False))

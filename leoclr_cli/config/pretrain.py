@@ -1,0 +1,281 @@
+"""The pretraining protocol (``leoclr pretrain``) and its sections, and the augmentation ablation
+(``leoclr ablate``, Figure 4) built on it."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator, model_validator
+
+from .common import (RESNETS, AreaRange, Normalized, PositiveRange, PretrainSourceName, Strict, Triple, require_root,
+                     stat_field, threads_field)
+
+
+class DataConfig(Strict):
+    """Which images to read. ``root`` is required for every source but ``builtin`` (webdataset: the shard
+    list, e.g. ``train-{000000..000099}.tar``, local paths or URLs)."""
+
+    source: PretrainSourceName = "builtin"
+    root: Optional[str] = None
+    split: str = Field("train", description="split to pretrain on (stl10: unlabeled, train+unlabeled, ...)")
+    verify_checksums: bool = Field(True, description="check torchvision's MD5s of CIFAR/STL-10 files")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    shuffle: bool = Field(True, description="reshuffle the pretraining images every epoch (off: a fixed order, "
+                                            "for reproducibility checks)")
+    builtin_train: int = Field(4000, ge=16, description="images in the built-in dataset's train split")
+    builtin_test: int = Field(1000, ge=16, description="images in the built-in dataset's test split")
+    on_bad_image: Literal["error", "skip"] = Field(
+        "error", description="an image file that cannot be decoded: stop naming it (error), or replace it by "
+                             "the next readable image and count it in metrics.jsonl as bad_images_skipped (skip)")
+    shard_samples: Optional[int] = Field(
+        None, ge=1, description="webdataset: the number of samples in all shards (default: counted from the tar "
+                                "headers, which needs every shard to be a local file)")
+
+    _root_needed = model_validator(mode="after")(lambda self: require_root(self))
+
+
+class ContrastiveCropConfig(Strict):
+    """ContrastiveCrop (Peng et al. 2022): crops placed within a per-image box that the query encoder
+    localised. Defaults: the paper's ImageNet values (warm-up 20 of 100 epochs, boxes every 20 epochs,
+    threshold 0.1, alpha 0.6); the reference small-data configs use 100 / 100 of 500 epochs."""
+
+    warmup_epochs: int = Field(20, ge=0, description="epochs of plain random crops before the first boxes")
+    loc_interval: int = Field(20, ge=1, description="epochs between box updates after the warm-up")
+    threshold: float = Field(0.1, ge=0, lt=1, description="k: heat-map pixels above it are inside the box")
+    alpha: float = Field(0.6, gt=0, description="Beta(alpha, alpha) draws the crop position in the box")
+
+
+class AugmentConfig(Normalized, Strict):
+    """The MoCo-v2 augmentation with every part switchable (ablations remove parts)."""
+
+    size: int = Field(224, ge=8, description="output size of every view")
+    crop: bool = True
+    crop_scale: AreaRange = (0.2, 1.0)
+    crop_ratio: PositiveRange = (3 / 4, 4 / 3)
+    color_jitter: bool = True
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    jitter_p: float = Field(0.8, ge=0, le=1)
+    grayscale: bool = True
+    grayscale_p: float = Field(0.2, ge=0, le=1)
+    blur: bool = True
+    blur_p: float = Field(0.5, ge=0, le=1)
+    blur_sigma: PositiveRange = (0.1, 2.0)
+    flip: bool = True
+    normalize: Literal["imagenet", "cifar", "builtin", "custom", "auto"] = Field(
+        "imagenet", description="imagenet, cifar, builtin constants; custom: mean and std given; auto: measured on "
+                                "a seeded sample of the train split before the first step (written to mean/std)")
+    mean: Optional[Triple] = stat_field("mean")
+    std: Optional[Triple] = stat_field("std")
+    normalize_sample: int = Field(2000, ge=1, description="normalize auto: images drawn (seeded) from the train "
+                                                          "split to measure mean and std")
+    original: Literal["resize", "pad"] = Field(
+        "resize", description="LeOCLR original view: squash the whole image (resize) or keep aspect and pad"
+    )
+    backend: Literal["pil", "tensor"] = Field(
+        "pil", description="pil: every view made by PIL in the DataLoader workers; tensor: the workers decode each "
+                           "image once to a fixed-size uint8 tensor and the views are made batched on the training "
+                           "device (data/gpu_views.py), the choice for a GPU")
+    hue: Literal["hsv", "yiq", "fused"] = Field(
+        "hsv", description="colour-jitter hue: hsv = torchvision's exact HSV shift; yiq = a rotation of the "
+                           "chroma plane in YIQ space, one 3x3 colour matrix (cheaper, about the same effect); "
+                           "fused = yiq, and all four jitter steps composed into one affine colour matrix applied "
+                           "in one pass (no clamping between the steps)")
+    direct: bool = Field(False, description="backend pil: draw each view's parameters once (with the tensor "
+                                            "backend's samplers) and apply them by direct PIL calls: crop and resize "
+                                            "in one pass, the jitter as one colour matrix (as hue: fused), the blur "
+                                            "as the tensor backend's Gaussian on the float view, no per-transform "
+                                            "dispatch (ContrastiveCrop's box crops take the regular path)")
+    draft: bool = Field(True, description="decode JPEGs at a reduced scale (1/2, 1/4, 1/8) when the result still "
+                                          "has at least size/sqrt(min crop scale) pixels on each side")
+    decode_size: Optional[int] = Field(None, ge=8, description="backend tensor: the side of the uint8 image the "
+                                                               "workers decode to (default 2 x size)")
+    crops: Literal["random", "contrastive", "center-box"] = Field(
+        "random", description="random: RandomResizedCrop; contrastive: ContrastiveCrop boxes from the query "
+                              "encoder; center-box: one fixed box (0.25, 0.25, 0.75, 0.75) for every image")
+    ccrop: ContrastiveCropConfig = ContrastiveCropConfig()
+
+    @model_validator(mode="after")
+    def _crops_need_crop(self) -> "AugmentConfig":
+        if self.crops != "random" and not self.crop:
+            raise ValueError(f"augment.crops '{self.crops}' places crops, but augment.crop is false")
+        return self
+
+
+class ModelConfig(Strict):
+    arch: str = "resnet50"
+    cifar_stem: bool = Field(False, description="3x3 stride-1 conv1 and no maxpool (small images)")
+    dim: int = Field(128, ge=1, description="projection output dimension")
+    mlp: bool = Field(True, description="MoCo-v2 MLP head (feat -> feat -> dim, no BN); False: one linear layer")
+    bn_splits: int = Field(8, ge=1, description="SplitBatchNorm splits on one device (1 = plain BN)")
+    shuffle_bn: bool = Field(True, description="shuffle the key encoder's batch (MoCo's shuffle-BN)")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        if v not in RESNETS:
+            raise ValueError(f"unknown arch '{v}'; choose one of {', '.join(RESNETS)}")
+        return v
+
+
+MethodName = Literal["mocov2", "leoclr", "simclr", "leoclr-e2e", "leoclr-random-original", "leoclr-attract-all"]
+
+
+class MethodConfig(Strict):
+    """``queue_size``, ``momentum``, ``enqueue``, ``key_forward`` and ``queue_init`` belong to the momentum
+    methods; the end-to-end ones (simclr, leoclr-e2e) have no key encoder and no queue and ignore them."""
+
+    name: MethodName = "leoclr"
+    queue_size: int = Field(65536, ge=1, description="K, keys in the queue")
+    momentum: float = Field(0.999, ge=0, lt=1, description="m of the key encoder's EMA")
+    temperature: float = Field(0.2, gt=0, description="T of InfoNCE / NT-Xent")
+    enqueue: Literal["both", "k1"] = Field("both", description="LeOCLR: enqueue both crop keys or only k1")
+    key_forward: Literal["separate", "joint"] = Field(
+        "separate", description="LeOCLR: the two crops through f_k as two forwards (per-view BN) or one"
+    )
+    queue_init: Literal["random", "keys"] = Field(
+        "random",
+        description="random unit vectors (MoCo) or keys of the first K/B batches, computed before the first "
+                    "step; with random negatives the first steps only pull, and on small low-diversity data "
+                    "the projection head collapses before the queue fills",
+    )
+
+
+class OptimConfig(Strict):
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(0.03, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+
+
+class DistributedConfig(Strict):
+    """Choices for a torchrun / SLURM data-parallel run (ignored in one process)."""
+
+    bn: Literal["shuffle", "sync"] = Field(
+        "shuffle", description="shuffle: per-rank BN with the key encoder's batch shuffled across ranks "
+                               "(MoCo, when model.shuffle_bn); sync: SyncBatchNorm in both encoders (CUDA)")
+    batch_size: Literal["global", "per_rank"] = Field(
+        "global", description="global: optim.batch_size is split over the ranks, lr unchanged; per_rank: every "
+                              "rank takes optim.batch_size, and the lr is scaled linearly by the number of ranks")
+
+
+class MonitorConfig(Strict):
+    """Periodic weighted-kNN accuracy of the query backbone during pretraining."""
+
+    knn_every: int = Field(0, ge=0, description="epochs between kNN monitors (0 = off)")
+    k: int = Field(200, ge=1)
+    t: float = Field(0.1, gt=0)
+    max_bank: int = Field(10000, ge=1, description="at most this many labelled train images in the bank")
+    max_test: int = Field(2000, ge=1, description="at most this many test images")
+
+
+class TrackingConfig(Strict):
+    """Experiment tracking besides ``metrics.jsonl`` (rank 0 only): per-step loss and lr, per-epoch
+    records (samples/s, kNN monitor, ...), the protocol as parameters, and a grid of the views. The
+    packages are the optional extra ``leoclr[tracking]``."""
+
+    tensorboard: bool = Field(False, description="write TensorBoard event files to RUN/tensorboard/")
+    mlflow: Optional[str | bool] = Field(
+        None, description="an MLflow tracking URI, or true for a local file store in RUN/mlruns/")
+    mlflow_experiment: str = Field("leoclr", description="the MLflow experiment the run is logged under")
+    wandb: Optional[Literal["offline", "online"]] = Field(
+        None, description="Weights & Biases: offline (files in RUN/wandb/, `wandb sync` uploads them) or online")
+    wandb_project: str = Field("leoclr", description="the W&B project")
+
+    @field_validator("mlflow")
+    @classmethod
+    def _mlflow(cls, v: Optional[str | bool]) -> Optional[str | bool]:
+        if v is False or v == "":
+            return None
+        return v
+
+
+class PretrainProtocol(Strict):
+    kind: Literal["pretrain"] = "pretrain"
+    name: str = "pretrain"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Optional[int] = threads_field()
+    deterministic: bool = Field(False, description="torch deterministic algorithms (bit-exact resume on GPU)")
+    checkpoint_every: int = Field(10, ge=1, description="epochs between resumable checkpoints")
+    checkpoint_every_steps: int = Field(
+        0, ge=0, description="also a resumable checkpoint every this many training steps, mid-epoch too (0 = off)")
+    keep_checkpoints: int = Field(2, ge=1, description="resumable checkpoints kept (oldest deleted)")
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="mixed precision: auto = bf16 on a CUDA device that supports it, else fp16 with a "
+                            "gradient scaler on CUDA, off on the CPU")
+    channels_last: bool = Field(True, description="channels-last memory format on CUDA, used when model.bn_splits is 1 "
+                                      "(SplitBatchNorm regroups channels, which needs the default layout)")
+    compile: Literal["off", "default", "max-autotune-no-cudagraphs"] = Field(
+        "off", description="torch.compile the encoders (inductor) with this mode: faster steps once compiled, "
+                           "minutes of compiling first (off by default for that reason)")
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    method: MethodConfig = MethodConfig()
+    optim: OptimConfig = OptimConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    distributed: DistributedConfig = DistributedConfig()
+    log: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _stream_fits(self) -> "PretrainProtocol":
+        if self.data.source == "webdataset" and self.augment.crops != "random":
+            raise ValueError(f"augment.crops '{self.augment.crops}' keeps a box per image, which needs an indexed "
+                             "source; data.source webdataset streams its images (use augment.crops random)")
+        if self.data.source == "webdataset" and self.monitor.knn_every:
+            raise ValueError("monitor.knn_every needs the labelled train and test splits of an indexed source; "
+                             "data.source webdataset has none (set monitor.knn_every=0, then leoclr knn RUN --data ...)")
+        return self
+
+    @model_validator(mode="after")
+    def _ccrop_fits(self) -> "PretrainProtocol":
+        if self.augment.crops == "contrastive" and self.augment.ccrop.warmup_epochs >= self.optim.epochs:
+            raise ValueError(f"augment.ccrop.warmup_epochs ({self.augment.ccrop.warmup_epochs}) must be less than "
+                             f"optim.epochs ({self.optim.epochs}) for augment.crops 'contrastive'")
+        return self
+
+    @model_validator(mode="after")
+    def _splits_fit(self) -> "PretrainProtocol":
+        if self.model.bn_splits > 1 and self.optim.batch_size < 2 * self.model.bn_splits:
+            raise ValueError(f"optim.batch_size ({self.optim.batch_size}) must be at least twice model.bn_splits "
+                             f"({self.model.bn_splits}): each BN split needs two samples")
+        if self.model.bn_splits > 1 and self.optim.batch_size % self.model.bn_splits:
+            raise ValueError(
+                f"optim.batch_size ({self.optim.batch_size}) must be a multiple of model.bn_splits "
+                f"({self.model.bn_splits})"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- ablations (Figure 4)
+
+
+# Figure 4: the names of the removable augmentation parts and the AugmentConfig switches each turns off.
+AUGMENT_PARTS: dict[str, tuple[str, ...]] = {
+    "color": ("color_jitter",),
+    "grayscale": ("grayscale",),
+    "blur": ("blur",),
+    "flip": ("flip",),
+    "all-but-crop": ("color_jitter", "grayscale", "blur", "flip"),
+}
+AugmentPart = Literal["color", "grayscale", "blur", "flip", "all-but-crop"]
+
+
+class AblateProtocol(Strict):
+    """Figure 4: pretrain with augmentation parts removed, linear-evaluate, compare with a baseline run.
+
+    The pretraining and linear-eval protocols are the usual ones (written in the ablation's
+    ``pretrain/`` and ``pretrain/linear-eval/`` directories); this records what the ablation adds."""
+
+    kind: Literal["ablate"] = "ablate"
+    remove: list[AugmentPart] = Field(min_length=1, description="augmentation parts removed from every view")
+    baseline: Optional[str] = Field(None, description="the full-augmentation run the drop is measured against")
+    metric: Literal["top1", "top1_last"] = Field(
+        "top1", description="linear-eval top-1 compared: top1 (the classifier selected on validation) or top1_last")
+
+    @field_validator("remove")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))

@@ -1,0 +1,80 @@
+"""Backbones: ``backbone.safetensors`` written and read (torchvision key names, no ``fc``; the header
+names arch, stem, method, epoch and the pretraining protocol), and the seeded random-init backbones of
+``random:ARCH``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..errors import UserError
+from .nets import build_backbone, parse_random
+from .tensorfile import KIND_BACKBONE, load_tensors, read_metadata, save_tensors
+
+
+def save_backbone(path: Path, backbone: torch.nn.Module, *, arch: str, cifar_stem: bool, method: str,
+                  epoch: int, protocol_json: str, extra_meta: Optional[dict[str, str]] = None) -> None:
+    state = {k: v for k, v in backbone.state_dict().items() if not k.startswith("fc.")}
+    save_tensors(path, state, {
+        "kind": KIND_BACKBONE, "arch": arch, "cifar_stem": json.dumps(cifar_stem), "method": method,
+        "epoch": str(epoch), "protocol": protocol_json, **(extra_meta or {}),
+    })
+
+
+def load_backbone(path: Path, expect_arch: Optional[str] = None) -> tuple[torch.nn.Module, dict[str, str]]:
+    """Build the torchvision ResNet named in the header and load the weights strictly (fc excepted)."""
+
+    tensors, meta = load_tensors(path, KIND_BACKBONE)
+    arch = meta.get("arch", "")
+    if expect_arch is not None and arch != expect_arch:
+        raise UserError(f"checkpoint {path} is a {arch} backbone, but {expect_arch} is needed here")
+    try:
+        model = build_backbone(arch, cifar_stem=json.loads(meta.get("cifar_stem", "false")))
+    except ValueError:
+        raise UserError(f"checkpoint {path} names an unknown arch '{arch}'") from None
+    load_fitting(model, tensors, path, arch)
+    return model, meta
+
+
+def load_fitting(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path, arch: str,
+                 prefix: str = "") -> None:
+    """Load ``tensors`` into ``model`` strictly; the first missing, unexpected or misshapen key
+    (shown with ``prefix``, its name in the file) is one sentence."""
+    expected = model.state_dict()
+    for key, val in expected.items():
+        if key not in tensors:
+            raise UserError(f"{path} does not match a {arch}: missing key '{prefix}{key}'")
+        if tensors[key].shape != val.shape:
+            raise UserError(f"{path} does not match a {arch}: '{prefix}{key}' has shape {tuple(tensors[key].shape)}, "
+                            f"a {arch} needs {tuple(val.shape)}")
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise UserError(f"{path} does not match a {arch}: unexpected key '{prefix}{extra[0]}'")
+    model.load_state_dict(tensors, strict=True)
+
+
+def random_backbone_file(spec: str, seed: int, path: Path) -> Path:
+    """Write the random-init backbone ``spec`` of ``seed`` (torch.manual_seed(seed), then the torchvision init)
+    to ``path`` as a backbone.safetensors with method ``random-init``; an existing file of the same spec and seed
+    is reused as it is."""
+    arch, cifar_stem = parse_random(spec)
+    path = Path(path)
+    if path.is_file():
+        meta = read_metadata(path, KIND_BACKBONE)
+        if (meta.get("method"), meta.get("arch"), meta.get("cifar_stem"), meta.get("seed")) != \
+                ("random-init", arch, json.dumps(cifar_stem), str(seed)):
+            raise UserError(f"{path} exists and is not the {spec} backbone of seed {seed}; move it or choose "
+                            "another --out")
+        return path
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_backbone(arch, cifar_stem=cifar_stem)
+    save_backbone(path, model, arch=arch, cifar_stem=cifar_stem, method="random-init", epoch=0,
+                  protocol_json=json.dumps({"kind": "random-init", "seed": seed,
+                                            "model": {"arch": arch, "cifar_stem": cifar_stem}}),
+                  extra_meta={"seed": str(seed)})
+    return path
+

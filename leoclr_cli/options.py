@@ -1,0 +1,163 @@
+"""The command line's flags: every ``--option`` and argument of every command, with its help text and
+default, declared once here (``cli.py`` names them in its commands' signatures, ``o.Name``). An option
+several commands share is one object, so its flag, help and default are the same wherever it appears.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+TARGET_HELP = ("a pretraining run directory, a backbone.safetensors, or random:ARCH, a seeded random-init backbone "
+               "(random:resnet18, random:resnet18-cifar, random:resnet50)")
+METHOD_HELP = "leoclr, mocov2, simclr, leoclr-e2e, leoclr-random-original or leoclr-attract-all"
+CROPS_HELP = "random (RandomResizedCrop), contrastive (ContrastiveCrop) or center-box"
+
+# shared by several commands
+Protocol = typer.Option(None, "--protocol", "-p", help="protocol YAML (see protocols/)")
+Method = typer.Option(None, "--method", "-m", help=METHOD_HELP)
+Crops = typer.Option(None, "--crops", help=CROPS_HELP)
+PretrainSource = typer.Option(None, "--source", help="builtin, imagefolder, cifar10, cifar100, stl10, webdataset")
+Arch = typer.Option(None, "--arch")
+Epochs = typer.Option(None, "--epochs")
+Batch = typer.Option(None, "--batch-size", "-b")
+Lr = typer.Option(None, "--lr")
+Workers = typer.Option(None, "--workers", "-j")
+Seed = typer.Option(None, "--seed")
+Device = typer.Option(None, "--device", help="auto, cpu or cuda")
+Resume = typer.Option(None, "--resume", help="a checkpoint file, a run directory, or 'auto'")
+PartsResume = typer.Option(None, "--resume", help="'auto' (or the run directory itself): continue in --out a run "
+                           "stopped by a signal (exit 75) or a kill; finished parts (grid cells, trials) are kept and "
+                           "the interrupted one continues from its checkpoint")
+Force = typer.Option(False, "--force", help="delete and redo an existing run directory")
+Quiet = typer.Option(False, "--quiet", "-q", help="no progress: only warnings and the final summary")
+LogEvery = typer.Option(None, "--log-every", min=1, help="stderr not a terminal (a log file, a pipe): a progress line "
+                                                         "every N steps (default: about every 30 s)")
+Threads = typer.Option(None, "--threads", min=1, help="CPU threads of the training process (default: the cores this "
+                                                      "process may use less one per loader worker; OMP_NUM_THREADS is "
+                                                      "kept)")
+Sets = typer.Option(None, "--set", help="override any protocol field: --set optim.lr=0.1 (repeatable)")
+Target = typer.Argument(..., help=TARGET_HELP)
+LabelledData = typer.Option(None, "--data", help="labelled dataset root")
+Source = typer.Option(None, "--source")
+EvalSeed = typer.Option(None, "--seed", help="the run's seed, and the seed of a random:ARCH backbone (default 0)")
+
+# leoclr pretrain
+PretrainData = typer.Option(None, "--data", help="dataset root (official on-disk layout), or for --source webdataset "
+                                                 "the shards: 'train-{000000..000099}.tar' or URLs")
+PretrainSplit = typer.Option(None, "--split", help="split to pretrain on")
+OnBadImage = typer.Option(None, "--on-bad-image", help="an undecodable image: error (stop, naming it) or skip (count "
+                                                       "it)")
+CheckpointEverySteps = typer.Option(None, "--checkpoint-every-steps", help="also checkpoint every N steps (0 = off)")
+PretrainOut = typer.Option(Path("runs/pretrain"), "--out", "-o", help="run directory")
+
+# leoclr linear-eval
+TrainAugment = typer.Option(None, "--train-augment", help="random-resized-crop (paper) or none (cached features)")
+Probe = typer.Option(None, "--probe", help="sgd (default) or lbfgs (cached features)")
+Selection = typer.Option(None, "--selection", help="val (default: a held-out 10% of train chooses the classifier) or "
+                                                   "test (MoCo's best test epoch)")
+LinearOut = typer.Option(None, "--out", "-o", help="run directory (default RUN/linear-eval)")
+
+# leoclr knn
+K = typer.Option(None, "--k")
+T = typer.Option(None, "--t")
+KnnOut = typer.Option(None, "--out", "-o", help="run directory (default RUN/knn)")
+
+# leoclr crop-test
+LinearRun = typer.Argument(..., help="a linear-eval run directory (or a pretraining run holding linear-eval/)")
+MovedBackbone = typer.Option(None, "--backbone", help="the backbone file, if it has moved")
+Repeats = typer.Option(None, "--repeats", help="random-crop passes over the test split")
+CropTestOut = typer.Option(None, "--out", "-o", help="run directory (default LINEAR_RUN/crop-test)")
+
+# leoclr ablate
+Remove = typer.Option(..., "--remove", help="color, grayscale, blur, flip, all-but-crop (repeat, or comma-separated)")
+Baseline = typer.Option(None, "--baseline", help="the full-augmentation run (pretraining run with linear-eval/, or a "
+                                                 "linear-eval run); its protocols are the defaults")
+Metric = typer.Option(None, "--metric", help="top1 (default: the classifier selected on validation) or top1_last")
+AblateProtocol = typer.Option(None, "--protocol", "-p", help="pretraining protocol YAML (default: the baseline's)")
+RawData = typer.Option(None, "--data", help="dataset root (official on-disk layout)")
+LinearProtocol = typer.Option(None, "--linear-protocol", help="linear-eval protocol YAML (default: the baseline's)")
+LinearSets = typer.Option(None, "--linear-set", help="override a linear-eval field (repeatable)")
+AblateOut = typer.Option(None, "--out", "-o", help="run directory (default runs/ablate-METHOD-PARTS)")
+AblateResume = typer.Option(False, "--resume", help="continue an interrupted ablation in --out")
+
+# leoclr export
+ExportTo = typer.Option("detectron2", "--to", help="target format: detectron2")
+ExportOut = typer.Option(..., "--out", "-o", help="output file (.pkl for detectron2)")
+
+# leoclr detect
+DetectDataset = typer.Argument(..., help="voc or coco")
+DetectData = typer.Option(None, "--data", help="VOCdevkit (voc) or the coco folder (coco)")
+Schedule = typer.Option(None, "--schedule", help="24k (voc), 1x or 2x (coco)")
+Backend = typer.Option(None, "--backend", help="auto (detectron2 if importable), detectron2, torchvision")
+Gpus = typer.Option(None, "--gpus", help="GPUs to use (default: all visible; the batch, lr and schedule are rescaled "
+                                         "from 8)")
+Trials = typer.Option(None, "--trials", help="independent runs (seeds seed..seed+N-1)")
+DetectOut = typer.Option(None, "--out", "-o", help="run directory (default RUN/detect-DATASET)")
+
+# leoclr finetune
+Labels = typer.Option(None, "--labels", help="label fraction: 1%, 10%, N%, or a sweep 1,2,5,10,20,50,100 (default: the "
+                                             "protocol's labels, 10%)")
+SubsetFile = typer.Option(None, "--subset-file", help="SimCLR list (1percent.txt) or a run's subset.txt")
+FinetuneEpochs = typer.Option(None, "--epochs", help="default: 60 below 10% labels, 30 from 10% up")
+FinetuneSeed = typer.Option(None, "--seed", help="seed of the class-balanced draw (subset_seed) and of a random:ARCH "
+                                                 "backbone")
+FinetuneOut = typer.Option(None, "--out", "-o", help="run directory (default RUN/finetune-Npct)")
+
+# leoclr transfer
+TransferDataset = typer.Argument(..., help="cifar10, cifar100, cars, pets or birdsnap")
+TransferData = typer.Option(None, "--data", help="the dataset's root (official layout)")
+Mode = typer.Option(None, "--mode", help="finetune (default) or linear (L-BFGS on frozen features)")
+TransferOut = typer.Option(None, "--out", "-o", help="run directory (default RUN/transfer-DATASET-MODE)")
+
+# leoclr report
+RunDirs = typer.Argument(..., help="run directories, searched recursively for result.json")
+ReportOut = typer.Option(Path("report"), "--out", "-o", help="where report.md and the PNGs go")
+ReportForce = typer.Option(False, "--force", help="replace an existing report in --out")
+
+# leoclr quickstart
+Methods = typer.Option(None, "--method", "-m", help=f"repeatable; default leoclr and mocov2 ({METHOD_HELP})")
+Seeds = typer.Option(1, "--seeds", min=1, help="seeds to repeat everything with (mean ± std when > 1)")
+QuickstartOut = typer.Option(None, "--out", "-o", help="default runs/quickstart")
+
+# leoclr bench
+BenchArch = typer.Option("resnet18", "--arch")
+BenchSize = typer.Option(32, "--size", help="view size of the train-step and end-to-end rows")
+ViewSize = typer.Option(224, "--view-size", help="view size of the view-pipeline rows")
+BenchBatch = typer.Option(64, "--batch-size", "-b")
+BenchSteps = typer.Option(5, "--steps", help="timed train steps per method")
+BenchImages = typer.Option(128, "--images", help="images through each view pipeline")
+BenchWorkers = typer.Option(0, "--workers", "-j", help="DataLoader workers of the end-to-end rows")
+BenchJson = typer.Option(None, "--json", help="also write the numbers as JSON")
+
+# leoclr views
+ViewsData = typer.Option(None, "--data", help="dataset root (official on-disk layout), or shards")
+ViewsSplit = typer.Option(None, "--split", help="split to draw the images from")
+ViewsOut = typer.Option(Path("views.png"), "--out", "-o", help="PNG file to write")
+ViewsCount = typer.Option(8, "--count", "-n", min=1, max=256, help="images (rows) in the grid")
+ViewsCell = typer.Option(None, "--cell", min=16, max=1024, help="pixels per tile (default: the view size, at least 64)")
+
+# leoclr shards
+ShardsData = typer.Option(..., "--data", help="dataset root (official on-disk layout)")
+ShardsOut = typer.Option(..., "--out", "-o", help="shard file names with one number field, e.g. shards/train-%06d.tar")
+ShardsSource = typer.Option("imagefolder", "--source", help="imagefolder, cifar10, cifar100, stl10, ...")
+ShardsSplit = typer.Option("train", "--split", help="the split to write")
+PerShard = typer.Option(1000, "--per-shard", min=1, help="images per shard")
+ShardsSeed = typer.Option(0, "--seed", help="seed of the order the images are written in")
+ShardsForce = typer.Option(False, "--force", help="overwrite existing shards")
+
+# leoclr boxes
+BoxesRun = typer.Argument(..., help="a pretraining run directory made with --crops contrastive or center-box")
+BoxesOut = typer.Option(Path("boxes.png"), "--out", "-o", help="PNG file to write")
+BoxesCount = typer.Option(16, "--count", "-n", min=1, max=256, help="images in the grid")
+BoxesCell = typer.Option(128, "--cell", min=16, max=1024, help="pixels per image in the grid")
+
+# leoclr info
+InfoPath = typer.Argument(..., help="any .safetensors file written by leoclr")
+
+# leoclr import
+ImportSrc = typer.Argument(..., help="a .pth / .pth.tar checkpoint (MoCo's releases, torchvision state dicts)")
+ImportOut = typer.Option(..., "--out", "-o", help="the backbone.safetensors to write")
+ImportArch = typer.Option(None, "--arch", help="default: the 'arch' stored in the file")
+ImportForce = typer.Option(False, "--force", help="overwrite an existing --out file")
