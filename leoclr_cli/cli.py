@@ -5,17 +5,15 @@ Every user-fixable problem is a :class:`UserError`: one sentence on stderr and e
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from . import options as o
-from .config import load_protocol, parse_set
+from .console import err, out, print_table, say
+from .config import load_protocol
 from .core import checkpoint as ckpt
 from .core import progress
 from .core import threads as cpu_threads
@@ -40,8 +38,6 @@ from .workflows.quickstart import DEFAULT_METHODS, run_quickstart, summary_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="LeOCLR / MoCo-v2 pretraining and the paper's evaluation protocols.")
-out = Console()
-err = Console(stderr=True)
 
 
 def examples(*lines: str) -> str:
@@ -50,45 +46,12 @@ def examples(*lines: str) -> str:
     return "Examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
-def print_table(table: Table) -> None:
-    """``table`` on stdout: drawn by rich on a terminal; elsewhere (a log, a pipe) as a Markdown table at its
-    natural width, one line per row, never a cell wrapped over lines."""
-    if out.is_terminal:
-        out.print(table)
-        return
-    cols = table.columns
-    cells = [list(col.cells) for col in cols]
-    lines = [str(table.title), ""] if table.title else []
-    lines.append("| " + " | ".join(str(c.header) for c in cols) + " |")
-    lines.append("|" + "|".join("---:" if c.justify == "right" else "---" for c in cols) + "|")
-    lines += ["| " + " | ".join(str(col[i]) for col in cells) + " |" for i in range(table.row_count)]
-    out.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
-
-
-def _say(line: str) -> None:
-    err.print(line, highlight=False, soft_wrap=True)
-
-
-def _overrides(sets: Optional[List[str]], **flags: Any) -> dict[str, Any]:
-    merged = {k: v for k, v in flags.items() if v is not None}
-    merged.update(parse_set(sets or []))
-    return merged
-
-
 def _runtime(p: Any, log_every: Optional[int]) -> None:
     """Before the runner: progress lines every ``log_every`` steps, and ``p.threads`` CPU threads (or
     the default share of the cores, given the protocol's loader workers)."""
     progress.configure(log_every)
     data = getattr(p, "data", None)
     cpu_threads.apply(p.threads, data.num_workers if data is not None else p.num_workers)
-
-
-def _data_flags(source: Optional[str], data: Optional[Path | str]) -> dict[str, Any]:
-    return {"data.source": source, "data.root": os.path.expanduser(str(data)) if data else None}
-
-
-def _expand(path: Optional[Path]) -> Optional[str]:
-    return str(path.expanduser()) if path else None
 
 
 # --------------------------------------------------------------------------- pretrain
@@ -109,12 +72,12 @@ def pretrain(
     log_every: Optional[int] = o.LogEvery, threads: Optional[int] = o.Threads, sets: Optional[List[str]] = o.Sets,
 ) -> None:
     """Pretrain a backbone (LeOCLR, MoCo-v2, SimCLR and the paper's variants); writes RUN/backbone.safetensors."""
-    source = source_for("pretrain", protocol, sets, source, data, _say)
-    p = load_protocol("pretrain", protocol, _overrides(
+    source = source_for("pretrain", protocol, sets, source, data, say)
+    p = load_protocol("pretrain", protocol, o.overrides(
         sets, **{"method.name": method, "augment.crops": crops, "data.split": split, "model.arch": arch,
                  "optim.epochs": epochs, "optim.batch_size": batch_size, "optim.lr": lr, "data.num_workers": workers,
                  "seed": seed, "device": device, "data.on_bad_image": on_bad_image,
-                 "checkpoint_every_steps": checkpoint_every_steps, "threads": threads}, **_data_flags(source, data)))
+                 "checkpoint_every_steps": checkpoint_every_steps, "threads": threads}, **o.data_flags(source, data)))
     _runtime(p, log_every)
     r = run_pretrain(p, out_dir, resume=resume, force=force, quiet=quiet, console=err)
     if not r["rank"]:  # under torchrun only rank 0 reports
@@ -140,11 +103,11 @@ def linear_eval(
 ) -> None:
     """Linear evaluation of a frozen backbone: the probe chosen on validation, top-1 / top-5 on test."""
     source, backbone, parent, defaults = evaluation_inputs("linear-eval", target, protocol, sets, source, data, seed,
-                                                           out_dir, _say)
-    p = load_protocol("linear-eval", protocol, _overrides(
+                                                           out_dir, say)
+    p = load_protocol("linear-eval", protocol, o.overrides(
         sets, epochs=epochs, lr=lr, batch_size=batch_size, train_augment=train_augment, probe=probe,
         selection=selection, device=device, seed=seed, threads=threads, **{"data.num_workers": workers},
-        **_data_flags(source, data)), defaults)
+        **o.data_flags(source, data)), defaults)
     _runtime(p, log_every)
     r = run_linear_eval(p, backbone, out_dir or RunDir(parent).linear_eval.path, resume=resume, force=force,
                         quiet=quiet, console=err)
@@ -161,9 +124,9 @@ def knn(
 ) -> None:
     """Weighted kNN accuracy (k = 200, t = 0.1) of a frozen backbone."""
     source, backbone, parent, defaults = evaluation_inputs("knn", target, protocol, sets, source, data, seed, out_dir,
-                                                           _say)
-    p = load_protocol("knn", protocol, _overrides(sets, k=k, t=t, device=device, threads=threads,
-                                                  **_data_flags(source, data)), defaults)
+                                                           say)
+    p = load_protocol("knn", protocol, o.overrides(sets, k=k, t=t, device=device, threads=threads,
+                                                  **o.data_flags(source, data)), defaults)
     _runtime(p, log_every)
     r = run_knn(p, backbone, out_dir or parent / "knn", force=force, quiet=quiet, console=err)
     out.print(f"kNN (k={p.k}, t={p.t}) of {backbone}: top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}%")
@@ -178,11 +141,11 @@ def crop_test(
 ) -> None:
     """Table 7: the linear classifier under the center-crop and the random-crop test; both and the drop."""
     linear_dir, _ = find_linear_run(target)
-    source = source_for("crop-test", protocol, sets, source, data, _say)
+    source = source_for("crop-test", protocol, sets, source, data, say)
     defaults = linear_run_defaults(linear_dir)
     switch_source(defaults, source)
-    p = load_protocol("crop-test", protocol, _overrides(sets, repeats=repeats, device=device, threads=threads,
-                                                        **_data_flags(source, data)), defaults)
+    p = load_protocol("crop-test", protocol, o.overrides(sets, repeats=repeats, device=device, threads=threads,
+                                                        **o.data_flags(source, data)), defaults)
     _runtime(p, None)
     r = run_crop_test(p, linear_dir, out_dir or linear_dir / "crop-test", backbone=backbone, force=force)
     out.print(f"crop test of {linear_dir}: center crop {r['center_top1']:.2f}%, random crop {r['random_top1']:.2f}% "
@@ -202,13 +165,13 @@ def ablate(
 ) -> None:
     """Figure 4: pretrain with augmentation parts removed, linear-evaluate, report the drop vs --baseline."""
     ab, base = ablation(remove, baseline, metric)
-    source = source_for("pretrain", protocol, sets, source, data, _say)
-    pre = load_protocol("pretrain", protocol, _overrides(
+    source = source_for("pretrain", protocol, sets, source, data, say)
+    pre = load_protocol("pretrain", protocol, o.overrides(
         sets, **{"method.name": method, "model.arch": arch, "optim.epochs": epochs, "optim.batch_size": batch_size,
                  "data.num_workers": workers, "seed": seed, "device": device, "threads": threads},
-        **_data_flags(source, data)), base.pretrain_defaults(protocol) if base is not None else None)
+        **o.data_flags(source, data)), base.pretrain_defaults(protocol) if base is not None else None)
     _runtime(pre, log_every)
-    linear_for = linear_protocols(linear_protocol, base, _overrides(linear_sets, device=device, threads=threads))
+    linear_for = linear_protocols(linear_protocol, base, o.overrides(linear_sets, device=device, threads=threads))
     target = out_dir or Path(f"runs/ablate-{pre.method.name}-{'-'.join(ab.remove)}")
     r = run_ablate(ab, pre, linear_for, target, baseline=base, resume=resume, force=force, quiet=quiet, console=err)
     drop = (f", drop {r['drop']:.2f} points from the baseline's {r['baseline_top1']:.2f}%"
@@ -245,9 +208,9 @@ def detect(
     if dataset not in ("voc", "coco"):
         raise UserError(f"dataset {dataset!r} is not known; choose voc or coco")
     backbone, parent, defaults = backbone_and_defaults(target, seed=seed, out_dir=out_dir)
-    p = load_protocol("detect", protocol, _overrides(
+    p = load_protocol("detect", protocol, o.overrides(
         sets, dataset=dataset, schedule=schedule, backend=backend, gpus=gpus, trials=trials, seed=seed,
-        device=device, threads=threads, num_workers=workers, root=_expand(data)), pixel_stats(defaults))
+        device=device, threads=threads, num_workers=workers, root=o.expand(data)), pixel_stats(defaults))
     _runtime(p, log_every)
     r = run_detect(p, backbone, out_dir or parent / f"detect-{dataset}", resume=resume, force=force, quiet=quiet,
                    console=err)
@@ -272,11 +235,11 @@ def finetune(
     """Semi-supervised fine-tuning of all layers on a labelled subset (SimCLR's protocol); top-1 / top-5."""
     fractions = label_fractions(labels, subset_file)
     source, backbone, parent, defaults = evaluation_inputs("finetune", target, protocol, sets, source, data, seed,
-                                                           out_dir, _say)
+                                                           out_dir, say)
     flags = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "subset_seed": seed, "device": device,
-             "data.num_workers": workers, "subset_file": _expand(subset_file), "threads": threads,
-             **_data_flags(source, data)}
-    ps = [load_protocol("finetune", protocol, _overrides(sets, **flags, labels=f), defaults) for f in fractions]
+             "data.num_workers": workers, "subset_file": o.expand(subset_file), "threads": threads,
+             **o.data_flags(source, data)}
+    ps = [load_protocol("finetune", protocol, o.overrides(sets, **flags, labels=f), defaults) for f in fractions]
     _runtime(ps[0], log_every)
     if len(ps) > 1:
         summary = run_finetune_sweep(ps, backbone, out_dir or parent / "finetune", resume=resume, force=force,
@@ -303,9 +266,9 @@ def transfer(
 ) -> None:
     """Transfer (Kornblith et al.): grid on a 20% validation split, refit on train+val, one test score."""
     backbone, parent, defaults = backbone_and_defaults(target, seed=seed, out_dir=out_dir)
-    p = load_protocol("transfer", protocol, _overrides(
+    p = load_protocol("transfer", protocol, o.overrides(
         sets, dataset=dataset, mode=mode, batch_size=batch_size, device=device, num_workers=workers, threads=threads,
-        seed=seed, root=_expand(data)), own_stats(defaults))
+        seed=seed, root=o.expand(data)), own_stats(defaults))
     _runtime(p, log_every)
     r = run_transfer(p, backbone, out_dir or parent / f"transfer-{p.dataset}-{p.mode}", resume=resume, force=force,
                      quiet=quiet, console=err)
@@ -341,7 +304,7 @@ def quickstart(
     default_dir = "runs/quickstart" + (f"-{crops}" if crops and crops != "random" else "")
     result = run_quickstart(methods or DEFAULT_METHODS, out_dir or Path(default_dir), seeds=seeds, epochs=epochs,
                             force=force, quiet=quiet, console=err,
-                            overrides=_overrides(sets, **{"augment.crops": crops, "threads": threads}))
+                            overrides=o.overrides(sets, **{"augment.crops": crops, "threads": threads}))
     print_table(summary_table(result["summary"], seeds))
 
 
@@ -370,8 +333,8 @@ def views(
 ) -> None:
     """A PNG grid of the first images, each beside its views as the method sees them (before normalisation)."""
     check_png_name(out_file)
-    p = load_protocol("pretrain", protocol, _overrides(sets, **{"method.name": method, "data.split": split},
-                                                       **_data_flags(source, data)))
+    p = load_protocol("pretrain", protocol, o.overrides(sets, **{"method.name": method, "data.split": split},
+                                                       **o.data_flags(source, data)))
     n = views_picture(p, out_file, count, cell)
     out.print(f"{n} images of {p.data.source} with their {p.method.name} views: {out_file}")
 
@@ -422,20 +385,11 @@ def import_(
               f"into {r['out']}")
 
 
-def _one_sentence(e: UserError) -> str:
-    """The user's sentence; a DataLoader worker wraps it in a traceback, whose last line holds it."""
-    text = str(e)
-    if "Original Traceback" in text:
-        last = text.strip().splitlines()[-1]
-        text = last.split(": ", 1)[1] if last.startswith(("UserError", "leoclr_cli.")) else last
-    return text
-
-
 def main(argv: Optional[List[str]] = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
     except UserError as e:
-        err.print(f"{getattr(e, 'prefix', 'error')}: {_one_sentence(e)}", highlight=False, markup=False,
+        err.print(f"{getattr(e, 'prefix', 'error')}: {e.sentence()}", highlight=False, markup=False,
                   soft_wrap=True)
         sys.exit(e.exit_code)
 

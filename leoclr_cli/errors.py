@@ -11,6 +11,14 @@ class UserError(Exception):
 
     exit_code = 2
 
+    def sentence(self) -> str:
+        """The user's sentence; a DataLoader worker wraps it in a traceback, whose last line holds it."""
+        text = str(self)
+        if "Original Traceback" in text:
+            last = text.strip().splitlines()[-1]
+            text = last.split(": ", 1)[1] if last.startswith(("UserError", "leoclr_cli.")) else last
+        return text
+
 
 #: exit status of a run stopped by SIGTERM/SIGINT after writing its checkpoint ("try again later",
 #: EX_TEMPFAIL in sysexits.h): a job script can requeue it with ``--resume auto``.

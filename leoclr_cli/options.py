@@ -5,9 +5,13 @@ several commands share is one object, so its flag, help and default are the same
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any, List, Optional
 
 import typer
+
+from .config import parse_set
 
 TARGET_HELP = ("a pretraining run directory, a backbone.safetensors, or random:ARCH, a seeded random-init backbone "
                "(random:resnet18, random:resnet18-cifar, random:resnet50)")
@@ -161,3 +165,22 @@ ImportSrc = typer.Argument(..., help="a .pth / .pth.tar checkpoint (MoCo's relea
 ImportOut = typer.Option(..., "--out", "-o", help="the backbone.safetensors to write")
 ImportArch = typer.Option(None, "--arch", help="default: the 'arch' stored in the file")
 ImportForce = typer.Option(False, "--force", help="overwrite an existing --out file")
+
+
+# --------------------------------------------------------------------------- flags -> protocol overrides
+
+
+def overrides(sets: Optional[List[str]], **flags: Any) -> dict[str, Any]:
+    """The protocol fields a command's flags set (unset flags left out), then every ``--set field=value``."""
+    merged = {k: v for k, v in flags.items() if v is not None}
+    merged.update(parse_set(sets or []))
+    return merged
+
+
+def data_flags(source: Optional[str], data: Optional[Path | str]) -> dict[str, Any]:
+    """``--source`` and ``--data`` as the protocol's ``data.source`` / ``data.root`` (``~`` expanded)."""
+    return {"data.source": source, "data.root": os.path.expanduser(str(data)) if data else None}
+
+
+def expand(path: Optional[Path]) -> Optional[str]:
+    return str(path.expanduser()) if path else None

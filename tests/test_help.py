@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cliutil import run
-from leoclr_cli import cli
+from leoclr_cli import cli, console
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 COMMANDS = typer.main.get_command(cli.app).commands
@@ -48,7 +48,7 @@ def test_a_table_off_a_terminal_is_markdown_with_unwrapped_cells(capsys):
     long_cell = "end to end through the real loader, " * 4
     table.add_row(long_cell.strip(), "1.25")
     table.add_row("short", "3.50")
-    cli.print_table(table)
+    console.print_table(table)
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["A title", "", "| what | a long numeric header, wider than any cell |", "|---|---:|",
                      f"| {long_cell.strip()} | 1.25 |", "| short | 3.50 |"]
@@ -56,10 +56,10 @@ def test_a_table_off_a_terminal_is_markdown_with_unwrapped_cells(capsys):
 
 def test_a_table_on_a_terminal_is_drawn_by_rich(monkeypatch):
     buf = io.StringIO()
-    monkeypatch.setattr(cli, "out", Console(file=buf, force_terminal=True, width=60))
+    monkeypatch.setattr(console, "out", Console(file=buf, force_terminal=True, width=60))
     table = Table(title="T")
     table.add_column("x")
     table.add_row("1")
-    cli.print_table(table)
+    console.print_table(table)
     assert "┃" in buf.getvalue() or "│" in buf.getvalue()
     assert "|---|" not in buf.getvalue()

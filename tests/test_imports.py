@@ -150,3 +150,25 @@ def test_leaf_modules_import_nothing_of_the_package_but_errors():
     for leaf in ("leoclr_cli.core.atomic", "leoclr_cli.errors"):
         assert graph[leaf] <= {"leoclr_cli.errors"}, (leaf, graph[leaf])
     assert graph["leoclr_cli.data.ops"] <= {"leoclr_cli.config"}
+
+
+def command_lengths(path: Path) -> dict[str, int]:
+    """Lines of each function in ``path`` decorated as a Typer command (decorator and signature included)."""
+    tree = ast.parse(path.read_text())
+    return {f.name: f.end_lineno - min([f.lineno] + [d.lineno for d in f.decorator_list]) + 1
+            for f in tree.body if isinstance(f, ast.FunctionDef)
+            and any("command" in ast.unparse(d) for d in f.decorator_list)}
+
+
+def test_the_cli_stays_thin():
+    path = PACKAGE / "cli.py"
+    lengths = command_lengths(path)
+    assert len(lengths) >= 15, sorted(lengths)  # every command was found
+    assert max(lengths.values()) <= 30, {k: v for k, v in lengths.items() if v > 30}
+    assert len(path.read_text().splitlines()) <= 400
+
+
+def test_command_lengths_counts_decorator_and_body(tmp_path):
+    src = tmp_path / "c.py"
+    src.write_text("@app.command(epilog='x')\ndef a(\n    x: int,\n) -> None:\n    pass\n\n\ndef helper():\n    pass\n")
+    assert command_lengths(src) == {"a": 5}
