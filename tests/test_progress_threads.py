@@ -133,6 +133,7 @@ def test_omp_num_threads_is_kept(monkeypatch):
     ("leoclr", "both", 48, ["not a multiple of the 32 keys", "global batch 16 x 2", "e.g. 64"]),
     ("leoclr", "k1", 48, []),
     ("leoclr", "both", 96, ["not below the 64 training images", "e.g. 32 (a multiple of the 32 keys"]),
+    ("simclr", "both", 96, []),                        # no queue: the base class has nothing to warn about
 ])
 def test_queue_warnings(name, enqueue, size, warned, tiny_model_cfg):
     from leoclr_cli.methods import build_method

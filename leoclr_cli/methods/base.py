@@ -48,6 +48,11 @@ class ContrastiveMethod(Task):
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # pragma: no cover
         raise NotImplementedError
 
+    def queue_warnings(self, images: int, global_batch: int) -> list[str]:
+        """Warnings about the method's settings for ``images`` training images and ``global_batch``, printed
+        once before a run starts (none by default; MoCo's family checks its queue)."""
+        return []
+
     def use_sync_batchnorm(self, device: torch.device) -> None:
         """One BatchNorm over the global batch: every BN of every encoder becomes a SyncBatchNorm, in
         place (CUDA only; ``distributed.bn: sync``)."""

@@ -29,7 +29,7 @@ from ..data.views import AugmentedDataset, eval_transform, measure_normalization
 from ..errors import UserError
 from ..evaluate.features import extract, labelled_split, loader_for, subset
 from ..evaluate.knn import knn_accuracy
-from ..methods import MomentumContrast, build_method
+from ..methods import build_method
 from ..report.pictures import views_grid
 
 
@@ -240,9 +240,8 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
     boxes = CropBoxes(len(source), p.augment) if p.augment.crops != "random" else None
     loader = build_loader(p, source, method.views, device, local_batch, boxes)
     require_a_batch(loader)  # everything that can be checked is, before the run directory is made
-    if isinstance(method, MomentumContrast):  # warnings only for a run that will start
-        for warning in method.queue_warnings(len(source), local_batch * world):
-            console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
+    for warning in method.queue_warnings(len(source), local_batch * world):  # only for a run that will start
+        console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     resume_from = prepare_on_main(run_dir, p, resume, force)
     batch_transform = None
     if p.augment.backend == "tensor":
