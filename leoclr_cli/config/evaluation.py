@@ -67,13 +67,20 @@ class EvalTransformConfig(Normalized, Strict):
     std: Optional[Triple] = stat_field("std")
 
 
-class LinearEvalProtocol(Strict):
-    kind: Literal["linear-eval"] = "linear-eval"
+class EvalOnData(Strict):
+    """What a protocol that evaluates a backbone on a labelled dataset shares (linear-eval, finetune);
+    each subclass gives ``kind`` its literal, which keeps its place first."""
+
+    kind: str
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: Optional[int] = threads_field()
     data: EvalDataConfig = EvalDataConfig()
     transform: EvalTransformConfig = EvalTransformConfig()
+
+
+class LinearEvalProtocol(EvalOnData):
+    kind: Literal["linear-eval"] = "linear-eval"
     train_augment: Literal["random-resized-crop", "none"] = Field(
         "random-resized-crop",
         description="RandomResizedCrop + flip per epoch, or none: features computed once and cached",
@@ -145,16 +152,11 @@ class KnnProtocol(Strict):
 # --------------------------------------------------------------------------- finetune, transfer
 
 
-class FinetuneProtocol(Strict):
+class FinetuneProtocol(EvalOnData):
     """Semi-supervised fine-tuning (SimCLR's protocol, Table 2 / Figure 3): all layers tuned, a new fc,
     RandomResizedCrop + flip only, no weight decay, top-1/top-5 on the full test/val split."""
 
     kind: Literal["finetune"] = "finetune"
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: Optional[int] = threads_field()
-    data: EvalDataConfig = EvalDataConfig()
-    transform: EvalTransformConfig = EvalTransformConfig()
     labels: float = Field(10.0, gt=0, le=100, description="percent of the labelled train split used")
     subset_file: Optional[str] = Field(
         None, description="a list of the train images to use: file names, one per line (SimCLR's 1percent.txt / "
