@@ -1,5 +1,6 @@
 """The README's two set-up commands: CI runs command 2 verbatim, and command 1 runs the quickstart."""
 
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,3 +30,14 @@ def test_ci_runs_readme_command_2_verbatim():
 def test_readme_command_1_runs_the_quickstart_in_the_repo_venv():
     cmd = readme_commands()["1"]
     assert cmd.startswith("python3 -m venv .venv") and cmd.endswith(".venv/bin/leoclr quickstart")
+
+
+def test_the_suite_removes_what_passing_tests_wrote_and_stops_a_hung_test():
+    """A full run writes about 17 GB of checkpoints; only failed tests' temp dirs may stay on disk."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    ini = project["tool"]["pytest"]["ini_options"]
+    assert ini["tmp_path_retention_policy"] == "failed"
+    assert ini["tmp_path_retention_count"] == 1
+    assert 0 < ini["timeout"] <= 1800
+    extras = project["project"]["optional-dependencies"]["test"]
+    assert any(dep.startswith("pytest-timeout") for dep in extras)
