@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import random
+import statistics
 import tempfile
 import threading
 import time
@@ -113,11 +114,18 @@ def augment(size: int, **fields: Any) -> AugmentConfig:
     return AugmentConfig(size=size, blur=size >= 96, normalize="imagenet", **fields)
 
 
-def _rate(fn: Callable[[], None], n: int) -> float:
+def _rate(fn: Callable[[], None], n: int, repeats: int = 3) -> float:
+    """Items per second of ``fn`` (``n`` items a call): the median of ``repeats`` timed calls after a warm-up.
+
+    One timed call of the batched views (a single batch) varied by 2x on a shared CPU; the median of three
+    is steady to a few percent."""
     fn()  # warm-up
-    t0 = time.perf_counter()
-    fn()
-    return n / (time.perf_counter() - t0)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return n / statistics.median(times)
 
 
 def view_rates(view_size: int, images: int, batch: int, device: torch.device) -> list[dict[str, Any]]:
