@@ -30,6 +30,13 @@ def test_bad_protocol_values_give_one_line_and_exit_2(argv, needle, capsys, tmp_
     assert not (tmp_path / "r").exists()  # nothing written
 
 
+def test_a_rule_across_fields_is_stated_without_a_field_prefix(capsys, tmp_path):
+    code, _, err = run(["pretrain", "--set", "optim.batch_size=12", "--set", "model.bn_splits=8",
+                        "--out", str(tmp_path / "r")], capsys)
+    line = error_line(code, err)
+    assert "field '" not in line and "optim.batch_size (12)" in line and "model.bn_splits (8)" in line
+
+
 def test_missing_data_path_names_it(capsys, tmp_path):
     missing = tmp_path / "nope"
     code, _, err = run(["pretrain", "--source", "cifar10", "--data", str(missing), "--out", str(tmp_path / "r")], capsys)

@@ -80,7 +80,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 def format_validation_error(err: ValidationError, source: str) -> str:
     """The first error as one sentence: field path, the rule broken, the value given."""
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not isinstance(p, int)) or "(protocol)"
+    loc = ".".join(str(p) for p in first["loc"] if not isinstance(p, int))
     msg = first["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
@@ -89,6 +89,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     given = first.get("input")
     shown = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    if not loc:  # a rule across fields: its message names them
+        return f"{source}: {msg}{more}"
     return f"{source}: field '{loc}': {msg}{shown}{more}"
 
 
