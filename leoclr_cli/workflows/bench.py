@@ -118,7 +118,7 @@ def _rate(fn: Callable[[], None], n: int, repeats: int = 3) -> float:
     """Items per second of ``fn`` (``n`` items a call): the median of ``repeats`` timed calls after a warm-up.
 
     One timed call of the batched views (a single batch) varied by 2x on a shared CPU; the median of three
-    is steady to a few percent."""
+    narrows that (still about 25% between runs there)."""
     fn()  # warm-up
     times = []
     for _ in range(repeats):
