@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-SourceName = Literal["builtin", "builtin-textures", "imagefolder", "cifar10", "cifar100", "stl10", "cars", "pets",
+SourceName = Literal["builtin", "builtin-photos", "builtin-textures", "imagefolder", "cifar10", "cifar100", "stl10", "cars", "pets",
                      "birdsnap"]
 # pretraining also streams WebDataset tar shards (data/shards.py)
 PretrainSourceName = Literal[get_args(SourceName) + ("webdataset",)]  # type: ignore[misc]

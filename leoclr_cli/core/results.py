@@ -88,6 +88,7 @@ class LinearResult(FromPretraining):
     num_val: int
     top1: float
     top5: float
+    num_test: Optional[int] = None  # images top1/top5 are measured on (their standard error follows from it)
     val_top1: Optional[float]
     top1_test_best: float
     backbone_unchanged: bool
@@ -231,3 +232,4 @@ class QuickstartResult(RunResult):
     seeds: int
     runs: list[dict[str, Any]]
     summary: list[dict[str, Any]]
+    crop_coverage: Optional[dict[str, float]] = None  # built-in data: % of crops that miss / cut / hold the digit

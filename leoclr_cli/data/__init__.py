@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from ..errors import UserError
-from .builtin import BuiltinScenes, BuiltinTextures
+from .builtin import BuiltinDigits, BuiltinScenes, BuiltinTextures
 from .shards import ShardSource
 from .sources import open_source
 
@@ -18,6 +18,8 @@ def open_data(source: str, root: Optional[str], split: str, *, verify_checksums:
     """A dataset of (PIL RGB image, label) with ``classes``, ``num_classes`` and ``targets``; for
     ``webdataset`` the :class:`ShardSource` of the shard list ``root`` (streamed, ``split`` unused)."""
     if source == "builtin":
+        return BuiltinDigits(split, n=builtin_n)
+    if source == "builtin-photos":
         return BuiltinScenes(split, n=builtin_n)
     if source == "builtin-textures":
         return BuiltinTextures(split, n=builtin_n)

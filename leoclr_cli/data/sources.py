@@ -530,7 +530,7 @@ def infer_source(root: str | Path, declared: Optional[str] = None) -> tuple[str,
         raise UserError(f"--data {root} is not a directory")
     found = detect_layouts(root)
     names = [name for name, _ in found]
-    if declared not in (None, "builtin", "builtin-textures"):
+    if declared is not None and not declared.startswith("builtin"):
         if declared in names or not found:
             return declared, dict(found).get(declared, "the protocol's source")
         raise UserError(f"--data {root} holds {' and '.join(names)} data, not the {declared} data the protocol "

@@ -157,9 +157,9 @@ def random_init(spec: str, seed: int, out_dir: Optional[Path], source: Optional[
     parent = (out_dir.expanduser().parent if out_dir else Path("runs")) / name
     backbone = ckpt.random_backbone_file(spec, seed, RunDir(parent).backbone)
     src = source or "builtin"
-    size = {"builtin": 32, "builtin-textures": 32, "cifar10": 32, "cifar100": 32, "stl10": 96}.get(src) or (
+    size = {"builtin": 32, "builtin-photos": 32, "builtin-textures": 32, "cifar10": 32, "cifar100": 32, "stl10": 96}.get(src) or (
         32 if cifar_stem else small_side(src, data) or 224)
-    normalize = {"builtin": "builtin", "builtin-textures": "builtin", "cifar10": "cifar",
+    normalize = {"builtin": "builtin", "builtin-photos": "builtin", "builtin-textures": "builtin", "cifar10": "cifar",
                  "cifar100": "cifar"}.get(src, "imagenet")
     pseudo_pretraining = {"data": {"source": src}, "augment": {"size": size, "normalize": normalize}}
     return backbone, parent, eval_defaults(pseudo_pretraining)

@@ -297,6 +297,7 @@ def run_linear_eval(protocol: LinearEvalProtocol, backbone_path: Path, run_dir: 
         pretrain_dataset=pre.get("data", {}).get("source"), pretrain_batch_size=pre.get("optim", {}).get("batch_size"),
         pretrain_schedule=pre.get("optim", {}).get("schedule"), probe=p.probe, feature_norm=p.feature_norm,
         selected_on=p.selection, num_fit=len(fit_idx), num_val=len(val_idx), top1=final["top1"], top5=final["top5"],
+        num_test=len(test_src),
         **chosen, **diag, backbone_unchanged=True)
     save_classifier(run.classifier, model, {
         "backbone": str(backbone_path), "arch": meta["arch"], "backbone_sha256": ckpt.file_sha256(backbone_path),
