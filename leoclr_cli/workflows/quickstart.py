@@ -8,7 +8,9 @@ features (``train_augment: none``), so a seed of the whole comparison fits in a 
 ``--force`` redoes them.
 
 Layout: ``OUT/seed-S/METHOD/`` (a pretraining run with its ``linear-eval/``), ``OUT/seed-S/random-init/``,
-and ``OUT/quickstart.json`` with every run's numbers and the summary.
+``OUT/quickstart.json`` with every run's numbers and the summary, and, when the protocol turns the monitors
+on (``monitor.knn_every`` / ``monitor.linear_every``), ``OUT/learning.png``: their top-1 after each epoch
+per method and seed beside the random-init backbone's and chance (report/pictures.py).
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from ..core.nets import RANDOM_PREFIX
 from ..core.results import QuickstartResult
 from ..core.rundir import RunDir, command
 from ..evaluate.linear import run_linear_eval
+from ..report.pictures import learning_series, write_learning
 from .pretrain import run_pretrain
 
 #: the methods the quickstart compares by default, in the order of its table
 DEFAULT_METHODS = ("leoclr", "mocov2")
 RANDOM_INIT = "random init"
+LEARNING_FILE = "learning.png"
 
 
 def protocol_file(name: str) -> Path:
@@ -94,6 +98,11 @@ def run_quickstart(methods: tuple[str, ...] | list[str], out_dir: Path, *, seeds
         r = _probe(lin, backbone, rand.linear_eval, force, quiet, console)
         runs.append({"name": RANDOM_INIT, "method": "random-init", "seed": seed, "top1": r["top1"],
                      "top5": r["top5"], "wall_s": time.perf_counter() - t0})
+    learning = [learning_series(out_dir / f"seed-{s}" / m, m) for s in range(base.seed, base.seed + seeds)
+                for m in methods]
+    if write_learning(out_dir / LEARNING_FILE, learning) is None:
+        console.print(f"{LEARNING_FILE} not drawn: the runs have no monitor records (monitor.knn_every, "
+                      "monitor.linear_every)", highlight=False)
     return RunDir(out_dir).write_result(QuickstartResult(methods=list(methods), seeds=seeds, runs=runs,
                                                          summary=summarise(runs)))
 
