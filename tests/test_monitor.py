@@ -184,3 +184,41 @@ def test_quickstart_writes_learning_png(tmp_path):
                             ("mocov2, kNN", "knn_top1"), ("mocov2, online probe", "linear_top1"),
                             (f"random init, kNN ({series[0]['random_init']:.1f})", "random_init"),
                             ("chance (1/10)", "chance")])
+
+
+@pytest.mark.parametrize("name", ["leoclr", "mocov2", "simclr", "leoclr-e2e", "leoclr-attract-all",
+                                  "leoclr-random-original"])
+def test_every_method_trains_the_probe_without_touching_its_gradients(name, tiny_model_cfg):
+    """One step of each method with and without the probe: the same backbone gradients, bit for bit; the
+    probe's loss is added to the backpropagated loss but not to the reported one; unlabelled images (-1)
+    are left out of it."""
+    import copy
+
+    from leoclr_cli.config import MethodConfig
+    from leoclr_cli.methods import build_method
+
+    torch.manual_seed(0)
+    plain = build_method(tiny_model_cfg, MethodConfig(name=name, queue_size=32))
+    probed = copy.deepcopy(plain)
+    probed.attach_probe(online_probe(plain.backbone.feature_dim, 10, 0))
+    views = [torch.randn(8, 3, 16, 16) for _ in plain.views]
+    labels = torch.tensor([0, 1, 2, 3, -1, -1, 4, 5])
+    grads = []
+    for method in (plain, probed):
+        torch.manual_seed(1)  # shuffle-BN's permutation
+        loss, stats = method(views, labels)
+        loss.backward()
+        grads.append({n: q.grad for n, q in method.encoder_q.named_parameters()})
+    assert grads[0].keys() == grads[1].keys() and all(torch.equal(grads[0][k], grads[1][k]) for k in grads[0])
+    assert stats["loss"] == pytest.approx(loss.item() - stats["linear_loss"].item(), rel=1e-5)
+    assert probed.probe.fc.weight.grad is not None and probed.probe.fc.weight.grad.abs().sum() > 0
+    # the probe's loss is the cross-entropy over the labelled images only (features of the whole batch)
+    feats = torch.randn(8, plain.backbone.feature_dim)
+    total, stats = probed.probed(torch.tensor(1.0), {}, feats, labels)
+    logits = probed.probe.logits(feats)
+    keep = labels >= 0
+    assert stats["linear_loss"].item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits[keep], labels[keep]).item(), rel=1e-6)
+    assert total.item() == pytest.approx(1.0 + stats["linear_loss"].item(), rel=1e-6)
+    assert stats["linear_train_top1"].item() == pytest.approx(
+        100.0 * (logits[keep].argmax(1) == labels[keep]).float().mean().item(), rel=1e-6)

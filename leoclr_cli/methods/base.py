@@ -68,18 +68,21 @@ class ContrastiveMethod(Task):
             groups.append({"params": list(self.probe.parameters()), "weight_decay": 0.0, "lr_scale": probe_lr_scale})
         return groups
 
-    def query(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pooled features, L2-normalised projection) of ``x`` through the query encoder."""
+    def query(self, x: torch.Tensor) -> tuple[Optional[torch.Tensor], torch.Tensor]:
+        """(pooled features, L2-normalised projection) of ``x`` through the query encoder; the features
+        only when a probe is attached (None otherwise: the encoder's plain forward)."""
+        if self.probe is None:
+            return None, F.normalize(self.encoder_q(x), dim=1)
         h, z = self.encoder_q(x, features=True)
         return h, F.normalize(z, dim=1)
 
-    def probed(self, loss: torch.Tensor, stats: dict[str, torch.Tensor], features: torch.Tensor,
+    def probed(self, loss: torch.Tensor, stats: dict[str, torch.Tensor], features: Optional[torch.Tensor],
                labels: Optional[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The method's ``(loss, stats)`` with the online probe's step added (unchanged without a probe):
         the probe's cross-entropy on ``features.detach()`` in float32 over the labelled images, added to the
         loss that is backpropagated; ``stats`` gain ``loss`` (the method's), ``linear_loss`` and
         ``linear_train_top1`` (%, on the batch's labelled images)."""
-        if self.probe is None or labels is None:
+        if self.probe is None or features is None or labels is None:
             return loss, stats
         with torch.autocast(features.device.type, enabled=False):
             logits = self.probe.logits(features.detach().float())
