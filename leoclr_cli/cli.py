@@ -81,9 +81,10 @@ def pretrain(
     _runtime(p, log_every)
     r = run_pretrain(p, out_dir, resume=resume, force=force, quiet=quiet, console=err)
     if not r["rank"]:  # under torchrun only rank 0 reports
-        knn = f", kNN top-1 {r['knn_top1']:.2f}%" if r["knn_top1"] is not None else ""
+        shown = (("knn_top1", "kNN top-1"), ("knn_top1_random_init", "random-init kNN"), ("linear_top1", "online probe"))
         out.print(f"pretrained {r['method']} {r['arch']} for {r['epochs']} epochs: final loss {r['final_loss']:.4f}"
-                  f"{knn}\nbackbone: {r['backbone']}")
+                  + "".join(f", {name} {r[k]:.2f}%" for k, name in shown if r.get(k) is not None)
+                  + f"\nbackbone: {r['backbone']}")
 
 
 # --------------------------------------------------------------------------- evaluation

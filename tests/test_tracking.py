@@ -15,7 +15,7 @@ TINY = ["pretrain", "--source", "builtin", "--arch", "resnet18", "--epochs", str
         "--device", "cpu", "--quiet", "--set", f"data.builtin_train={8 * STEPS}", "--set", "data.builtin_test=16",
         "--set", "augment.size=16", "--set", "augment.normalize=builtin", "--set", "model.dim=8",
         "--set", "model.bn_splits=2", "--set", "method.queue_size=32", "--set", "monitor.knn_every=1",
-        "--set", "monitor.k=4"]
+        "--set", "monitor.k=4", "--set", "monitor.linear_every=1"]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_tensorboard_event_files_hold_steps_epochs_and_the_views(tracked):
     check_steps([e.step for e in loss], [e.value for e in loss], metrics)
     assert [e.value for e in acc.Scalars("step/lr")] == pytest.approx([metrics[0]["lr"]] * STEPS
                                                                      + [metrics[1]["lr"]] * STEPS)
-    for key in ("samples_per_s", "knn_top1", "loss"):
+    for key in ("samples_per_s", "knn_top1", "linear_top1", "linear_loss", "loss"):
         got = acc.Scalars(f"epoch/{key}")
         assert [e.step for e in got] == [STEPS, 2 * STEPS]
         assert [e.value for e in got] == pytest.approx([m[key] for m in metrics], rel=1e-5)

@@ -161,9 +161,18 @@ class DistributedConfig(Strict):
 
 
 class MonitorConfig(Strict):
-    """Periodic weighted-kNN accuracy of the query backbone during pretraining."""
+    """What pretraining measures of its query backbone on the source's labelled splits as it trains: a
+    weighted kNN top-1 (``knn_every``) and an online linear probe (``linear_every``, solo-learn's online
+    classifier: a BatchNorm1d-without-affine + linear head on the detached pooled features of a view the
+    method already computes, trained on the pretraining split's labels at every step in its own optimizer
+    group; the backbone's gradients and trajectory are unchanged). Both report top-1 (%) on the test split;
+    on data without labels they are off, with one line saying so."""
 
     knn_every: int = Field(0, ge=0, description="epochs between kNN monitors (0 = off)")
+    linear_every: int = Field(0, ge=0, description="epochs between test-split evaluations of the online linear "
+                                                   "probe, which then trains at every step (0 = off)")
+    linear_lr: float = Field(0.1, gt=0, description="the online probe's lr at the start; it follows the "
+                                                    "pretraining lr schedule (weight decay 0)")
     k: int = Field(200, ge=1)
     t: float = Field(0.1, gt=0)
     max_bank: int = Field(10000, ge=1, description="at most this many labelled train images in the bank")
@@ -224,9 +233,11 @@ class PretrainProtocol(Strict):
         if self.data.source == "webdataset" and self.augment.crops != "random":
             raise ValueError(f"augment.crops '{self.augment.crops}' keeps a box per image, which needs an indexed "
                              "source; data.source webdataset streams its images (use augment.crops random)")
-        if self.data.source == "webdataset" and self.monitor.knn_every:
-            raise ValueError("monitor.knn_every needs the labelled train and test splits of an indexed source; "
-                             "data.source webdataset has none (set monitor.knn_every=0, then leoclr knn RUN --data ...)")
+        for field in ("knn_every", "linear_every"):
+            if self.data.source == "webdataset" and getattr(self.monitor, field):
+                raise ValueError(f"monitor.{field} needs the labelled train and test splits of an indexed source; "
+                                 f"data.source webdataset has none (set monitor.{field}=0, then leoclr knn or "
+                                 "linear-eval RUN --data ...)")
         return self
 
     @model_validator(mode="after")

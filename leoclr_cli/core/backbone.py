@@ -56,6 +56,15 @@ def load_fitting(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path:
     model.load_state_dict(tensors, strict=True)
 
 
+def random_backbone(arch: str, cifar_stem: bool, seed: int) -> torch.nn.Module:
+    """The random-init backbone of ``seed``: torch.manual_seed(seed), then the torchvision init (the global
+    RNG is left as it was). A pretraining run of that seed starts from these weights (its query backbone is
+    the first thing it builds after seeding)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_backbone(arch, cifar_stem=cifar_stem)
+
+
 def random_backbone_file(spec: str, seed: int, path: Path) -> Path:
     """Write the random-init backbone ``spec`` of ``seed`` (torch.manual_seed(seed), then the torchvision init)
     to ``path`` as a backbone.safetensors with method ``random-init``; an existing file of the same spec and seed
@@ -69,9 +78,7 @@ def random_backbone_file(spec: str, seed: int, path: Path) -> Path:
             raise UserError(f"{path} exists and is not the {spec} backbone of seed {seed}; move it or choose "
                             "another --out")
         return path
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_backbone(arch, cifar_stem=cifar_stem)
+    model = random_backbone(arch, cifar_stem, seed)
     save_backbone(path, model, arch=arch, cifar_stem=cifar_stem, method="random-init", epoch=0,
                   protocol_json=json.dumps({"kind": "random-init", "seed": seed,
                                             "model": {"arch": arch, "cifar_stem": cifar_stem}}),

@@ -138,7 +138,9 @@ class SkipFirst(torch.utils.data.Sampler):
 class Task(torch.nn.Module):
     """What the engine trains. A subclass implements ``forward(inputs, labels) -> (loss, stats)``
     (``stats``: named 0-d tensors, averaged over the epoch into its record) and overrides the hooks
-    it needs."""
+    it needs. ``loss`` is what is backpropagated and checked for finiteness; the records' ``loss`` is
+    ``stats["loss"]`` when the task gives one (a task whose backpropagated loss carries an auxiliary
+    term, such as the online probe's, reports its own loss there), else ``loss``."""
 
     def forward(self, inputs: Any, labels: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # pragma: no cover
         raise NotImplementedError
@@ -384,6 +386,12 @@ class Engine:
             self.tracker.steps([(s, {"loss": v, "lr": lr}) for (s, _, lr), v in zip(pending, losses)])
             pending.clear()
 
+    def _set_lr(self, lr: float) -> None:
+        """Every parameter group's lr: the schedule's, times the group's ``lr_scale`` (default 1; the
+        online probe's group, methods/base.py, runs at its own multiple of the schedule)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+
     def _set_epoch(self, epoch: int) -> None:
         """Seed the epoch's order (RandomSampler or DistributedSampler), worker seeds and views."""
         seed = self.schedule.seed
@@ -415,8 +423,7 @@ class Engine:
                partial: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         """One epoch from batch ``skip`` on (``partial``: the metric sums of the batches before it)."""
         lr = self.schedule.lr_at(epoch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self._set_lr(lr)
         self._set_epoch(epoch)
         self.task.train()
         sums: dict[str, torch.Tensor] = dict(partial["sums"]) if partial else {}
@@ -433,8 +440,7 @@ class Engine:
         for i, batch in enumerate(batches, start=skip):
             if self.schedule.lr_at_step is not None:
                 lr = self.schedule.lr_at_step(epoch * steps + i)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                self._set_lr(lr)
             inputs = self._inputs(batch[0])
             labels = to_device(batch[1], self.device)
             if len(batch) > 2:  # the count of unreadable images replaced in this batch
@@ -452,8 +458,9 @@ class Engine:
             n = labels.shape[0] if torch.is_tensor(labels) else len(labels)
             seen += n
             window.append(loss.detach())
+            reported = stats["loss"] if "loss" in stats else window[-1]  # what the records call the loss
             if self.tracker is not None:
-                pending.append((epoch * steps + i + 1, window[-1], lr))
+                pending.append((epoch * steps + i + 1, reported, lr))
             for key, val in {"loss": loss.detach(), **stats}.items():
                 sums[key] = sums.get(key, 0) + torch.as_tensor(val, device=self.device) * n
             done = i + 1
@@ -473,7 +480,7 @@ class Engine:
                     self._flush_steps(pending)
             if checked or reporter.due():  # due() follows rank 0's clock: no collective in here
                 rate = (seen - (partial["seen"] if partial else 0)) / max(time.perf_counter() - t0, 1e-9)
-                reporter.show(f"epoch {epoch + 1}/{self.epochs} step {done}/{steps} loss {loss.item():.4f} "
+                reporter.show(f"epoch {epoch + 1}/{self.epochs} step {done}/{steps} loss {reported.item():.4f} "
                               f"lr {lr:.4g} {rate:.0f} samples/s")
         self._check_finite(window, epoch, steps, steps)
         self._epoch_sums = {"sums": dict(sums), "seen": seen, "bad_images": bad_images}  # this rank's, for _stop

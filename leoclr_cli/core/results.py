@@ -68,6 +68,11 @@ class PretrainResult(RunResult):
     # rank 0 only
     final_loss: Optional[float] = None
     knn_top1: Optional[float] = None
+    # with the monitors on (monitor.*): the online probe's last top-1, the kNN monitor's top-1 of the
+    # random-init backbone of the run's arch and seed, and the number of classes of the monitors' data
+    linear_top1: Optional[float] = None
+    knn_top1_random_init: Optional[float] = None
+    monitor_classes: Optional[int] = None
     wall_s_this_invocation: Optional[float] = None
     device: Optional[str] = None
     backbone: Optional[str] = None

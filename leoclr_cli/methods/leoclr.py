@@ -13,7 +13,6 @@ Choices where the paper is silent (protocol fields, see PROTOCOL.md):
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .base import top1_positive
 from .momentum import MomentumContrast
@@ -26,13 +25,14 @@ class LeOCLR(MomentumContrast):
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, x1, x2 = views
-        q = F.normalize(self.encoder_q(x), dim=1)
+        h, q = self.query(x)
         k1, k2 = self.crop_keys(x1, x2)
         loss1, logits1 = self.contrast(q, k1)
         loss2, logits2 = self.contrast(q, k2)
         self.enqueue_crop_keys(k1, k2)
         acc = (top1_positive(logits1) + top1_positive(logits2)) / 2
-        return loss1 + loss2, {"acc": acc, "loss1": loss1.detach(), "loss2": loss2.detach()}
+        return self.probed(loss1 + loss2, {"acc": acc, "loss1": loss1.detach(), "loss2": loss2.detach()}, h,
+                           labels)
 
     @torch.no_grad()
     def crop_keys(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

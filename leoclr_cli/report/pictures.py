@@ -1,6 +1,7 @@
 """Pictures of what the method sees: a grid of images, each beside its views as the method gets them
-(``leoclr views``, and TensorBoard's ``views`` image); and a run's ContrastiveCrop boxes drawn on its
-images (``leoclr boxes``).
+(``leoclr views``, and TensorBoard's ``views`` image); a run's ContrastiveCrop boxes drawn on its
+images (``leoclr boxes``); and the picture of learning (``learning.png`` of ``leoclr quickstart`` and
+``leoclr report``): the monitors' top-1 after each epoch of pretraining runs (:func:`learning_picture`).
 
 The views come from the training pipeline itself (:func:`~..data.pipeline.augmented`: the same view makers
 and the same (seed, epoch 0, index) draws as the first epoch), and are shown before normalisation
@@ -20,6 +21,7 @@ from PIL import Image, ImageDraw
 
 from ..config import PretrainProtocol
 from ..core.atomic import atomic_write_bytes
+from ..core.engine import read_metrics
 from ..core.rundir import RunDir
 from ..data import open_pretrain_data
 from ..data.ccrop import box_stats, draw_boxes, load_boxes
@@ -111,3 +113,97 @@ def boxes_picture(run_dir: Path, out_file: Path, count: int, cell: int) -> dict[
     write_png(draw_boxes([source[i][0] for i in range(n)], boxes[:n], cell=cell), out_file)
     return {"images": n, "mode": meta.get("mode", ""), "epoch": meta.get("epoch", "?"),
             "whole": box_stats(boxes)["ccrop_whole"]}
+
+
+# --------------------------------------------------------------------------- matplotlib figures
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def png_bytes(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    return buf.getvalue()
+
+
+#: the monitors' records in metrics.jsonl, and how :func:`learning_picture` names and draws them
+LEARNING_KEYS = (("knn_top1", "kNN", "-"), ("linear_top1", "online probe", "--"))
+
+
+def learning_series(run_dir: Path, label: str) -> dict[str, Any]:
+    """What :func:`learning_picture` draws of the pretraining run ``run_dir``: its seed, the monitors'
+    ``(epoch, top-1)`` from ``metrics.jsonl``, and from its ``result.json`` (once finished) the kNN top-1 of
+    the random-init backbone of its arch and seed and the number of classes (None where not recorded)."""
+    run = RunDir(Path(run_dir))
+    records = read_metrics(run.metrics)
+    result = run.read_result() if run.result.is_file() else {}
+    out: dict[str, Any] = {"label": label, "seed": run.protocol_tree().get("seed"),
+                           "random_init": result.get("knn_top1_random_init"),
+                           "classes": result.get("monitor_classes")}
+    for key, _, _ in LEARNING_KEYS:
+        out[key] = [(m["epoch"], m[key]) for m in records if m.get(key) is not None and "epoch" in m]
+    return out
+
+
+def has_monitor(series: dict[str, Any]) -> bool:
+    return any(series[key] for key, _, _ in LEARNING_KEYS)
+
+
+def learning_picture(series: list[dict[str, Any]]) -> tuple[bytes, list[dict[str, Any]]]:
+    """One panel per seed: each run's kNN monitor top-1 (solid) and online-probe top-1 (dashed) after each
+    epoch, the random-init backbone's kNN top-1 (a grey horizontal line, one per distinct value) and chance,
+    100 / classes (dotted). ``series``: :func:`learning_series` of each run (runs without monitor records are
+    left out). Returns (PNG, the plotted lines as read back from the axes: panel seed, kind, label, x, y)."""
+    plt = pyplot()
+    drawn = [s for s in series if has_monitor(s)]
+    seeds = sorted({s["seed"] for s in drawn}, key=lambda v: (v is None, v)) or [None]
+    fig, axes = plt.subplots(1, len(seeds), figsize=(5.5 * len(seeds), 4), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    labels = list(dict.fromkeys(s["label"] for s in drawn))
+    for ax, seed in zip(axes[0], seeds):
+        mine = [s for s in drawn if s["seed"] == seed]
+        for s in mine:
+            colour = colours[labels.index(s["label"]) % len(colours)]
+            for key, name, style in LEARNING_KEYS:
+                if s[key]:
+                    (line,) = ax.plot(*zip(*s[key]), style, color=colour, marker="o" if len(s[key]) < 30 else None,
+                                      markersize=3, label=f"{s['label']}, {name}")
+                    line.set_gid(key)
+        for value in dict.fromkeys(s["random_init"] for s in mine if s["random_init"] is not None):
+            ax.axhline(value, color="grey", linewidth=1.2, label=f"random init, kNN ({value:.1f})", gid="random_init")
+        for classes in dict.fromkeys(s["classes"] for s in mine if s["classes"]):
+            ax.axhline(100.0 / classes, color="black", linestyle=":", linewidth=1,
+                       label=f"chance (1/{classes})", gid="chance")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("top-1 on the test split (%)")
+        ax.set_title(f"seed {seed}" if seed is not None else "")
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no monitor (monitor.knn_every, monitor.linear_every)", ha="center", va="center",
+                    transform=ax.transAxes)
+    fig.suptitle("Learning: the monitors' top-1 after each pretraining epoch")
+    plotted = [{"seed": seed, "kind": line.get_gid(), "label": line.get_label(),
+                "x": [float(v) for v in line.get_xdata()], "y": [float(v) for v in line.get_ydata()]}
+               for ax, seed in zip(axes[0], seeds) for line in ax.lines]
+    data = png_bytes(fig)
+    plt.close(fig)
+    return data, plotted
+
+
+def write_learning(path: Path, series: list[dict[str, Any]]) -> Optional[list[dict[str, Any]]]:
+    """Write :func:`learning_picture` of ``series`` to ``path`` when a run has monitor records; returns the
+    plotted lines (None, and nothing written, when no run has any)."""
+    if not any(has_monitor(s) for s in series):
+        return None
+    data, plotted = learning_picture(series)
+    atomic_write_bytes(Path(path), data)
+    return plotted

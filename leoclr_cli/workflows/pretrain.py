@@ -13,8 +13,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..config import (EvalDataConfig, EvalTransformConfig, PretrainProtocol, eval_transform_for, norm_stats,
-                      protocol_json)
+from ..config import PretrainProtocol, norm_stats, protocol_json
 from ..core import checkpoint as ckpt
 from ..core import distributed, preempt, tracking
 from ..core.engine import (Checkpoints, DeviceSpec, Engine, Observers, Schedule, amp_dtype, cosine_lr, require_a_batch,
@@ -27,8 +26,7 @@ from ..data.gpu_views import TensorViews
 from ..data.pipeline import augmented
 from ..data.views import AugmentedDataset, eval_transform, measure_normalization
 from ..errors import UserError
-from ..evaluate.features import extract, labelled_split, loader_for, subset
-from ..evaluate.knn import knn_accuracy
+from ..evaluate.monitor import Monitor, online_probe
 from ..methods import build_method
 from ..report.pictures import views_grid
 
@@ -40,18 +38,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-
-
-def monitor_data(p: PretrainProtocol) -> EvalDataConfig:
-    """The labelled splits the kNN monitor uses: the pretraining source's train and test."""
-    train, test = default_eval_splits(p.data.source)
-    return EvalDataConfig(source=p.data.source, root=p.data.root, train_split=train, test_split=test,
-                          verify_checksums=p.data.verify_checksums, num_workers=p.data.num_workers,
-                          builtin_train=p.data.builtin_train, builtin_test=p.data.builtin_test)
-
-
-def monitor_transform(p: PretrainProtocol) -> EvalTransformConfig:
-    return EvalTransformConfig(**eval_transform_for(p.augment.size), **p.augment.norm_fields())
 
 
 def build_loader(p: PretrainProtocol, source, kinds, device: torch.device,
@@ -231,6 +217,11 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
                           "set model.bn_splits=1 for one BN per process", highlight=False)
     seed_everything(p.seed, p.deterministic)
     method = build_method(p.model, p.method)
+    monitor = Monitor(p, source, device)
+    if monitor.note:
+        console.print(monitor.note, highlight=False, markup=False, soft_wrap=True)
+    if monitor.linear:
+        method.attach_probe(online_probe(method.backbone.feature_dim, monitor.probe_classes, p.seed))
     if world > 1 and p.distributed.bn == "sync":
         method.use_sync_batchnorm(device)
     if p.compile != "off":
@@ -246,29 +237,15 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
     batch_transform = None
     if p.augment.backend == "tensor":
         batch_transform = TensorViews(p.augment, method.views).to(device)
-    optimizer = torch.optim.SGD([q for q in method.parameters() if q.requires_grad], lr=lr,
+    optimizer = torch.optim.SGD(method.optimizer_groups(p.monitor.linear_lr / lr), lr=lr,
                                 momentum=p.optim.momentum, weight_decay=p.optim.weight_decay)
     lr_at = cosine_lr(lr, p.optim.epochs) if p.optim.schedule == "cosine" else (lambda e: lr)
 
     hooks: list[Any] = []
     if boxes is not None:
         hooks.append(box_updater(p, source, boxes, method, device, Path(run_dir)))
-    if p.monitor.knn_every:
-        data, tf = monitor_data(p), monitor_transform(p)
-        bank_src = subset(labelled_split(data, "train"), p.monitor.max_bank)
-        test_src = subset(labelled_split(data, "test"), p.monitor.max_test)
-        bank_loader = loader_for(bank_src, tf, p.optim.batch_size, p.data.num_workers, device)
-        test_loader = loader_for(test_src, tf, p.optim.batch_size, p.data.num_workers, device)
-
-        def knn_monitor(epoch: int) -> dict[str, Any]:
-            if not main or (epoch + 1) % p.monitor.knn_every and epoch + 1 != p.optim.epochs:
-                return {}
-            bank, bank_y = extract(method.backbone, bank_loader, device)
-            test, test_y = extract(method.backbone, test_loader, device)
-            acc = knn_accuracy(bank, bank_y, test, test_y, bank_src.num_classes, p.monitor.k, p.monitor.t)
-            return {"knn_top1": acc["top1"]}
-
-        hooks.append(knn_monitor)
+    if monitor.knn or monitor.linear:
+        hooks.append(lambda epoch: monitor.epoch_end(method, epoch) if main else {})
 
     def epoch_end(epoch: int) -> dict[str, Any]:
         record: dict[str, Any] = {}
@@ -303,7 +280,14 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
                        method=p.method.name, epoch=p.optim.epochs, protocol_json=protocol_json(p),
                        extra_meta=norm_meta(p))
     last = history[-1] if history else {}
+    measured: dict[str, Any] = {}
+    if monitor.knn or monitor.linear:
+        measured["monitor_classes"] = monitor.num_classes
+    if monitor.linear:
+        measured["linear_top1"] = next((m["linear_top1"] for m in reversed(history) if "linear_top1" in m), None)
+    if monitor.knn:
+        measured["knn_top1_random_init"] = monitor.random_init_knn()
     return run.write_result(PretrainResult(
         **every_rank, final_loss=last.get("loss"),
-        knn_top1=next((m["knn_top1"] for m in reversed(history) if "knn_top1" in m), None),
+        knn_top1=next((m["knn_top1"] for m in reversed(history) if "knn_top1" in m), None), **measured,
         wall_s_this_invocation=time.perf_counter() - started, device=str(device), backbone=str(run.backbone)))
