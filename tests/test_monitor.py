@@ -169,7 +169,7 @@ def test_random_init_value_is_the_knn_monitor_of_the_run_before_its_first_step(t
     assert monitor.knn_top1(method.backbone) == monitored[0][1]["knn_top1_random_init"]
 
 
-def test_quickstart_writes_learning_png(tmp_path):
+def test_quickstart_writes_learning_png(tmp_path, small_probe):
     out = tmp_path / "qs"
     run_quickstart(["leoclr", "mocov2"], out, epochs=2, quiet=True, console=Console(file=io.StringIO()),
                    overrides={**{k: v for k, v in TINY.items() if k.startswith(("data.", "method.", "monitor."))},
