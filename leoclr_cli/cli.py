@@ -15,6 +15,7 @@ from . import options as o
 from .console import err, out, print_table, say
 from .config import load_protocol
 from .core import checkpoint as ckpt
+from .core.atomic import WRITE_FAULTS, write_failure
 from .core import progress
 from .core import threads as cpu_threads
 from .core.rundir import RunDir
@@ -388,10 +389,17 @@ def import_(
 def main(argv: Optional[List[str]] = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
+    except OSError as e:  # a write no helper caught (a plot, a log): the same one sentence
+        if e.errno not in WRITE_FAULTS:
+            raise
+        _fail(write_failure(e.filename or "a file", e))
     except UserError as e:
-        err.print(f"{getattr(e, 'prefix', 'error')}: {e.sentence()}", highlight=False, markup=False,
-                  soft_wrap=True)
-        sys.exit(e.exit_code)
+        _fail(e)
+
+
+def _fail(e: UserError) -> None:
+    err.print(f"{getattr(e, 'prefix', 'error')}: {e.sentence()}", highlight=False, markup=False, soft_wrap=True)
+    sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":
