@@ -71,6 +71,7 @@ def pretrain(
     checkpoint_every_steps: Optional[int] = o.CheckpointEverySteps, out_dir: Path = o.PretrainOut,
     resume: Optional[str] = o.Resume, force: bool = o.Force, quiet: bool = o.Quiet,
     log_every: Optional[int] = o.LogEvery, threads: Optional[int] = o.Threads, sets: Optional[List[str]] = o.Sets,
+    allow_pipe: bool = o.AllowPipe,
 ) -> None:
     """Pretrain a backbone (LeOCLR, MoCo-v2, SimCLR and the paper's variants); writes RUN/backbone.safetensors."""
     source = source_for("pretrain", protocol, sets, source, data, say)
@@ -80,7 +81,8 @@ def pretrain(
                  "seed": seed, "device": device, "data.on_bad_image": on_bad_image,
                  "checkpoint_every_steps": checkpoint_every_steps, "threads": threads}, **o.data_flags(source, data)))
     _runtime(p, log_every)
-    r = run_pretrain(p, out_dir, resume=resume, force=force, quiet=quiet, console=err)
+    r = run_pretrain(p, out_dir, resume=resume, force=force, quiet=quiet, console=err,
+                     allow_pipe=o.pipe_allowed(allow_pipe, data, sets))
     if not r["rank"]:  # under torchrun only rank 0 reports
         knn = f", kNN top-1 {r['knn_top1']:.2f}%" if r["knn_top1"] is not None else ""
         out.print(f"pretrained {r['method']} {r['arch']} for {r['epochs']} epochs: final loss {r['final_loss']:.4f}"

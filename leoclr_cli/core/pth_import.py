@@ -50,7 +50,7 @@ def import_torch_checkpoint(src: Path, out: Path, *, arch: Optional[str] = None)
                if isinstance(k, str) and k.startswith(prefix) and not k[len(prefix):].startswith("fc.")}
     odd = next((k for k, v in tensors.items() if not torch.is_tensor(v)), None)
     if odd is not None:
-        raise UserError(f"{src}: '{prefix}{odd}' is a {type(tensors[odd]).__name__}, not a tensor")
+        raise UserError(f"{src}: '{prefix}{odd}' holds a Python {type(tensors[odd]).__name__}, not a tensor")
     if arch is None:
         arch = obj.get("arch") if isinstance(obj, dict) and isinstance(obj.get("arch"), str) else None
         if arch not in RESNETS:

@@ -343,17 +343,20 @@ def prune_states(run_dir: Path, keep: int) -> None:
 _created: list[Path] = []
 
 
-def command(fn: Callable) -> Callable:
+def command(fn: Optional[Callable] = None, *, resumable: bool = True) -> Any:
     """Decorates a long command's runner: SIGTERM/SIGINT stop it within one step
-    (:func:`~leoclr_cli.core.preempt.preemptible`), and if it fails, the run directories it created that
-    hold no progress (no checkpoint, metrics or result anywhere inside) are removed, so that the
-    corrected command needs no --force."""
+    (:func:`~leoclr_cli.core.preempt.preemptible`; ``resumable=False``: the command has no ``--resume``,
+    so its stop message suggests none), the run directory locks it takes are released when it ends, and
+    if it fails, the run directories it created that hold no progress (no checkpoint, metrics or result
+    anywhere inside) are removed, so that the corrected command needs no --force."""
+    if fn is None:
+        return functools.partial(command, resumable=resumable)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         mark, held = len(_created), len(_held)
         try:
-            with preempt.preemptible():
+            with preempt.preemptible(), preempt.resumable(resumable):
                 return fn(*args, **kwargs)
         except BaseException:
             for run_dir in _created[mark:]:

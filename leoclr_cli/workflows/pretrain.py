@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -31,15 +30,6 @@ from ..evaluate.features import extract, labelled_split, loader_for, subset
 from ..evaluate.knn import knn_accuracy
 from ..methods import build_method
 from ..report.pictures import views_grid
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
 
 
 def monitor_data(p: PretrainProtocol) -> EvalDataConfig:
@@ -192,9 +182,10 @@ def norm_meta(p: PretrainProtocol) -> dict[str, str]:
 
 @command
 def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = None, force: bool = False,
-                 quiet: bool = False, console: Optional[Console] = None) -> dict[str, Any]:
+                 quiet: bool = False, console: Optional[Console] = None, allow_pipe: bool = False) -> dict[str, Any]:
+    """Pretrain as ``p`` says into ``run_dir`` (``allow_pipe``: the command line allows a ``pipe:`` shard)."""
     console = console or Console(stderr=True)
-    source = open_pretrain_data(p.data)
+    source = open_pretrain_data(p.data, allow_pipe)
     _, world, device = distributed.init_from_env(resolve_device(p.device))
     try:
         return _pretrain(p, run_dir, source, device, world, resume=resume, force=force, quiet=quiet, console=console)
@@ -229,7 +220,7 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
         if p.model.bn_splits > 1:
             console.print(f"note: model.bn_splits={p.model.bn_splits} splits each rank's batch again for BN; "
                           "set model.bn_splits=1 for one BN per process", highlight=False)
-    seed_everything(p.seed, p.deterministic)
+    ckpt.seed_everything(p.seed, p.deterministic)
     method = build_method(p.model, p.method)
     if world > 1 and p.distributed.bn == "sync":
         method.use_sync_batchnorm(device)
