@@ -15,7 +15,7 @@ from . import options as o
 from .console import err, out, print_table, say
 from .config import load_protocol
 from .core import checkpoint as ckpt
-from .core.atomic import WRITE_FAULTS, write_failure
+from .core.atomic import as_user_error
 from .core import progress
 from .core import threads as cpu_threads
 from .core.rundir import RunDir
@@ -71,8 +71,7 @@ def pretrain(
     checkpoint_every_steps: Optional[int] = o.CheckpointEverySteps, out_dir: Path = o.PretrainOut,
     resume: Optional[str] = o.Resume, force: bool = o.Force, quiet: bool = o.Quiet,
     log_every: Optional[int] = o.LogEvery, threads: Optional[int] = o.Threads, sets: Optional[List[str]] = o.Sets,
-    allow_pipe: bool = o.AllowPipe,
-) -> None:
+    allow_pipe: bool = o.AllowPipe) -> None:
     """Pretrain a backbone (LeOCLR, MoCo-v2, SimCLR and the paper's variants); writes RUN/backbone.safetensors."""
     source = source_for("pretrain", protocol, sets, source, data, say)
     p = load_protocol("pretrain", protocol, o.overrides(
@@ -391,17 +390,10 @@ def import_(
 def main(argv: Optional[List[str]] = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
-    except OSError as e:  # a write no helper caught (a plot, a log): the same one sentence
-        if e.errno not in WRITE_FAULTS:
-            raise
-        _fail(write_failure(e.filename or "a file", e))
-    except UserError as e:
-        _fail(e)
-
-
-def _fail(e: UserError) -> None:
-    err.print(f"{getattr(e, 'prefix', 'error')}: {e.sentence()}", highlight=False, markup=False, soft_wrap=True)
-    sys.exit(e.exit_code)
+    except (UserError, OSError) as e:  # OSError: a write no helper caught (a plot, a log), the same one sentence
+        e = as_user_error(e)
+        err.print(f"{getattr(e, 'prefix', 'error')}: {e.sentence()}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,16 @@ def write_failure(path: Path | str, e: OSError, kept: str = "the files written b
     return UserError(f"could not write {path}: {e.strerror or e} (nothing was overwritten; {kept})")
 
 
+def as_user_error(e: BaseException) -> UserError:
+    """``e`` itself if it is a UserError, the one sentence of a failed write if it is one (disk full, read-only
+    mount, permission denied); anything else is raised again."""
+    if isinstance(e, UserError):
+        return e
+    if isinstance(e, OSError) and e.errno in WRITE_FAULTS:
+        return write_failure(e.filename or "a file", e)
+    raise e
+
+
 @contextmanager
 def writing(what: Path | str) -> Iterator[None]:
     """Turn a failed write inside (disk full, read-only mount, permission denied) into one sentence
