@@ -15,6 +15,7 @@ from . import options as o
 from .console import err, out, print_table, say
 from .config import load_protocol
 from .core import checkpoint as ckpt
+from .core.atomic import as_user_error
 from .core import progress
 from .core import threads as cpu_threads
 from .core.rundir import RunDir
@@ -70,7 +71,7 @@ def pretrain(
     checkpoint_every_steps: Optional[int] = o.CheckpointEverySteps, out_dir: Path = o.PretrainOut,
     resume: Optional[str] = o.Resume, force: bool = o.Force, quiet: bool = o.Quiet,
     log_every: Optional[int] = o.LogEvery, threads: Optional[int] = o.Threads, sets: Optional[List[str]] = o.Sets,
-) -> None:
+    allow_pipe: bool = o.AllowPipe) -> None:
     """Pretrain a backbone (LeOCLR, MoCo-v2, SimCLR and the paper's variants); writes RUN/backbone.safetensors."""
     source = source_for("pretrain", protocol, sets, source, data, say)
     p = load_protocol("pretrain", protocol, o.overrides(
@@ -79,7 +80,8 @@ def pretrain(
                  "seed": seed, "device": device, "data.on_bad_image": on_bad_image,
                  "checkpoint_every_steps": checkpoint_every_steps, "threads": threads}, **o.data_flags(source, data)))
     _runtime(p, log_every)
-    r = run_pretrain(p, out_dir, resume=resume, force=force, quiet=quiet, console=err)
+    r = run_pretrain(p, out_dir, resume=resume, force=force, quiet=quiet, console=err,
+                     allow_pipe=o.pipe_allowed(allow_pipe, data, sets))
     if not r["rank"]:  # under torchrun only rank 0 reports
         shown = (("knn_top1", "kNN top-1"), ("knn_top1_random_init", "random-init kNN"), ("linear_top1", "online probe"))
         out.print(f"pretrained {r['method']} {r['arch']} for {r['epochs']} epochs: final loss {r['final_loss']:.4f}"
@@ -389,9 +391,9 @@ def import_(
 def main(argv: Optional[List[str]] = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
-    except UserError as e:
-        err.print(f"{getattr(e, 'prefix', 'error')}: {e.sentence()}", highlight=False, markup=False,
-                  soft_wrap=True)
+    except (UserError, OSError) as e:  # OSError: a write no helper caught (a plot, a log), the same one sentence
+        e = as_user_error(e)
+        err.print(f"{getattr(e, 'prefix', 'error')}: {e.sentence()}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(e.exit_code)
 
 

@@ -54,6 +54,8 @@ PretrainSplit = typer.Option(None, "--split", help="split to pretrain on")
 OnBadImage = typer.Option(None, "--on-bad-image", help="an undecodable image: error (stop, naming it) or skip (count "
                                                        "it)")
 CheckpointEverySteps = typer.Option(None, "--checkpoint-every-steps", help="also checkpoint every N steps (0 = off)")
+AllowPipe = typer.Option(False, "--allow-pipe", help="let a protocol's webdataset data.root run a 'pipe:CMD' shell "
+                                                   "command (a pipe given with --data or --set data.root runs anyway)")
 PretrainOut = typer.Option(Path("runs/pretrain"), "--out", "-o", help="run directory")
 
 # leoclr linear-eval
@@ -180,6 +182,11 @@ def overrides(sets: Optional[List[str]], **flags: Any) -> dict[str, Any]:
 def data_flags(source: Optional[str], data: Optional[Path | str]) -> dict[str, Any]:
     """``--source`` and ``--data`` as the protocol's ``data.source`` / ``data.root`` (``~`` expanded)."""
     return {"data.source": source, "data.root": os.path.expanduser(str(data)) if data else None}
+
+
+def pipe_allowed(flag: bool, data: Optional[str], sets: Optional[List[str]]) -> bool:
+    """Whether a ``pipe:`` data root may run: ``--allow-pipe``, or the root was given on the command line."""
+    return flag or data is not None or any(item.split("=", 1)[0].strip() == "data.root" for item in sets or [])
 
 
 def expand(path: Optional[Path]) -> Optional[str]:

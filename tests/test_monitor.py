@@ -160,7 +160,7 @@ def test_random_init_value_is_the_knn_monitor_of_the_run_before_its_first_step(t
     from leoclr_cli.evaluate.monitor import Monitor
     from leoclr_cli.data import open_pretrain_data
     from leoclr_cli.methods import build_method
-    from leoclr_cli.workflows.pretrain import seed_everything
+    from leoclr_cli.core.checkpoint import seed_everything
 
     p = load_protocol("pretrain", None, {**TINY, **MONITORS})
     seed_everything(p.seed)

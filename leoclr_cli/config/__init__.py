@@ -14,7 +14,7 @@ from .evaluation import (PROBE_LR, SMALL_IMAGES, TRANSFER_DATASETS, CropTestProt
                          EvalTransformConfig, FeatureNorm, FinetuneProtocol, KnnProtocol, LinearEvalProtocol,
                          TransferProtocol, eval_transform_for)
 from .loading import (PROTOCOLS, RUNTIME_FIELDS, first_difference, format_validation_error, load_protocol, parse_set,
-                      protocol_json, set_dotted, without_runtime, write_protocol)
+                      protocol_json, safe_yaml, set_dotted, without_runtime, write_protocol)
 from .pretrain import (AUGMENT_PARTS, AblateProtocol, AugmentConfig, AugmentPart, ContrastiveCropConfig, DataConfig,
                        DistributedConfig, MethodConfig, MethodName, ModelConfig, MonitorConfig, OptimConfig,
                        PretrainProtocol, TrackingConfig)
@@ -27,7 +27,7 @@ __all__ = [
     "EvalTransformConfig", "FeatureNorm",
     "FinetuneProtocol", "KnnProtocol", "LinearEvalProtocol", "TransferProtocol",
     "PROTOCOLS", "RUNTIME_FIELDS", "first_difference", "format_validation_error", "load_protocol", "parse_set",
-    "protocol_json", "set_dotted", "without_runtime", "write_protocol",
+    "protocol_json", "safe_yaml", "set_dotted", "without_runtime", "write_protocol",
     "AUGMENT_PARTS", "AblateProtocol", "AugmentConfig", "AugmentPart", "ContrastiveCropConfig", "DataConfig",
     "DistributedConfig", "MethodConfig", "MethodName", "ModelConfig", "MonitorConfig", "OptimConfig",
     "PretrainProtocol", "TrackingConfig",

@@ -7,8 +7,8 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from .common import (RESNETS, AreaRange, Normalized, PositiveRange, PretrainSourceName, Strict, Triple, require_root,
-                     stat_field, threads_field)
+from .common import (RESNETS, AreaRange, BuiltinCount, Normalized, PositiveRange, PretrainSourceName, Seed, Strict,
+                     Threads, Triple, require_root, stat_field, threads_field)
 
 
 class DataConfig(Strict):
@@ -22,8 +22,8 @@ class DataConfig(Strict):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     shuffle: bool = Field(True, description="reshuffle the pretraining images every epoch (off: a fixed order, "
                                             "for reproducibility checks)")
-    builtin_train: int = Field(4000, ge=16, description="images in the built-in dataset's train split")
-    builtin_test: int = Field(1000, ge=16, description="images in the built-in dataset's test split")
+    builtin_train: BuiltinCount = Field(4000, description="images in the built-in dataset's train split")
+    builtin_test: BuiltinCount = Field(1000, description="images in the built-in dataset's test split")
     on_bad_image: Literal["error", "skip"] = Field(
         "error", description="an image file that cannot be decoded: stop naming it (error), or replace it by "
                              "the next readable image and count it in metrics.jsonl as bad_images_skipped (skip)")
@@ -203,9 +203,9 @@ class TrackingConfig(Strict):
 class PretrainProtocol(Strict):
     kind: Literal["pretrain"] = "pretrain"
     name: str = "pretrain"
-    seed: int = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: Optional[int] = threads_field()
+    threads: Threads = threads_field()
     deterministic: bool = Field(False, description="torch deterministic algorithms (bit-exact resume on GPU)")
     checkpoint_every: int = Field(10, ge=1, description="epochs between resumable checkpoints")
     checkpoint_every_steps: int = Field(

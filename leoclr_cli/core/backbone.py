@@ -12,7 +12,7 @@ import torch
 
 from ..errors import UserError
 from .nets import build_backbone, parse_random
-from .tensorfile import KIND_BACKBONE, load_tensors, read_metadata, save_tensors
+from .tensorfile import KIND_BACKBONE, load_tensors, read_metadata, require_weights, save_tensors
 
 
 def save_backbone(path: Path, backbone: torch.nn.Module, *, arch: str, cifar_stem: bool, method: str,
@@ -41,8 +41,9 @@ def load_backbone(path: Path, expect_arch: Optional[str] = None) -> tuple[torch.
 
 def load_fitting(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path, arch: str,
                  prefix: str = "") -> None:
-    """Load ``tensors`` into ``model`` strictly; the first missing, unexpected or misshapen key
-    (shown with ``prefix``, its name in the file) is one sentence."""
+    """Load ``tensors`` into ``model`` strictly; the first missing, unexpected or misshapen key, or a
+    tensor of a wrong dtype or with NaN/inf values (shown with ``prefix``, its name in the file), is one
+    sentence."""
     expected = model.state_dict()
     for key, val in expected.items():
         if key not in tensors:
@@ -53,6 +54,7 @@ def load_fitting(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path:
     extra = sorted(set(tensors) - set(expected))
     if extra:
         raise UserError(f"{path} does not match a {arch}: unexpected key '{prefix}{extra[0]}'")
+    require_weights(tensors, expected, path, prefix)
     model.load_state_dict(tensors, strict=True)
 
 

@@ -43,7 +43,7 @@ import torch
 from rich.console import Console
 
 from . import checkpoint as ckpt
-from .atomic import atomic_write_text
+from .atomic import append_text, atomic_write_text
 from . import distributed, preempt
 from ..errors import Preempted, UserError
 from .progress import Reporter
@@ -107,6 +107,17 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             if n + 1 < len(lines):
                 raise UserError(f"{path} line {n + 1} is not valid JSON") from None
     return records
+
+
+def metrics_until(records: list[dict[str, Any]], done: int) -> list[dict[str, Any]]:
+    """The records of epochs 1..``done`` in order, each epoch once (its first record): what a run resumed
+    from the state after ``done`` epochs keeps of its ``metrics.jsonl``."""
+    kept: list[dict[str, Any]] = []
+    for m in records:
+        epoch = m.get("epoch", 0)
+        if epoch <= done and (not kept or epoch > kept[-1].get("epoch", 0)):
+            kept.append(m)
+    return kept
 
 
 def require_a_batch(loader: torch.utils.data.DataLoader) -> int:
@@ -324,10 +335,10 @@ class Engine:
             if not self.main:  # the sums are over all ranks (see _save): rank 0 carries them
                 partial = {"sums": {k: torch.zeros_like(v) for k, v in partial["sums"].items()},
                            "seen": 0, "bad_images": 0}
-        # keep the metrics of the epochs the checkpoint covers, drop any written after it
+        # keep the metrics of the epochs the checkpoint covers, each once, and drop any written after it
         if self.main:
-            kept = [m for m in read_metrics(self.metrics_path) if m.get("epoch", 0) <= done]
-            atomic_write_text(self.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
+            atomic_write_text(self.metrics_path, "".join(json.dumps(m) + "\n" for m in metrics_until(
+                read_metrics(self.metrics_path), done)))
         return done, step, partial
 
     # -------------------------------------------------------------------- loop
@@ -373,8 +384,7 @@ class Engine:
         """The one place an epoch's record goes out: ``metrics.jsonl``, then the trackers (rank 0)."""
         if not self.main:
             return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_text(self.metrics_path, json.dumps(record) + "\n")
         if self.tracker is not None:
             self.tracker.epoch(step, record)
 

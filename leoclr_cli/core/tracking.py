@@ -23,7 +23,7 @@ import numpy as np
 
 from ..config import TrackingConfig
 from ..errors import UserError
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, writing
 from .rundir import RunDir
 
 EXTRA = "pip install 'leoclr[tracking]'"
@@ -154,29 +154,34 @@ class WandB:
 
 
 class Tracker:
-    """The trackers a protocol's ``log`` section names, called by the engine (rank 0 only)."""
+    """The trackers a protocol's ``log`` section names, called by the engine (rank 0 only). A local
+    file a tracker fails to write (disk full, read-only) is one sentence naming it."""
 
-    def __init__(self, sinks: list[Any]):
-        self.sinks = sinks
+    def __init__(self, sinks: list[Any], run_dir: Path = Path(".")):
+        self.sinks, self.run_dir = sinks, run_dir
 
     def steps(self, rows: list[tuple[int, dict[str, float]]]) -> None:
         """Per-step values: ``[(global step, {"loss": ..., "lr": ...}), ...]``."""
-        for sink in self.sinks:
-            sink.steps(rows)
+        with writing(self.run_dir):
+            for sink in self.sinks:
+                sink.steps(rows)
 
     def epoch(self, step: int, record: dict[str, Any]) -> None:
         """An epoch's ``metrics.jsonl`` record, at the global step where the epoch ends."""
         values = scalars(record)
-        for sink in self.sinks:
-            sink.epoch(step, values)
+        with writing(self.run_dir):
+            for sink in self.sinks:
+                sink.epoch(step, values)
 
     def image(self, tag: str, hwc: np.ndarray) -> None:
-        for sink in self.sinks:
-            sink.image(tag, hwc)
+        with writing(self.run_dir):
+            for sink in self.sinks:
+                sink.image(tag, hwc)
 
     def close(self) -> None:
-        for sink in self.sinks:
-            sink.close()
+        with writing(self.run_dir):
+            for sink in self.sinks:
+                sink.close()
 
 
 def open_tracker(cfg: TrackingConfig, run_dir: Path, params: dict[str, Any], name: str,
@@ -187,6 +192,15 @@ def open_tracker(cfg: TrackingConfig, run_dir: Path, params: dict[str, Any], nam
     ids_path = RunDir(run_dir).tracking
     ids = json.loads(ids_path.read_text()) if start_step and ids_path.is_file() else {}
     sinks: list[Any] = []
+    with writing(run_dir):
+        _open_sinks(cfg, run_dir, params, name, start_step, ids, sinks)
+    if ids:
+        atomic_write_text(ids_path, json.dumps(ids, indent=2) + "\n")
+    return Tracker(sinks, run_dir) if sinks else None
+
+
+def _open_sinks(cfg: TrackingConfig, run_dir: Path, params: dict[str, Any], name: str, start_step: int,
+                ids: dict[str, Any], sinks: list[Any]) -> None:
     if cfg.tensorboard:
         sinks.append(TensorBoard(run_dir, params, start_step))
     if cfg.mlflow:
@@ -195,6 +209,3 @@ def open_tracker(cfg: TrackingConfig, run_dir: Path, params: dict[str, Any], nam
     if cfg.wandb:
         sinks.append(WandB(run_dir, cfg, params, name, ids.get("wandb")))
         ids["wandb"] = sinks[-1].run_id
-    if ids:
-        atomic_write_text(ids_path, json.dumps(ids, indent=2) + "\n")
-    return Tracker(sinks) if sinks else None

@@ -95,7 +95,7 @@ def run_finetune(p: FinetuneProtocol, backbone_path: Path, run_dir: Path, *, res
     run = RunDir(run_dir)
     resume_from = run.prepare(p, resume=resume, force=force)
     write_subset_file(run.subset, train_src, indices)
-    torch.manual_seed(p.seed)
+    ckpt.seed_everything(p.seed)
     device = resolve_device(p.device)
     model = FinetuneClassifier(backbone, train_src.num_classes)
     epochs = p.resolved_epochs()

@@ -16,7 +16,7 @@ from .features import extract, labelled_split, loader_for
 from .knn import knn_accuracy
 
 
-@command
+@command(resumable=False)
 def run_knn(p: KnnProtocol, backbone_path: Path, run_dir: Path, *, force: bool = False, quiet: bool = False,
             console: Optional[Console] = None) -> dict[str, Any]:
     backbone, meta = ckpt.load_backbone(backbone_path)

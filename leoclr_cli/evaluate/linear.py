@@ -256,7 +256,7 @@ def run_linear_eval(protocol: LinearEvalProtocol, backbone_path: Path, run_dir: 
         fit_idx, val_idx = list(range(len(train_src))), []
     run = RunDir(run_dir)
     resume_from = run.prepare(p, resume=resume, force=force)
-    torch.manual_seed(p.seed)
+    ckpt.seed_everything(p.seed)
     device = resolve_device(p.device)
     backbone.to(device)
     workers = p.data.num_workers

@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-from rich.console import Console
 
 from ..config import EvalDataConfig, EvalTransformConfig, PretrainProtocol, eval_transform_for
 from ..core.checkpoint import random_backbone

@@ -133,7 +133,7 @@ def _finetune(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, 
     def fit(indices: list[int], lr: float, wd: float, where: Path):
         epochs = max(1, math.ceil(p.steps * p.batch_size / len(indices)))
         state = RunDir(where).resume_part(resuming)
-        torch.manual_seed(p.seed)
+        ckpt.seed_everything(p.seed)
         model = FinetuneClassifier(copy.deepcopy(backbone), train.num_classes)
         train_classifier(model, take(train, indices), size=p.transform.size, normalize=p.transform.norm,
                          epochs=epochs, batch_size=p.batch_size, lr=lr, momentum=p.momentum, nesterov=p.nesterov,

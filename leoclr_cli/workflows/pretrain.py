@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -20,7 +19,7 @@ from ..core.engine import (Checkpoints, DeviceSpec, Engine, Observers, Schedule,
                            resolve_device)
 from ..core.results import PretrainResult
 from ..core.rundir import RunDir, command
-from ..data import default_eval_splits, open_pretrain_data
+from ..data import open_pretrain_data
 from ..data.ccrop import CropBoxes, box_stats, localise
 from ..data.gpu_views import TensorViews
 from ..data.pipeline import augmented
@@ -31,13 +30,6 @@ from ..methods import build_method
 from ..report.pictures import views_grid
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
 
 
 def build_loader(p: PretrainProtocol, source, kinds, device: torch.device,
@@ -178,9 +170,10 @@ def norm_meta(p: PretrainProtocol) -> dict[str, str]:
 
 @command
 def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = None, force: bool = False,
-                 quiet: bool = False, console: Optional[Console] = None) -> dict[str, Any]:
+                 quiet: bool = False, console: Optional[Console] = None, allow_pipe: bool = False) -> dict[str, Any]:
+    """Pretrain as ``p`` says into ``run_dir`` (``allow_pipe``: the command line allows a ``pipe:`` shard)."""
     console = console or Console(stderr=True)
-    source = open_pretrain_data(p.data)
+    source = open_pretrain_data(p.data, allow_pipe)
     _, world, device = distributed.init_from_env(resolve_device(p.device))
     try:
         return _pretrain(p, run_dir, source, device, world, resume=resume, force=force, quiet=quiet, console=console)
@@ -215,7 +208,7 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
         if p.model.bn_splits > 1:
             console.print(f"note: model.bn_splits={p.model.bn_splits} splits each rank's batch again for BN; "
                           "set model.bn_splits=1 for one BN per process", highlight=False)
-    seed_everything(p.seed, p.deterministic)
+    ckpt.seed_everything(p.seed, p.deterministic)
     method = build_method(p.model, p.method)
     monitor = Monitor(p, source, device)
     if monitor.note:
