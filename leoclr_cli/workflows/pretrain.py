@@ -231,7 +231,7 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
                           "set model.bn_splits=1 for one BN per process", highlight=False)
     seed_everything(p.seed, p.deterministic)
     method = build_method(p.model, p.method)
-    if world > 1 and p.distributed.bn == "sync":
+    if distributed.active() and p.distributed.bn == "sync":  # also a 1-rank process group
         method.use_sync_batchnorm(device)
     if p.compile != "off":
         names = compile_encoders(method, p.compile)
