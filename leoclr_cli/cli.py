@@ -315,12 +315,13 @@ def quickstart(
 def bench(
     device: Optional[str] = o.Device, arch: str = o.BenchArch, size: int = o.BenchSize, view_size: int = o.ViewSize,
     batch_size: int = o.BenchBatch, steps: int = o.BenchSteps, images: int = o.BenchImages,
-    workers: int = o.BenchWorkers, threads: Optional[int] = o.Threads, json_out: Optional[Path] = o.BenchJson,
+    workers: int = o.BenchWorkers, rounds: int = o.BenchRounds, threads: Optional[int] = o.Threads,
+    json_out: Optional[Path] = o.BenchJson,
 ) -> None:
     """Samples/s of the view pipelines, the train step and end to end, MoCo-v2 vs LeOCLR, on this device."""
     cpu_threads.apply(threads, workers)
     rows, ratio = run_bench(device=device or "auto", arch=arch, size=size, batch_size=batch_size, steps=steps,
-                            images=images, view_size=view_size, workers=workers, json_out=json_out)
+                            images=images, view_size=view_size, workers=workers, rounds=rounds, json_out=json_out)
     print_table(bench_table(rows, arch=arch, batch_size=batch_size, view_size=view_size, size=size))
     out.print(f"LeOCLR/MoCo-v2 cost per sample (train step): {ratio:.2f}x (paper, 3 A100s end to end: 1.19x)")
 

@@ -135,6 +135,7 @@ BenchBatch = typer.Option(64, "--batch-size", "-b")
 BenchSteps = typer.Option(5, "--steps", help="timed train steps per method")
 BenchImages = typer.Option(128, "--images", help="images through each view pipeline")
 BenchWorkers = typer.Option(0, "--workers", "-j", help="DataLoader workers of the end-to-end rows")
+BenchRounds = typer.Option(3, "--rounds", min=1, help="rounds of the interleaved measurements (each row: their median)")
 BenchJson = typer.Option(None, "--json", help="also write the numbers as JSON")
 
 # leoclr views

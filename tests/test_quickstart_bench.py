@@ -75,7 +75,7 @@ def test_quickstart_summary_means_stds_and_whether_gaps_hold():
 def test_bench_reports_both_methods(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--device", "cpu", "--size", "16", "--view-size", "16", "-b", "8", "--steps", "1",
-              "--images", "4", "--json", str(tmp_path / "b.json")])
+              "--images", "4", "--rounds", "1", "--json", str(tmp_path / "b.json")])
     printed = capsys.readouterr().out
     assert "LeOCLR/MoCo-v2 cost per sample" in printed
     data = json.loads((tmp_path / "b.json").read_text())
@@ -92,6 +92,9 @@ def test_bench_reports_both_methods(tmp_path, capsys):
     assert "MoCo's loader" in rows[0]["what"]
     assert rows[0]["vs_reference"] == 1.0 and all(r["vs_reference"] > 0 for r in rows[:6])
     assert all(r["peak_gib"] is None and r["gpu_util"] is None for r in rows[6:])  # blank on the CPU
-    assert ratio == pytest.approx(rows[6]["mocov2"] / rows[6]["leoclr"])
+    assert ratio == pytest.approx(rows[6]["mocov2"] / rows[6]["leoclr"]) == rows[6]["cost"]  # one round
+    assert data["complete"] and data["settings"]["rounds"] == 1 and data["settings"]["amp"] == "off"
+    assert all(r["rounds"] == 1 and r["cost_spread"] == [pytest.approx(r["cost"])] * 2 for r in rows)
+    assert " (" in table[2].split(" | ")[4]  # the ratio's range beside it
     # the tensor backend's two parts in series: slower than either alone
     assert rows[5]["leoclr"] < min(rows[3]["leoclr"], rows[4]["leoclr"])

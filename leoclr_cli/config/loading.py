@@ -207,7 +207,10 @@ def load_protocol(kind: str, path: Optional[Path] = None, overrides: Optional[di
 
 
 #: protocol fields that set how fast a run goes, not what it computes: a resume may change them
-RUNTIME_FIELDS = ("threads",)
+# Where and on how many threads a run goes on is not part of what it computes: a run checkpointed on a
+# GPU may be resumed on a CPU and the reverse (the weights load bit-exactly; the steps after differ by
+# the devices' float arithmetic).
+RUNTIME_FIELDS = ("threads", "device")
 
 
 def without_runtime(protocol: Any) -> Any:

@@ -215,7 +215,7 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
         console.print(monitor.note, highlight=False, markup=False, soft_wrap=True)
     if monitor.linear:
         method.attach_probe(online_probe(method.backbone.feature_dim, monitor.probe_classes, p.seed))
-    if world > 1 and p.distributed.bn == "sync":
+    if distributed.active() and p.distributed.bn == "sync":  # also a 1-rank process group
         method.use_sync_batchnorm(device)
     if p.compile != "off":
         names = compile_encoders(method, p.compile)
