@@ -378,7 +378,7 @@ def test_detectron2_backend_asked_but_missing(r50, voc_root, tmp_path, capsys, m
                                                          ("detect_coco_r50c4_1x", 90000, [60000, 80000], "coco"),
                                                          ("detect_coco_r50c4_2x", 180000, [120000, 160000], "coco")])
 def test_shipped_detection_protocols(name, iters, steps, dataset):
-    from leoclr_cli.workflows.quickstart import protocol_file
+    from leoclr_cli.config.catalog import installed as protocol_file
     from leoclr_cli.config import load_protocol
 
     p = load_protocol("detect", protocol_file(name + ".yaml"), {"root": "x"})
