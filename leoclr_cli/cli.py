@@ -35,6 +35,15 @@ def examples(*lines: str) -> str:
     return "Examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
+def _result(as_json: bool, run_dir: Path, line: str, file: Optional[str] = None) -> None:
+    """A command's outcome on stdout: its summary ``line``, or with --json its result file (RUN/result.json) as
+    written, and nothing else."""
+    if as_json:
+        sys.stdout.write((Path(run_dir) / (file or lazy.RunDir.RESULT)).read_text())
+    else:
+        out.print(line, highlight=False, markup=False)
+
+
 def _runtime(p: Any, log_every: Optional[int]) -> None:
     """Before the runner: progress lines every ``log_every`` steps, and ``p.threads`` CPU threads (or
     the default share of the cores, given the protocol's loader workers)."""
@@ -59,6 +68,7 @@ def pretrain(
     checkpoint_every_steps: Optional[int] = o.CheckpointEverySteps, out_dir: Path = o.PretrainOut,
     resume: Optional[str] = o.Resume, force: bool = o.Force, quiet: bool = o.Quiet,
     log_every: Optional[int] = o.LogEvery, threads: Optional[int] = o.Threads, sets: Optional[List[str]] = o.Sets,
+    as_json: bool = o.Json,
 ) -> None:
     """Pretrain a backbone (LeOCLR, MoCo-v2, SimCLR and the paper's variants); writes RUN/backbone.safetensors."""
     source = lazy.source_for("pretrain", protocol, sets, source, data, say)
@@ -67,8 +77,8 @@ def pretrain(
     r = lazy.run_pretrain(p, out_dir, resume=resume, force=force, quiet=quiet, console=err)
     if not r["rank"]:  # under torchrun only rank 0 reports
         knn = f", kNN top-1 {r['knn_top1']:.2f}%" if r["knn_top1"] is not None else ""
-        out.print(f"pretrained {r['method']} {r['arch']} for {r['epochs']} epochs: final loss {r['final_loss']:.4f}"
-                  f"{knn}\nbackbone: {r['backbone']}")
+        _result(as_json, out_dir, f"pretrained {r['method']} {r['arch']} for {r['epochs']} epochs: final loss "
+                                  f"{r['final_loss']:.4f}{knn}\nbackbone: {r['backbone']}")
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -84,17 +94,17 @@ def linear_eval(
     selection: Optional[str] = o.Selection, workers: Optional[int] = o.Workers, seed: Optional[int] = o.EvalSeed,
     device: Optional[str] = o.Device, out_dir: Optional[Path] = o.LinearOut, resume: Optional[str] = o.Resume,
     force: bool = o.Force, quiet: bool = o.Quiet, log_every: Optional[int] = o.LogEvery,
-    threads: Optional[int] = o.Threads, sets: Optional[List[str]] = o.Sets,
+    threads: Optional[int] = o.Threads, sets: Optional[List[str]] = o.Sets, as_json: bool = o.Json,
 ) -> None:
     """Linear evaluation of a frozen backbone: the probe chosen on validation, top-1 / top-5 on test."""
     source, backbone, parent, defaults = lazy.evaluation_inputs("linear-eval", target, protocol, sets, source,
                                                                    data, seed, out_dir, say)
     p = lazy.load_protocol("linear-eval", protocol, o.overrides(sets, **o.fields("linear-eval", locals())), defaults)
     _runtime(p, log_every)
-    r = lazy.run_linear_eval(p, backbone, out_dir or lazy.RunDir(parent).linear_eval.path, resume=resume,
-                                force=force, quiet=quiet, console=err)
-    out.print(f"linear eval of {backbone}: top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}% "
-              f"({lazy.describe_selection(r)})")
+    run_dir = out_dir or lazy.RunDir(parent).linear_eval.path
+    r = lazy.run_linear_eval(p, backbone, run_dir, resume=resume, force=force, quiet=quiet, console=err)
+    _result(as_json, run_dir, f"linear eval of {backbone}: top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}% "
+                              f"({lazy.describe_selection(r)})")
 
 
 @command(epilog=examples("leoclr knn runs/c10/backbone.safetensors --data ~/data/cifar10"))
@@ -103,15 +113,16 @@ def knn(
     source: Optional[str] = o.Source, k: Optional[int] = o.K, t: Optional[float] = o.T,
     seed: Optional[int] = o.EvalSeed, device: Optional[str] = o.Device, out_dir: Optional[Path] = o.KnnOut,
     force: bool = o.Force, quiet: bool = o.Quiet, log_every: Optional[int] = o.LogEvery,
-    threads: Optional[int] = o.Threads, sets: Optional[List[str]] = o.Sets,
+    threads: Optional[int] = o.Threads, sets: Optional[List[str]] = o.Sets, as_json: bool = o.Json,
 ) -> None:
     """Weighted kNN accuracy (k = 200, t = 0.1) of a frozen backbone."""
     source, backbone, parent, defaults = lazy.evaluation_inputs("knn", target, protocol, sets, source, data, seed,
                                                                    out_dir, say)
     p = lazy.load_protocol("knn", protocol, o.overrides(sets, **o.fields("knn", locals())), defaults)
     _runtime(p, log_every)
-    r = lazy.run_knn(p, backbone, out_dir or parent / "knn", force=force, quiet=quiet, console=err)
-    out.print(f"kNN (k={p.k}, t={p.t}) of {backbone}: top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}%")
+    run_dir = out_dir or parent / "knn"
+    r = lazy.run_knn(p, backbone, run_dir, force=force, quiet=quiet, console=err)
+    _result(as_json, run_dir, f"kNN (k={p.k}, t={p.t}) of {backbone}: top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}%")
 
 
 @command("crop-test", epilog=examples("leoclr crop-test runs/in1k-200/linear-eval"))
@@ -119,7 +130,7 @@ def crop_test(
     target: Path = o.LinearRun, protocol: Optional[Path] = o.Protocol, backbone: Optional[Path] = o.MovedBackbone,
     data: Optional[Path] = o.LabelledData, source: Optional[str] = o.Source, repeats: Optional[int] = o.Repeats,
     device: Optional[str] = o.Device, out_dir: Optional[Path] = o.CropTestOut, force: bool = o.Force,
-    threads: Optional[int] = o.Threads, sets: Optional[List[str]] = o.Sets,
+    threads: Optional[int] = o.Threads, sets: Optional[List[str]] = o.Sets, as_json: bool = o.Json,
 ) -> None:
     """Table 7: the linear classifier under the center-crop and the random-crop test; both and the drop."""
     linear_dir, _ = lazy.find_linear_run(target)
@@ -128,9 +139,11 @@ def crop_test(
     lazy.switch_source(defaults, source)
     p = lazy.load_protocol("crop-test", protocol, o.overrides(sets, **o.fields("crop-test", locals())), defaults)
     _runtime(p, None)
-    r = lazy.run_crop_test(p, linear_dir, out_dir or linear_dir / "crop-test", backbone=backbone, force=force)
-    out.print(f"crop test of {linear_dir}: center crop {r['center_top1']:.2f}%, random crop {r['random_top1']:.2f}% "
-              f"(drop {r['drop']:.2f} points; paper, ImageNet 200 ep: MoCo-v2 4.3, LeOCLR 2.8)")
+    run_dir = out_dir or linear_dir / "crop-test"
+    r = lazy.run_crop_test(p, linear_dir, run_dir, backbone=backbone, force=force)
+    _result(as_json, run_dir, f"crop test of {linear_dir}: center crop {r['center_top1']:.2f}%, random crop "
+                              f"{r['random_top1']:.2f}% (drop {r['drop']:.2f} points; paper, ImageNet 200 ep: "
+                              "MoCo-v2 4.3, LeOCLR 2.8)")
 
 
 @command(epilog=examples("leoclr ablate --remove color --baseline runs/in1k-200 -o runs/in1k-nocolor"))
@@ -142,7 +155,7 @@ def ablate(
     device: Optional[str] = o.Device, linear_protocol: Optional[Path] = o.LinearProtocol,
     linear_sets: Optional[List[str]] = o.LinearSets, out_dir: Optional[Path] = o.AblateOut,
     resume: bool = o.AblateResume, force: bool = o.Force, quiet: bool = o.Quiet, log_every: Optional[int] = o.LogEvery,
-    threads: Optional[int] = o.Threads, sets: Optional[List[str]] = o.Sets,
+    threads: Optional[int] = o.Threads, sets: Optional[List[str]] = o.Sets, as_json: bool = o.Json,
 ) -> None:
     """Figure 4: pretrain with augmentation parts removed, linear-evaluate, report the drop vs --baseline."""
     ab, base = lazy.ablation(remove, baseline, metric)
@@ -157,8 +170,8 @@ def ablate(
                            console=err)
     drop = (f", drop {r['drop']:.2f} points from the baseline's {r['baseline_top1']:.2f}%"
             if r["drop"] is not None else "")
-    out.print(f"{r['method']} without {', '.join(r['removed'])}: linear top-1 {r['top1']:.2f}%{drop}\nresult: "
-              f"{lazy.RunDir(target).result}")
+    _result(as_json, target, f"{r['method']} without {', '.join(r['removed'])}: linear top-1 {r['top1']:.2f}%{drop}"
+                             f"\nresult: {lazy.RunDir(target).result}")
 
 
 @command(epilog=examples("leoclr export runs/in1k/backbone.safetensors --to detectron2 --out r50.pkl"))
@@ -184,6 +197,7 @@ def detect(
     workers: Optional[int] = o.Workers, device: Optional[str] = o.Device, out_dir: Optional[Path] = o.DetectOut,
     resume: Optional[str] = o.PartsResume, force: bool = o.Force, quiet: bool = o.Quiet,
     log_every: Optional[int] = o.LogEvery, threads: Optional[int] = o.Threads, sets: Optional[List[str]] = o.Sets,
+    as_json: bool = o.Json,
 ) -> None:
     """Faster R-CNN R50-C4 transfer (MoCo's recipe): VOC07+12 -> VOC07 test, or COCO train2017 -> val2017."""
     if dataset not in ("voc", "coco"):
@@ -192,12 +206,12 @@ def detect(
     p = lazy.load_protocol("detect", protocol, o.overrides(sets, **o.fields("detect", locals())),
                            lazy.pixel_stats(defaults))
     _runtime(p, log_every)
-    r = lazy.run_detect(p, backbone, out_dir or parent / f"detect-{dataset}", resume=resume, force=force,
-                           quiet=quiet, console=err)
+    run_dir = out_dir or parent / f"detect-{dataset}"
+    r = lazy.run_detect(p, backbone, run_dir, resume=resume, force=force, quiet=quiet, console=err)
     spread = (lambda k: f" ± {r[k + '_std']:.2f}" if r["trials"] > 1 else "")
-    out.print(f"{dataset} detection ({r['backend']}, {r['trials']} trial{'s' if r['trials'] > 1 else ''}): "
-              f"AP {r['AP']:.2f}{spread('AP')}, AP50 {r['AP50']:.2f}{spread('AP50')}, "
-              f"AP75 {r['AP75']:.2f}{spread('AP75')}")
+    trials = f"{r['trials']} trial{'s' if r['trials'] > 1 else ''}"
+    _result(as_json, run_dir, f"{dataset} detection ({r['backend']}, {trials}): AP {r['AP']:.2f}{spread('AP')}, "
+                              f"AP50 {r['AP50']:.2f}{spread('AP50')}, AP75 {r['AP75']:.2f}{spread('AP75')}")
 
 
 @command(epilog=examples(
@@ -210,7 +224,7 @@ def finetune(
     seed: Optional[int] = o.FinetuneSeed, workers: Optional[int] = o.Workers, device: Optional[str] = o.Device,
     out_dir: Optional[Path] = o.FinetuneOut, resume: Optional[str] = o.Resume, force: bool = o.Force,
     quiet: bool = o.Quiet, log_every: Optional[int] = o.LogEvery, threads: Optional[int] = o.Threads,
-    sets: Optional[List[str]] = o.Sets,
+    sets: Optional[List[str]] = o.Sets, as_json: bool = o.Json,
 ) -> None:
     """Semi-supervised fine-tuning of all layers on a labelled subset (SimCLR's protocol); top-1 / top-5."""
     fractions = lazy.label_fractions(labels, subset_file)
@@ -220,14 +234,15 @@ def finetune(
     ps = [lazy.load_protocol("finetune", protocol, o.overrides(sets, **flags, labels=f), defaults) for f in fractions]
     _runtime(ps[0], log_every)
     if len(ps) > 1:
-        summary = lazy.run_finetune_sweep(ps, backbone, out_dir or parent / "finetune", resume=resume, force=force,
-                                     quiet=quiet, console=err)
-        print_table(lazy.sweep_table(summary))
-        return
-    r = lazy.run_finetune(ps[0], backbone, out_dir or parent / f"finetune-{ps[0].labels:g}pct", resume=resume,
-                     force=force, quiet=quiet, console=err)
-    out.print(f"fine-tuned {backbone} on {r['labels']:g}% labels ({r['num_labelled']} images, {r['epochs']} "
-              f"epochs): top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}%")
+        sweep_dir = out_dir or parent / "finetune"
+        summary = lazy.run_finetune_sweep(ps, backbone, sweep_dir, resume=resume, force=force, quiet=quiet, console=err)
+        if as_json:
+            return _result(True, sweep_dir, "", lazy.FinetuneSweepResult.file)
+        return print_table(lazy.sweep_table(summary))
+    run_dir = out_dir or parent / f"finetune-{ps[0].labels:g}pct"
+    r = lazy.run_finetune(ps[0], backbone, run_dir, resume=resume, force=force, quiet=quiet, console=err)
+    _result(as_json, run_dir, f"fine-tuned {backbone} on {r['labels']:g}% labels ({r['num_labelled']} images, "
+                              f"{r['epochs']} epochs): top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}%")
 
 
 @command(epilog=examples(
@@ -240,20 +255,20 @@ def transfer(
     workers: Optional[int] = o.Workers, seed: Optional[int] = o.EvalSeed, device: Optional[str] = o.Device,
     out_dir: Optional[Path] = o.TransferOut, resume: Optional[str] = o.PartsResume, force: bool = o.Force,
     quiet: bool = o.Quiet, log_every: Optional[int] = o.LogEvery, threads: Optional[int] = o.Threads,
-    sets: Optional[List[str]] = o.Sets,
+    sets: Optional[List[str]] = o.Sets, as_json: bool = o.Json,
 ) -> None:
     """Transfer (Kornblith et al.): grid on a 20% validation split, refit on train+val, one test score."""
     backbone, parent, defaults = lazy.backbone_and_defaults(target, seed=seed, out_dir=out_dir)
     p = lazy.load_protocol("transfer", protocol, o.overrides(sets, **o.fields("transfer", locals())),
                            lazy.own_stats(defaults))
     _runtime(p, log_every)
-    r = lazy.run_transfer(p, backbone, out_dir or parent / f"transfer-{p.dataset}-{p.mode}", resume=resume,
-                             force=force, quiet=quiet, console=err)
+    run_dir = out_dir or parent / f"transfer-{p.dataset}-{p.mode}"
+    r = lazy.run_transfer(p, backbone, run_dir, resume=resume, force=force, quiet=quiet, console=err)
     best = f"C {r['best_c']:.3g}" if p.mode == "linear" else f"lr {r['best_lr']:.3g}, wd {r['best_wd']:.3g}"
     present = (f" ({r['images_present']} of {r['images_listed']} listed images present)"
                if "images_present" in r else "")
-    out.print(f"transfer of {backbone} to {p.dataset}{present}, {p.mode}: {r['metric']} {r['value']:.2f}% "
-              f"(best {best}, validation {r['val']:.2f}%)")
+    _result(as_json, run_dir, f"transfer of {backbone} to {p.dataset}{present}, {p.mode}: {r['metric']} "
+                              f"{r['value']:.2f}% (best {best}, validation {r['val']:.2f}%)")
 
 
 # --------------------------------------------------------------------------- protocols

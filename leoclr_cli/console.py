@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-out = Console()
+out = Console(soft_wrap=True)  # a result line is never wrapped (grep top-1 log keeps its number)
 err = Console(stderr=True)
 
 

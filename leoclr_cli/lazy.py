@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .config import resolved, value_at
     from .core import checkpoint as ckpt
     from .core import threads as cpu_threads
+    from .core.results import FinetuneSweepResult
     from .core.rundir import RunDir
     from .data import open_data
     from .data.shards import write_shards

@@ -61,6 +61,8 @@ Threads = typer.Option(None, "--threads", min=1, help="CPU threads of the traini
 Sets = typer.Option(None, "--set", help="override any protocol field: --set optim.lr=0.1 (repeatable; "
                                          "leoclr protocols show NAME --fields lists them)")
 Target = typer.Argument(..., help=TARGET_HELP)
+Json = typer.Option(False, "--json", help="print the run's result.json on stdout instead of the summary line (stdout "
+                                          "then holds that JSON only; progress and notes stay on stderr)")
 LabelledData = typer.Option(None, "--data", help="labelled dataset root")
 Source = typer.Option(None, "--source", help="imagefolder, cifar10, cifar100, stl10, builtin, ... (default: the "
                                             "pretraining run's, or inferred from --data's layout)")

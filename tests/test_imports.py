@@ -167,7 +167,8 @@ def test_the_cli_stays_thin():
     lengths = command_lengths(path)
     assert len(lengths) >= 15, sorted(lengths)  # every command was found
     assert max(lengths.values()) <= 30, {k: v for k, v in lengths.items() if v > 30}
-    assert len(path.read_text().splitlines()) <= 400
+    # 450: the protocols commands and --json came in; the runners' work stays out of cli.py (commands <= 30 lines)
+    assert len(path.read_text().splitlines()) <= 450
 
 
 def test_command_lengths_counts_decorator_and_body(tmp_path):

@@ -27,7 +27,7 @@ from ..config import first_difference, load_protocol, protocol_json, without_run
 from ..errors import UserError
 from . import preempt, threads
 from .atomic import atomic_write_text, remove_temporaries
-from .results import RESULT_FILE, RunResult
+from .results import RESULT_FILE, RunResult, parse_result
 from .tensorfile import KIND_STATE, read_metadata, verify
 
 
@@ -143,9 +143,10 @@ class RunDir:
         write_json(self.path / result.file, record)
         return record
 
-    def read_result(self) -> Any:
-        """``result.json`` as written (one sentence when it is missing or not JSON)."""
-        return read_json(self.result)
+    def read_result(self, model: Optional[type[RunResult]] = None) -> dict[str, Any]:
+        """``result.json`` read back through the model that wrote it (``model``, or the one its ``kind`` names):
+        the keys as written, each checked; one sentence when it is missing, not JSON or not a valid result."""
+        return parse_result(read_json(self.result), str(self.result), model).record()
 
     # -------------------------------------------------------------------- fresh or resumed
 

@@ -122,7 +122,7 @@ def run_detect(p: DetectProtocol, backbone_path: Path, run_dir: Path, *, resume:
             else:
                 _torchvision_trial(spec, state, quiet, console)
         shutil.rmtree(trial.checkpoints, ignore_errors=True)  # finished: model.safetensors is kept
-        trials.append(trial.read_result())
+        trials.append(trial.read_result(DetectTrialResult))
         console.print(f"trial {t + 1}/{p.trials} (seed {seed}): AP {trials[-1]['AP']:.2f}, "
                       f"AP50 {trials[-1]['AP50']:.2f}, AP75 {trials[-1]['AP75']:.2f}", highlight=False)
     result: dict[str, Any] = {
