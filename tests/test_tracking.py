@@ -120,3 +120,21 @@ def test_a_missing_package_names_the_extra(field, value, package, tmp_path, caps
 def test_a_bad_wandb_mode_is_one_line(tmp_path, capsys):
     code, _, err = run([*TINY, "--out", str(tmp_path / "r"), "--set", "log.wandb=sometimes"], capsys)
     assert "log.wandb" in error_line(code, err)
+
+
+def test_linear_eval_logs_to_tensorboard(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cliutil import run
+
+    out = tmp_path / "lin"
+    code, _, err = run(["linear-eval", "random:resnet18", "--train-augment", "none", "--epochs", "2",
+                        "--set", "data.builtin_train=64", "--set", "data.builtin_test=32", "--set", "transform.size=32",
+                        "--set", "transform.resize=32", "--set", "transform.test=none", "--set", "eval_every=1",
+                        "--set", "log.tensorboard=true", "--threads", "1", "--quiet", "-o", str(out)], capsys)
+    assert code in (0, None), err
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    got = events.Scalars("epoch/test_top1")
+    assert [e.value for e in got] == pytest.approx([m["test_top1"] for m in metrics])
+    assert len(events.Scalars("step/loss")) >= 2

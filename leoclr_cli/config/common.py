@@ -3,9 +3,9 @@ architecture names, the normalisation constants and fields, range validators and
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, Optional, Union, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SourceName = Literal["builtin", "builtin-textures", "imagefolder", "cifar10", "cifar100", "stl10", "cars", "pets",
                      "birdsnap"]
@@ -112,3 +112,24 @@ class Strict(BaseModel):
     """Base: unknown keys are errors (a typo in a protocol must not be silently ignored)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrackingConfig(Strict):
+    """Experiment tracking besides ``metrics.jsonl`` (rank 0 only): per-step loss and lr, per-epoch
+    records (samples/s, kNN monitor, ...), the protocol as parameters, and a grid of the views. The
+    packages are the optional extra ``leoclr[tracking]``."""
+
+    tensorboard: bool = Field(False, description="write TensorBoard event files to RUN/tensorboard/")
+    mlflow: Optional[str | bool] = Field(
+        None, description="an MLflow tracking URI, or true for a local file store in RUN/mlruns/")
+    mlflow_experiment: str = Field("leoclr", description="the MLflow experiment the run is logged under")
+    wandb: Optional[Literal["offline", "online"]] = Field(
+        None, description="Weights & Biases: offline (files in RUN/wandb/, `wandb sync` uploads them) or online")
+    wandb_project: str = Field("leoclr", description="the W&B project")
+
+    @field_validator("mlflow")
+    @classmethod
+    def _mlflow(cls, v: Optional[str | bool]) -> Optional[str | bool]:
+        if v is False or v == "":
+            return None
+        return v

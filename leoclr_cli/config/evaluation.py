@@ -7,8 +7,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from .common import (AreaRange, Normalized, PositiveRange, SourceName, Strict, Triple, require_root, stat_field,
-                     threads_field)
+from .common import (AreaRange, Normalized, PositiveRange, SourceName, Strict, TrackingConfig, Triple, require_root,
+                     stat_field, threads_field)
 
 FeatureNorm = Literal["bn", "none"]
 # The linear probe's default lr per feature normalisation: MoCo's 30 on raw features; 0.03 on BN-standardised ones
@@ -80,6 +80,7 @@ class EvalOnData(Strict):
 
 
 class LinearEvalProtocol(EvalOnData):
+    log: TrackingConfig = TrackingConfig()
     kind: Literal["linear-eval"] = "linear-eval"
     train_augment: Literal["random-resized-crop", "none"] = Field(
         "random-resized-crop",

@@ -13,6 +13,7 @@ import json
 import platform
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -343,8 +344,26 @@ def read_json(path: Path) -> Any:
         raise UserError(f"{path} is not valid JSON") from None
 
 
+def git_commit(package: Path = Path(__file__).resolve().parents[2]) -> Optional[str]:
+    """The commit of the checkout leoclr runs from (``-dirty`` when its tracked files changed); None for an
+    installed copy or without git."""
+    if not (package / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        dirty = subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
 def environment() -> dict[str, Any]:
     return {
+        "argv": list(sys.argv), "git_commit": git_commit(),
         "leoclr": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
         "torch": torch.__version__, "torchvision": torchvision.__version__,
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,

@@ -25,6 +25,7 @@ from ..config import TrackingConfig
 from ..errors import UserError
 from .atomic import atomic_write_text
 from .rundir import RunDir
+from .tensorfile import read_metadata
 
 EXTRA = "pip install 'leoclr[tracking]'"
 # (field, module to import, the package that provides it)
@@ -177,6 +178,14 @@ class Tracker:
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()
+
+
+def resumed_step(resume_from: Optional[Path], steps_per_epoch: int) -> int:
+    """The global step a run resumed from the state ``resume_from`` starts at (0 for a new run)."""
+    if resume_from is None:
+        return 0
+    meta = read_metadata(resume_from)
+    return int(meta["epoch"]) * steps_per_epoch + int(meta.get("step", "0"))
 
 
 def open_tracker(cfg: TrackingConfig, run_dir: Path, params: dict[str, Any], name: str,

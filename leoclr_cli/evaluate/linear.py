@@ -29,7 +29,7 @@ from torch import nn
 
 from ..config import LinearEvalProtocol, protocol_json
 from ..core import checkpoint as ckpt
-from ..core import preempt
+from ..core import preempt, tracking
 from ..core.engine import Checkpoints, DeviceSpec, Engine, Observers, Schedule, Task, resolve_device, step_lr
 from ..core.results import LinearResult
 from ..core.rundir import RunDir, command, write_json
@@ -255,6 +255,7 @@ def run_linear_eval(protocol: LinearEvalProtocol, backbone_path: Path, run_dir: 
     else:
         fit_idx, val_idx = list(range(len(train_src))), []
     run = RunDir(run_dir)
+    tracking.check(p.log)
     resume_from = run.prepare(p, resume=resume, force=force)
     torch.manual_seed(p.seed)
     device = resolve_device(p.device)
@@ -335,12 +336,19 @@ def _sgd(p: LinearEvalProtocol, backbone: nn.Module, fit_ds, val_loader, test_lo
         return record
 
     schedule = Schedule(p.epochs, step_lr(p.lr, p.milestones, p.gamma), seed=p.seed)
+    tracker = tracking.open_tracker(p.log, run_dir, p.model_dump(mode="json"), "linear-eval",
+                                    tracking.resumed_step(resume_from, len(loader)))
     engine = Engine(model, optimizer, loader, schedule=schedule,
                     checkpoints=Checkpoints(run_dir, protocol_json(p), every=p.checkpoint_every,
                                             keep=p.keep_checkpoints),
                     device=DeviceSpec(device),
-                    observers=Observers("linear-eval", quiet=quiet, console=console, epoch_end=epoch_end))
-    history = engine.run(resume_from)
+                    observers=Observers("linear-eval", quiet=quiet, console=console, epoch_end=epoch_end,
+                                        tracker=tracker))
+    try:
+        history = engine.run(resume_from)
+    finally:
+        if tracker is not None:
+            tracker.close()
     tested = [m for m in history if "test_top1" in m]
     test_best, last = max(tested, key=lambda m: m["test_top1"]), tested[-1]
     chosen = {"selected_epoch": model.selected["epoch"], "val_top1": model.selected["score"] if on_val else None}

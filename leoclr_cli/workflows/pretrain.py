@@ -205,10 +205,7 @@ def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = 
 def open_tracker(p: PretrainProtocol, run_dir: Path, source, resume_from: Optional[Path],
                  steps: int) -> Optional[tracking.Tracker]:
     """The trackers of ``p.log``; a new run also logs the grid of its first images' views."""
-    start = 0
-    if resume_from is not None:
-        meta = ckpt.read_metadata(resume_from)
-        start = int(meta["epoch"]) * steps + int(meta.get("step", "0"))
+    start = tracking.resumed_step(resume_from, steps)
     tracker = tracking.open_tracker(p.log, Path(run_dir), p.model_dump(mode="json"), f"{p.name} {p.method.name}",
                                     start)
     if tracker is not None and not start:
