@@ -19,7 +19,7 @@ from rich.console import Console
 
 from ..config import DetectProtocol, protocol_json
 from ..core.engine import resolve_device
-from ..core.results import DetectResult
+from ..core.results import DetectResult, DetectTrialResult
 from ..core.rundir import RunDir, command
 from ..errors import Preempted, UserError
 from .datasets import VOC_CLASSES, coco_paths, read_coco, read_voc
