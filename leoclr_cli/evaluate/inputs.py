@@ -60,11 +60,19 @@ def evaluation_inputs(kind: str, target: Path, protocol: Optional[Path], sets: O
     """(source, backbone file, default output parent, ``kind``'s defaults) of an evaluation command: the
     source from ``--source`` or ``--data``'s layout, the backbone and its defaults, moved to that source."""
     source = source_for(kind, protocol, sets, source, data, say)
-    backbone, parent, defaults = backbone_and_defaults(target, seed=seed, out_dir=out_dir, source=source, data=data)
+    backbone, parent, defaults = evaluation_defaults(kind, target, seed=seed, out_dir=out_dir, source=source,
+                                                     data=data)
     switch_source(defaults, source)
+    return source, backbone, parent, defaults
+
+
+def evaluation_defaults(kind: str, target: Path, **kw: Any) -> tuple[Path, Path, dict[str, Any]]:
+    """:func:`backbone_and_defaults` for the evaluation ``kind`` (linear-eval, knn, finetune): the defaults
+    its protocol takes (``kw``: as :func:`backbone_and_defaults`)."""
+    backbone, parent, defaults = backbone_and_defaults(target, **kw)
     if kind != "linear-eval":
         defaults.pop("feature_norm", None)  # the linear probe's own field
-    return source, backbone, parent, defaults
+    return backbone, parent, defaults
 
 
 def backbone_and_defaults(target: Path, *, seed: Optional[int] = None, out_dir: Optional[Path] = None,
