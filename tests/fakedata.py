@@ -383,7 +383,7 @@ def make_photos(root: Path, n: int = 10, size: int = 32, seed: int = 0,
     for i in range(n):
         pic = pictures[i % len(pictures)]
         h, w = size, size * 3 // 2 if i % 3 == 0 else size
-        scale = int(rng.integers(2, 6))
+        scale = int(rng.integers(1, max(2, min(6, pic.shape[0] // h, pic.shape[1] // w) + 1)))
         top = int(rng.integers(0, pic.shape[0] - h * scale))
         left = int(rng.integers(0, pic.shape[1] - w * scale))
         crop = Image.fromarray(np.ascontiguousarray(pic[top: top + h * scale, left: left + w * scale]))
