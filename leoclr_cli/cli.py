@@ -72,7 +72,7 @@ def pretrain(
 ) -> None:
     """Pretrain a backbone (LeOCLR, MoCo-v2, SimCLR and the paper's variants); writes RUN/backbone.safetensors."""
     source = lazy.source_for("pretrain", protocol, sets, source, data, say)
-    p = lazy.load_protocol("pretrain", protocol, o.overrides(sets, **o.fields("pretrain", locals())))
+    p = lazy.pretrain_protocol(protocol, o.overrides(sets, **o.fields("pretrain", locals())), say)
     _runtime(p, log_every)
     r = lazy.run_pretrain(p, out_dir, resume=resume, force=force, quiet=quiet, console=err)
     if not r["rank"]:  # under torchrun only rank 0 reports
@@ -174,16 +174,41 @@ def ablate(
                              f"\nresult: {lazy.RunDir(target).result}")
 
 
-@command(epilog=examples("leoclr export runs/in1k/backbone.safetensors --to detectron2 --out r50.pkl"))
+@command(epilog=examples("leoclr export runs/in1k/backbone.safetensors --to detectron2 --out r50.pkl",
+                         "leoclr export runs/mine --to torchvision --out mine.pth"))
 def export(
     backbone: Path = o.Target, to: str = o.ExportTo, out_file: Path = o.ExportOut, seed: Optional[int] = o.EvalSeed,
 ) -> None:
-    """Export a backbone for another framework (Detectron2: MoCo's key renaming, a .pkl for MODEL.WEIGHTS)."""
-    if to != "detectron2":
-        raise UserError(f"--to {to!r} is not a known export format; choose detectron2")
+    """Export a backbone for another framework: Detectron2 (a .pkl), torchvision or timm (a .pth state dict)."""
+    if to != "detectron2" and to not in lazy.STATE_DICT_TARGETS:
+        raise UserError(f"--to {to!r} is not a known export format; choose detectron2, torchvision or timm")
     path, _, _ = lazy.backbone_and_defaults(backbone, seed=seed, out_dir=out_file)
+    if to != "detectron2":
+        r = lazy.export_state_dict(path, out_file.expanduser(), to)
+        out.print(f"wrote {out_file} ({r['tensors']} tensors; {r['build']}.load_state_dict(torch.load('{out_file}'), "
+                  "strict=False) leaves only fc.* missing)", highlight=False, soft_wrap=True)
+        return
     n = lazy.write_detectron2_pickle(path, out_file.expanduser())
     out.print(f"wrote {out_file} ({n} tensors in Detectron2 names; load it with MODEL.WEIGHTS {out_file})")
+
+
+@command(epilog=examples("leoclr embed runs/mine --data ~/photos -o emb.safetensors",
+                         "leoclr embed runs/mine --data ~/photos --head -o emb.parquet"))
+def embed(
+    target: Path = o.Target, data: Path = o.EmbedData, out_file: Path = o.EmbedOut, source: Optional[str] = o.EmbedSource,
+    split: Optional[str] = o.EmbedSplit, head: bool = o.Head, batch_size: int = o.EmbedBatch,
+    workers: int = o.EmbedWorkers, device: str = o.EmbedDevice, on_bad_image: str = o.EmbedOnBadImage,
+    seed: Optional[int] = o.EvalSeed, force: bool = o.EmbedForce, quiet: bool = o.Quiet, threads: Optional[int] = o.Threads,
+) -> None:
+    """One row per image: its path, its label (-1: none), the backbone's pooled feature (and --head's output)."""
+    source = lazy.source_for("embed", None, None, source, data, say)
+    lazy.cpu_threads.apply(threads, workers)
+    r = lazy.run_embed(target, data, out_file, source=source, split=split, head=head, batch_size=batch_size,
+                       num_workers=workers, device=device, on_bad_image=on_bad_image, seed=seed or 0, force=force,
+                       quiet=quiet, console=err)
+    left = f" ({r['left_out']} undecodable images left out)" if r["left_out"] else ""
+    out.print(f"embedded {r['rows']} images of {r['source']} data ({r['dim']} features{', head' if head else ''})"
+              f"{left}: {out_file}", highlight=False, soft_wrap=True)
 
 
 @command(epilog=examples(
@@ -349,11 +374,13 @@ def views(
     source: Optional[str] = o.PretrainSource, split: Optional[str] = o.ViewsSplit, out_file: Path = o.ViewsOut,
     count: int = o.ViewsCount, cell: Optional[int] = o.ViewsCell, sets: Optional[List[str]] = o.Sets,
 ) -> None:
-    """A PNG grid of the first images, each beside its views as the method sees them (before normalisation)."""
+    """A PNG grid of images sampled across classes, each beside its views (before normalisation), boxes drawn."""
     lazy.check_png_name(out_file)
-    p = lazy.load_protocol("pretrain", protocol, o.overrides(sets, **o.fields("views", locals())))
-    n = lazy.views_picture(p, out_file, count, cell)
-    out.print(f"{n} images of {p.data.source} with their {p.method.name} views: {out_file}")
+    source = lazy.source_for("pretrain", protocol, sets, source, data, say)
+    p = lazy.pretrain_protocol(protocol, o.overrides(sets, **o.fields("views", locals())), say)
+    lines = lazy.views_picture(p, out_file, count, cell)
+    out.print("\n".join(lines) + f"\n{len(lines)} images of {p.data.source} with their {p.method.name} views (crop "
+              f"boxes drawn on each image): {out_file}", highlight=False, soft_wrap=True)
 
 
 @command(epilog=examples("leoclr shards --data ~/data/mine --out shards/train-%06d.tar"))

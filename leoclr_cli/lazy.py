@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .config import resolved, value_at
     from .core import checkpoint as ckpt
     from .core import threads as cpu_threads
+    from .core.backbone import STATE_DICT_TARGETS, export_state_dict
     from .core.results import FinetuneSweepResult
     from .core.rundir import RunDir
     from .data import open_data
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from .detection.export import write_detectron2_pickle
     from .detection.run import run_detect
     from .evaluate.crop_test import linear_run_defaults, run_crop_test
+    from .evaluate.embed import run_embed
     from .evaluate.finetune import label_fractions, run_finetune, run_finetune_sweep, sweep_table
     from .evaluate.inputs import (backbone_and_defaults, evaluation_inputs, own_stats, pixel_stats, source_for,
                                   switch_source)
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from .report.report import build_report
     from .workflows.ablate import ablation, linear_protocols, run_ablate
     from .workflows.bench import bench_table, run_bench
+    from .workflows.own_data import pretrain_protocol
     from .workflows.pretrain import run_pretrain
     from .workflows.quickstart import DEFAULT_METHODS, run_quickstart, summary_table
 

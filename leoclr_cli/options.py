@@ -38,8 +38,9 @@ Protocol = typer.Option(None, "--protocol", "-p", callback=find_protocol,
                         help="a protocol by name (-p quickstart; leoclr protocols lists them) or a YAML file")
 Method = typer.Option(None, "--method", "-m", help=METHOD_HELP)
 Crops = typer.Option(None, "--crops", help=CROPS_HELP)
-PretrainSource = typer.Option(None, "--source", help="builtin, imagefolder, cifar10, cifar100, stl10, webdataset "
-                                                     "(default: inferred from --data's layout)")
+PretrainSource = typer.Option(None, "--source", help="builtin, folder (unlabeled images at any depth), imagefolder, "
+                                                     "cifar10, cifar100, stl10, webdataset (default: inferred from "
+                                                     "--data's layout)")
 Arch = typer.Option(None, "--arch", help="backbone: resnet18, resnet34, resnet50, ...")
 Epochs = typer.Option(None, "--epochs", help="training epochs")
 Batch = typer.Option(None, "--batch-size", "-b", help="images per step (all GPUs together)")
@@ -110,8 +111,26 @@ AblateOut = typer.Option(None, "--out", "-o", help="run directory (default runs/
 AblateResume = typer.Option(False, "--resume", help="continue an interrupted ablation in --out")
 
 # leoclr export
-ExportTo = typer.Option("detectron2", "--to", help="target format: detectron2")
-ExportOut = typer.Option(..., "--out", "-o", help="output file (.pkl for detectron2)")
+ExportTo = typer.Option("detectron2", "--to", help="target format: detectron2 (a .pkl), torchvision or timm (a .pth "
+                                                   "state dict that the stock ResNet loads with strict=False, only "
+                                                   "fc.* missing)")
+ExportOut = typer.Option(..., "--out", "-o", help="output file (.pkl for detectron2, .pth for torchvision and timm)")
+
+# leoclr embed
+EmbedData = typer.Option(..., "--data", help="the images: a folder (any depth, unlabeled) or any dataset root that "
+                                             "--data takes elsewhere")
+EmbedOut = typer.Option(..., "--out", "-o", help="FILE.safetensors (features, labels, head; paths in its metadata) or "
+                                                 "FILE.parquet (needs pyarrow)")
+EmbedSource = typer.Option(None, "--source", help="folder (unlabeled images at any depth), imagefolder, cifar10, "
+                                                 "cifar100, stl10, ... (default: inferred from --data's layout)")
+EmbedSplit = typer.Option(None, "--split", help="split of a labelled dataset (default: its train split)")
+Head = typer.Option(False, "--head", help="also the projection head's output (a pretraining run directory)")
+EmbedBatch = typer.Option(256, "--batch-size", "-b", help="images per forward pass")
+EmbedWorkers = typer.Option(0, "--workers", "-j", help="DataLoader worker processes")
+EmbedDevice = typer.Option("auto", "--device", help="auto, cpu or cuda")
+EmbedOnBadImage = typer.Option("error", "--on-bad-image", help="an undecodable image: error (stop, naming it) or skip "
+                                                               "(leave its row out, counted)")
+EmbedForce = typer.Option(False, "--force", help="overwrite an existing --out file")
 
 # leoclr detect
 DetectDataset = typer.Argument(..., help="voc or coco")

@@ -9,8 +9,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 SourceName = Literal["builtin", "builtin-textures", "imagefolder", "cifar10", "cifar100", "stl10", "cars", "pets",
                      "birdsnap"]
-# pretraining also streams WebDataset tar shards (data/shards.py)
-PretrainSourceName = Literal[get_args(SourceName) + ("webdataset",)]  # type: ignore[misc]
+# pretraining also streams WebDataset tar shards (data/shards.py) and reads unlabeled images: every image file
+# under a folder at any depth (folder; the labelled commands refuse it)
+PretrainSourceName = Literal[get_args(SourceName) + ("webdataset", "folder")]  # type: ignore[misc]
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2")
 
 # Per-dataset normalisation constants (mean, std).

@@ -104,8 +104,9 @@ def resolve_normalize(p: PretrainProtocol, source, run_dir: Path, resume: Option
         if kind == "error":
             raise UserError(stats)
         if distributed.is_main() and not quiet:
+            where = "the folder" if p.data.source == "folder" else f"split '{p.data.split}'"
             console.print(f"augment.normalize auto: mean {list(stats[0])}, std {list(stats[1])} from "
-                          f"{min(aug.normalize_sample, len(source))} images of split '{p.data.split}'", highlight=False,
+                          f"{min(aug.normalize_sample, len(source))} images of {where}", highlight=False,
                           soft_wrap=True)
     return p.model_copy(update={"augment": aug.model_copy(update={"mean": stats[0], "std": stats[1]})})
 
@@ -250,7 +251,11 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
     hooks: list[Any] = []
     if boxes is not None:
         hooks.append(box_updater(p, source, boxes, method, device, Path(run_dir)))
-    if p.monitor.knn_every:
+    if p.monitor.knn_every and p.data.source == "folder":
+        console.print(f"monitor: the kNN monitor (monitor.knn_every {p.monitor.knn_every}) needs labels and folder "
+                      "data has none, so it is off; evaluate afterwards with leoclr knn RUN --data LABELLED_DIR",
+                      highlight=False, soft_wrap=True)
+    elif p.monitor.knn_every:
         data, tf = monitor_data(p), monitor_transform(p)
         bank_src = subset(labelled_split(data, "train"), p.monitor.max_bank)
         test_src = subset(labelled_split(data, "test"), p.monitor.max_test)
