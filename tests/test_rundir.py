@@ -63,3 +63,13 @@ def test_env_json_records_argv_and_the_checkout_commit(monkeypatch):
     head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert env["git_commit"].split("-")[0] == head and len(head) == 40
     assert rundir.git_commit(root / "leoclr_cli") is None  # not a checkout's root: nothing recorded
+
+
+def test_a_resume_may_change_the_trackers_and_threads_but_not_what_is_computed(tmp_path):
+    from leoclr_cli.config import load_protocol
+
+    run = RunDir(tmp_path / "ft")
+    run.prepare(load_protocol("finetune", None, {}), resume=None, force=False)
+    watched = load_protocol("finetune", None, {"log.tensorboard": True, "log.artifacts": True, "threads": 2})
+    assert run.protocol_difference(watched) is None
+    assert run.protocol_difference(load_protocol("finetune", None, {"lr": 0.5})) == "lr"

@@ -117,8 +117,9 @@ class Strict(BaseModel):
 
 class TrackingConfig(Strict):
     """Experiment tracking besides ``metrics.jsonl`` (rank 0 only): per-step loss and lr, per-epoch
-    records (samples/s, kNN monitor, ...), the protocol as parameters, and a grid of the views. The
-    packages are the optional extra ``leoclr[tracking]``."""
+    records (samples/s, kNN monitor, ...), sweep cells, the final result, the protocol as parameters, a
+    grid of the views (pretraining) and, when asked, the final weights as artifacts. The packages are the
+    optional extra ``leoclr[tracking]``."""
 
     tensorboard: bool = Field(False, description="write TensorBoard event files to RUN/tensorboard/")
     mlflow: Optional[str | bool] = Field(
@@ -127,6 +128,8 @@ class TrackingConfig(Strict):
     wandb: Optional[Literal["offline", "online"]] = Field(
         None, description="Weights & Biases: offline (files in RUN/wandb/, `wandb sync` uploads them) or online")
     wandb_project: str = Field("leoclr", description="the W&B project")
+    artifacts: bool = Field(False, description="also log the final backbone (pretraining) and the linear head "
+                            "(linear-eval) as artifacts: MLflow and W&B (TensorBoard has no artifacts)")
 
     @field_validator("mlflow")
     @classmethod

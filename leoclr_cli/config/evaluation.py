@@ -148,6 +148,7 @@ class KnnProtocol(Strict):
     k: int = Field(200, ge=1)
     t: float = Field(0.1, gt=0)
     batch_size: int = Field(256, ge=1)
+    log: TrackingConfig = TrackingConfig()
 
 
 # --------------------------------------------------------------------------- finetune, transfer
@@ -175,6 +176,7 @@ class FinetuneProtocol(EvalOnData):
     schedule: Literal["cosine", "constant"] = "cosine"
     checkpoint_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(1, ge=1)
+    log: TrackingConfig = TrackingConfig()
 
     def resolved_epochs(self) -> int:
         return self.epochs if self.epochs is not None else (60 if self.labels < 10 else 30)
@@ -214,6 +216,7 @@ class TransferProtocol(Strict):
     lbfgs_max_iter: int = Field(1000, ge=1)
     feature_norm: FeatureNorm = Field("bn", description="mode linear: standardise the features (BatchNorm1d "
                                                          "statistics of the fit set) before the regression, or none")
+    log: TrackingConfig = TrackingConfig()
 
     @field_validator("lrs", "cs")
     @classmethod

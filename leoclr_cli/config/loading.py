@@ -110,8 +110,9 @@ def load_protocol(kind: str, path: Optional[Path] = None, overrides: Optional[di
                                                 tuple(overrides or ()))) from None
 
 
-#: protocol fields that set how fast a run goes, not what it computes: a resume may change them
-RUNTIME_FIELDS = ("threads",)
+#: protocol fields that set how fast a run goes or where it is watched, not what it computes: a resume may
+#: change them
+RUNTIME_FIELDS = ("threads", "log")
 
 
 def without_runtime(protocol: Any) -> Any:

@@ -288,24 +288,23 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
                     observers=Observers(f"pretrain {p.method.name}", quiet=quiet, console=console, tracker=tracker,
                                         epoch_end=epoch_end),
                     batch_transform=batch_transform)
-    try:
+    with tracking.closing(tracker):
         history = engine.run(resume_from)
-    finally:
-        if tracker is not None:
-            tracker.close()
-    distributed.average_buffers(method)
-    every_rank = {"method": p.method.name, "arch": p.model.arch, "epochs": p.optim.epochs, "rank": distributed.rank(),
-                  "world_size": world, "global_batch": local_batch * world, "lr": lr}
-    if not main:
-        return PretrainResult(**every_rank).record()
-    run = RunDir(run_dir)
-    if boxes is not None:
-        boxes.save(run.boxes, protocol_json(p))
-    ckpt.save_backbone(run.backbone, method.backbone, arch=p.model.arch, cifar_stem=p.model.cifar_stem,
-                       method=p.method.name, epoch=p.optim.epochs, protocol_json=protocol_json(p),
-                       extra_meta=norm_meta(p))
-    last = history[-1] if history else {}
-    return run.write_result(PretrainResult(
-        **every_rank, final_loss=last.get("loss"),
-        knn_top1=next((m["knn_top1"] for m in reversed(history) if "knn_top1" in m), None),
-        wall_s_this_invocation=time.perf_counter() - started, device=str(device), backbone=str(run.backbone)))
+        distributed.average_buffers(method)
+        every_rank = {"method": p.method.name, "arch": p.model.arch, "epochs": p.optim.epochs,
+                      "rank": distributed.rank(), "world_size": world, "global_batch": local_batch * world, "lr": lr}
+        if not main:
+            return PretrainResult(**every_rank).record()
+        run = RunDir(run_dir)
+        if boxes is not None:
+            boxes.save(run.boxes, protocol_json(p))
+        ckpt.save_backbone(run.backbone, method.backbone, arch=p.model.arch, cifar_stem=p.model.cifar_stem,
+                           method=p.method.name, epoch=p.optim.epochs, protocol_json=protocol_json(p),
+                           extra_meta=norm_meta(p))
+        last = history[-1] if history else {}
+        record = run.write_result(PretrainResult(
+            **every_rank, final_loss=last.get("loss"),
+            knn_top1=next((m["knn_top1"] for m in reversed(history) if "knn_top1" in m), None),
+            wall_s_this_invocation=time.perf_counter() - started, device=str(device), backbone=str(run.backbone)))
+        tracking.finish(tracker, record, [run.backbone])
+    return record
