@@ -2,10 +2,13 @@
 
 Every value of the paper's protocol, and every choice we made where the paper is silent, is a field
 with its default documented. The models live by family (:mod:`.common`, :mod:`.pretrain`,
-:mod:`.evaluation`, :mod:`.detection`); :mod:`.loading` reads, merges, validates and writes them.
+:mod:`.evaluation`, :mod:`.detection`); :mod:`.loading` reads, merges, validates and writes them;
+:mod:`.catalog` finds the installed ones by name and lists their fields.
 Everything public is importable from here.
 """
 
+from .catalog import (closest, describe, dump, field_rows, find_protocol, installed, installed_dir, installed_names,
+                      known_fields, listing, purpose, read_tree, resolved, value_at)
 from .common import (NORMALIZATION, RESNETS, AreaRange, Norm, Normalized, PositiveRange, PretrainSourceName,
                      SourceName, Strict, Triple, area_fraction, norm_stats, ordered_pair, require_root, stat_field,
                      threads_field)
@@ -20,6 +23,8 @@ from .pretrain import (AUGMENT_PARTS, AblateProtocol, AugmentConfig, AugmentPart
                        PretrainProtocol, TrackingConfig)
 
 __all__ = [
+    "closest", "describe", "dump", "field_rows", "find_protocol", "installed", "installed_dir", "installed_names",
+    "known_fields", "listing", "purpose", "read_tree", "resolved", "value_at",
     "NORMALIZATION", "RESNETS", "AreaRange", "Norm", "Normalized", "PositiveRange", "PretrainSourceName", "SourceName",
     "Strict", "Triple", "area_fraction", "norm_stats", "ordered_pair", "require_root", "stat_field", "threads_field",
     "DETECT_SCHEDULES", "DETECT_TRAIN_SIZES", "DetectProtocol",

@@ -10,8 +10,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 
 SourceName = Literal["builtin", "builtin-photos", "builtin-textures", "imagefolder", "cifar10", "cifar100", "stl10", "cars", "pets",
                      "birdsnap"]
-# pretraining also streams WebDataset tar shards (data/shards.py)
-PretrainSourceName = Literal[get_args(SourceName) + ("webdataset",)]  # type: ignore[misc]
+# pretraining also streams WebDataset tar shards (data/shards.py) and reads unlabeled images: every image file
+# under a folder at any depth (folder; the labelled commands refuse it)
+PretrainSourceName = Literal[get_args(SourceName) + ("webdataset", "folder")]  # type: ignore[misc]
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2")
 
 # Per-dataset normalisation constants (mean, std).
@@ -174,3 +175,27 @@ class Strict(BaseModel):
         if not (info.field_name or "").endswith("seed"):
             _bounded(value)
         return value
+
+
+class TrackingConfig(Strict):
+    """Experiment tracking besides ``metrics.jsonl`` (rank 0 only): per-step loss and lr, per-epoch
+    records (samples/s, kNN monitor, ...), sweep cells, the final result, the protocol as parameters, a
+    grid of the views (pretraining) and, when asked, the final weights as artifacts. The packages are the
+    optional extra ``leoclr[tracking]``."""
+
+    tensorboard: bool = Field(False, description="write TensorBoard event files to RUN/tensorboard/")
+    mlflow: Optional[str | bool] = Field(
+        None, description="an MLflow tracking URI, or true for a local file store in RUN/mlruns/")
+    mlflow_experiment: str = Field("leoclr", description="the MLflow experiment the run is logged under")
+    wandb: Optional[Literal["offline", "online"]] = Field(
+        None, description="Weights & Biases: offline (files in RUN/wandb/, `wandb sync` uploads them) or online")
+    wandb_project: str = Field("leoclr", description="the W&B project")
+    artifacts: bool = Field(False, description="also log the final backbone (pretraining) and the linear head "
+                            "(linear-eval) as artifacts: MLflow and W&B (TensorBoard has no artifacts)")
+
+    @field_validator("mlflow")
+    @classmethod
+    def _mlflow(cls, v: Optional[str | bool]) -> Optional[str | bool]:
+        if v is False or v == "":
+            return None
+        return v

@@ -7,8 +7,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from .common import (AreaRange, BuiltinCount, Normalized, PositiveRange, Seed, SourceName, Strict, Threads, Triple,
-                     require_root, stat_field, threads_field)
+from .common import (AreaRange, BuiltinCount, Normalized, PositiveRange, Seed, SourceName, Strict, Threads,
+                     TrackingConfig, Triple, require_root, stat_field, threads_field)
 
 FeatureNorm = Literal["bn", "none"]
 # The linear probe's default lr per feature normalisation: MoCo's 30 on raw features; 0.03 on BN-standardised ones
@@ -80,6 +80,7 @@ class EvalOnData(Strict):
 
 
 class LinearEvalProtocol(EvalOnData):
+    log: TrackingConfig = TrackingConfig()
     kind: Literal["linear-eval"] = "linear-eval"
     train_augment: Literal["random-resized-crop", "none"] = Field(
         "random-resized-crop",
@@ -147,6 +148,7 @@ class KnnProtocol(Strict):
     k: int = Field(200, ge=1)
     t: float = Field(0.1, gt=0)
     batch_size: int = Field(256, ge=1)
+    log: TrackingConfig = TrackingConfig()
 
 
 # --------------------------------------------------------------------------- finetune, transfer
@@ -174,6 +176,7 @@ class FinetuneProtocol(EvalOnData):
     schedule: Literal["cosine", "constant"] = "cosine"
     checkpoint_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(1, ge=1)
+    log: TrackingConfig = TrackingConfig()
 
     def resolved_epochs(self) -> int:
         return self.epochs if self.epochs is not None else (60 if self.labels < 10 else 30)
@@ -213,6 +216,7 @@ class TransferProtocol(Strict):
     lbfgs_max_iter: int = Field(1000, ge=1)
     feature_norm: FeatureNorm = Field("bn", description="mode linear: standardise the features (BatchNorm1d "
                                                          "statistics of the fit set) before the regression, or none")
+    log: TrackingConfig = TrackingConfig()
 
     @field_validator("lrs", "cs")
     @classmethod

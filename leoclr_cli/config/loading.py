@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..core.atomic import atomic_write_text
 from ..errors import UserError
+from .catalog import closest, find_protocol, merge, read_tree, safe_yaml
 from .common import Strict
 from .detection import DetectProtocol
 from .evaluation import CropTestProtocol, FinetuneProtocol, KnnProtocol, LinearEvalProtocol, TransferProtocol
@@ -33,88 +34,6 @@ PROTOCOLS: dict[str, type[Strict]] = {
     "crop-test": CropTestProtocol,
     "ablate": AblateProtocol,
 }
-
-
-#: the most nodes a YAML document may stand for once its aliases are expanded (a protocol has a few hundred;
-#: an "alias bomb" of nested references stands for billions in a few lines)
-MAX_YAML_NODES = 100_000
-#: the deepest nesting of a YAML document (a protocol nests 3 deep)
-MAX_YAML_DEPTH = 50
-#: the longest protocol file read (a protocol is a few kB)
-MAX_YAML_BYTES = 1 << 20
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader that refuses, before building anything, a document nested deeper than
-    :data:`MAX_YAML_DEPTH` or standing for more than :data:`MAX_YAML_NODES` nodes with its aliases expanded."""
-
-    def __init__(self, stream: str):
-        super().__init__(stream)
-        self.depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        self.depth += 1
-        try:
-            if self.depth > MAX_YAML_DEPTH:
-                raise yaml.YAMLError(f"it nests deeper than {MAX_YAML_DEPTH} levels")
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
-
-    def get_single_node(self) -> Any:
-        node = super().get_single_node()
-        if node is not None:
-            _expanded_size(node, {})
-        return node
-
-
-def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
-    """Nodes ``node`` stands for, aliases expanded (each shared node counted once per reference, computed once)."""
-    if id(node) in sizes:
-        return sizes[id(node)]
-    n = 1
-    if isinstance(node, yaml.SequenceNode):
-        n += sum(_expanded_size(child, sizes) for child in node.value)
-    elif isinstance(node, yaml.MappingNode):
-        n += sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
-    if n > MAX_YAML_NODES:
-        raise yaml.YAMLError(f"its aliases expand to more than {MAX_YAML_NODES} values")
-    sizes[id(node)] = n
-    return n
-
-
-def safe_yaml(text: str) -> Any:
-    """``yaml.safe_load`` within bounds: a yaml.YAMLError for a document too deep, too long or whose aliases
-    expand past :data:`MAX_YAML_NODES`."""
-    if len(text) > MAX_YAML_BYTES:
-        raise yaml.YAMLError(f"it is longer than {MAX_YAML_BYTES} characters")
-    loader = _BoundedLoader(text)
-    try:
-        return loader.get_single_data()
-    except RecursionError:
-        raise yaml.YAMLError("it nests too deep") from None
-    finally:
-        loader.dispose()
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"protocol file {path} does not exist")
-    try:
-        data = safe_yaml(path.read_text())
-    except UnicodeDecodeError:
-        raise UserError(f"protocol file {path} is not text (not UTF-8)") from None
-    except OSError as e:
-        raise UserError(f"protocol file {path} could not be read ({e.strerror or e})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else (f": {e}" if type(e) is yaml.YAMLError else "")
-        raise UserError(f"protocol file {path} is not valid YAML{where}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"protocol file {path} must hold a mapping of fields, not a {type(data).__name__}")
-    return data
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -159,15 +78,20 @@ def excerpt(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """The first error as one sentence: field path, the rule broken, the value given."""
+def format_validation_error(err: ValidationError, source: str, model: Optional[type[Strict]] = None,
+                            sets: tuple[str, ...] = ()) -> str:
+    """The first error as one sentence: field path, the rule broken, the value given. An unknown field
+    names where it came from (``--set`` when it is one of ``sets``, else ``source``) and the closest known
+    field of ``model``."""
     first = err.errors()[0]
     loc = excerpt(".".join(str(p) for p in first["loc"] if not isinstance(p, int)), 120).strip("'\"")
     msg = first["msg"] if len(first["msg"]) <= 400 else first["msg"][:397] + "..."
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     if first["type"] == "extra_forbidden":
-        return f"{source}: unknown field '{loc}'"
+        near = closest(model, loc) if model is not None else None
+        where = f"--set {loc}" if any(loc == s or loc.startswith(s + ".") for s in sets) else source
+        return f"{where}: unknown field '{loc}'" + (f"; did you mean '{near}'?" if near else "")
     given = first.get("input")
     shown = "" if isinstance(given, dict) or given is None else f" (got {excerpt(given)})"
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
@@ -176,19 +100,14 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: field '{loc}': {msg}{shown}{more}"
 
 
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def load_protocol(kind: str, path: Optional[Path] = None, overrides: Optional[dict[str, Any]] = None,
                   defaults: Optional[dict[str, Any]] = None) -> Any:
     """Validate a protocol made of, in rising precedence: the model's defaults, dotted ``defaults``
-    (e.g. derived from the pretraining run being evaluated), the file ``path``, dotted ``overrides``."""
+    (e.g. derived from the pretraining run being evaluated), the file ``path`` (or the installed protocol
+    of that name: :func:`~.catalog.find_protocol`), dotted ``overrides``."""
     model = PROTOCOLS[kind]
-    tree: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    path = find_protocol(path)[0] if path is not None else None
+    tree: dict[str, Any] = read_tree(path) if path is not None else {}
     file_kind = tree.get("kind")
     if file_kind is not None and file_kind != kind:
         raise UserError(f"protocol file {path} is a '{file_kind}' protocol, not a '{kind}' one")
@@ -196,21 +115,22 @@ def load_protocol(kind: str, path: Optional[Path] = None, overrides: Optional[di
     for dotted, value in (defaults or {}).items():
         if value is not None:
             set_dotted(base, dotted, value)
-    tree = _merge(base, tree)
+    tree = merge(base, tree)
     for dotted, value in (overrides or {}).items():
         if value is not None:
             set_dotted(tree, dotted, value)
     try:
         return model.model_validate(tree)
     except ValidationError as e:
-        raise UserError(format_validation_error(e, str(path) if path else f"{kind} protocol")) from None
+        raise UserError(format_validation_error(e, str(path) if path else f"{kind} protocol", model,
+                                                tuple(overrides or ()))) from None
 
 
-#: protocol fields that set how fast a run goes, not what it computes: a resume may change them
-# Where and on how many threads a run goes on is not part of what it computes: a run checkpointed on a
-# GPU may be resumed on a CPU and the reverse (the weights load bit-exactly; the steps after differ by
-# the devices' float arithmetic).
-RUNTIME_FIELDS = ("threads", "device")
+#: protocol fields that set how fast a run goes or where it is watched, not what it computes: a resume may
+#: change them. Where and on how many threads a run goes on is not part of what it computes: a run
+#: checkpointed on a GPU may be resumed on a CPU and the reverse (the weights load bit-exactly; the steps
+#: after differ by the devices' float arithmetic).
+RUNTIME_FIELDS = ("threads", "device", "log")
 
 
 def without_runtime(protocol: Any) -> Any:

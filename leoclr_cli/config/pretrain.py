@@ -8,7 +8,7 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from .common import (RESNETS, AreaRange, BuiltinCount, Normalized, PositiveRange, PretrainSourceName, Seed, Strict,
-                     Threads, Triple, require_root, stat_field, threads_field)
+                     Threads, TrackingConfig, Triple, require_root, stat_field, threads_field)
 
 
 class DataConfig(Strict):
@@ -177,27 +177,6 @@ class MonitorConfig(Strict):
     t: float = Field(0.1, gt=0)
     max_bank: int = Field(10000, ge=1, description="at most this many labelled train images in the bank")
     max_test: int = Field(2000, ge=1, description="at most this many test images")
-
-
-class TrackingConfig(Strict):
-    """Experiment tracking besides ``metrics.jsonl`` (rank 0 only): per-step loss and lr, per-epoch
-    records (samples/s, kNN monitor, ...), the protocol as parameters, and a grid of the views. The
-    packages are the optional extra ``leoclr[tracking]``."""
-
-    tensorboard: bool = Field(False, description="write TensorBoard event files to RUN/tensorboard/")
-    mlflow: Optional[str | bool] = Field(
-        None, description="an MLflow tracking URI, or true for a local file store in RUN/mlruns/")
-    mlflow_experiment: str = Field("leoclr", description="the MLflow experiment the run is logged under")
-    wandb: Optional[Literal["offline", "online"]] = Field(
-        None, description="Weights & Biases: offline (files in RUN/wandb/, `wandb sync` uploads them) or online")
-    wandb_project: str = Field("leoclr", description="the W&B project")
-
-    @field_validator("mlflow")
-    @classmethod
-    def _mlflow(cls, v: Optional[str | bool]) -> Optional[str | bool]:
-        if v is False or v == "":
-            return None
-        return v
 
 
 class PretrainProtocol(Strict):

@@ -4,6 +4,7 @@ names arch, stem, method, epoch and the pretraining protocol), and the seeded ra
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Optional
@@ -11,6 +12,7 @@ from typing import Optional
 import torch
 
 from ..errors import UserError
+from .atomic import atomic_write_bytes
 from .nets import build_backbone, parse_random
 from .tensorfile import KIND_BACKBONE, load_tensors, read_metadata, require_weights, save_tensors
 
@@ -87,3 +89,28 @@ def random_backbone_file(spec: str, seed: int, path: Path) -> Path:
                   extra_meta={"seed": str(seed)})
     return path
 
+
+
+#: ``leoclr export --to``: the frameworks whose stock ResNets take a backbone's state dict as it is (timm's
+#: ResNet key names are torchvision's, ``fc`` the classifier of both)
+STATE_DICT_TARGETS = {"torchvision": "torchvision.models.{arch}()", "timm": "timm.create_model('{arch}')"}
+
+
+def export_state_dict(path: Path, out: Path, to: str) -> dict[str, str]:
+    """Write the backbone ``path`` as a PyTorch state dict ``out`` (.pth, ``torch.save``, atomically) that
+    ``to``'s stock ResNet of the same arch loads with ``load_state_dict(sd, strict=False)``, only ``fc.*``
+    missing. Returns the arch and how to build the model. One sentence for a CIFAR-stem backbone (a stock
+    ResNet has the 7x7 stem) or another file ending."""
+    out = Path(out)
+    if out.suffix not in (".pth", ".pt"):
+        raise UserError(f"--out {out} must end in .pth (a PyTorch state dict, what {to} loads)")
+    model, meta = load_backbone(path)
+    arch = meta.get("arch", "")
+    if json.loads(meta.get("cifar_stem", "false")):
+        raise UserError(f"checkpoint {path} has the CIFAR stem (3x3 conv1, no max-pool), which a stock {to} {arch} "
+                        "does not have; export a backbone pretrained with model.cifar_stem false")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(out, buffer.getvalue())
+    return {"arch": arch, "tensors": str(len(state)), "build": STATE_DICT_TARGETS[to].format(arch=arch)}

@@ -124,7 +124,12 @@ def require_a_batch(loader: torch.utils.data.DataLoader) -> int:
     """The loader's number of batches; refuses a dataset smaller than one batch."""
     steps = len(loader)
     if steps == 0:
-        raise UserError("the dataset has fewer images than one batch; lower the batch size")
+        images = len(loader.sampler) if loader.sampler is not None and hasattr(loader.sampler, "__len__") else None
+        if images is None:
+            images = len(loader.dataset)  # type: ignore[arg-type]
+        suggestion = max(2, images // 4 // 2 * 2)
+        raise UserError(f"the batch size ({loader.batch_size}) is larger than the {images} images of the dataset, "
+                        f"so not one batch can be made; lower optim.batch_size (e.g. --batch-size {suggestion})")
     return steps
 
 

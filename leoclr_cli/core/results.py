@@ -13,7 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..errors import UserError
 
 #: the file a run's result is written to
 RESULT_FILE = "result.json"
@@ -238,3 +240,31 @@ class QuickstartResult(RunResult):
     runs: list[dict[str, Any]]
     summary: list[dict[str, Any]]
     crop_coverage: Optional[dict[str, float]] = None  # built-in data: % of crops that miss / cut / hold the digit
+
+
+#: every result model by its kind: the one name a kind has in result.json, the report and the docs
+RESULT_KINDS: dict[str, type[RunResult]] = {
+    model.model_fields["kind"].default: model
+    for model in (PretrainResult, LinearResult, KnnResult, CropTestResult, FinetuneResult, FinetuneSweepResult,
+                  TransferResult, DetectResult, AblateResult)}
+#: kinds written under another name by earlier versions
+FORMER_KINDS = {"detection": "detect"}
+
+
+def parse_result(record: Any, where: str, model: Optional[type[RunResult]] = None) -> RunResult:
+    """``record`` (a result file's JSON) validated by ``model``, or by the model its ``kind`` names; one
+    sentence naming ``where`` when it is none of them or breaks a field's type."""
+    if model is None:
+        kind = record.get("kind") if isinstance(record, dict) else None
+        kind = FORMER_KINDS.get(kind, kind)
+        model = RESULT_KINDS.get(kind)  # type: ignore[arg-type]
+        if model is None:
+            raise UserError(f"{where} is no leoclr result (kind {kind!r})")
+        record = {**record, "kind": kind}
+    try:
+        return model.model_validate(record)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"{where} is not a valid {getattr(model, '__name__', model)}: field '{field}': "
+                        f"{first['msg']}") from None

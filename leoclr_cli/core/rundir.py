@@ -24,6 +24,7 @@ import os
 import platform
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -38,7 +39,7 @@ from ..config import first_difference, load_protocol, protocol_json, safe_yaml, 
 from ..errors import UserError
 from . import preempt, threads
 from .atomic import atomic_write_text, remove_temporaries
-from .results import RESULT_FILE, RunResult
+from .results import RESULT_FILE, RunResult, parse_result
 from .tensorfile import KIND_STATE, read_metadata, verify
 
 
@@ -155,9 +156,10 @@ class RunDir:
         write_json(self.path / result.file, record)
         return record
 
-    def read_result(self) -> Any:
-        """``result.json`` as written (one sentence when it is missing or not JSON)."""
-        return read_json(self.result)
+    def read_result(self, model: Optional[type[RunResult]] = None) -> dict[str, Any]:
+        """``result.json`` read back through the model that wrote it (``model``, or the one its ``kind`` names):
+        the keys as written, each checked; one sentence when it is missing, not JSON or not a valid result."""
+        return parse_result(read_json(self.result), str(self.result), model).record()
 
     # -------------------------------------------------------------------- one writer
 
@@ -445,8 +447,26 @@ def read_json(path: Path) -> Any:
         raise UserError(f"{path} is not valid JSON") from None
 
 
+def git_commit(package: Path = Path(__file__).resolve().parents[2]) -> Optional[str]:
+    """The commit of the checkout leoclr runs from (``-dirty`` when its tracked files changed); None for an
+    installed copy or without git."""
+    if not (package / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        dirty = subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
 def environment() -> dict[str, Any]:
     return {
+        "argv": list(sys.argv), "git_commit": git_commit(),
         "leoclr": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
         "torch": torch.__version__, "torchvision": torchvision.__version__,
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,

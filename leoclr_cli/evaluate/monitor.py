@@ -67,6 +67,11 @@ class Monitor:
         self.note: Optional[str] = None
         self.num_classes: Optional[int] = None
         off = []
+        if p.data.source == "folder" and (self.knn or self.linear):
+            off = [n for n, on in (("the kNN monitor (monitor.knn_every)", self.knn),
+                                   ("the online linear probe (monitor.linear_every)", self.linear)) if on]
+            why = "folder data has no labels (evaluate afterwards with leoclr knn RUN --data LABELLED_DIR)"
+            self.knn = self.linear = False
         if self.linear and not has_labels(source):
             off.append("the online linear probe (monitor.linear_every)")
             why = f"the pretraining split '{p.data.split}' of {p.data.source} has no labels"

@@ -36,8 +36,9 @@ from ..core.nets import Encoder
 
 
 def top1_positive(logits: torch.Tensor) -> torch.Tensor:
-    """Fraction of rows whose positive (column 0) has the largest logit (a 0-d tensor, no sync)."""
-    return (logits.detach().argmax(dim=1) == 0).float().mean()
+    """Percent of rows whose positive (column 0) has the largest logit (a 0-d tensor, no sync): ``acc`` in
+    metrics.jsonl, a percent like every accuracy leoclr writes."""
+    return (logits.detach().argmax(dim=1) == 0).float().mean() * 100
 
 
 class ContrastiveMethod(Task):

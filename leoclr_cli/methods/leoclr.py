@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ..config import MethodConfig
 from .base import top1_positive
 from .momentum import MomentumContrast
 
@@ -43,8 +44,9 @@ class LeOCLR(MomentumContrast):
             return k1, k2
         return self.encode_keys(x1), self.encode_keys(x2)
 
-    def keys_per_image(self) -> int:
-        return 2 if self.cfg.enqueue == "both" else 1
+    @classmethod
+    def keys_per_image_of(cls, method: MethodConfig) -> int:
+        return 2 if method.enqueue == "both" else 1
 
     def enqueue_crop_keys(self, k1: torch.Tensor, k2: torch.Tensor) -> None:
         self.enqueue(torch.cat([k1, k2]) if self.cfg.enqueue == "both" else k1)

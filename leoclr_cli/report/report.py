@@ -26,8 +26,7 @@ from . import paper
 from .pictures import learning_picture, learning_series, png_bytes, pyplot
 
 GAP = "—"
-KINDS = ("pretrain", "linear-eval", "knn", "crop-test", "ablate", "finetune", "transfer", "detection")
-KIND_ALIASES = {"detect": "detection"}
+KINDS = ("pretrain", "linear-eval", "knn", "crop-test", "ablate", "finetune", "transfer", "detect")
 FIGURE3_FILE, FIGURE4_FILE, REPORT_FILE = "figure3_label_fractions.png", "figure4_augmentation_drop.png", "report.md"
 CURVES_FILE, LEARNING_FILE = "training_curves.png", "learning.png"
 CURVES = (("loss", "training loss"), ("lr", "learning rate"), ("knn_top1", "kNN monitor top-1 (%)"))
@@ -75,7 +74,7 @@ class Run:
     def schedule(self) -> Optional[str]:
         """The detector's iterations x images per batch, or the pretraining lr schedule and batch."""
         solver = self.result.get("solver")
-        if self.kind == "detection" and isinstance(solver, dict) and solver.get("max_iter"):
+        if self.kind == "detect" and isinstance(solver, dict) and solver.get("max_iter"):
             return f"{solver['max_iter']} it x {solver.get('ims_per_batch', '?')} img"
         sched, batch = self.pretrain_optim("schedule"), self.pretrain_optim("batch_size")
         return ", ".join(x for x in (sched, f"batch {batch}" if batch else None) if x) or None
@@ -135,10 +134,14 @@ def collect(run_dirs: Iterable[Path]) -> tuple[list[Run], list[tuple[Path, str]]
         files.update((f.resolve(), None) for f in found)
     runs, ignored = [], []
     for f in files:
-        result = RunDir(f.parent).read_result()
-        kind = KIND_ALIASES.get(result.get("kind"), result.get("kind")) if isinstance(result, dict) else None
+        try:  # through the result models that wrote it (core/results.py)
+            result = RunDir(f.parent).read_result()
+        except UserError as e:
+            ignored.append((f, e.sentence()))
+            continue
+        kind = result["kind"]
         if kind not in KINDS:
-            ignored.append((f, f"kind {result.get('kind')!r}" if isinstance(result, dict) else "not a mapping"))
+            ignored.append((f, f"kind {kind!r}"))
             continue
         extra = _backbone_info(result)
         runs.append(Run(kind, f.parent, result, _dataset(kind, result, f.parent, extra), extra=extra))
@@ -305,7 +308,7 @@ def tables(runs: list[Run]) -> list[str]:
                   slot=lambda r: _index((1.0, 10.0), _fraction(r)), groups=2),
         TableSpec(paper.TABLE3, "transfer", paper.TABLE3_DATASETS, list(paper.TABLE3.columns),
                   lambda r: [r.get("value")], slot=lambda r: _index(paper.TABLE3_DATASETS, r.dataset), groups=5),
-        TableSpec(paper.TABLE4, "detection", ("voc",), ["AP50", "AP", "AP75"],
+        TableSpec(paper.TABLE4, "detect", ("voc",), ["AP50", "AP", "AP75"],
                   lambda r: [r.get("AP50"), r.get("AP"), r.get("AP75")]),
         TableSpec(paper.TABLE5, "linear-eval", IN, ["epochs", "top-1"], lambda r: [r.epochs, r.get("top1")]),
         TableSpec(paper.TABLE6, "linear-eval", paper.TABLE6_DATASETS,
@@ -314,7 +317,7 @@ def tables(runs: list[Run]) -> list[str]:
         TableSpec(paper.TABLE7, "crop-test", IN, ["epochs", "center crop", "random crop", "drop", "time"],
                   lambda r: [r.epochs, r.get("center_top1"), r.get("random_top1"), r.get("drop"), hours(r)]),
         TableSpec(paper.TABLE8, "linear-eval", IN, ["epochs", "top-1"], lambda r: [r.epochs, r.get("top1")]),
-        TableSpec(paper.TABLE9, "detection", ("coco",), ["AP50", "AP", "AP75"],
+        TableSpec(paper.TABLE9, "detect", ("coco",), ["AP50", "AP", "AP75"],
                   lambda r: [r.get("AP50"), r.get("AP"), r.get("AP75")]),
     ]
     return [paper_table(spec, runs) for spec in specs]
@@ -349,7 +352,7 @@ PER_KIND: dict[str, tuple[tuple[str, Callable[[Run], Any]], ...]] = {
                  ("top-1", lambda r: r.get("top1")), ("top-5", lambda r: r.get("top5"))),
     "transfer": (("mode", lambda r: r.get("mode")), ("metric", lambda r: r.get("metric")),
                  ("value", lambda r: r.get("value"))),
-    "detection": (("AP50", lambda r: r.get("AP50")), ("AP", lambda r: r.get("AP")), ("AP75", lambda r: r.get("AP75"))),
+    "detect": (("AP50", lambda r: r.get("AP50")), ("AP", lambda r: r.get("AP")), ("AP75", lambda r: r.get("AP75"))),
 }
 # every row of every table names its run's dataset, architecture, pretraining epochs and schedule
 COMMON: tuple[tuple[str, Callable[[Run], Any]], ...] = (

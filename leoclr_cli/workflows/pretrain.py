@@ -82,8 +82,9 @@ def resolve_normalize(p: PretrainProtocol, source, run_dir: Path, resume: Option
         if kind == "error":
             raise UserError(stats)
         if distributed.is_main() and not quiet:
+            where = "the folder" if p.data.source == "folder" else f"split '{p.data.split}'"
             console.print(f"augment.normalize auto: mean {list(stats[0])}, std {list(stats[1])} from "
-                          f"{min(aug.normalize_sample, len(source))} images of split '{p.data.split}'", highlight=False,
+                          f"{min(aug.normalize_sample, len(source))} images of {where}", highlight=False,
                           soft_wrap=True)
     return p.model_copy(update={"augment": aug.model_copy(update={"mean": stats[0], "std": stats[1]})})
 
@@ -184,10 +185,7 @@ def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = 
 def open_tracker(p: PretrainProtocol, run_dir: Path, source, resume_from: Optional[Path],
                  steps: int) -> Optional[tracking.Tracker]:
     """The trackers of ``p.log``; a new run also logs the grid of its first images' views."""
-    start = 0
-    if resume_from is not None:
-        meta = ckpt.read_metadata(resume_from)
-        start = int(meta["epoch"]) * steps + int(meta.get("step", "0"))
+    start = tracking.resumed_step(resume_from, steps)
     tracker = tracking.open_tracker(p.log, Path(run_dir), p.model_dump(mode="json"), f"{p.name} {p.method.name}",
                                     start)
     if tracker is not None and not start:
@@ -256,31 +254,30 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
                     observers=Observers(f"pretrain {p.method.name}", quiet=quiet, console=console, tracker=tracker,
                                         epoch_end=epoch_end),
                     batch_transform=batch_transform)
-    try:
+    with tracking.closing(tracker):
         history = engine.run(resume_from)
-    finally:
-        if tracker is not None:
-            tracker.close()
-    distributed.average_buffers(method)
-    every_rank = {"method": p.method.name, "arch": p.model.arch, "epochs": p.optim.epochs, "rank": distributed.rank(),
-                  "world_size": world, "global_batch": local_batch * world, "lr": lr}
-    if not main:
-        return PretrainResult(**every_rank).record()
-    run = RunDir(run_dir)
-    if boxes is not None:
-        boxes.save(run.boxes, protocol_json(p))
-    ckpt.save_backbone(run.backbone, method.backbone, arch=p.model.arch, cifar_stem=p.model.cifar_stem,
-                       method=p.method.name, epoch=p.optim.epochs, protocol_json=protocol_json(p),
-                       extra_meta=norm_meta(p))
-    last = history[-1] if history else {}
-    measured: dict[str, Any] = {}
-    if monitor.knn or monitor.linear:
-        measured["monitor_classes"] = monitor.num_classes
-    if monitor.linear:
-        measured["linear_top1"] = next((m["linear_top1"] for m in reversed(history) if "linear_top1" in m), None)
-    if monitor.knn:
-        measured["knn_top1_random_init"] = monitor.random_init_knn()
-    return run.write_result(PretrainResult(
-        **every_rank, final_loss=last.get("loss"),
-        knn_top1=next((m["knn_top1"] for m in reversed(history) if "knn_top1" in m), None), **measured,
-        wall_s_this_invocation=time.perf_counter() - started, device=str(device), backbone=str(run.backbone)))
+        distributed.average_buffers(method)
+        every_rank = {"method": p.method.name, "arch": p.model.arch, "epochs": p.optim.epochs,
+                      "rank": distributed.rank(), "world_size": world, "global_batch": local_batch * world, "lr": lr}
+        if not main:
+            return PretrainResult(**every_rank).record()
+        run = RunDir(run_dir)
+        if boxes is not None:
+            boxes.save(run.boxes, protocol_json(p))
+        ckpt.save_backbone(run.backbone, method.backbone, arch=p.model.arch, cifar_stem=p.model.cifar_stem,
+                           method=p.method.name, epoch=p.optim.epochs, protocol_json=protocol_json(p),
+                           extra_meta=norm_meta(p))
+        last = history[-1] if history else {}
+        measured: dict[str, Any] = {}
+        if monitor.knn or monitor.linear:
+            measured["monitor_classes"] = monitor.num_classes
+        if monitor.linear:
+            measured["linear_top1"] = next((m["linear_top1"] for m in reversed(history) if "linear_top1" in m), None)
+        if monitor.knn:
+            measured["knn_top1_random_init"] = monitor.random_init_knn()
+        record = run.write_result(PretrainResult(
+            **every_rank, final_loss=last.get("loss"),
+            knn_top1=next((m["knn_top1"] for m in reversed(history) if "knn_top1" in m), None), **measured,
+            wall_s_this_invocation=time.perf_counter() - started, device=str(device), backbone=str(run.backbone)))
+        tracking.finish(tracker, record, [run.backbone])
+    return record

@@ -27,7 +27,7 @@ from rich.table import Table
 import numpy as np
 import torch
 
-from ..config import AugmentConfig, load_protocol
+from ..config import AugmentConfig, installed, load_protocol
 from ..core import threads
 from ..core.checkpoint import random_backbone_file
 from ..core.nets import RANDOM_PREFIX
@@ -43,16 +43,6 @@ from .pretrain import run_pretrain
 DEFAULT_METHODS = ("leoclr", "mocov2")
 RANDOM_INIT = "random init"
 LEARNING_FILE = "learning.png"
-
-
-def protocol_file(name: str) -> Path:
-    """A protocol shipped with leoclr (the repo's protocols/, installed as leoclr_cli.protocols)."""
-    in_checkout = Path(__file__).resolve().parents[2] / "protocols" / name
-    if in_checkout.is_file():
-        return in_checkout
-    from importlib.resources import files
-
-    return Path(str(files("leoclr_cli.protocols").joinpath(name)))
 
 
 #: the linear probe of the quickstart: cached features of the 32-px images (so feature_norm bn and its lr),
@@ -82,7 +72,7 @@ def run_quickstart(methods: tuple[str, ...] | list[str], out_dir: Path, *, seeds
     ``overrides``: more dotted protocol fields (e.g. ``augment.crops``) on top of quickstart.yaml, the same
     for every method. Returns ``{"runs": [...], "summary": [...]}`` (also written to quickstart.json)."""
     console = console or Console(stderr=True)
-    base = load_protocol("pretrain", protocol_file("quickstart.yaml"), {"optim.epochs": epochs, **(overrides or {})})
+    base = load_protocol("pretrain", installed("quickstart"), {"optim.epochs": epochs, **(overrides or {})})
     threads.apply(base.threads, base.data.num_workers)
     coverage = None
     if base.data.source == "builtin":
@@ -99,7 +89,7 @@ def run_quickstart(methods: tuple[str, ...] | list[str], out_dir: Path, *, seeds
                                                   "seed": seed,
                                                   "threads": base.threads})
         for method in methods:
-            p = load_protocol("pretrain", protocol_file("quickstart.yaml"),
+            p = load_protocol("pretrain", installed("quickstart"),
                               {"optim.epochs": epochs, **(overrides or {}), "method.name": method, "seed": seed})
             pre = RunDir(seed_dir / method)
             t0 = time.perf_counter()
