@@ -68,9 +68,11 @@ class Monitor:
         self.num_classes: Optional[int] = None
         off = []
         if p.data.source == "folder" and (self.knn or self.linear):
-            off = [n for n, on in (("the kNN monitor (monitor.knn_every)", self.knn),
-                                   ("the online linear probe (monitor.linear_every)", self.linear)) if on]
-            why = "folder data has no labels (evaluate afterwards with leoclr knn RUN --data LABELLED_DIR)"
+            asked = [f"the kNN monitor (monitor.knn_every {cfg.knn_every})"] * self.knn + \
+                [f"the online linear probe (monitor.linear_every {cfg.linear_every})"] * self.linear
+            self.note = (f"monitor: {' and '.join(asked)} need{'s' * (len(asked) == 1)} labels and folder data has none, "
+                         f"so {'it is' if len(asked) == 1 else 'they are'} off; evaluate afterwards with leoclr knn RUN "
+                         "--data LABELLED_DIR")
             self.knn = self.linear = False
         if self.linear and not has_labels(source):
             off.append("the online linear probe (monitor.linear_every)")
@@ -89,7 +91,7 @@ class Monitor:
                 self.num_classes = self.test_src.num_classes
                 self.bank_loader = loader_for(self.bank_src, tf, p.optim.batch_size, p.data.num_workers, device)
                 self.test_loader = loader_for(self.test_src, tf, p.optim.batch_size, p.data.num_workers, device)
-        if off:
+        if off and self.note is None:
             self.note = f"monitor: {why}; {' and '.join(off)} {'is' if len(off) == 1 else 'are'} off"
         self.probe_classes = source.num_classes if self.linear else None
 
