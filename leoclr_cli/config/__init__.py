@@ -6,9 +6,9 @@ with its default documented. The models live by family (:mod:`.common`, :mod:`.p
 Everything public is importable from here.
 """
 
-from .common import (NORMALIZATION, RESNETS, AreaRange, Norm, Normalized, PositiveRange, PretrainSourceName,
-                     SourceName, Strict, Triple, area_fraction, norm_stats, ordered_pair, require_root, stat_field,
-                     threads_field)
+from .common import (NORMALIZATION, RESNETS, TIMM_PREFIX, AreaRange, Norm, Normalized, PositiveRange,
+                     PretrainSourceName, SourceName, Strict, Triple, area_fraction, check_arch, default_local_size,
+                     norm_stats, ordered_pair, require_root, stat_field, threads_field)
 from .detection import DETECT_SCHEDULES, DETECT_TRAIN_SIZES, DetectProtocol
 from .evaluation import (PROBE_LR, SMALL_IMAGES, TRANSFER_DATASETS, CropTestProtocol, EvalDataConfig,
                          EvalTransformConfig, FeatureNorm, FinetuneProtocol, KnnProtocol, LinearEvalProtocol,
@@ -16,12 +16,13 @@ from .evaluation import (PROBE_LR, SMALL_IMAGES, TRANSFER_DATASETS, CropTestProt
 from .loading import (PROTOCOLS, RUNTIME_FIELDS, first_difference, format_validation_error, load_protocol, parse_set,
                       protocol_json, set_dotted, without_runtime, write_protocol)
 from .pretrain import (AUGMENT_PARTS, AblateProtocol, AugmentConfig, AugmentPart, ContrastiveCropConfig, DataConfig,
-                       DistributedConfig, MethodConfig, MethodName, ModelConfig, MonitorConfig, OptimConfig,
-                       PretrainProtocol, TrackingConfig)
+                       DistributedConfig, LOCAL_CROP_METHODS, MethodConfig, MethodName, ModelConfig, MonitorConfig,
+                       OptimConfig, PretrainProtocol, TrackingConfig)
 
 __all__ = [
-    "NORMALIZATION", "RESNETS", "AreaRange", "Norm", "Normalized", "PositiveRange", "PretrainSourceName", "SourceName",
-    "Strict", "Triple", "area_fraction", "norm_stats", "ordered_pair", "require_root", "stat_field", "threads_field",
+    "NORMALIZATION", "RESNETS", "TIMM_PREFIX", "AreaRange", "Norm", "Normalized", "PositiveRange", "PretrainSourceName",
+    "SourceName", "Strict", "Triple", "area_fraction", "check_arch", "default_local_size", "norm_stats", "ordered_pair",
+    "require_root", "stat_field", "threads_field",
     "DETECT_SCHEDULES", "DETECT_TRAIN_SIZES", "DetectProtocol",
     "PROBE_LR", "SMALL_IMAGES", "TRANSFER_DATASETS", "eval_transform_for", "CropTestProtocol", "EvalDataConfig",
     "EvalTransformConfig", "FeatureNorm",
@@ -29,6 +30,6 @@ __all__ = [
     "PROTOCOLS", "RUNTIME_FIELDS", "first_difference", "format_validation_error", "load_protocol", "parse_set",
     "protocol_json", "set_dotted", "without_runtime", "write_protocol",
     "AUGMENT_PARTS", "AblateProtocol", "AugmentConfig", "AugmentPart", "ContrastiveCropConfig", "DataConfig",
-    "DistributedConfig", "MethodConfig", "MethodName", "ModelConfig", "MonitorConfig", "OptimConfig",
-    "PretrainProtocol", "TrackingConfig",
+    "DistributedConfig", "LOCAL_CROP_METHODS", "MethodConfig", "MethodName", "ModelConfig", "MonitorConfig",
+    "OptimConfig", "PretrainProtocol", "TrackingConfig",
 ]

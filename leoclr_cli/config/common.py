@@ -12,6 +12,33 @@ SourceName = Literal["builtin", "builtin-textures", "imagefolder", "cifar10", "c
 # pretraining also streams WebDataset tar shards (data/shards.py)
 PretrainSourceName = Literal[get_args(SourceName) + ("webdataset",)]  # type: ignore[misc]
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2")
+#: ``model.arch: timm:NAME`` names any model of the timm package (the optional extra ``leoclr[timm]``)
+TIMM_PREFIX = "timm:"
+
+
+def check_arch(arch: str) -> str:
+    """``arch`` if it names a torchvision ResNet of :data:`RESNETS` or a model timm has (``timm:NAME``);
+    otherwise a ValueError whose message is one sentence (also when timm is not installed)."""
+    if arch in RESNETS:
+        return arch
+    if arch.startswith(TIMM_PREFIX):
+        name = arch[len(TIMM_PREFIX):]
+        try:
+            import timm  # optional: only a timm arch needs it
+        except ImportError:
+            raise ValueError(f"'{arch}' needs the timm package, which is not installed "
+                             "(pip install 'leoclr[timm]')") from None
+        if not timm.is_model(name):
+            raise ValueError(f"timm {timm.__version__} has no model '{name}' (timm.list_models('*vit*') lists them)")
+        return arch
+    raise ValueError(f"unknown arch '{arch}'; choose one of {', '.join(RESNETS)}, or timm:NAME for a timm model "
+                     "(e.g. timm:vit_small_patch16_224)")
+
+
+def default_local_size(size: int, multiple: int = 4) -> int:
+    """The side of LeOCLR's local crops when ``augment.local_size`` is not given: 3/7 of the views' ``size``
+    (DINO's 96 px at 224), rounded to the nearest multiple of ``multiple`` (a ViT's patch size), at least one."""
+    return max(multiple, round(size * 3 / 7 / multiple) * multiple)
 
 # Per-dataset normalisation constants (mean, std).
 NORMALIZATION = {

@@ -1,6 +1,8 @@
 """``leoclr bench``: where the time of a pretraining step goes, MoCo-v2 vs LeOCLR, on this machine.
 
-Rows (samples/s; a LeOCLR sample is 3 views, a MoCo-v2 sample 2):
+Rows (samples/s; a LeOCLR sample is 3 views, a MoCo-v2 sample 2; the third column, on the view rows but
+the reference and on the train step, LeOCLR with :data:`LOCAL` local crops (``augment.local_crops``), 3 views
+and 4 small ones at 3/7 of the size):
 
 * views, per CPU core, on photo-sized JPEGs (ImageNet's typical 500x375, scaled with
   ``--view-size``) decoded in the loop: the reference, MoCo v2's loader (torchvision.transforms v1
@@ -36,6 +38,7 @@ from rich.table import Table
 from ..config import AugmentConfig, MethodConfig, ModelConfig, PretrainProtocol
 from ..core.engine import Checkpoints, DeviceSpec, Engine, Observers, Schedule, amp_dtype, resolve_device
 from ..core.rundir import environment, write_json
+from ..core.timm_nets import fit_kwargs, is_timm
 from ..data.gpu_views import DecodeAndDraw, TensorViews
 from ..data.ops import draft_side
 from ..data.sources import open_rgb
@@ -43,7 +46,12 @@ from ..data.views import AugmentedDataset, ViewMaker
 from ..methods import build_method
 from .pretrain import build_loader
 
-KINDS = {"mocov2": ("crop", "crop"), "leoclr": ("original", "crop", "crop")}
+#: local crops of the third column (LeOCLR's multi-crop)
+LOCAL = 4
+KINDS = {"mocov2": ("crop", "crop"), "leoclr": ("original", "crop", "crop"),
+         "leoclr_local": ("original", "crop", "crop", *("local",) * LOCAL)}
+#: the columns' (method, augment.local_crops)
+COLUMNS = {"mocov2": ("mocov2", 0), "leoclr": ("leoclr", 0), "leoclr_local": ("leoclr", LOCAL)}
 #: the view-pipeline variants of ours: (row label, augment fields)
 VARIANTS = {
     "pil": ("views: PIL default (full decode, HSV hue)", {"hue": "hsv", "draft": False}),
@@ -138,6 +146,8 @@ def view_rates(view_size: int, images: int, batch: int, device: torch.device) ->
         photos.set_draft(None)
         rates = {}
         for method, kinds in KINDS.items():
+            if COLUMNS[method][1]:  # MoCo's loader makes no local crops
+                continue
             make = MocoLoaderViews(view_size, kinds)
             rates[method] = _rate(lambda: [make(photos[i][0]) for i in range(images)], images)
         rows.append({"what": "views: reference, MoCo's loader (torchvision.transforms v1, PIL)",
@@ -145,14 +155,14 @@ def view_rates(view_size: int, images: int, batch: int, device: torch.device) ->
         for key, (label, fields) in VARIANTS.items():
             rates = {}
             for method, kinds in KINDS.items():
-                cfg = augment(view_size, **fields)
+                cfg = augment(view_size, local_crops=COLUMNS[method][1], **fields)
                 photos.set_draft(draft_side(cfg) if cfg.draft else None)
                 data = AugmentedDataset(photos, ViewMaker(cfg, kinds))
                 rates[method] = _rate(lambda: [data[i] for i in range(images)], images)
             rows.append({"what": label, "device": "cpu, 1 core", **rates})
         worker, views_cpu, views_dev = {}, {}, {}
         for method, kinds in KINDS.items():
-            cfg = augment(view_size, backend="tensor", hue="yiq")
+            cfg = augment(view_size, backend="tensor", hue="yiq", local_crops=COLUMNS[method][1])
             photos.set_draft(draft_side(cfg))
             data = AugmentedDataset(photos, DecodeAndDraw(cfg, kinds))
             worker[method] = _rate(lambda: [data[i] for i in range(images)], images)
@@ -184,8 +194,11 @@ def view_rates(view_size: int, images: int, batch: int, device: torch.device) ->
 
 
 class SyntheticViews(torch.utils.data.Dataset):
-    def __init__(self, n_views: int, size: int, length: int):
-        self.views = [torch.randn(3, size, size) for _ in range(n_views)]
+    """The same random views for every item: ``kinds`` at ``size`` px, a local one at its default side."""
+
+    def __init__(self, kinds: tuple[str, ...], size: int, length: int):
+        local = augment(size).local_side
+        self.views = [torch.randn(3, local, local) if k == "local" else torch.randn(3, size, size) for k in kinds]
         self.length = length
 
     def __len__(self) -> int:
@@ -204,11 +217,14 @@ def _gpu_util(device: torch.device, stop: threading.Event, samples: list[float])
 
 
 def engine_rate(method: str, arch: str, batch: int, loader: torch.utils.data.DataLoader, device: torch.device,
-                batch_transform: Optional[Callable] = None) -> dict[str, Any]:
-    """Samples/s of the engine's second epoch over ``loader`` (the first warms up), with peak
-    memory and mean utilisation on CUDA."""
+                batch_transform: Optional[Callable] = None, size: int = 224) -> dict[str, Any]:
+    """Samples/s of the engine's second epoch over ``loader`` (the first warms up) for the column ``method``,
+    with peak memory and mean utilisation on CUDA (a timm ``arch`` is built for ``size`` px views)."""
     splits = 8 if batch % 8 == 0 and batch >= 32 else 1  # at least 4 samples per split
-    model = build_method(ModelConfig(arch=arch, bn_splits=splits), MethodConfig(name=method, queue_size=4096))
+    name, local = COLUMNS[method]
+    kwargs = fit_kwargs(arch, size) if is_timm(arch) else None
+    model = build_method(ModelConfig(arch=arch, bn_splits=splits, timm_kwargs=kwargs),
+                         MethodConfig(name=name, queue_size=4096), local)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     cuda = device.type == "cuda"
     if cuda:
@@ -244,12 +260,12 @@ def _row(what: str, device: torch.device, results: dict[str, dict[str, Any]]) ->
 def end_to_end(method: str, arch: str, size: int, batch: int, steps: int, workers: int, device: torch.device,
                backend: str) -> dict[str, Any]:
     fields = {"tensor": {"backend": "tensor", "hue": "yiq"}, **{k: v[1] for k, v in VARIANTS.items()}}[backend]
-    p = PretrainProtocol(augment=augment(size, **fields), model=ModelConfig(bn_splits=1),
-                         data={"num_workers": workers}, optim={"batch_size": batch})
+    p = PretrainProtocol(augment=augment(size, local_crops=COLUMNS[method][1], **fields),
+                         model=ModelConfig(bn_splits=1), data={"num_workers": workers}, optim={"batch_size": batch})
     source = JpegPhotos(jpeg_photos(16, photo_size(size)), batch * steps)
     loader = build_loader(p, source, KINDS[method], device)
     transform = TensorViews(p.augment, KINDS[method]).to(device) if backend == "tensor" else None
-    return engine_rate(method, arch, batch, loader, device, transform)
+    return engine_rate(method, arch, batch, loader, device, transform, size)
 
 
 def run_bench(*, device: str, arch: str, size: int, batch_size: int, steps: int, images: int, view_size: int = 224,
@@ -260,12 +276,14 @@ def run_bench(*, device: str, arch: str, size: int, batch_size: int, steps: int,
     rows = view_rates(view_size, images, batch_size, dev)
     step = {}
     for m, kinds in KINDS.items():
-        loader = torch.utils.data.DataLoader(SyntheticViews(len(kinds), size, batch_size * steps),
+        loader = torch.utils.data.DataLoader(SyntheticViews(kinds, size, batch_size * steps),
                                              batch_size=batch_size, drop_last=True)
-        step[m] = engine_rate(m, arch, batch_size, loader, dev)
+        step[m] = engine_rate(m, arch, batch_size, loader, dev, size=size)
     rows.append(_row(f"train step ({arch}, {size} px, synthetic views)", dev, step))
     for backend in ("pil", "fast", "tensor"):
-        results = {m: end_to_end(m, arch, size, batch_size, steps, workers, dev, backend) for m in KINDS}
+        # the local-crop column is the views' and the train step's cost; end to end it would be their sum again
+        results = {m: end_to_end(m, arch, size, batch_size, steps, workers, dev, backend) for m in KINDS
+                   if not COLUMNS[m][1]}
         rows.append(_row(f"end to end ({backend} views, {workers} workers, {size} px)", dev, results))
     ratio = step["mocov2"]["rate"] / step["leoclr"]["rate"]
     if json_out is not None:
@@ -280,7 +298,7 @@ def bench_table(rows: list[dict[str, Any]], *, arch: str, batch_size: int, view_
     table = Table(title=f"leoclr bench: {arch}, batch {batch_size}; views at {view_size} px from "
                         f"photo-sized JPEGs, train at {size} px")
     cols = ("what", "device", "mocov2 samples/s", "leoclr samples/s", "leoclr / mocov2 cost", "leoclr vs reference",
-            "peak GiB", "GPU util %")
+            f"leoclr +{LOCAL} local samples/s", f"+{LOCAL} local / leoclr cost", "peak GiB", "GPU util %")
     for col in cols:
         table.add_column(col, justify="left" if col in ("what", "device") else "right")
 
@@ -288,7 +306,9 @@ def bench_table(rows: list[dict[str, Any]], *, arch: str, batch_size: int, view_
         return "" if v is None else format(v, spec)
 
     for r in rows:
+        local = r.get("leoclr_local")
         table.add_row(r["what"], r["device"], f"{r['mocov2']:.1f}", f"{r['leoclr']:.1f}",
-                      f"{r['mocov2'] / r['leoclr']:.2f}x", fmt(r.get("vs_reference"), ".2f"),
+                      f"{r['mocov2'] / r['leoclr']:.2f}x", fmt(r.get("vs_reference"), ".2f"), fmt(local, ".1f"),
+                      "" if local is None else f"{r['leoclr'] / local:.2f}x",
                       fmt(r.get("peak_gib"), ".2f"), fmt(r.get("gpu_util"), ".0f"))
     return table

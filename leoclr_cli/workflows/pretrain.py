@@ -13,12 +13,14 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..config import (EvalDataConfig, EvalTransformConfig, PretrainProtocol, eval_transform_for, norm_stats,
-                      protocol_json)
+from ..config import (EvalDataConfig, EvalTransformConfig, OptimConfig, PretrainProtocol, default_local_size,
+                      eval_transform_for, norm_stats, protocol_json)
 from ..core import checkpoint as ckpt
 from ..core import distributed, preempt, tracking
 from ..core.engine import (Checkpoints, DeviceSpec, Engine, Observers, Schedule, amp_dtype, cosine_lr, require_a_batch,
-                           resolve_device)
+                           resolve_device, warmup_lr)
+from ..core.nets import has_batchnorm
+from ..core.timm_nets import fit_kwargs, is_timm, patch_size
 from ..core.results import PretrainResult
 from ..core.rundir import RunDir, command
 from ..data import default_eval_splits, open_pretrain_data
@@ -108,6 +110,60 @@ def resolve_normalize(p: PretrainProtocol, source, run_dir: Path, resume: Option
                           f"{min(aug.normalize_sample, len(source))} images of split '{p.data.split}'", highlight=False,
                           soft_wrap=True)
     return p.model_copy(update={"augment": aug.model_copy(update={"mean": stats[0], "std": stats[1]})})
+
+
+def resolve_model(p: PretrainProtocol) -> PretrainProtocol:
+    """``p`` with what the views decide written into it, so protocol.yaml records it and a resume
+    recomputes the same: a timm arch's ``model.timm_kwargs`` completed for ``augment.size``
+    (:func:`~..core.timm_nets.fit_kwargs`), and with local crops ``augment.local_size`` (default 3/7 of the
+    size, a multiple of a ViT's patch, which it must be)."""
+    model, aug = p.model, p.augment
+    if is_timm(model.arch):
+        model = model.model_copy(update={"timm_kwargs": fit_kwargs(model.arch, aug.size, model.timm_kwargs)})
+    if aug.local_crops:
+        patch = patch_size(model.timm_kwargs) if is_timm(model.arch) else None
+        side = aug.local_size or default_local_size(aug.size, patch or 4)
+        if patch and side % patch:
+            raise UserError(f"augment.local_size ({side}) must be a multiple of the patch size ({patch}) of "
+                            f"{model.arch}")
+        aug = aug.model_copy(update={"local_size": side})
+    return p.model_copy(update={"model": model, "augment": aug})
+
+
+def build_optimizer(method: torch.nn.Module, o: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """``optim.name`` over the trained parameters: SGD with momentum (MoCo) or AdamW; without
+    ``decay_norm_bias`` the 1-D tensors (biases, norm weights) form a second group without weight decay
+    (DINO's rule). With the defaults of SGD it is one group, exactly MoCo's optimizer."""
+    named = [(n, q) for n, q in method.named_parameters() if q.requires_grad]
+    if o.decays_norm_bias:
+        groups: list[dict[str, Any]] = [{"params": [q for _, q in named]}]
+    else:
+        groups = [{"params": [q for _, q in named if q.ndim > 1]},
+                  {"params": [q for _, q in named if q.ndim <= 1], "weight_decay": 0.0}]
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def lr_schedule(o: OptimConfig, lr: float, steps: int, seed: int) -> Schedule:
+    """The lr per epoch (cosine or constant; MoCo), or with ``warmup_epochs`` per step: the warm-up, then the
+    schedule over the remaining steps of the ``steps`` per epoch."""
+    lr_at = cosine_lr(lr, o.epochs) if o.schedule == "cosine" else (lambda e: lr)
+    if not o.warmup_epochs:
+        return Schedule(o.epochs, lr_at, seed=seed)
+    warm = max(1, round(o.warmup_epochs * steps))
+    return Schedule(o.epochs, lr_at, lr_at_step=warmup_lr(lr, warm, o.epochs * steps, o.schedule == "cosine"),
+                    seed=seed)
+
+
+def batchnorm_note(p: PretrainProtocol, method: torch.nn.Module, world: int) -> Optional[str]:
+    """One line when the backbone has no BatchNorm but the protocol asks for what acts on it."""
+    asked = [what for what, on in (("model.bn_splits", p.model.bn_splits > 1), ("shuffle-BN", p.model.shuffle_bn),
+                                   ("distributed.bn sync", world > 1 and p.distributed.bn == "sync")) if on]
+    if not asked or has_batchnorm(method.backbone):
+        return None
+    listed = " and ".join([", ".join(asked[:-1]), asked[-1]] if len(asked) > 1 else asked)
+    return f"note: {p.model.arch} has no BatchNorm, so {listed} {'does' if len(asked) == 1 else 'do'} not apply (skipped)"
 
 
 def scale_out(p: PretrainProtocol, world: int) -> tuple[int, float, str]:
@@ -220,7 +276,7 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
               resume: Optional[str], force: bool, quiet: bool, console: Console) -> dict[str, Any]:
     main = distributed.is_main()
     local_batch, lr, scale_text = scale_out(p, world)
-    p = resolve_normalize(p, source, Path(run_dir), resume, console, quiet)
+    p = resolve_model(resolve_normalize(p, source, Path(run_dir), resume, console, quiet))
     tracking.check(p.log)
     if not main:
         quiet, console = True, Console(quiet=True)
@@ -230,7 +286,13 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
             console.print(f"note: model.bn_splits={p.model.bn_splits} splits each rank's batch again for BN; "
                           "set model.bn_splits=1 for one BN per process", highlight=False)
     seed_everything(p.seed, p.deterministic)
-    method = build_method(p.model, p.method)
+    method = build_method(p.model, p.method, p.augment.local_crops)
+    if p.augment.crops == "contrastive" and not hasattr(method.backbone, "layer4"):
+        raise UserError(f"augment.crops 'contrastive' localises its boxes on a ResNet's layer4, which "
+                        f"{p.model.arch} does not have (use augment.crops random or center-box)")
+    note = batchnorm_note(p, method, world)
+    if note and not quiet:
+        console.print(note, highlight=False, soft_wrap=True)
     if world > 1 and p.distributed.bn == "sync":
         method.use_sync_batchnorm(device)
     if p.compile != "off":
@@ -246,9 +308,8 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
     batch_transform = None
     if p.augment.backend == "tensor":
         batch_transform = TensorViews(p.augment, method.views).to(device)
-    optimizer = torch.optim.SGD([q for q in method.parameters() if q.requires_grad], lr=lr,
-                                momentum=p.optim.momentum, weight_decay=p.optim.weight_decay)
-    lr_at = cosine_lr(lr, p.optim.epochs) if p.optim.schedule == "cosine" else (lambda e: lr)
+    optimizer = build_optimizer(method, p.optim, lr)
+    schedule = lr_schedule(p.optim, lr, len(loader), p.seed)
 
     hooks: list[Any] = []
     if boxes is not None:
@@ -278,7 +339,7 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
 
     tracker = open_tracker(p, run_dir, source, resume_from, len(loader)) if main else None
     started = time.perf_counter()
-    engine = Engine(method, optimizer, loader, schedule=Schedule(p.optim.epochs, lr_at, seed=p.seed),
+    engine = Engine(method, optimizer, loader, schedule=schedule,
                     checkpoints=Checkpoints(run_dir, protocol_json(p), every=p.checkpoint_every,
                                             every_steps=p.checkpoint_every_steps, keep=p.keep_checkpoints),
                     device=DeviceSpec(device, amp_dtype(p.amp, device),
@@ -301,7 +362,7 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
         boxes.save(run.boxes, protocol_json(p))
     ckpt.save_backbone(run.backbone, method.backbone, arch=p.model.arch, cifar_stem=p.model.cifar_stem,
                        method=p.method.name, epoch=p.optim.epochs, protocol_json=protocol_json(p),
-                       extra_meta=norm_meta(p))
+                       extra_meta=norm_meta(p), timm_kwargs=p.model.timm_kwargs)
     last = history[-1] if history else {}
     return run.write_result(PretrainResult(
         **every_rank, final_loss=last.get("loss"),
