@@ -3,16 +3,29 @@
 
 from __future__ import annotations
 
+from typing import Any, Iterable, Sequence
+
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-out = Console()
+out = Console(soft_wrap=True)  # a result line is never wrapped (grep top-1 log keeps its number)
 err = Console(stderr=True)
 
 
 def say(line: str) -> None:
     """A note on stderr, as written (no highlighting, never wrapped)."""
     err.print(line, highlight=False, soft_wrap=True)
+
+
+def rows_table(title: str, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    """A table of plain text cells (no markup read in them)."""
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header)
+    for row in rows:
+        table.add_row(*(Text(str(cell)) for cell in row))
+    return table
 
 
 def print_table(table: Table) -> None:

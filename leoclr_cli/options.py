@@ -10,25 +10,43 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
+from typer.core import TyperCommand
 
-from .config import parse_set
+from . import lazy
+from .console import say
 
 TARGET_HELP = ("a pretraining run directory, a backbone.safetensors, or random:ARCH, a seeded random-init backbone "
                "(random:resnet18, random:resnet18-cifar, random:resnet50)")
 METHOD_HELP = "leoclr, mocov2, simclr, leoclr-e2e, leoclr-random-original or leoclr-attract-all"
 CROPS_HELP = "random (RandomResizedCrop), contrastive (ContrastiveCrop) or center-box"
 
+
+
+def find_protocol(value: Optional[Path]) -> Optional[Path]:
+    """``-p``: a file, or an installed protocol by name (a relative path missing here falls back to the
+    installed protocol of its file name, with a note on stderr)."""
+    if value is None:
+        return None
+    path, note = lazy.find_protocol(value)
+    if note:
+        say(f"note: {note}")
+    return path
+
+
 # shared by several commands
-Protocol = typer.Option(None, "--protocol", "-p", help="protocol YAML (see protocols/)")
+Protocol = typer.Option(None, "--protocol", "-p", callback=find_protocol,
+                        help="a protocol by name (-p quickstart; leoclr protocols lists them) or a YAML file")
 Method = typer.Option(None, "--method", "-m", help=METHOD_HELP)
 Crops = typer.Option(None, "--crops", help=CROPS_HELP)
-PretrainSource = typer.Option(None, "--source", help="builtin, imagefolder, cifar10, cifar100, stl10, webdataset")
-Arch = typer.Option(None, "--arch")
-Epochs = typer.Option(None, "--epochs")
-Batch = typer.Option(None, "--batch-size", "-b")
-Lr = typer.Option(None, "--lr")
-Workers = typer.Option(None, "--workers", "-j")
-Seed = typer.Option(None, "--seed")
+PretrainSource = typer.Option(None, "--source", help="builtin, folder (unlabeled images at any depth), imagefolder, "
+                                                     "cifar10, cifar100, stl10, webdataset (default: inferred from "
+                                                     "--data's layout)")
+Arch = typer.Option(None, "--arch", help="backbone: resnet18, resnet34, resnet50, ..., or timm:NAME (any timm model)")
+Epochs = typer.Option(None, "--epochs", help="training epochs")
+Batch = typer.Option(None, "--batch-size", "-b", help="images per step (all GPUs together)")
+Lr = typer.Option(None, "--lr", help="learning rate")
+Workers = typer.Option(None, "--workers", "-j", help="DataLoader worker processes")
+Seed = typer.Option(None, "--seed", help="random seed of the run")
 Device = typer.Option(None, "--device", help="auto, cpu or cuda")
 Resume = typer.Option(None, "--resume", help="a checkpoint file, a run directory, or 'auto'")
 PartsResume = typer.Option(None, "--resume", help="'auto' (or the run directory itself): continue in --out a run "
@@ -41,10 +59,14 @@ LogEvery = typer.Option(None, "--log-every", min=1, help="stderr not a terminal 
 Threads = typer.Option(None, "--threads", min=1, help="CPU threads of the training process (default: the cores this "
                                                       "process may use less one per loader worker; OMP_NUM_THREADS is "
                                                       "kept)")
-Sets = typer.Option(None, "--set", help="override any protocol field: --set optim.lr=0.1 (repeatable)")
+Sets = typer.Option(None, "--set", help="override any protocol field: --set optim.lr=0.1 (repeatable; "
+                                         "leoclr protocols show NAME --fields lists them)")
 Target = typer.Argument(..., help=TARGET_HELP)
+Json = typer.Option(False, "--json", help="print the run's result.json on stdout instead of the summary line (stdout "
+                                          "then holds that JSON only; progress and notes stay on stderr)")
 LabelledData = typer.Option(None, "--data", help="labelled dataset root")
-Source = typer.Option(None, "--source")
+Source = typer.Option(None, "--source", help="imagefolder, cifar10, cifar100, stl10, builtin, ... (default: the "
+                                            "pretraining run's, or inferred from --data's layout)")
 EvalSeed = typer.Option(None, "--seed", help="the run's seed, and the seed of a random:ARCH backbone (default 0)")
 
 # leoclr pretrain
@@ -54,6 +76,8 @@ PretrainSplit = typer.Option(None, "--split", help="split to pretrain on")
 OnBadImage = typer.Option(None, "--on-bad-image", help="an undecodable image: error (stop, naming it) or skip (count "
                                                        "it)")
 CheckpointEverySteps = typer.Option(None, "--checkpoint-every-steps", help="also checkpoint every N steps (0 = off)")
+AllowPipe = typer.Option(False, "--allow-pipe", help="let a protocol's webdataset data.root run a 'pipe:CMD' shell "
+                                                   "command (a pipe given with --data or --set data.root runs anyway)")
 PretrainOut = typer.Option(Path("runs/pretrain"), "--out", "-o", help="run directory")
 
 # leoclr linear-eval
@@ -64,8 +88,8 @@ Selection = typer.Option(None, "--selection", help="val (default: a held-out 10%
 LinearOut = typer.Option(None, "--out", "-o", help="run directory (default RUN/linear-eval)")
 
 # leoclr knn
-K = typer.Option(None, "--k")
-T = typer.Option(None, "--t")
+K = typer.Option(None, "--k", help="neighbours that vote")
+T = typer.Option(None, "--t", help="temperature of the similarity weights exp(sim / t)")
 KnnOut = typer.Option(None, "--out", "-o", help="run directory (default RUN/knn)")
 
 # leoclr crop-test
@@ -79,16 +103,36 @@ Remove = typer.Option(..., "--remove", help="color, grayscale, blur, flip, all-b
 Baseline = typer.Option(None, "--baseline", help="the full-augmentation run (pretraining run with linear-eval/, or a "
                                                  "linear-eval run); its protocols are the defaults")
 Metric = typer.Option(None, "--metric", help="top1 (default: the classifier selected on validation) or top1_last")
-AblateProtocol = typer.Option(None, "--protocol", "-p", help="pretraining protocol YAML (default: the baseline's)")
+AblateProtocol = typer.Option(None, "--protocol", "-p", callback=find_protocol,
+                              help="pretraining protocol, by name or file (default: the baseline's)")
 RawData = typer.Option(None, "--data", help="dataset root (official on-disk layout)")
-LinearProtocol = typer.Option(None, "--linear-protocol", help="linear-eval protocol YAML (default: the baseline's)")
+LinearProtocol = typer.Option(None, "--linear-protocol", callback=find_protocol,
+                              help="linear-eval protocol, by name or file (default: the baseline's)")
 LinearSets = typer.Option(None, "--linear-set", help="override a linear-eval field (repeatable)")
 AblateOut = typer.Option(None, "--out", "-o", help="run directory (default runs/ablate-METHOD-PARTS)")
 AblateResume = typer.Option(False, "--resume", help="continue an interrupted ablation in --out")
 
 # leoclr export
-ExportTo = typer.Option("detectron2", "--to", help="target format: detectron2")
-ExportOut = typer.Option(..., "--out", "-o", help="output file (.pkl for detectron2)")
+ExportTo = typer.Option("detectron2", "--to", help="target format: detectron2 (a .pkl), torchvision or timm (a .pth "
+                                                   "state dict that the stock ResNet loads with strict=False, only "
+                                                   "fc.* missing)")
+ExportOut = typer.Option(..., "--out", "-o", help="output file (.pkl for detectron2, .pth for torchvision and timm)")
+
+# leoclr embed
+EmbedData = typer.Option(..., "--data", help="the images: a folder (any depth, unlabeled) or any dataset root that "
+                                             "--data takes elsewhere")
+EmbedOut = typer.Option(..., "--out", "-o", help="FILE.safetensors (features, labels, head; paths in its metadata) or "
+                                                 "FILE.parquet (needs pyarrow)")
+EmbedSource = typer.Option(None, "--source", help="folder (unlabeled images at any depth), imagefolder, cifar10, "
+                                                 "cifar100, stl10, ... (default: inferred from --data's layout)")
+EmbedSplit = typer.Option(None, "--split", help="split of a labelled dataset (default: its train split)")
+Head = typer.Option(False, "--head", help="also the projection head's output (a pretraining run directory)")
+EmbedBatch = typer.Option(256, "--batch-size", "-b", help="images per forward pass")
+EmbedWorkers = typer.Option(0, "--workers", "-j", help="DataLoader worker processes")
+EmbedDevice = typer.Option("auto", "--device", help="auto, cpu or cuda")
+EmbedOnBadImage = typer.Option("error", "--on-bad-image", help="an undecodable image: error (stop, naming it) or skip "
+                                                               "(leave its row out, counted)")
+EmbedForce = typer.Option(False, "--force", help="overwrite an existing --out file")
 
 # leoclr detect
 DetectDataset = typer.Argument(..., help="voc or coco")
@@ -126,13 +170,14 @@ Seeds = typer.Option(1, "--seeds", min=1, help="seeds to repeat everything with 
 QuickstartOut = typer.Option(None, "--out", "-o", help="default runs/quickstart")
 
 # leoclr bench
-BenchArch = typer.Option("resnet18", "--arch")
+BenchArch = typer.Option("resnet18", "--arch", help="backbone of the train-step and end-to-end rows")
 BenchSize = typer.Option(32, "--size", help="view size of the train-step and end-to-end rows")
 ViewSize = typer.Option(224, "--view-size", help="view size of the view-pipeline rows")
-BenchBatch = typer.Option(64, "--batch-size", "-b")
+BenchBatch = typer.Option(64, "--batch-size", "-b", help="images per train step")
 BenchSteps = typer.Option(5, "--steps", help="timed train steps per method")
 BenchImages = typer.Option(128, "--images", help="images through each view pipeline")
 BenchWorkers = typer.Option(0, "--workers", "-j", help="DataLoader workers of the end-to-end rows")
+BenchRounds = typer.Option(3, "--rounds", min=1, help="rounds of the interleaved measurements (each row: their median)")
 BenchJson = typer.Option(None, "--json", help="also write the numbers as JSON")
 
 # leoclr views
@@ -157,6 +202,12 @@ BoxesOut = typer.Option(Path("boxes.png"), "--out", "-o", help="PNG file to writ
 BoxesCount = typer.Option(16, "--count", "-n", min=1, max=256, help="images in the grid")
 BoxesCell = typer.Option(128, "--cell", min=16, max=1024, help="pixels per image in the grid")
 
+# leoclr protocols show
+ShowName = typer.Argument(..., help="an installed protocol (leoclr protocols lists them), a protocol file, or a kind "
+                                    "(pretrain, linear-eval, knn, finetune, transfer, detect, crop-test, ablate) for "
+                                    "its built-in defaults")
+ShowFields = typer.Option(False, "--fields", help="every field with its type, value and description, one per row")
+
 # leoclr info
 InfoPath = typer.Argument(..., help="any .safetensors file written by leoclr")
 
@@ -173,14 +224,85 @@ ImportForce = typer.Option(False, "--force", help="overwrite an existing --out f
 def overrides(sets: Optional[List[str]], **flags: Any) -> dict[str, Any]:
     """The protocol fields a command's flags set (unset flags left out), then every ``--set field=value``."""
     merged = {k: v for k, v in flags.items() if v is not None}
-    merged.update(parse_set(sets or []))
+    merged.update(lazy.parse_set(sets or []))
     return merged
 
 
-def data_flags(source: Optional[str], data: Optional[Path | str]) -> dict[str, Any]:
-    """``--source`` and ``--data`` as the protocol's ``data.source`` / ``data.root`` (``~`` expanded)."""
-    return {"data.source": source, "data.root": os.path.expanduser(str(data)) if data else None}
+#: the protocol each command's flags set, where it is not the command's own name
+KIND = {"ablate": "pretrain", "quickstart": "pretrain", "views": "pretrain"}
+_DATA = {"source": "data.source", "data": "data.root"}
+_PRETRAIN = {"method": "method.name", "arch": "model.arch", "epochs": "optim.epochs", "batch_size": "optim.batch_size",
+             "workers": "data.num_workers", "seed": "seed", "device": "device", "threads": "threads", **_DATA}
+_EVAL = {"device": "device", "threads": "threads", **_DATA}
+
+#: the protocol field each flag of a command sets (the command's --help names it and its default: the value of
+#: -p's protocol when one is given, else the built-in default); :func:`fields` turns the flags given into them
+FIELDS: dict[str, dict[str, str]] = {
+    "pretrain": {**_PRETRAIN, "crops": "augment.crops", "split": "data.split", "lr": "optim.lr",
+                 "on_bad_image": "data.on_bad_image", "checkpoint_every_steps": "checkpoint_every_steps"},
+    "linear-eval": {**_EVAL, "epochs": "epochs", "lr": "lr", "batch_size": "batch_size", "workers": "data.num_workers",
+                    "train_augment": "train_augment", "probe": "probe", "selection": "selection", "seed": "seed"},
+    "knn": {**_EVAL, "k": "k", "t": "t"},
+    "crop-test": {**_EVAL, "repeats": "repeats"},
+    "ablate": dict(_PRETRAIN),
+    "detect": {"dataset": "dataset", "schedule": "schedule", "backend": "backend", "gpus": "gpus", "trials": "trials",
+               "seed": "seed", "device": "device", "threads": "threads", "workers": "num_workers", "data": "root"},
+    "finetune": {**_EVAL, "epochs": "epochs", "lr": "lr", "batch_size": "batch_size", "seed": "subset_seed",
+                 "workers": "data.num_workers", "subset_file": "subset_file"},
+    "transfer": {"dataset": "dataset", "mode": "mode", "batch_size": "batch_size", "device": "device",
+                 "workers": "num_workers", "threads": "threads", "seed": "seed", "data": "root"},
+    "quickstart": {"crops": "augment.crops", "epochs": "optim.epochs", "threads": "threads"},
+    "views": {"method": "method.name", "split": "data.split", **_DATA},
+}
 
 
-def expand(path: Optional[Path]) -> Optional[str]:
-    return str(path.expanduser()) if path else None
+def pipe_allowed(flag: bool, data: Optional[str], sets: Optional[List[str]]) -> bool:
+    """Whether a ``pipe:`` data root may run: ``--allow-pipe``, or the root was given on the command line."""
+    return flag or data is not None or any(item.split("=", 1)[0].strip() == "data.root" for item in sets or [])
+
+
+def fields(command: str, flags: dict[str, Any]) -> dict[str, Any]:
+    """The protocol fields (dotted) that ``command``'s flags given in ``flags`` (its ``locals()``) set; paths
+    with ``~`` expanded."""
+    found = {}
+    for name, field in FIELDS[command].items():
+        value = flags.get(name)
+        if isinstance(value, Path) or (value is not None and field.endswith("root")):
+            value = os.path.expanduser(str(value))
+        found[field] = value
+    return found
+
+
+def protocol_given(args: list[str]) -> Optional[str]:
+    """The value of ``-p``/``--protocol`` among a command line's arguments, if any."""
+    for i, arg in enumerate(args):
+        if arg in ("-p", "--protocol") and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--protocol="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+class ProtocolCommand(TyperCommand):
+    """A command whose ``--help`` ends each flag's help with the protocol field it sets and that field's
+    default (the protocol's own value with ``-p NAME --help``)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        ctx.meta["leoclr.args"] = list(args)
+        return super().parse_args(ctx, args)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        table = FIELDS.get(self.name or "")
+        if table:
+            kind = KIND.get(self.name or "", self.name or "")
+            given = protocol_given(ctx.meta.get("leoclr.args", []))
+            path = lazy.find_protocol(given)[0] if given else None
+            tree = lazy.resolved(lazy.PROTOCOLS[kind], path)
+            for param in self.params:
+                field = table.get(param.name or "")
+                if field and param.param_type_name == "option":
+                    value = lazy.value_at(tree, field)
+                    shown = "" if value is None else f", {value} in {path.stem}" if path else f", default {value}"
+                    base = param.__dict__.setdefault("leoclr_help", param.help)
+                    param.help = f"{base} (protocol field {field}{shown})"
+        super().format_help(ctx, formatter)

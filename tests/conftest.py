@@ -31,3 +31,9 @@ def random_backbone(tmp_path_factory):
     ckpt.save_backbone(path, build_backbone("resnet18"), arch="resnet18", cifar_stem=False, method="leoclr", epoch=0,
                        protocol_json=protocol_json(p))
     return path
+
+
+@pytest.fixture
+def small_probe(monkeypatch):
+    """The quickstart's probe reads the protocol's built-in counts instead of its 10,000 / 5,000 images."""
+    monkeypatch.setattr("leoclr_cli.workflows.quickstart.PROBE_IMAGES", (0, 0))

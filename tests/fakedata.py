@@ -364,3 +364,34 @@ def make_birdsnap(root: Path, per_class_train: int = 4, per_class_test: int = 2,
     (root / "images.txt").write_text("\n".join(images) + "\n")
     (root / "test_images.txt").write_text("\n".join(tests) + "\n")
     return root
+
+
+#: scikit-image's bundled photographs that the unlabeled photo folders are cut from
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
+
+
+def make_photos(root: Path, n: int = 10, size: int = 32, seed: int = 0,
+                others: tuple[str, ...] = ("notes.txt",)) -> Path:
+    """Write ``n`` unlabeled photos, crops of scikit-image's bundled photographs, nested by date as a phone
+    export is (``root/2023/01-05/IMG_0001.jpg``, some ``.PNG`` and ``.jpeg``, one flat in ``root``), plus the
+    non-image files ``others`` (``root/<name>``). Crops are ``size`` x ``size`` (some 1.5 x wider). Return ``root``."""
+    import skimage.data
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    pictures = [np.asarray(getattr(skimage.data, name)())[..., :3] for name in PHOTOS]
+    for i in range(n):
+        pic = pictures[i % len(pictures)]
+        h, w = size, size * 3 // 2 if i % 3 == 0 else size
+        scale = int(rng.integers(1, max(2, min(6, pic.shape[0] // h, pic.shape[1] // w) + 1)))
+        top = int(rng.integers(0, pic.shape[0] - h * scale))
+        left = int(rng.integers(0, pic.shape[1] - w * scale))
+        crop = Image.fromarray(np.ascontiguousarray(pic[top: top + h * scale, left: left + w * scale]))
+        crop = crop.resize((w, h), Image.Resampling.BILINEAR)
+        folder = root if i == 0 else root / f"202{3 + i % 2}" / f"0{1 + i % 3}-{10 + i % 5}"
+        folder.mkdir(parents=True, exist_ok=True)
+        ending = (".PNG", ".jpeg", ".jpg")[i % 3]
+        crop.save(folder / f"IMG_{i:04d}{ending}", format="PNG" if ending == ".PNG" else "JPEG", quality=92)
+    for name in others:
+        (root / name).write_text("not an image\n")
+    return root

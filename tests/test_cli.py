@@ -123,7 +123,7 @@ def test_data_without_source_reads_the_layout_of_the_directory(capsys, tmp_path)
     built-in data; a directory it cannot place stops with one sentence and writes nothing."""
     from fakedata import make_cifar10, make_stl10
 
-    from leoclr_cli.workflows.quickstart import protocol_file
+    from leoclr_cli.config.catalog import installed as protocol_file
 
     root = make_cifar10(tmp_path / "data", n_train=20, n_test=10)
     run_dir = tmp_path / "run"

@@ -223,12 +223,21 @@ def test_detect_voc_torchvision_two_trials_learns_nothing_broken(r50, voc_root, 
     assert metrics[-1]["iteration"] == 2 and {"loss_classifier", "loss_objectness"} <= set(metrics[-1])
 
 
-def test_detect_coco_torchvision(r50, coco_root, tmp_path, capsys):
+def test_detect_coco_torchvision_and_its_tracker(r50, coco_root, tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     out = tmp_path / "coco"
     code, _, err = run(["detect", "coco", str(r50), "--data", str(coco_root), "--out", str(out), "--backend",
-                        "torchvision", *TINY], capsys)
+                        "torchvision", "--set", "log.tensorboard=true", *TINY], capsys)
     assert code in (0, None), err
-    check_run(out, "coco", "torchvision")
+    result = check_run(out, "coco", "torchvision")
+    # log.*: each trial's steps, its metrics records and its AP, in trial-N/tensorboard
+    events = EventAccumulator(str(out / "trial-0" / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    assert [e.step for e in events.Scalars("step/loss")] == [1, 2]
+    metrics = [json.loads(line) for line in (out / "trial-0" / "metrics.jsonl").read_text().splitlines()]
+    assert [e.value for e in events.Scalars("epoch/loss_classifier")] == \
+        pytest.approx([m["loss_classifier"] for m in metrics], rel=1e-5)
+    assert [e.value for e in events.Scalars("result/AP")] == pytest.approx([result["per_trial"][0]["AP"]])
 
 
 @needs_d2
@@ -378,7 +387,7 @@ def test_detectron2_backend_asked_but_missing(r50, voc_root, tmp_path, capsys, m
                                                          ("detect_coco_r50c4_1x", 90000, [60000, 80000], "coco"),
                                                          ("detect_coco_r50c4_2x", 180000, [120000, 160000], "coco")])
 def test_shipped_detection_protocols(name, iters, steps, dataset):
-    from leoclr_cli.workflows.quickstart import protocol_file
+    from leoclr_cli.config.catalog import installed as protocol_file
     from leoclr_cli.config import load_protocol
 
     p = load_protocol("detect", protocol_file(name + ".yaml"), {"root": "x"})

@@ -155,7 +155,7 @@ def test_bad_images_skipped_and_counted(tmp_path, capsys):
     ("empty-dataset", "has no images"),
     ("no-class-folders", "has no class folders"),
     ("bad-choice", "data.on_bad_image"),
-    ("batch-larger-than-data", "fewer images than one batch"),
+    ("batch-larger-than-data", "the batch size (8) is larger than the 4 images of the dataset"),
 ])
 def test_bad_data_inputs(tmp_path, capsys, case, needle):
     root = make_imagefolder(tmp_path / "data", classes=2, per_class=2, size=20, splits=("train",))

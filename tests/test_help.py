@@ -63,3 +63,69 @@ def test_a_table_on_a_terminal_is_drawn_by_rich(monkeypatch):
     console.print_table(table)
     assert "┃" in buf.getvalue() or "│" in buf.getvalue()
     assert "|---|" not in buf.getvalue()
+
+
+def all_commands(group=None, prefix=()):
+    """(words, command) of every command and subcommand (``protocols show``)."""
+    group = group or typer.main.get_command(cli.app)
+    for name, command in sorted(group.commands.items()):
+        yield prefix + (name,), command
+        if hasattr(command, "commands"):
+            yield from all_commands(command, prefix + (name,))
+
+
+def test_every_option_and_argument_of_every_command_has_help_text():
+    missing = [f"{' '.join(words)} {p.name}" for words, command in all_commands() for p in command.params
+               if not (getattr(p, "help", None) or "").strip()]
+    assert not missing, missing
+    assert len(list(all_commands())) >= 18
+
+
+HELP_PROBE = """
+import sys
+from leoclr_cli.cli import main
+def helps(argv):
+    try:
+        main(argv)
+    except SystemExit as e:
+        assert e.code in (0, None), (argv, e.code)
+helps(["--help"])
+print("top", sorted(m for m in ("torch", "torchvision", "pydantic", "numpy") if m in sys.modules))
+for words in {commands!r}:
+    helps([*words, "--help"])
+print("all", sorted(m for m in ("torch", "torchvision") if m in sys.modules))
+"""
+
+
+def test_no_help_imports_torch(tmp_path):
+    """`leoclr --help` and every `leoclr CMD --help`, in a fresh interpreter: torch and torchvision stay out (the
+    runners are imported through leoclr_cli.lazy when a command runs); the top-level help needs no pydantic."""
+    import subprocess
+    import sys
+
+    commands = [list(words) for words, _ in all_commands()]
+    probe = HELP_PROBE.format(commands=commands)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                          env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("top ", "all "))]
+    assert lines == ["top []", "all []"], done.stdout[-2000:]
+    assert done.stdout.count("Usage: ") == len(commands) + 1  # every help was printed
+
+
+def test_the_lazy_table_names_what_exists_and_covers_every_use():
+    """Every name of leoclr_cli.lazy resolves, and every ``lazy.NAME`` in cli.py and options.py is one of them."""
+    import ast
+    from leoclr_cli import lazy
+
+    table = lazy.table()
+    for name in table:
+        assert getattr(lazy, name) is not None, name
+    used = set()
+    for module in ("cli.py", "options.py"):
+        tree = ast.parse((Path(cli.__file__).parent / module).read_text())
+        used |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+                 and n.value.id == "lazy"}
+    assert used <= set(table), used - set(table)
+    assert {"run_pretrain", "load_protocol", "RunDir", "ckpt"} <= used
+    assert lazy.ckpt.__name__ == "leoclr_cli.core.checkpoint" and lazy.RunDir.__name__ == "RunDir"

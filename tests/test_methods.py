@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from leoclr_cli.methods import LeOCLR, MoCoV2
+from leoclr_cli.methods.base import top1_positive
 from leoclr_cli.methods.momentum import info_nce
 from leoclr_cli.config import MethodConfig, ModelConfig
 
@@ -187,3 +188,8 @@ def test_a_syncbn_method_does_not_shuffle_the_key_batch(monkeypatch):
     shuffled.clear()
     synced.encode_keys(x)  # without a process group SyncBatchNorm normalises as BatchNorm does
     assert shuffled == []
+
+
+def test_the_pretraining_acc_is_a_percent_like_every_accuracy():
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [5.0, -1.0], [1.0, 0.5]])  # the positive wins in 3 of 4 rows
+    assert float(top1_positive(logits)) == pytest.approx(75.0)

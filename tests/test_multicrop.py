@@ -92,7 +92,7 @@ class TodaysLeOCLR(MomentumContrast):
 
     def forward(self, views, labels=None):
         x, x1, x2 = views
-        q = F.normalize(self.encoder_q(x), dim=1)
+        h, q = self.query(x)
         with torch.no_grad():
             self.momentum_update()
             k1, k2 = self.encode_keys(x1), self.encode_keys(x2)
@@ -100,9 +100,11 @@ class TodaysLeOCLR(MomentumContrast):
         loss2, logits2 = self.contrast(q, k2)
         self.enqueue(torch.cat([k1, k2]))
         acc = (top1_positive(logits1) + top1_positive(logits2)) / 2
-        return loss1 + loss2, {"acc": acc, "loss1": loss1.detach(), "loss2": loss2.detach()}
+        return self.probed(loss1 + loss2, {"acc": acc, "loss1": loss1.detach(), "loss2": loss2.detach()}, h,
+                           labels)
 
-    def keys_per_image(self):
+    @classmethod
+    def keys_per_image_of(cls, method):
         return 2
 
 

@@ -1,12 +1,15 @@
 """``leoclr views``: the grid shows each image beside the method's own views, before normalisation."""
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from cliutil import error_line, run
 from leoclr_cli.data import open_data
-from leoclr_cli.report.pictures import HEADER, PAD, tile_origin
+from leoclr_cli.config import load_protocol
+from leoclr_cli.report.pictures import HEADER, PAD, box_pixels, sample_images, tile_origin, view_boxes
 
 SIZE = 32
 PLAIN = ["--source", "builtin", "--set", "data.builtin_train=16", "--set", f"augment.size={SIZE}",
@@ -25,20 +28,62 @@ def tiles(path, rows, cols):
     return out
 
 
-def test_leoclr_views_show_the_whole_image_and_two_crops(tmp_path, capsys):
+def rows_shown(text):
+    """(index, label) of each row that ``leoclr views`` printed."""
+    return [(int(m[1]), int(m[2])) for m in re.finditer(r"row \d+: image (\d+), label (\d+)", text)]
+
+
+def outline(box):
+    """Pixels of a box outline drawn on a SIZE px tile (PIL's inclusive rectangle, one pixel wide)."""
+    x0, y0, x1, y1 = box_pixels(box, SIZE)
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[y0:y1 + 1, [x0, x1]] = mask[[y0, y1], x0:x1 + 1] = True
+    return mask
+
+
+def test_leoclr_views_show_the_whole_image_and_two_crops_whose_boxes_are_drawn(tmp_path, capsys):
     out = tmp_path / "v.png"
     code, text, err = run(["views", *PLAIN, *NO_COLOUR, "--method", "leoclr", "-n", "3", "--out", str(out)], capsys)
     assert code in (0, None), err
     assert "3 images" in text
+    shown = rows_shown(text)
     grid = tiles(out, rows=3, cols=4)  # image, original, crop, crop
     source = open_data("builtin", None, "train", builtin_n=16)
-    for r, row in enumerate(grid):
-        image = np.asarray(source[r][0].convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR)).astype(int)
-        assert np.abs(row[0] - image).max() == 0
+    p = load_protocol("pretrain", None, {"augment.size": SIZE, "augment.normalize": "builtin",
+                                         **{f"augment.{k}": False for k in ("color_jitter", "grayscale", "blur", "flip")}})
+    assert len({label for _, label in shown}) == 3  # three rows, three classes
+    for row, (index, label) in zip(grid, shown):
+        original = source[index][0]
+        assert source[index][1] == label
+        image = np.asarray(original.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR)).astype(int)
+        boxes = view_boxes(p, source, ("original", "crop", "crop"), index, original)
+        assert boxes[0] is None and None not in boxes[1:]  # the original is the whole image
+        drawn = outline(boxes[1]) | outline(boxes[2])
+        assert np.abs(row[0] - image)[~drawn].max() == 0  # the image, and on it
+        assert (np.abs(row[0] - image)[drawn].sum(-1) > 0).mean() > 0.5  # the two boxes' outlines
         # no colour augmentation: LeOCLR's original view is the un-normalised whole image
         assert np.abs(row[1] - image).max() <= 1
-        # the crops are crops: not the whole image, and not each other
-        assert np.abs(row[2] - image).mean() > 2 and np.abs(row[3] - row[2]).mean() > 2
+        # each crop is its box of the image, resized to the view size
+        for crop, box in zip(row[2:], boxes[1:]):
+            w, h = original.size
+            region = original.crop((round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h)))
+            expected = np.asarray(region.resize((SIZE, SIZE), Image.Resampling.BILINEAR)).astype(int)
+            assert np.abs(crop - expected).mean() < 3
+        assert np.abs(row[3] - row[2]).mean() > 2  # two different crops
+
+
+def test_views_sample_across_classes_with_a_seed():
+    class Labelled:
+        targets = [0] * 12 + [1] * 3 + [2] * 1
+
+        def __len__(self):
+            return len(self.targets)
+
+    picked = sample_images(Labelled(), 5, seed=0)
+    labels = [Labelled.targets[i] for i in picked]
+    assert sorted(labels[:3]) == [0, 1, 2] and len(set(picked)) == 5  # every class before any twice
+    assert sample_images(Labelled(), 5, seed=0) == picked and sample_images(Labelled(), 5, seed=1) != picked
+    assert sample_images([(None, 0)] * 4, 3, seed=0) == [0, 1, 2]  # streamed images: the first ones
 
 
 def test_mocov2_views_are_two_crops_and_the_tensor_backend_draws_them_too(tmp_path, capsys):

@@ -15,7 +15,7 @@ from leoclr_cli.core import checkpoint as ckpt
 from leoclr_cli.evaluate.linear import run_linear_eval
 from leoclr_cli.core.checkpoint import random_backbone_file
 from leoclr_cli.core.nets import build_backbone
-from leoclr_cli.workflows.quickstart import protocol_file
+from leoclr_cli.config.catalog import installed as protocol_file
 from leoclr_cli.config import load_protocol
 
 AGREE = 2.0  # points: the SGD and the L-BFGS probe on the same frozen random-init features

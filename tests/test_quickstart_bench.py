@@ -11,18 +11,22 @@ SMALL = ["--epochs", "1", "--set", "data.builtin_train=192", "--set", "data.buil
          "--set", "optim.batch_size=32", "--set", "method.queue_size=64", "--set", "data.num_workers=0", "--quiet"]
 
 
-def test_quickstart_compares_methods_over_seeds_and_reuses_runs(tmp_path, capsys):
+def test_quickstart_compares_methods_over_seeds_and_reuses_runs(tmp_path, capsys, small_probe):
     out = tmp_path / "qs"
     with pytest.raises(SystemExit) as exc:
         main(["quickstart", "--seeds", "2", "--out", str(out), *SMALL])
     assert exc.value.code in (0, None)
     table = capsys.readouterr().out
-    assert "| backbone | top-1 % | top-5 % |" in table
+    assert "| backbone | top-1 % | SE | top-5 % |" in table
     assert "leoclr, 1 epochs" in table and "mocov2, 1 epochs" in table and "random init" in table
     result = json.loads((out / "quickstart.json").read_text())
     runs, summary = result["runs"], result["summary"]
     assert [(r["method"], r["seed"]) for r in runs] == [(m, s) for s in (0, 1) for m in ("leoclr", "mocov2", "random-init")]
     assert all(0 <= r["top1"] <= r["top5"] <= 100 for r in runs)
+    # the standard error of each top-1 follows from the 64 test images it was measured on
+    assert all(r["top1_se"] == pytest.approx(100 * (r["top1"] / 100 * (1 - r["top1"] / 100) / 64) ** 0.5) for r in runs)
+    assert set(result["crop_coverage"]) == {"miss", "cut", "hold"}
+    assert sum(result["crop_coverage"].values()) == pytest.approx(100)
     assert [row["name"] for row in summary] == ["leoclr, 1 epochs", "mocov2, 1 epochs", "random init"]
     for row in summary:
         per_seed = [r["top1"] for r in runs if r["name"] == row["name"]]
@@ -56,15 +60,22 @@ def test_quickstart_summary_means_stds_and_whether_gaps_hold():
     assert rows[0]["gap_to_next"] == pytest.approx(11.0) and rows[0]["gap_to_next_std"] == pytest.approx(1.0)
     assert rows[0]["gap_holds"] is True  # 11 > 2 * max(2, 1)
     assert rows[1]["gap_to_next"] == pytest.approx(4.0) and rows[1]["gap_holds"] is False  # 4 < 2 * 2
-    assert "gap_to_next" not in rows[2]
+    assert "gap_to_next" not in rows[2] and "gap_to_random" not in rows[0]  # no random-init row: no floor
     single = summarise([r for r in runs if r["seed"] == 0])
     assert single[0]["top1_std"] is None and single[0]["gap_holds"] is None
+    # with a random-init row, each pretrained row is compared with it, and the next pretrained row with the next
+    floor = [{**r, "name": "random init" if r["name"] == "c" else r["name"]} for r in runs]
+    rows = summarise(floor)
+    assert rows[0]["gap_to_next"] == pytest.approx(11.0) and "gap_to_next" not in rows[1]
+    assert rows[0]["gap_to_random"] == pytest.approx(15.0) and rows[0]["gap_to_random_holds"] is True  # 15 > 2 * 2
+    assert rows[1]["gap_to_random"] == pytest.approx(4.0) and rows[1]["gap_to_random_holds"] is False  # 4 < 2 * 2
+    assert "gap_to_random" not in rows[2]
 
 
 def test_bench_reports_both_methods(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--device", "cpu", "--size", "16", "--view-size", "16", "-b", "8", "--steps", "1",
-              "--images", "4", "--json", str(tmp_path / "b.json")])
+              "--images", "4", "--rounds", "1", "--json", str(tmp_path / "b.json")])
     printed = capsys.readouterr().out
     assert "LeOCLR/MoCo-v2 cost per sample" in printed
     data = json.loads((tmp_path / "b.json").read_text())
@@ -85,6 +96,9 @@ def test_bench_reports_both_methods(tmp_path, capsys):
     assert "leoclr_local" not in rows[0] and all(r["leoclr_local"] > 0 for r in rows[1:7])
     assert all("leoclr_local" not in r for r in rows[7:])
     assert all(r["peak_gib"] is None and r["gpu_util"] is None for r in rows[6:])  # blank on the CPU
-    assert ratio == pytest.approx(rows[6]["mocov2"] / rows[6]["leoclr"])
+    assert ratio == pytest.approx(rows[6]["mocov2"] / rows[6]["leoclr"]) == rows[6]["cost"]  # one round
+    assert data["complete"] and data["settings"]["rounds"] == 1 and data["settings"]["amp"] == "off"
+    assert all(r["rounds"] == 1 and r["cost_spread"] == [pytest.approx(r["cost"])] * 2 for r in rows)
+    assert " (" in table[2].split(" | ")[4]  # the ratio's range beside it
     # the tensor backend's two parts in series: slower than either alone
     assert rows[5]["leoclr"] < min(rows[3]["leoclr"], rows[4]["leoclr"])

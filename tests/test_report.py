@@ -1,21 +1,48 @@
 """leoclr report: paper tables with our numbers in the right rows, gaps for missing runs, PNG figures."""
 
 import json
+import types
+import typing
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from leoclr_cli.cli import main
+from leoclr_cli.core.results import FORMER_KINDS, RESULT_KINDS
 
 IN1K = {"dataset": "imagefolder", "num_classes": 1000}
 R50 = {"arch": "resnet50", "pretrain_schedule": "cosine"}
 
 
+def placeholder(annotation):
+    """A value of the type ``annotation`` that no table shows: None where allowed, else zero or empty."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
+        return None
+    origin = typing.get_origin(annotation) or annotation
+    return {int: 0, float: 0.0, str: "", bool: False, list: [], dict: {}}[origin]
+
+
+#: what a run writes for the fields the report checks a protocol by (MoCo's linear protocol)
+AS_RUN = {"probe": "sgd", "selected_on": "val"}
+
+
+def complete(result):
+    """A result with the fields a table does not read filled in and the keys its kind never writes left out, so
+    that it is a valid record of its kind (the report reads result.json through the result models)."""
+    model = RESULT_KINDS.get(FORMER_KINDS.get(result.get("kind"), result.get("kind")))
+    if model is None:
+        return result
+    filled = {name: AS_RUN.get(name, placeholder(info.annotation)) for name, info in model.model_fields.items()
+              if info.is_required()}
+    return {**filled, **{k: v for k, v in result.items() if k in model.model_fields}}  # as the model writes it
+
+
 def put(root, rel, result, protocol=None):
     d = root / rel
     d.mkdir(parents=True, exist_ok=True)
-    (d / "result.json").write_text(json.dumps(result))
+    (d / "result.json").write_text(json.dumps(complete(result)))
     if protocol is not None:
         (d / "protocol.yaml").write_text(protocol)
     return d
@@ -33,8 +60,9 @@ def runs(tmp_path):
     put(root, "c10-moco/linear-eval", {"kind": "linear-eval", "method": "mocov2", "dataset": "cifar10",
                                        "arch": "resnet18", "num_classes": 10, "pretrain_epoch": 10, "top1": 55.55})
     for labels, top1, top5 in ((1, 5.5, 15.0), (10, 20.25, 40.0), (50, 33.0, 60.0)):
-        # no dataset key: taken from the run's protocol.yaml
+        # a finetune result names its dataset (a required field of FinetuneResult)
         put(root, f"ft/labels_{labels}pct", {"kind": "finetune", "method": "leoclr", "labels": labels, **R50,
+                                             "dataset": "imagefolder",
                                              "pretrain_epoch": 800, "fraction": labels / 100, "num_classes": 1000,
                                              "top1": top1, "top5": top5},
             protocol="kind: finetune\ndata: {source: imagefolder}\n")

@@ -48,3 +48,28 @@ def test_a_result_refuses_a_missing_or_unknown_key():
         FromBackbone(backbone="b", arch="resnet18")  # method is written even when None: it must be given
     with pytest.raises(ValidationError):
         KnnResult(backbone="b", arch="a", method=None, k=1, t=0.1, bank=1, test=1, top1=1.0, top5=1.0, extra=1)
+
+
+def test_env_json_records_argv_and_the_checkout_commit(monkeypatch):
+    import subprocess
+    import sys
+
+    from leoclr_cli.core import rundir
+
+    monkeypatch.setattr(sys, "argv", ["leoclr", "knn", "runs/x"])
+    env = rundir.environment()
+    assert env["argv"] == ["leoclr", "knn", "runs/x"]
+    root = rundir.Path(rundir.__file__).resolve().parents[2]
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert env["git_commit"].split("-")[0] == head and len(head) == 40
+    assert rundir.git_commit(root / "leoclr_cli") is None  # not a checkout's root: nothing recorded
+
+
+def test_a_resume_may_change_the_trackers_and_threads_but_not_what_is_computed(tmp_path):
+    from leoclr_cli.config import load_protocol
+
+    run = RunDir(tmp_path / "ft")
+    run.prepare(load_protocol("finetune", None, {}), resume=None, force=False)
+    watched = load_protocol("finetune", None, {"log.tensorboard": True, "log.artifacts": True, "threads": 2})
+    assert run.protocol_difference(watched) is None
+    assert run.protocol_difference(load_protocol("finetune", None, {"lr": 0.5})) == "lr"

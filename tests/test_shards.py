@@ -152,7 +152,8 @@ def test_pretrain_on_shards_resumes_exactly(textured, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("sets, needle", [(["--set", "augment.crops=contrastive"], "augment.crops"),
-                                          (["--set", "monitor.knn_every=1"], "monitor.knn_every")])
+                                          (["--set", "monitor.knn_every=1"], "monitor.knn_every"),
+                                          (["--set", "monitor.linear_every=1"], "monitor.linear_every")])
 def test_what_shards_cannot_do_is_one_line(sets, needle, numbered, tmp_path, capsys):
     code, _, err = run([*TINY, "--data", numbered, "--out", str(tmp_path / "r"), *sets], capsys)
     assert needle in error_line(code, err)

@@ -400,7 +400,6 @@ def test_infer_source_reads_each_layout_and_refuses_the_rest(data, tmp_path):
         (both, None, "holds several datasets (cifar10, imagefolder); choose one with --source"),
         (data["stl10"], "cifar10", "holds stl10 data, not the cifar10 data the protocol names; give --source stl10"),
         (data["cifar10"] / "cifar-10-batches-py", None, f"give the folder that holds it: --data {data['cifar10']}"),
-        (data["imagefolder"] / "train", None, "holds images or class folders directly"),
         (tmp_path / "missing", None, "is not a directory"),
     ]
     (tmp_path / "empty").mkdir()
@@ -412,3 +411,5 @@ def test_infer_source_reads_each_layout_and_refuses_the_rest(data, tmp_path):
     # a protocol's explicit source is kept where DIR holds it, or holds nothing recognisable (its reader says more)
     assert infer_source(both, declared="imagefolder")[0] == "imagefolder"
     assert infer_source(tmp_path / "empty", declared="stl10")[0] == "stl10"
+    # class folders without a split above them are images without labels: read as folder (tests/test_owndata.py)
+    assert infer_source(data["imagefolder"] / "train")[0] == "folder"

@@ -3,14 +3,16 @@ architecture names, the normalisation constants and fields, range validators and
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union, get_args
+import os
+from typing import Annotated, Any, Literal, Optional, Union, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-SourceName = Literal["builtin", "builtin-textures", "imagefolder", "cifar10", "cifar100", "stl10", "cars", "pets",
+SourceName = Literal["builtin", "builtin-photos", "builtin-textures", "imagefolder", "cifar10", "cifar100", "stl10", "cars", "pets",
                      "birdsnap"]
-# pretraining also streams WebDataset tar shards (data/shards.py)
-PretrainSourceName = Literal[get_args(SourceName) + ("webdataset",)]  # type: ignore[misc]
+# pretraining also streams WebDataset tar shards (data/shards.py) and reads unlabeled images: every image file
+# under a folder at any depth (folder; the labelled commands refuse it)
+PretrainSourceName = Literal[get_args(SourceName) + ("webdataset", "folder")]  # type: ignore[misc]
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2")
 #: ``model.arch: timm:NAME`` names any model of the timm package (the optional extra ``leoclr[timm]``)
 TIMM_PREFIX = "timm:"
@@ -33,6 +35,28 @@ def check_arch(arch: str) -> str:
         return arch
     raise ValueError(f"unknown arch '{arch}'; choose one of {', '.join(RESNETS)}, or timm:NAME for a timm model "
                      "(e.g. timm:vit_small_patch16_224)")
+
+
+#: ``timm.create_model``'s own arguments that load weights or files (``pretrained_cfg_overlay`` can name a
+#: pickle) or that leoclr sets itself: never taken from a protocol or a file's header
+TIMM_RESERVED = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict", "checkpoint_path",
+                 "cache_dir", "num_classes")
+
+
+def timm_kwargs_problem(kwargs: Any) -> Optional[str]:
+    """What is wrong with ``model.timm_kwargs`` (None: nothing): a mapping of argument names to numbers,
+    strings, booleans, null or lists of them, none of :data:`TIMM_RESERVED`."""
+    if not isinstance(kwargs, dict):
+        return "must be a mapping of timm.create_model's keyword arguments"
+    for key, value in kwargs.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            return f"{key!r} is not an argument name"
+        if key in TIMM_RESERVED or key.startswith("pretrained"):
+            return f"'{key}' is not taken (leoclr builds the model without weights and without its classifier)"
+        items = value if isinstance(value, list) else [value]
+        if not all(v is None or isinstance(v, (bool, int, float, str)) for v in items):
+            return f"'{key}' must be a number, a string, a boolean, null or a list of them"
+    return None
 
 
 def default_local_size(size: int, multiple: int = 4) -> int:
@@ -128,6 +152,42 @@ PositiveRange = Annotated[tuple[float, float], AfterValidator(ordered_pair)]
 AreaRange = Annotated[tuple[float, float], AfterValidator(ordered_pair), AfterValidator(area_fraction)]
 
 
+#: a seed: what NumPy's and torch's generators take (0 .. 2**32 - 1)
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+#: the largest integer any other field takes: counts, sizes and steps beyond it index past what a tensor (or
+#: the machine) holds
+MAX_INT = 2**31 - 1
+#: the largest magnitude of a float field: every value of the paper is far below it, and beyond it a value
+#: multiplied into the weights (a learning rate, a weight decay) overflows float32 within a few steps
+MAX_FLOAT = 1e9
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory (a large default where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+#: what the built-in dataset keeps per image whatever its size: a label and a place in the sample order
+BUILTIN_BYTES_PER_IMAGE = 16
+
+
+def fits_memory(n: int) -> int:
+    """A built-in split's image count, at most what a quarter of this machine's memory holds."""
+    need, have = n * BUILTIN_BYTES_PER_IMAGE, memory_bytes()
+    if need > have // 4:
+        raise ValueError(f"{n} images need {need / 2**30:.1f} GiB for their labels and sample order "
+                         f"({BUILTIN_BYTES_PER_IMAGE} bytes each), more than a quarter of this machine's "
+                         f"{have / 2**30:.0f} GiB of memory; at most {have // 4 // BUILTIN_BYTES_PER_IMAGE}")
+    return n
+
+
+#: a built-in split's number of images (generated on the fly: each costs only its label and its place)
+BuiltinCount = Annotated[int, Field(ge=16), AfterValidator(fits_memory)]
+
+
 def threads_field() -> Any:
     """The ``threads`` field of every protocol that runs a long loop (see core/threads.py)."""
     return Field(None, ge=1, description="CPU threads of the training process (--threads); default: the cores "
@@ -135,7 +195,56 @@ def threads_field() -> Any:
                                          "loader worker; OMP_NUM_THREADS, when set, is kept")
 
 
-class Strict(BaseModel):
-    """Base: unknown keys are errors (a typo in a protocol must not be silently ignored)."""
+#: the ``threads`` field's type (at most 4 per core of the machine that runs it: core/threads.py checks it then,
+#: so a protocol written on a larger machine still reads)
+Threads = Optional[int]
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+def _bounded(value: Any) -> None:
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _bounded(item)
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        raise ValueError(f"must be at most {MAX_INT} in magnitude (counts, sizes and steps beyond it do not fit "
+                         "in memory or in a tensor index)")
+    elif isinstance(value, float) and abs(value) > MAX_FLOAT:
+        raise ValueError(f"must be at most {MAX_FLOAT:g} in magnitude (a larger value overflows float32 "
+                         "arithmetic within a few steps)")
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are errors (a typo in a protocol must not be silently ignored); no float is NaN or
+    infinite, and every number is bounded (:data:`MAX_INT`, :data:`MAX_FLOAT`; seeds :data:`Seed`)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _numbers_bounded(cls, value: Any, info: ValidationInfo) -> Any:
+        if not (info.field_name or "").endswith("seed"):
+            _bounded(value)
+        return value
+
+
+class TrackingConfig(Strict):
+    """Experiment tracking besides ``metrics.jsonl`` (rank 0 only): per-step loss and lr, per-epoch
+    records (samples/s, kNN monitor, ...), sweep cells, the final result, the protocol as parameters, a
+    grid of the views (pretraining) and, when asked, the final weights as artifacts. The packages are the
+    optional extra ``leoclr[tracking]``."""
+
+    tensorboard: bool = Field(False, description="write TensorBoard event files to RUN/tensorboard/")
+    mlflow: Optional[str | bool] = Field(
+        None, description="an MLflow tracking URI, or true for a local file store in RUN/mlruns/")
+    mlflow_experiment: str = Field("leoclr", description="the MLflow experiment the run is logged under")
+    wandb: Optional[Literal["offline", "online"]] = Field(
+        None, description="Weights & Biases: offline (files in RUN/wandb/, `wandb sync` uploads them) or online")
+    wandb_project: str = Field("leoclr", description="the W&B project")
+    artifacts: bool = Field(False, description="also log the final backbone (pretraining) and the linear head "
+                            "(linear-eval) as artifacts: MLflow and W&B (TensorBoard has no artifacts)")
+
+    @field_validator("mlflow")
+    @classmethod
+    def _mlflow(cls, v: Optional[str | bool]) -> Optional[str | bool]:
+        if v is False or v == "":
+            return None
+        return v

@@ -6,7 +6,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from .common import Strict, threads_field
+from .common import Seed, Strict, Threads, TrackingConfig, threads_field
 
 # Detection schedules (MoCo's VOC 24k; Detectron2's COCO 1x / 2x): (iterations, lr steps, warm-up iterations)
 DETECT_SCHEDULES = {"24k": (24000, [18000, 22000], 100), "1x": (90000, [60000, 80000], 1000),
@@ -28,8 +28,8 @@ class DetectProtocol(Strict):
     backend: Literal["auto", "detectron2", "torchvision"] = Field(
         "auto", description="auto: detectron2 when it can be imported, else torchvision")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: Optional[int] = threads_field()
-    seed: int = 0
+    threads: Threads = threads_field()
+    seed: Seed = 0
     trials: int = Field(1, ge=1, description="independent runs with seeds seed, seed+1, ...; mean and std reported")
     num_workers: int = Field(4, ge=0)
     voc_train: list[str] = Field(default_factory=lambda: ["2007-trainval", "2012-trainval"])
@@ -73,6 +73,8 @@ class DetectProtocol(Strict):
     precise_bn_iters: int = Field(200, ge=1)
     period: int = Field(1000, ge=1, description="iterations per metrics record (torchvision backend)")
     max_test_images: Optional[int] = Field(None, ge=1, description="test on the first N images only (smoke runs)")
+    log: TrackingConfig = Field(TrackingConfig(), description="trackers of each trial (trial-N/): the torchvision "
+                                "backend's steps and records, every trial's AP")
 
     @model_validator(mode="after")
     def _fits(self) -> "DetectProtocol":

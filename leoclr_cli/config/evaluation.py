@@ -7,8 +7,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from .common import (AreaRange, Normalized, PositiveRange, SourceName, Strict, Triple, require_root, stat_field,
-                     threads_field)
+from .common import (AreaRange, BuiltinCount, Normalized, PositiveRange, Seed, SourceName, Strict, Threads,
+                     TrackingConfig, Triple, require_root, stat_field, threads_field)
 
 FeatureNorm = Literal["bn", "none"]
 # The linear probe's default lr per feature normalisation: MoCo's 30 on raw features; 0.03 on BN-standardised ones
@@ -48,8 +48,8 @@ class EvalDataConfig(Strict):
     test_split: str = "test"
     verify_checksums: bool = True
     num_workers: int = Field(0, ge=0)
-    builtin_train: int = Field(4000, ge=16)
-    builtin_test: int = Field(1000, ge=16)
+    builtin_train: BuiltinCount = Field(4000)
+    builtin_test: BuiltinCount = Field(1000)
 
     _root_needed = model_validator(mode="after")(lambda self: require_root(self))
 
@@ -72,14 +72,15 @@ class EvalOnData(Strict):
     each subclass gives ``kind`` its literal, which keeps its place first."""
 
     kind: str
-    seed: int = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: Optional[int] = threads_field()
+    threads: Threads = threads_field()
     data: EvalDataConfig = EvalDataConfig()
     transform: EvalTransformConfig = EvalTransformConfig()
 
 
 class LinearEvalProtocol(EvalOnData):
+    log: TrackingConfig = TrackingConfig()
     kind: Literal["linear-eval"] = "linear-eval"
     train_augment: Literal["random-resized-crop", "none"] = Field(
         "random-resized-crop",
@@ -141,12 +142,13 @@ class LinearEvalProtocol(EvalOnData):
 class KnnProtocol(Strict):
     kind: Literal["knn"] = "knn"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: Optional[int] = threads_field()
+    threads: Threads = threads_field()
     data: EvalDataConfig = EvalDataConfig()
     transform: EvalTransformConfig = EvalTransformConfig()
     k: int = Field(200, ge=1)
     t: float = Field(0.1, gt=0)
     batch_size: int = Field(256, ge=1)
+    log: TrackingConfig = TrackingConfig()
 
 
 # --------------------------------------------------------------------------- finetune, transfer
@@ -163,7 +165,7 @@ class FinetuneProtocol(EvalOnData):
                           "10percent.txt; class from the prefix before '_', or '<class>/<file>'), or image indices "
                           "for array datasets (CIFAR, STL-10, builtin); None: a class-balanced subset drawn with "
                           "subset_seed")
-    subset_seed: int = Field(0, description="seed of the class-balanced draw")
+    subset_seed: Seed = Field(0, description="seed of the class-balanced draw")
     epochs: Optional[int] = Field(
         None, ge=1, description="None: 60 epochs below 10% labels, 30 from 10% up (SimCLR: 60 for 1%, 30 for 10%)")
     batch_size: int = Field(256, ge=1)
@@ -174,6 +176,7 @@ class FinetuneProtocol(EvalOnData):
     schedule: Literal["cosine", "constant"] = "cosine"
     checkpoint_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(1, ge=1)
+    log: TrackingConfig = TrackingConfig()
 
     def resolved_epochs(self) -> int:
         return self.epochs if self.epochs is not None else (60 if self.labels < 10 else 30)
@@ -190,15 +193,15 @@ class TransferProtocol(Strict):
     kind: Literal["transfer"] = "transfer"
     dataset: Literal["cifar10", "cifar100", "cars", "pets", "birdsnap"] = "cifar10"
     mode: Literal["finetune", "linear"] = "finetune"
-    seed: int = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: Optional[int] = threads_field()
+    threads: Threads = threads_field()
     root: Optional[str] = Field(None, description="dataset root in its official layout")
     verify_checksums: bool = True
     num_workers: int = Field(0, ge=0)
     transform: EvalTransformConfig = EvalTransformConfig()
     val_fraction: float = Field(0.2, gt=0, lt=1, description="random share of train held out to pick the cell")
-    split_seed: int = Field(0, description="seed of the train/val split")
+    split_seed: Seed = Field(0, description="seed of the train/val split")
     # fine-tuning
     lrs: list[float] = Field(default_factory=lambda: _logspace(-4, -1, 7), min_length=1)
     wds: list[float] = Field(default_factory=lambda: [0.0] + _logspace(-6, -3, 7), min_length=1)
@@ -213,6 +216,7 @@ class TransferProtocol(Strict):
     lbfgs_max_iter: int = Field(1000, ge=1)
     feature_norm: FeatureNorm = Field("bn", description="mode linear: standardise the features (BatchNorm1d "
                                                          "statistics of the fit set) before the regression, or none")
+    log: TrackingConfig = TrackingConfig()
 
     @field_validator("lrs", "cs")
     @classmethod
@@ -243,9 +247,9 @@ class CropTestProtocol(Normalized, Strict):
     trained with. Values default to the linear-eval run's protocol."""
 
     kind: Literal["crop-test"] = "crop-test"
-    seed: int = Field(0, description="seeds the random crops (image i of repeat r: seed + r, i)")
+    seed: Seed = Field(0, description="seeds the random crops (image i of repeat r: seed + r, i)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: Optional[int] = threads_field()
+    threads: Threads = threads_field()
     data: EvalDataConfig = EvalDataConfig()
     size: int = Field(224, ge=8, description="crop size of both tests")
     resize: int = Field(256, ge=8, description="a) shorter side resized to this; b) image resized to resize x resize")

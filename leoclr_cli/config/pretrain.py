@@ -7,8 +7,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from .common import (TIMM_PREFIX, AreaRange, Normalized, PositiveRange, PretrainSourceName, Strict, Triple,
-                     check_arch, default_local_size, require_root, stat_field, threads_field)
+from .common import (TIMM_PREFIX, AreaRange, BuiltinCount, Normalized, PositiveRange, PretrainSourceName, Seed,
+                     Strict, Threads, TrackingConfig, Triple, check_arch, default_local_size, require_root, stat_field,
+                     threads_field, timm_kwargs_problem)
 
 
 class DataConfig(Strict):
@@ -22,8 +23,8 @@ class DataConfig(Strict):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     shuffle: bool = Field(True, description="reshuffle the pretraining images every epoch (off: a fixed order, "
                                             "for reproducibility checks)")
-    builtin_train: int = Field(4000, ge=16, description="images in the built-in dataset's train split")
-    builtin_test: int = Field(1000, ge=16, description="images in the built-in dataset's test split")
+    builtin_train: BuiltinCount = Field(4000, description="images in the built-in dataset's train split")
+    builtin_test: BuiltinCount = Field(1000, description="images in the built-in dataset's test split")
     on_bad_image: Literal["error", "skip"] = Field(
         "error", description="an image file that cannot be decoded: stop naming it (error), or replace it by "
                              "the next readable image and count it in metrics.jsonl as bad_images_skipped (skip)")
@@ -131,6 +132,14 @@ class ModelConfig(Strict):
     def _known_arch(cls, v: str) -> str:
         return check_arch(v)
 
+    @field_validator("timm_kwargs")
+    @classmethod
+    def _timm_kwargs_plain(cls, v: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        problem = timm_kwargs_problem(v) if v is not None else None
+        if problem:
+            raise ValueError(problem)
+        return v
+
     @model_validator(mode="after")
     def _timm_fields(self) -> "ModelConfig":
         timm = self.arch.startswith(TIMM_PREFIX)
@@ -209,42 +218,30 @@ class DistributedConfig(Strict):
 
 
 class MonitorConfig(Strict):
-    """Periodic weighted-kNN accuracy of the query backbone during pretraining."""
+    """What pretraining measures of its query backbone on the source's labelled splits as it trains: a
+    weighted kNN top-1 (``knn_every``) and an online linear probe (``linear_every``, solo-learn's online
+    classifier: a BatchNorm1d-without-affine + linear head on the detached pooled features of a view the
+    method already computes, trained on the pretraining split's labels at every step in its own optimizer
+    group; the backbone's gradients and trajectory are unchanged). Both report top-1 (%) on the test split;
+    on data without labels they are off, with one line saying so."""
 
     knn_every: int = Field(0, ge=0, description="epochs between kNN monitors (0 = off)")
+    linear_every: int = Field(0, ge=0, description="epochs between test-split evaluations of the online linear "
+                                                   "probe, which then trains at every step (0 = off)")
+    linear_lr: float = Field(0.1, gt=0, description="the online probe's lr at the start; it follows the "
+                                                    "pretraining lr schedule (weight decay 0)")
     k: int = Field(200, ge=1)
     t: float = Field(0.1, gt=0)
     max_bank: int = Field(10000, ge=1, description="at most this many labelled train images in the bank")
     max_test: int = Field(2000, ge=1, description="at most this many test images")
 
 
-class TrackingConfig(Strict):
-    """Experiment tracking besides ``metrics.jsonl`` (rank 0 only): per-step loss and lr, per-epoch
-    records (samples/s, kNN monitor, ...), the protocol as parameters, and a grid of the views. The
-    packages are the optional extra ``leoclr[tracking]``."""
-
-    tensorboard: bool = Field(False, description="write TensorBoard event files to RUN/tensorboard/")
-    mlflow: Optional[str | bool] = Field(
-        None, description="an MLflow tracking URI, or true for a local file store in RUN/mlruns/")
-    mlflow_experiment: str = Field("leoclr", description="the MLflow experiment the run is logged under")
-    wandb: Optional[Literal["offline", "online"]] = Field(
-        None, description="Weights & Biases: offline (files in RUN/wandb/, `wandb sync` uploads them) or online")
-    wandb_project: str = Field("leoclr", description="the W&B project")
-
-    @field_validator("mlflow")
-    @classmethod
-    def _mlflow(cls, v: Optional[str | bool]) -> Optional[str | bool]:
-        if v is False or v == "":
-            return None
-        return v
-
-
 class PretrainProtocol(Strict):
     kind: Literal["pretrain"] = "pretrain"
     name: str = "pretrain"
-    seed: int = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: Optional[int] = threads_field()
+    threads: Threads = threads_field()
     deterministic: bool = Field(False, description="torch deterministic algorithms (bit-exact resume on GPU)")
     checkpoint_every: int = Field(10, ge=1, description="epochs between resumable checkpoints")
     checkpoint_every_steps: int = Field(
@@ -272,9 +269,11 @@ class PretrainProtocol(Strict):
         if self.data.source == "webdataset" and self.augment.crops != "random":
             raise ValueError(f"augment.crops '{self.augment.crops}' keeps a box per image, which needs an indexed "
                              "source; data.source webdataset streams its images (use augment.crops random)")
-        if self.data.source == "webdataset" and self.monitor.knn_every:
-            raise ValueError("monitor.knn_every needs the labelled train and test splits of an indexed source; "
-                             "data.source webdataset has none (set monitor.knn_every=0, then leoclr knn RUN --data ...)")
+        for field in ("knn_every", "linear_every"):
+            if self.data.source == "webdataset" and getattr(self.monitor, field):
+                raise ValueError(f"monitor.{field} needs the labelled train and test splits of an indexed source; "
+                                 f"data.source webdataset has none (set monitor.{field}=0, then leoclr knn or "
+                                 "linear-eval RUN --data ...)")
         return self
 
     @model_validator(mode="after")

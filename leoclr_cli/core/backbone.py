@@ -5,6 +5,7 @@ of ``random:ARCH``."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -12,8 +13,9 @@ from typing import Any, Optional
 import torch
 
 from ..errors import UserError
+from .atomic import atomic_write_bytes
 from .nets import build_backbone, parse_random
-from .tensorfile import KIND_BACKBONE, load_tensors, read_metadata, save_tensors
+from .tensorfile import KIND_BACKBONE, load_tensors, read_metadata, require_weights, save_tensors
 from .timm_nets import fit_kwargs, is_timm, timm_name, timm_version
 
 
@@ -56,8 +58,9 @@ def load_backbone(path: Path, expect_arch: Optional[str] = None) -> tuple[torch.
 
 def load_fitting(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path, arch: str,
                  prefix: str = "") -> None:
-    """Load ``tensors`` into ``model`` strictly; the first missing, unexpected or misshapen key
-    (shown with ``prefix``, its name in the file) is one sentence."""
+    """Load ``tensors`` into ``model`` strictly; the first missing, unexpected or misshapen key, or a
+    tensor of a wrong dtype or with NaN/inf values (shown with ``prefix``, its name in the file), is one
+    sentence."""
     expected = model.state_dict()
     for key, val in expected.items():
         if key not in tensors:
@@ -68,14 +71,24 @@ def load_fitting(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path:
     extra = sorted(set(tensors) - set(expected))
     if extra:
         raise UserError(f"{path} does not match a {arch}: unexpected key '{prefix}{extra[0]}'")
+    require_weights(tensors, expected, path, prefix)
     model.load_state_dict(tensors, strict=True)
+
+
+def random_backbone(arch: str, cifar_stem: bool, seed: int,
+                    timm_kwargs: Optional[dict[str, Any]] = None) -> torch.nn.Module:
+    """The random-init backbone of ``seed``: torch.manual_seed(seed), then the torchvision (or timm, built with
+    ``timm_kwargs``) init (the global RNG is left as it was). A pretraining run of that seed starts from these
+    weights (its query backbone is the first thing it builds after seeding)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_backbone(arch, cifar_stem=cifar_stem, timm_kwargs=timm_kwargs)
 
 
 def random_backbone_file(spec: str, seed: int, path: Path, size: int = 224,
                          timm_kwargs: Optional[dict[str, Any]] = None) -> Path:
-    """Write the random-init backbone ``spec`` of ``seed`` (torch.manual_seed(seed), then the torchvision or
-    timm init; a timm model built with ``timm_kwargs`` completed for ``size`` px views,
-    :func:`~.timm_nets.fit_kwargs`) to ``path`` as a
+    """Write the random-init backbone ``spec`` of ``seed`` (:func:`random_backbone`; a timm model built with
+    ``timm_kwargs`` completed for ``size`` px views, :func:`~.timm_nets.fit_kwargs`) to ``path`` as a
     backbone.safetensors with method ``random-init``; an existing file of the same spec, seed (and timm
     arguments) is reused as it is."""
     arch, cifar_stem = parse_random(spec)
@@ -88,9 +101,7 @@ def random_backbone_file(spec: str, seed: int, path: Path, size: int = 224,
             raise UserError(f"{path} exists and is not the {spec} backbone of seed {seed}; move it or choose "
                             "another --out")
         return path
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_backbone(arch, cifar_stem=cifar_stem, timm_kwargs=kwargs)
+    model = random_backbone(arch, cifar_stem, seed, kwargs)
     model_fields: dict[str, Any] = {"arch": arch, "cifar_stem": cifar_stem}
     if kwargs:
         model_fields["timm_kwargs"] = kwargs
@@ -99,3 +110,37 @@ def random_backbone_file(spec: str, seed: int, path: Path, size: int = 224,
                   extra_meta={"seed": str(seed)}, timm_kwargs=kwargs)
     return path
 
+
+
+#: ``leoclr export --to``: the frameworks whose stock ResNets take a backbone's state dict as it is (timm's
+#: ResNet key names are torchvision's, ``fc`` the classifier of both)
+STATE_DICT_TARGETS = {"torchvision": "torchvision.models.{arch}()", "timm": "timm.create_model('{arch}')"}
+
+
+def export_state_dict(path: Path, out: Path, to: str) -> dict[str, str]:
+    """Write the backbone ``path`` as a PyTorch state dict ``out`` (.pth, ``torch.save``, atomically) that
+    ``to``'s stock ResNet of the same arch loads with ``load_state_dict(sd, strict=False)``, only ``fc.*``
+    missing (a timm backbone, ``--to timm`` only: its ``timm.create_model(NAME, num_classes=0, **kwargs)``, nothing
+    missing). Returns the arch, how to build the model and what it leaves missing. One sentence for a CIFAR-stem
+    backbone (a stock ResNet has the 7x7 stem), a timm backbone to another framework, or another file ending."""
+    out = Path(out)
+    if out.suffix not in (".pth", ".pt"):
+        raise UserError(f"--out {out} must end in .pth (a PyTorch state dict, what {to} loads)")
+    arch = read_metadata(path, KIND_BACKBONE).get("arch", "")
+    if is_timm(arch) and to != "timm":
+        raise UserError(f"checkpoint {path} is a {arch} backbone, which {to} does not build; export it --to timm")
+    model, meta = load_backbone(path)
+    if json.loads(meta.get("cifar_stem", "false")):
+        raise UserError(f"checkpoint {path} has the CIFAR stem (3x3 conv1, no max-pool), which a stock {to} {arch} "
+                        "does not have; export a backbone pretrained with model.cifar_stem false")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+             if is_timm(arch) or not k.startswith("fc.")}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(out, buffer.getvalue())
+    if is_timm(arch):  # timm's own model without its classifier: every key loads
+        kwargs = "".join(f", {k}={v!r}" for k, v in header_timm_kwargs(meta).items())
+        return {"arch": arch, "tensors": str(len(state)), "missing": "nothing",
+                "build": f"timm.create_model('{timm_name(arch)}', num_classes=0{kwargs})"}
+    return {"arch": arch, "tensors": str(len(state)), "missing": "only fc.*",
+            "build": STATE_DICT_TARGETS[to].format(arch=arch)}

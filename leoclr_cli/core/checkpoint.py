@@ -16,19 +16,20 @@
 This module only gathers their public names: ``from ..core import checkpoint as ckpt``.
 """
 
-from .backbone import load_backbone, load_fitting, random_backbone_file, save_backbone
+from .backbone import load_backbone, load_fitting, random_backbone, random_backbone_file, save_backbone
 from .pth_import import IMPORT_PREFIXES, import_torch_checkpoint
 from .rundir import latest_state, list_states, prune_states, state_path
 from .tensorfile import (CHECKSUM_KEY, FORMAT_VERSION, KIND_BACKBONE, KIND_LINEAR, KIND_STATE, MAX_HEADER,
                          file_sha256, load_tensors, read_metadata, save_tensors, verify)
-from .train_state import (flatten_optimizer, load_train_state, rng_state, save_train_state, set_rng_state,
-                          unflatten_optimizer)
+from .train_state import (flatten_optimizer, load_train_state, rng_state, save_train_state, seed_everything,
+                          set_rng_state, unflatten_optimizer)
 
 __all__ = [
-    "load_backbone", "load_fitting", "random_backbone_file", "save_backbone",
+    "load_backbone", "load_fitting", "random_backbone", "random_backbone_file", "save_backbone",
     "CHECKSUM_KEY", "FORMAT_VERSION", "KIND_BACKBONE", "KIND_LINEAR", "KIND_STATE", "MAX_HEADER", "file_sha256",
     "load_tensors", "read_metadata", "save_tensors", "verify",
     "IMPORT_PREFIXES", "import_torch_checkpoint",
     "latest_state", "list_states", "prune_states", "state_path",
-    "flatten_optimizer", "load_train_state", "rng_state", "save_train_state", "set_rng_state", "unflatten_optimizer",
+    "flatten_optimizer", "load_train_state", "rng_state", "save_train_state", "seed_everything", "set_rng_state",
+    "unflatten_optimizer",
 ]

@@ -20,7 +20,10 @@ What is distributed:
   statistics are averaged across ranks before anything is saved;
 * side effects: only rank 0 writes the run directory, logs, metrics and checkpoints.
 
-With one process (no torchrun), every function here is the identity or a no-op.
+With one process (no torchrun), every function here is the identity or a no-op. ``torchrun
+--nproc_per_node 1`` (``WORLD_SIZE=1`` set) joins a 1-rank process group, so one GPU runs the
+distributed code paths (DDP, the gathered queue, shuffle-BN across ranks, SyncBatchNorm) with the
+same arithmetic as one process; SLURM's variables start a group only for more than one task.
 """
 
 from __future__ import annotations
@@ -74,10 +77,11 @@ def is_main() -> bool:
 def init_from_env(device: torch.device) -> tuple[int, int, torch.device]:
     """Join the process group the environment describes (if any); returns (rank, world, device).
 
-    On CUDA each process takes the GPU ``LOCAL_RANK`` and uses NCCL; on the CPU it uses gloo.
+    On CUDA each process takes the GPU ``LOCAL_RANK`` and uses NCCL; on the CPU it uses gloo. One
+    process joins a group only when ``WORLD_SIZE`` says so (torchrun with one process).
     """
     rk, world, local = env_world()
-    if world <= 1 or active():
+    if active() or world <= 1 and _env_int("WORLD_SIZE") is None:
         return rank(), world_size(), device
     if not os.environ.get("MASTER_ADDR"):
         raise UserError("WORLD_SIZE is set but MASTER_ADDR is not: start with torchrun, or set MASTER_ADDR and "
@@ -224,7 +228,7 @@ def wrap(task: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``task`` in DistributedDataParallel when distributed (buffers stay per rank), else ``task``."""
     if not active():
         return task
-    ids = [device.index] if device.type == "cuda" else None
+    ids = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(task, device_ids=ids, broadcast_buffers=False)
 
 

@@ -43,7 +43,7 @@ import torch
 from rich.console import Console
 
 from . import checkpoint as ckpt
-from .atomic import atomic_write_text
+from .atomic import append_text, atomic_write_text
 from . import distributed, preempt
 from ..errors import Preempted, UserError
 from .progress import Reporter
@@ -121,11 +121,27 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def metrics_until(records: list[dict[str, Any]], done: int) -> list[dict[str, Any]]:
+    """The records of epochs 1..``done`` in order, each epoch once (its first record): what a run resumed
+    from the state after ``done`` epochs keeps of its ``metrics.jsonl``."""
+    kept: list[dict[str, Any]] = []
+    for m in records:
+        epoch = m.get("epoch", 0)
+        if epoch <= done and (not kept or epoch > kept[-1].get("epoch", 0)):
+            kept.append(m)
+    return kept
+
+
 def require_a_batch(loader: torch.utils.data.DataLoader) -> int:
     """The loader's number of batches; refuses a dataset smaller than one batch."""
     steps = len(loader)
     if steps == 0:
-        raise UserError("the dataset has fewer images than one batch; lower the batch size")
+        images = len(loader.sampler) if loader.sampler is not None and hasattr(loader.sampler, "__len__") else None
+        if images is None:
+            images = len(loader.dataset)  # type: ignore[arg-type]
+        suggestion = max(2, images // 4 // 2 * 2)
+        raise UserError(f"the batch size ({loader.batch_size}) is larger than the {images} images of the dataset, "
+                        f"so not one batch can be made; lower optim.batch_size (e.g. --batch-size {suggestion})")
     return steps
 
 
@@ -150,7 +166,9 @@ class SkipFirst(torch.utils.data.Sampler):
 class Task(torch.nn.Module):
     """What the engine trains. A subclass implements ``forward(inputs, labels) -> (loss, stats)``
     (``stats``: named 0-d tensors, averaged over the epoch into its record) and overrides the hooks
-    it needs."""
+    it needs. ``loss`` is what is backpropagated and checked for finiteness; the records' ``loss`` is
+    ``stats["loss"]`` when the task gives one (a task whose backpropagated loss carries an auxiliary
+    term, such as the online probe's, reports its own loss there), else ``loss``."""
 
     def forward(self, inputs: Any, labels: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # pragma: no cover
         raise NotImplementedError
@@ -334,10 +352,10 @@ class Engine:
             if not self.main:  # the sums are over all ranks (see _save): rank 0 carries them
                 partial = {"sums": {k: torch.zeros_like(v) for k, v in partial["sums"].items()},
                            "seen": 0, "bad_images": 0}
-        # keep the metrics of the epochs the checkpoint covers, drop any written after it
+        # keep the metrics of the epochs the checkpoint covers, each once, and drop any written after it
         if self.main:
-            kept = [m for m in read_metrics(self.metrics_path) if m.get("epoch", 0) <= done]
-            atomic_write_text(self.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
+            atomic_write_text(self.metrics_path, "".join(json.dumps(m) + "\n" for m in metrics_until(
+                read_metrics(self.metrics_path), done)))
         return done, step, partial
 
     # -------------------------------------------------------------------- loop
@@ -383,8 +401,7 @@ class Engine:
         """The one place an epoch's record goes out: ``metrics.jsonl``, then the trackers (rank 0)."""
         if not self.main:
             return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_text(self.metrics_path, json.dumps(record) + "\n")
         if self.tracker is not None:
             self.tracker.epoch(step, record)
 
@@ -395,6 +412,12 @@ class Engine:
             losses = torch.stack([loss for _, loss, _ in pending]).float().tolist()
             self.tracker.steps([(s, {"loss": v, "lr": lr}) for (s, _, lr), v in zip(pending, losses)])
             pending.clear()
+
+    def _set_lr(self, lr: float) -> None:
+        """Every parameter group's lr: the schedule's, times the group's ``lr_scale`` (default 1; the
+        online probe's group, methods/base.py, runs at its own multiple of the schedule)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
 
     def _set_epoch(self, epoch: int) -> None:
         """Seed the epoch's order (RandomSampler or DistributedSampler), worker seeds and views."""
@@ -427,8 +450,7 @@ class Engine:
                partial: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         """One epoch from batch ``skip`` on (``partial``: the metric sums of the batches before it)."""
         lr = self.schedule.lr_at(epoch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self._set_lr(lr)
         self._set_epoch(epoch)
         self.task.train()
         sums: dict[str, torch.Tensor] = dict(partial["sums"]) if partial else {}
@@ -445,8 +467,7 @@ class Engine:
         for i, batch in enumerate(batches, start=skip):
             if self.schedule.lr_at_step is not None:
                 lr = self.schedule.lr_at_step(epoch * steps + i)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                self._set_lr(lr)
             inputs = self._inputs(batch[0])
             labels = to_device(batch[1], self.device)
             if len(batch) > 2:  # the count of unreadable images replaced in this batch
@@ -464,8 +485,9 @@ class Engine:
             n = labels.shape[0] if torch.is_tensor(labels) else len(labels)
             seen += n
             window.append(loss.detach())
+            reported = stats["loss"] if "loss" in stats else window[-1]  # what the records call the loss
             if self.tracker is not None:
-                pending.append((epoch * steps + i + 1, window[-1], lr))
+                pending.append((epoch * steps + i + 1, reported, lr))
             for key, val in {"loss": loss.detach(), **stats}.items():
                 sums[key] = sums.get(key, 0) + torch.as_tensor(val, device=self.device) * n
             done = i + 1
@@ -485,7 +507,7 @@ class Engine:
                     self._flush_steps(pending)
             if checked or reporter.due():  # due() follows rank 0's clock: no collective in here
                 rate = (seen - (partial["seen"] if partial else 0)) / max(time.perf_counter() - t0, 1e-9)
-                reporter.show(f"epoch {epoch + 1}/{self.epochs} step {done}/{steps} loss {loss.item():.4f} "
+                reporter.show(f"epoch {epoch + 1}/{self.epochs} step {done}/{steps} loss {reported.item():.4f} "
                               f"lr {lr:.4g} {rate:.0f} samples/s")
         self._check_finite(window, epoch, steps, steps)
         self._epoch_sums = {"sums": dict(sums), "seen": seen, "bad_images": bad_images}  # this rank's, for _stop

@@ -113,8 +113,10 @@ class Encoder(nn.Module):
                                        timm_kwargs=cfg.timm_kwargs)
         self.head = projection_head(self.backbone.feature_dim, cfg.dim, cfg.mlp)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+    def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The projection of ``x``; with ``features``, (pooled backbone features, projection)."""
+        h = self.backbone(x)
+        return (h, self.head(h)) if features else self.head(h)
 
 
 def plain_backbone_copy(backbone: nn.Module, arch: str, cifar_stem: bool) -> nn.Module:

@@ -35,6 +35,8 @@ from . import distributed
 
 _received: Optional[int] = None  # the first signal of the current preemptible section
 _installed = False
+#: whether the running command continues with --resume auto (knn and crop-test have no --resume)
+_resumable = [True]
 
 
 def _handler(signum: int, frame: Any) -> None:
@@ -44,6 +46,16 @@ def _handler(signum: int, frame: Any) -> None:
     _received = signum
     os.write(2, f"\n{signal.Signals(signum).name}: stopping at the next step, saving what can be resumed "
                 "(send it again to stop at once)\n".encode())
+
+
+@contextmanager
+def resumable(can: bool) -> Iterator[None]:
+    """Within: whether a stop message may suggest ``--resume auto`` (the command has that flag)."""
+    _resumable.append(can)
+    try:
+        yield
+    finally:
+        _resumable.pop()
 
 
 @contextmanager
@@ -73,9 +85,10 @@ def check(what: str) -> None:
     """Raise Preempted if a signal asked to stop; for loops that hold nothing worth saving. Under
     DDP the engine stops all ranks together at its next step instead (one rank alone must not)."""
     if _received is not None and not distributed.active():
+        hint = (" (with --resume auto, where the command writes a run directory, to keep what finished)"
+                if _resumable[-1] else "")
         raise Preempted(f"{signal.Signals(_received).name} during {what}; nothing of it was kept, "
-                        "run the command again to redo it (with --resume auto, where the command writes a run "
-                        "directory, to keep what finished)")
+                        f"run the command again to redo it{hint}")
 
 
 def each(batches: Iterable[Any], what: str) -> Iterator[Any]:

@@ -47,19 +47,22 @@ def import_torch_checkpoint(src: Path, out: Path, *, arch: Optional[str] = None)
         raise UserError(f"{src} has no ResNet backbone: no key ends in 'conv1.weight' under any of the prefixes "
                         f"{', '.join(repr(p) for p in IMPORT_PREFIXES[:-1])} or none")
     tensors = {k[len(prefix):]: v for k, v in state.items()
-               if k.startswith(prefix) and torch.is_tensor(v) and not k[len(prefix):].startswith("fc.")}
+               if isinstance(k, str) and k.startswith(prefix) and not k[len(prefix):].startswith("fc.")}
+    odd = next((k for k, v in tensors.items() if not torch.is_tensor(v)), None)
+    if odd is not None:
+        raise UserError(f"{src}: '{prefix}{odd}' holds a Python {type(tensors[odd]).__name__}, not a tensor")
     if arch is None:
         arch = obj.get("arch") if isinstance(obj, dict) and isinstance(obj.get("arch"), str) else None
         if arch not in RESNETS:
             raise UserError(f"{src} does not name its arch; give --arch (one of {', '.join(RESNETS)})")
     elif arch not in RESNETS:
         raise UserError(f"unknown arch '{arch}'; choose one of {', '.join(RESNETS)}")
-    cifar_stem = tensors["conv1.weight"].shape[-1] == 3
+    cifar_stem = tensors["conv1.weight"].ndim == 4 and tensors["conv1.weight"].shape[-1] == 3
     model = build_backbone(arch, cifar_stem=cifar_stem)
     load_fitting(model, tensors, src, arch, prefix)
     epoch = obj.get("epoch", 0) if isinstance(obj, dict) else 0
     save_backbone(out, model, arch=arch, cifar_stem=cifar_stem, method="imported",
-                  epoch=int(epoch) if isinstance(epoch, int) else 0, protocol_json="{}",
+                  epoch=epoch if type(epoch) is int and 0 <= epoch < 10**9 else 0, protocol_json="{}",
                   extra_meta={"imported_from": str(src), "imported_prefix": prefix})
     return {"arch": arch, "cifar_stem": cifar_stem, "prefix": prefix, "tensors": len(tensors), "out": str(out)}
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..errors import UserError
 
 #: the file a run's result is written to
 RESULT_FILE = "result.json"
@@ -68,6 +70,11 @@ class PretrainResult(RunResult):
     # rank 0 only
     final_loss: Optional[float] = None
     knn_top1: Optional[float] = None
+    # with the monitors on (monitor.*): the online probe's last top-1, the kNN monitor's top-1 of the
+    # random-init backbone of the run's arch and seed, and the number of classes of the monitors' data
+    linear_top1: Optional[float] = None
+    knn_top1_random_init: Optional[float] = None
+    monitor_classes: Optional[int] = None
     wall_s_this_invocation: Optional[float] = None
     device: Optional[str] = None
     backbone: Optional[str] = None
@@ -88,6 +95,7 @@ class LinearResult(FromPretraining):
     num_val: int
     top1: float
     top5: float
+    num_test: Optional[int] = None  # images top1/top5 are measured on (their standard error follows from it)
     val_top1: Optional[float]
     top1_test_best: float
     backbone_unchanged: bool
@@ -231,3 +239,32 @@ class QuickstartResult(RunResult):
     seeds: int
     runs: list[dict[str, Any]]
     summary: list[dict[str, Any]]
+    crop_coverage: Optional[dict[str, float]] = None  # built-in data: % of crops that miss / cut / hold the digit
+
+
+#: every result model by its kind: the one name a kind has in result.json, the report and the docs
+RESULT_KINDS: dict[str, type[RunResult]] = {
+    model.model_fields["kind"].default: model
+    for model in (PretrainResult, LinearResult, KnnResult, CropTestResult, FinetuneResult, FinetuneSweepResult,
+                  TransferResult, DetectResult, AblateResult)}
+#: kinds written under another name by earlier versions
+FORMER_KINDS = {"detection": "detect"}
+
+
+def parse_result(record: Any, where: str, model: Optional[type[RunResult]] = None) -> RunResult:
+    """``record`` (a result file's JSON) validated by ``model``, or by the model its ``kind`` names; one
+    sentence naming ``where`` when it is none of them or breaks a field's type."""
+    if model is None:
+        kind = record.get("kind") if isinstance(record, dict) else None
+        kind = FORMER_KINDS.get(kind, kind)
+        model = RESULT_KINDS.get(kind)  # type: ignore[arg-type]
+        if model is None:
+            raise UserError(f"{where} is no leoclr result (kind {kind!r})")
+        record = {**record, "kind": kind}
+    try:
+        return model.model_validate(record)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"{where} is not a valid {getattr(model, '__name__', model)}: field '{field}': "
+                        f"{first['msg']}") from None

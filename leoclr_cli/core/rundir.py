@@ -4,15 +4,27 @@ A run directory holds ``protocol.yaml`` (written before the first step), ``env.j
 ``metrics.jsonl``, ``checkpoints/`` and, once finished, the result files. :class:`RunDir` is the one
 place that names them: every runner writes through it and ``leoclr report`` reads through it. An
 existing run directory is never overwritten without ``--resume`` or ``--force``.
+
+One writer per run directory: every command that writes one takes an advisory ``fcntl.flock`` on
+``RUN/.lock`` (:meth:`RunDir.lock`) before it writes anything, and keeps it until the command ends; the
+OS releases it when the process dies, so a ``kill -9`` never leaves it stuck. A second writer (another
+run, a ``--resume``, a ``--force`` that would delete it or a run directory nested in it such as
+``RUN/linear-eval``) is refused at once with one sentence naming the process that holds it. Reading a
+finished run takes no lock.
 """
 
 from __future__ import annotations
 
+import datetime
+import errno
+import fcntl
 import functools
 import json
+import os
 import platform
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -23,11 +35,11 @@ import yaml
 from pydantic import BaseModel
 
 from .. import __version__
-from ..config import first_difference, load_protocol, protocol_json, without_runtime, write_protocol
+from ..config import first_difference, load_protocol, protocol_json, safe_yaml, without_runtime, write_protocol
 from ..errors import UserError
 from . import preempt, threads
 from .atomic import atomic_write_text, remove_temporaries
-from .results import RESULT_FILE, RunResult
+from .results import RESULT_FILE, RunResult, parse_result
 from .tensorfile import KIND_STATE, read_metadata, verify
 
 
@@ -48,6 +60,7 @@ class RunDir:
     SUBSET = "subset.txt"  # fine-tuning's labelled images
     TRACKING = "tracking.json"  # the experiment trackers' run ids
     LINEAR_EVAL = "linear-eval"  # a pretraining run's own linear evaluation, a run directory inside it
+    LOCK = ".lock"  # the writer's lock (:meth:`lock`): its pid and start time while a command writes here
     #: training states: ``state_eNNNN`` after NNNN epochs, ``state_eNNNN_sSSSSSS`` after SSSSSS more steps
     STATES = "state_e*.safetensors"
     STATE_NAME = re.compile(r"state_e(\d+)(?:_s(\d+))?\.safetensors")
@@ -132,8 +145,8 @@ class RunDir:
     def protocol_tree(self) -> dict[str, Any]:
         """``protocol.yaml`` as a plain mapping, unvalidated ({} when it is missing or unreadable)."""
         try:
-            tree = yaml.safe_load(self.protocol_file.read_text())
-        except (OSError, yaml.YAMLError):
+            tree = safe_yaml(self.protocol_file.read_text())
+        except (OSError, ValueError, yaml.YAMLError):
             return {}
         return tree if isinstance(tree, dict) else {}
 
@@ -143,9 +156,36 @@ class RunDir:
         write_json(self.path / result.file, record)
         return record
 
-    def read_result(self) -> Any:
-        """``result.json`` as written (one sentence when it is missing or not JSON)."""
-        return read_json(self.result)
+    def read_result(self, model: Optional[type[RunResult]] = None) -> dict[str, Any]:
+        """``result.json`` read back through the model that wrote it (``model``, or the one its ``kind`` names):
+        the keys as written, each checked; one sentence when it is missing, not JSON or not a valid result."""
+        return parse_result(read_json(self.result), str(self.result), model).record()
+
+    # -------------------------------------------------------------------- one writer
+
+    def lock(self) -> None:
+        """Take this run directory's writer lock (creating the directory) until the command ends
+        (:func:`command`; the OS drops it if the process dies). Refused in one sentence while another
+        process holds it; a no-op when this process already does."""
+        _lock(self.path)
+
+    def _has_files(self) -> bool:
+        """Whether this directory holds anything besides its lock file."""
+        return self.path.is_dir() and any(p.name != self.LOCK for p in self.path.iterdir())
+
+    def _clear(self) -> None:
+        """Delete this run's files (held locked by this process), refusing first if a run directory nested
+        in it (RUN/linear-eval) is being written by another process; the lock file stays."""
+        for nested in sorted(self.path.rglob(self.LOCK)):
+            if nested.parent != self.path:
+                _lock(nested.parent)  # held until the command ends, so no writer starts in it meanwhile
+        for child in self.path.iterdir():
+            if child.name == self.LOCK:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
 
     # -------------------------------------------------------------------- fresh or resumed
 
@@ -165,12 +205,16 @@ class RunDir:
         run_dir = self.path
         if run_dir.exists() and not run_dir.is_dir():
             raise UserError(f"run directory {run_dir} is a file, not a directory")
+        if not run_dir.exists():
+            _created.append(run_dir)
+        self.lock()
         resume_from: Optional[Path] = None
         if resume == "auto":
             resume_from = latest_state(run_dir)
             if resume_from is None:
                 self._check_restart(protocol)
-                shutil.rmtree(run_dir, ignore_errors=True)
+                self._clear()
+                _created.append(run_dir)
         elif resume is not None:
             resume_from = Path(resume)
             if resume_from.is_dir():
@@ -180,24 +224,18 @@ class RunDir:
                 resume_from = found
             elif not resume_from.is_file():
                 raise UserError(f"--resume {resume}: no such checkpoint file")
-        elif run_dir.exists() and any(run_dir.iterdir()):
+        elif self._has_files():
             if not force:
                 raise UserError(f"run directory {run_dir} already exists; use --resume auto to continue it "
                                 "or --force to start over")
-            shutil.rmtree(run_dir)
+            self._clear()
+            _created.append(run_dir)
         if resume_from is not None:  # a damaged or foreign file is refused before any work starts
             verify(resume_from)
             read_metadata(resume_from, KIND_STATE)
-        fresh = not run_dir.exists()
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"run directory {run_dir} cannot be created: {e.strerror or e}") from None
         for folder in (run_dir, self.checkpoints):
             remove_temporaries(folder)
         if resume_from is None:
-            if fresh:
-                _created.append(run_dir)
             write_protocol(protocol, self.protocol_file)
             write_json(self.env_file, environment())
         return resume_from
@@ -206,7 +244,7 @@ class RunDir:
         """``--resume auto`` without a checkpoint may start this run over only if it is missing, empty,
         or an unfinished run of this very protocol."""
         run_dir = self.path
-        if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        if not self._has_files():
             return
         if not self.protocol_file.is_file():
             raise UserError(f"--resume auto: {run_dir} holds neither a checkpoint nor a {self.PROTOCOL}; "
@@ -241,9 +279,10 @@ class RunDir:
         if resume not in (None, "auto") and Path(resume).expanduser().resolve() != run_dir.resolve():
             raise UserError(f"--resume {resume}: this command continues its own run directory; use --resume auto "
                             f"(with --out {run_dir}) or --resume {run_dir}")
-        if resume is None or not run_dir.is_dir() or not any(run_dir.iterdir()):
+        if resume is None or not self._has_files():
             self.prepare(protocol, resume=None, force=force)
             return False
+        self.lock()
         if not self.protocol_file.is_file():
             raise UserError(f"--resume {resume}: {run_dir} holds no {self.PROTOCOL}, so it is no run to continue; "
                             "use --force to start over in it")
@@ -306,17 +345,20 @@ def prune_states(run_dir: Path, keep: int) -> None:
 _created: list[Path] = []
 
 
-def command(fn: Callable) -> Callable:
+def command(fn: Optional[Callable] = None, *, resumable: bool = True) -> Any:
     """Decorates a long command's runner: SIGTERM/SIGINT stop it within one step
-    (:func:`~leoclr_cli.core.preempt.preemptible`), and if it fails, the run directories it created that
-    hold no progress (no checkpoint, metrics or result anywhere inside) are removed, so that the
-    corrected command needs no --force."""
+    (:func:`~leoclr_cli.core.preempt.preemptible`; ``resumable=False``: the command has no ``--resume``,
+    so its stop message suggests none), the run directory locks it takes are released when it ends, and
+    if it fails, the run directories it created that hold no progress (no checkpoint, metrics or result
+    anywhere inside) are removed, so that the corrected command needs no --force."""
+    if fn is None:
+        return functools.partial(command, resumable=resumable)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        mark = len(_created)
+        mark, held = len(_created), len(_held)
         try:
-            with preempt.preemptible():
+            with preempt.preemptible(), preempt.resumable(resumable):
                 return fn(*args, **kwargs)
         except BaseException:
             for run_dir in _created[mark:]:
@@ -325,8 +367,71 @@ def command(fn: Callable) -> Callable:
             raise
         finally:
             del _created[mark:]
+            _release(held)
 
     return wrapper
+
+
+# --------------------------------------------------------------------------- the writer's lock
+
+
+#: the run directories this process holds locked: (resolved path, the lock file's descriptor), in order
+_held: list[tuple[Path, int]] = []
+
+
+def _lock(run_dir: Path) -> None:
+    key = Path(run_dir).resolve()
+    if any(path == key for path, _ in _held):
+        return
+    lock_file = key / RunDir.LOCK
+    try:
+        key.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise UserError(f"run directory {run_dir} is in use by {_holder(lock_file)}; wait for it to end, "
+                                "or stop it, before writing here") from None
+            try:  # the file may have been removed (or replaced) by its last holder between open and flock
+                same = os.fstat(fd).st_ino == os.stat(lock_file).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+    except OSError as e:
+        if e.errno in (errno.ENOTDIR, errno.EEXIST):
+            raise UserError(f"run directory {run_dir} cannot be created: {e.strerror or e}") from None
+        raise UserError(f"run directory {run_dir} cannot be created or locked: {e.strerror or e}") from None
+    _held.append((key, fd))
+    try:
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {started}\n".encode())
+    except OSError:
+        pass  # a full disk: the lock holds all the same, its holder is just not named
+
+
+def _holder(lock_file: Path) -> str:
+    """``process PID (started TIME)`` from a held lock file (what its holder wrote there)."""
+    try:
+        pid, started = lock_file.read_text().split(maxsplit=1)
+        return f"process {int(pid)} (started {started.strip()})"
+    except (OSError, ValueError):
+        return "another process"
+
+
+def _release(keep: int) -> None:
+    """Release the locks taken after the first ``keep``, newest first; each lock file is removed."""
+    while len(_held) > keep:
+        path, fd = _held.pop()
+        try:
+            (path / RunDir.LOCK).unlink(missing_ok=True)
+        except OSError:
+            pass
+        os.close(fd)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -342,8 +447,26 @@ def read_json(path: Path) -> Any:
         raise UserError(f"{path} is not valid JSON") from None
 
 
+def git_commit(package: Path = Path(__file__).resolve().parents[2]) -> Optional[str]:
+    """The commit of the checkout leoclr runs from (``-dirty`` when its tracked files changed); None for an
+    installed copy or without git."""
+    if not (package / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        dirty = subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
 def environment() -> dict[str, Any]:
     return {
+        "argv": list(sys.argv), "git_commit": git_commit(),
         "leoclr": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
         "torch": torch.__version__, "torchvision": torchvision.__version__,
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,

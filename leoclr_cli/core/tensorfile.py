@@ -14,12 +14,15 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
+from pydantic import ValidationError
+
+from ..config import PROTOCOLS, RESNETS, TIMM_PREFIX, format_validation_error, timm_kwargs_problem, without_runtime
 from ..errors import UserError
 from .atomic import atomic_write_bytes
 
@@ -84,15 +87,14 @@ def _verify(path: Path, contents: bool) -> None:
             raise UserError(f"checkpoint {path} is truncated ({size} bytes, its header alone needs {8 + n}); "
                             "use an earlier checkpoint or start over")
         header = f.read(n)
-        try:
-            parsed = json.loads(header)
-        except ValueError:
-            parsed = None
+        parsed = _json(header)
         if not isinstance(parsed, dict):
             raise UserError(f"checkpoint {path} is not a readable safetensors file (its header is not a JSON object)")
-        ends = [e["data_offsets"][1] for k, e in parsed.items()
-                if k != "__metadata__" and isinstance(e, dict) and len(e.get("data_offsets", ())) == 2]
-        expected = 8 + n + max([e for e in ends if isinstance(e, int)], default=0)
+        problem = _header_problem(parsed)
+        if problem is not None:
+            raise UserError(f"checkpoint {path} is not a readable safetensors file ({problem})")
+        ends = [e["data_offsets"][1] for k, e in parsed.items() if k != "__metadata__"]
+        expected = 8 + n + max(ends, default=0)
         if size < expected:
             raise UserError(f"checkpoint {path} is truncated ({size} of {expected} bytes); "
                             "use an earlier checkpoint or start over")
@@ -107,6 +109,111 @@ def _verify(path: Path, contents: bool) -> None:
     if h.hexdigest() != digest or size != expected:
         raise UserError(f"checkpoint {path} is corrupted: its contents do not match the checksum written with it "
                         "(altered since it was saved); use an earlier checkpoint or start over")
+
+
+#: safetensors' dtype names and their sizes in bytes
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
+#: the dtypes a weight (a floating-point parameter or buffer) may have in a file we read
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+#: the deepest JSON a header or a metadata value may nest (a safetensors header nests 3 deep, a protocol 4)
+MAX_JSON_DEPTH = 32
+
+
+def _json(text: bytes | str) -> Any:
+    """``json.loads`` of a header or a metadata value; None when it is not JSON or nests deeper than
+    :data:`MAX_JSON_DEPTH` (checked before parsing, so a hostile depth costs one pass over the bytes)."""
+    raw = text.encode() if isinstance(text, str) else text
+    if _depth(raw) > MAX_JSON_DEPTH:
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _depth(raw: bytes) -> int:
+    """The bracket nesting of JSON text (brackets inside strings are skipped), stopping past the bound."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_JSON_DEPTH:
+                    break
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def _header_problem(parsed: dict[str, Any]) -> Optional[str]:
+    """What is malformed in a parsed safetensors header (None: nothing): the metadata must map strings to
+    strings, every tensor entry name a known dtype, a shape of non-negative integers and ``data_offsets``
+    [begin, end] of exactly its bytes, the entries tiling the data without overlap."""
+    meta = parsed.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        return "its __metadata__ is not a mapping of strings to strings"
+    spans = []
+    for key, entry in parsed.items():
+        if key == "__metadata__":
+            continue
+        name = key if len(key) <= 60 else key[:57] + "..."
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            return f"the entry of '{name}' is not a mapping of dtype, shape and data_offsets"
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
+            return f"'{name}' has an unknown dtype"
+        if not isinstance(shape, list) or len(shape) > 8 or not all(
+                type(d) is int and 0 <= d < 2**40 for d in shape):
+            return f"'{name}' has a shape that is not a list of at most 8 non-negative integers"
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(
+                type(o) is int and 0 <= o < 2**50 for o in offsets) or offsets[0] > offsets[1]:
+            return f"'{name}' has data_offsets that are not two integers [begin, end] with begin <= end"
+        numel = 1
+        for d in shape:
+            numel *= d
+        if offsets[1] - offsets[0] != numel * DTYPE_BYTES[dtype]:
+            return f"'{name}' has data_offsets that do not span its shape's bytes"
+        spans.append((offsets[0], offsets[1]))
+    end = 0
+    for begin, stop in sorted(spans):
+        if begin != end:
+            return "its tensors' data_offsets leave gaps or overlap"
+        end = stop
+    return None
+
+
+def require_weights(tensors: dict[str, torch.Tensor], model_state: dict[str, torch.Tensor], path: Path,
+                    prefix: str = "") -> None:
+    """Refuse, naming the key (shown with ``prefix``), a tensor whose dtype is not its model's kind (a
+    floating-point weight must be float16, bfloat16, float32 or float64; an integer buffer such as BN's
+    ``num_batches_tracked`` an integer) or a weight that is NaN or infinite."""
+    for key, want in model_state.items():
+        got = tensors.get(key)
+        if got is None:
+            continue
+        if want.is_floating_point():
+            if got.dtype not in FLOAT_DTYPES:
+                raise UserError(f"{path}: '{prefix}{key}' is {str(got.dtype).replace('torch.', '')}, a weight must "
+                                "be float16, bfloat16, float32 or float64")
+            if not bool(torch.isfinite(got).all()):
+                what = "NaN" if bool(torch.isnan(got).any()) else "infinite"
+                raise UserError(f"{path}: '{prefix}{key}' holds {what} values; these weights cannot be trained or "
+                                "evaluated (a diverged run?)")
+        elif got.dtype != want.dtype:
+            raise UserError(f"{path}: '{prefix}{key}' is {str(got.dtype).replace('torch.', '')}, "
+                            f"{str(want.dtype).replace('torch.', '')} is needed")
 
 
 def file_sha256(path: Path) -> str:
@@ -144,5 +251,53 @@ def _read(path: Path, expect_kind: Optional[str], with_tensors: bool) -> tuple[d
     if meta["format_version"] != FORMAT_VERSION:
         raise UserError(f"checkpoint {path} has format version {meta['format_version']}, this leoclr reads {FORMAT_VERSION}")
     if expect_kind is not None and meta["kind"] != expect_kind:
-        raise UserError(f"checkpoint {path} holds a '{meta['kind']}', but a '{expect_kind}' is needed here")
+        raise UserError(f"checkpoint {path} holds a '{_short(meta['kind'])}', but a '{expect_kind}' is needed here")
+    problem = _metadata_problem(meta)
+    if problem is not None:
+        if not with_tensors:
+            verify(path)  # damage has its own sentence
+        raise UserError(f"checkpoint {path} has malformed metadata: {problem}")
     return tensors, meta
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+#: metadata fields that hold JSON, and those that hold a count
+_JSON_FIELDS = ("protocol", "cifar_stem", "optimizer", "rng", "extra", "cells", "normalize_mean", "normalize_std",
+                "timm_kwargs")
+_COUNT_FIELDS = ("epoch", "step", "num_classes", "seed")
+
+
+def _metadata_problem(meta: dict[str, str]) -> Optional[str]:
+    """What is malformed in the metadata of a leoclr file (None: nothing): counts must be decimal integers,
+    JSON fields JSON, ``arch`` a known one, and ``protocol`` a protocol of the kind it claims, valid as the
+    run that wrote it would have been (the same schema, :data:`~..config.PROTOCOLS`)."""
+    for key in _COUNT_FIELDS:
+        value = meta.get(key)
+        if value is not None and not (value.isascii() and value.isdigit() and len(value) <= 12):
+            return f"'{key}' is {_short(repr(value))}, not a non-negative integer"
+    for key in _JSON_FIELDS:
+        if key in meta and _json(meta[key]) is None and meta[key] != "null":
+            return f"'{key}' is not JSON"
+    if "cifar_stem" in meta and meta["cifar_stem"] not in ("true", "false"):
+        return "'cifar_stem' is neither true nor false"
+    if "arch" in meta and meta["arch"] not in RESNETS:
+        if not meta["arch"].startswith(TIMM_PREFIX):
+            return f"'arch' is {_short(repr(meta['arch']))}, not one of {', '.join(RESNETS)} or timm:NAME"
+        problem = timm_kwargs_problem(_json(meta.get("timm_kwargs", "{}")))
+        if problem:
+            return f"'timm_kwargs': {problem}"
+    protocol = _json(meta["protocol"]) if "protocol" in meta else {}
+    if not isinstance(protocol, dict):
+        return "'protocol' is not a JSON object"
+    kind = protocol.get("kind")
+    if kind in PROTOCOLS:
+        try:
+            PROTOCOLS[kind].model_validate(without_runtime(protocol))
+        except ValidationError as e:
+            return f"'protocol' is not a valid {kind} protocol ({format_validation_error(e, 'protocol')})"
+    elif kind is not None and kind != "random-init":
+        return f"'protocol' names no known kind of run ({_short(repr(kind))})"
+    return None

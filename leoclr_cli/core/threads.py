@@ -17,6 +17,8 @@ from typing import Any, Optional
 
 import torch
 
+from ..errors import UserError
+
 _choice: dict[str, Any] = {}
 
 
@@ -38,6 +40,9 @@ def default_threads(workers: int, cores: Optional[int] = None, ranks: Optional[i
 def apply(requested: Optional[int], workers: int) -> int:
     """Set torch's intra-op threads: ``requested`` if given, else ``OMP_NUM_THREADS``'s if set, else
     :func:`default_threads`; returns the count."""
+    if requested and requested > 4 * available_cores():
+        raise UserError(f"threads {requested} is more than 4 per CPU core this process may use "
+                        f"({available_cores()}); more threads only wait for the cores, and each costs memory")
     if requested:
         n, source = requested, "threads"
     elif os.environ.get("OMP_NUM_THREADS"):

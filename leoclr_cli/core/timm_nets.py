@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..config import TIMM_PREFIX
+from ..config import TIMM_PREFIX, timm_kwargs_problem
 from ..errors import UserError
 
 #: a patch model keeps its own patch size when the view has at least this many patches a side
@@ -92,6 +92,9 @@ def build_timm(arch: str, kwargs: Optional[dict[str, Any]] = None) -> nn.Module:
     timm refuses the arguments."""
     timm = require_timm(arch)
     kwargs = dict(kwargs or {})
+    problem = timm_kwargs_problem(kwargs)
+    if problem:
+        raise UserError(f"model.timm_kwargs of {arch}: {problem}")
     try:
         model = timm.create_model(timm_name(arch), num_classes=0, **kwargs)
     except Exception as e:  # timm raises what its constructors raise: say which arch and arguments

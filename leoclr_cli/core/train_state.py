@@ -40,6 +40,17 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], info: dict[str, Any]) 
     return {"state": state, "param_groups": info["param_groups"]}
 
 
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed every global RNG a run draws from (Python's ``random``, NumPy's, torch's on every device), so two
+    runs of one protocol write the same files; ``deterministic``: torch's deterministic kernels too."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Optional
 
 import numpy as np
 import torch
@@ -219,11 +220,11 @@ def _scenes(split: str, n: int, seed: int) -> tuple[np.ndarray, tuple[int, ...]]
 
 
 class BuiltinScenes(torch.utils.data.Dataset):
-    """The default built-in set: scikit-learn's handwritten digits (label = the digit) written small, at a
-    random place and size, on regions of scikit-image's bundled photographs. Real pixels nobody here drew;
+    """``builtin-photos``: scikit-learn's handwritten digits (label = the digit) written small, at a
+    random place and size, on regions of scikit-image's bundled photographs (the default set of 0.2).
     ``split`` in {train, test} (disjoint digits); ``n`` images, classes balanced."""
 
-    name = "builtin"
+    name = "builtin-photos"
 
     def __init__(self, split: str = "train", n: int = 4000, seed: int = 0):
         _check_split(split)
@@ -237,3 +238,86 @@ class BuiltinScenes(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[Image.Image, int]:
         return Image.fromarray(self.images[i]), self.targets[i]
+
+
+# --------------------------------------------------------------------------- digits on a noise canvas (default)
+
+#: a digit's side in pixels (of the 32x32 image): half to seven eighths of the image's side
+NOISE_DIGIT_SIDE = (16, 28)
+#: the canvas: mid grey, a smooth low-contrast field (std in grey levels, cells across the image) and pixel noise
+CANVAS_LEVEL, CANVAS_FIELD_STD, CANVAS_FIELD_CELLS, CANVAS_PIXEL_STD = 128.0, 10.0, 6, 8.0
+#: the ink: dark or light (one of the two at random, independent of the class), never near the canvas grey
+INK_DARK, INK_LIGHT = (10.0, 70.0), (186.0, 246.0)
+
+
+def render_digit_with_mask(label: int, rng: np.random.Generator, pool: dict[int, np.ndarray],
+                           scan: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """One (SIZE, SIZE, 3) uint8 image of a handwritten ``label`` on a fresh noise canvas, and its (SIZE, SIZE)
+    ink mask (0..1); ``scan``: the index of scikit-learn's digit to write (default: one of ``pool[label]`` drawn
+    from ``rng``); every other free choice drawn from ``rng``. The canvas is drawn from one distribution for every
+    image and class, so two crops of one image share nothing of it but its statistics: only the digit (its
+    shape, size, place and ink) tells the image apart."""
+    cells = rng.normal(0, 1, (CANVAS_FIELD_CELLS, CANVAS_FIELD_CELLS)).astype(np.float32)
+    field = np.asarray(Image.fromarray(cells, mode="F").resize((SIZE, SIZE), Image.Resampling.BICUBIC), np.float64)
+    canvas = CANVAS_LEVEL + CANVAS_FIELD_STD * field / max(field.std(), 1e-6)
+
+    images, _ = _digits()
+    ink = images[rng.choice(pool[label]) if scan is None else scan]
+    d = int(rng.integers(NOISE_DIGIT_SIDE[0], NOISE_DIGIT_SIDE[1] + 1))
+    alpha_small = Image.fromarray((ink * 255).astype(np.uint8)).resize((d, d), Image.Resampling.BILINEAR)
+    y, x = rng.integers(0, SIZE - d + 1, 2)
+    alpha = np.zeros((SIZE, SIZE))
+    alpha[y:y + d, x:x + d] = np.asarray(alpha_small, dtype=np.float64) / 255
+    level = rng.uniform(*(INK_DARK if rng.random() < 0.5 else INK_LIGHT))
+    grey = canvas * (1 - alpha) + level * alpha
+    pixels = np.clip(grey[..., None] + rng.normal(0, CANVAS_PIXEL_STD, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+    return pixels, alpha
+
+
+def _balanced_label(seed: int, split: str, i: int) -> int:
+    """The label of image ``i``: each block of ten consecutive images holds every class once, in a seeded order,
+    so any prefix of a split is balanced to within one image per class."""
+    block = np.random.default_rng([seed, _SPLIT_SEED[split], 3, i // 10]).permutation(10)
+    return int(block[i % 10])
+
+
+def _scan_order(seed: int, split: str) -> dict[int, np.ndarray]:
+    """Per class, the split's digit scans in a seeded order: the j-th image of a class writes scan j (cycling),
+    so the first 10 x (smallest class pool) images of a split (1,390 of train) all write different scans."""
+    rng = np.random.default_rng([seed, _SPLIT_SEED[split], 4])
+    return {c: rng.permutation(pool) for c, pool in digit_pool(split).items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _digit_canvases(split: str, n: int, seed: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The images and labels of one split. Image ``i`` depends on (seed, split, i) alone, so a split of n images
+    is the first n of any larger one (the quickstart's probe reads more train images than pretraining does)."""
+    pool, order = digit_pool(split), _scan_order(seed, split)
+    labels = tuple(_balanced_label(seed, split, i) for i in range(n))
+    images = np.stack([render_digit_with_mask(lab, np.random.default_rng([seed, _SPLIT_SEED[split], 2, i]), pool,
+                                              scan=int(order[lab][(i // 10) % len(order[lab])]))[0]
+                       for i, lab in enumerate(labels)]) if n else np.zeros((0, SIZE, SIZE, 3), np.uint8)
+    images.flags.writeable = False
+    return images, labels
+
+
+class BuiltinDigits(torch.utils.data.Dataset):
+    """The default built-in set: scikit-learn's handwritten digits (label = the digit), 16-28 px of a 32x32
+    image, at a random place on a canvas of low-contrast noise drawn afresh for every image. Real pixels nobody
+    here drew; ``split`` in {train, test} (disjoint digit scans); ``n`` images, classes balanced."""
+
+    name = "builtin"
+
+    def __init__(self, split: str = "train", n: int = 4000, seed: int = 0):
+        _check_split(split)
+        self.split, self.root, self.classes = split, None, [str(c) for c in range(10)]
+        self.num_classes = 10
+        self.images, targets = _digit_canvases(split, n, seed)
+        self.targets = list(targets)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+        return Image.fromarray(self.images[i]), self.targets[i]
+

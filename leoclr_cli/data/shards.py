@@ -2,7 +2,8 @@
 
 A shard is a tar file of samples (``KEY.jpg`` / ``KEY.png`` ..., ``KEY.cls`` the label), read as a
 stream by the webdataset library (``tarfile_samples``: local paths, and any URL its ``gopen`` opens,
-``http(s)://``, ``pipe:CMD``); ``data.root`` is a shard list, brace patterns expanded
+``http(s)://``, ``pipe:CMD``: a shell command, run only when the command line asks for it, never from a
+protocol file alone); ``data.root`` is a shard list, brace patterns expanded
 (``train-{000000..000099}.tar``; several lists joined with ``::``).
 
 :class:`ShardViews` is the pretraining dataset over shards, an ``IterableDataset`` whose epochs are
@@ -63,11 +64,14 @@ class ShardSource:
 
     name = "webdataset"
 
-    def __init__(self, pattern: str, samples: Optional[int] = None):
+    def __init__(self, pattern: str, samples: Optional[int] = None, *, allow_pipe: bool = False):
         self.root = pattern
         self.urls = [str(Path(u).expanduser()) if _local(u) else u for u in wds.shardlists.expand_urls(pattern)]
         if not self.urls:
             raise UserError(f"webdataset shard pattern {pattern!r} names no shard")
+        if not allow_pipe and any(u.lstrip().startswith("pipe:") for u in self.urls):
+            raise UserError("data.root names a 'pipe:' shard, which runs a shell command; leoclr runs one only when "
+                            "the command line asks for it: give the shards with --data, or add --allow-pipe")
         local = [_local(u) for u in self.urls]
         if samples is None:
             if any(p is None for p in local):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from ..errors import BadImage, UserError
 
 __all__ = ["SOURCES", "STL10_CLASSES", "Source", "open_source"]
 
-SOURCES = ("imagefolder", "cifar10", "cifar100", "stl10", "cars", "pets", "birdsnap")
+SOURCES = ("imagefolder", "folder", "cifar10", "cifar100", "stl10", "cars", "pets", "birdsnap")
 
 #: STL-10 class names in label order, used when ``class_names.txt`` is absent (torchvision then
 #: sets no ``classes`` at all).
@@ -127,6 +128,8 @@ def open_source(name: str, root: str | Path, split: str, *, verify_checksums: bo
     root = Path(root).expanduser()
     if name == "imagefolder":
         return _open_imagefolder(root, split)
+    if name == "folder":
+        return _open_folder(root, split)
     if name in _FILE_READERS:
         return _FILE_READERS[name](root, split)
     return _open_official(_OFFICIAL[name], root, split, verify_checksums)
@@ -319,15 +322,16 @@ def open_rgb(fp, min_side: Optional[int] = None) -> Image.Image:
 class _LoadRGB:
     """ImageFolder's loader: :func:`open_rgb`, naming the file if it cannot be decoded."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: str = "imagefolder") -> None:
         self.min_side: Optional[int] = None
+        self.source = source
 
     def __call__(self, path: str) -> Image.Image:
         try:
             with open(path, "rb") as f:
                 return open_rgb(f, self.min_side)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise BadImage(f"imagefolder image {path} could not be decoded ({exc})") from exc
+            raise BadImage(f"{self.source} image {path} could not be decoded ({exc})") from exc
 
 
 def _load_rgb(path: str) -> Image.Image:
@@ -362,6 +366,116 @@ def _open_imagefolder(root: Path, split: str) -> Source:
         )
     files = [os.path.relpath(path, split_dir) for path, _ in dataset.samples]
     return Source("imagefolder", split, root, dataset, dataset.classes, [int(t) for t in dataset.targets], files)
+
+
+# --------------------------------------------------------------------------------------------
+# folder: every image under a directory at any depth, unlabeled
+
+#: the file endings ``folder`` reads (case-insensitive); every other file is counted and ignored
+FOLDER_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class FolderListing:
+    """What :func:`list_folder` found under a directory: the image files (relative POSIX paths, sorted), and
+    what it left out: files of other types (by ending), and symbolic links that lead outside the directory
+    or back into a folder already listed."""
+
+    files: list[str]
+    other: dict[str, int]
+    outside: int = 0
+    looped: int = 0
+
+    def ignored(self) -> str:
+        """What was left out, for the line that says so ('' when nothing)."""
+        parts = []
+        if self.other:
+            kinds = sorted(self.other, key=lambda k: (-self.other[k], k))
+            shown = ", ".join(f"{k or '(none)'} {self.other[k]}" for k in kinds[:4])
+            shown += ", ..." if len(kinds) > 4 else ""
+            parts.append(f"{_count(sum(self.other.values()), 'file')} of other types ignored ({shown})")
+        if self.outside:
+            parts.append(f"{_count(self.outside, 'symbolic link')} that lead outside it ignored")
+        if self.looped:
+            parts.append(f"{_count(self.looped, 'symbolic link')} to a folder already read ignored")
+        return "; ".join(parts)
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'' if n == 1 else 's'}"
+
+
+def list_folder(root: Path) -> FolderListing:
+    """Every file under ``root`` at any depth whose name ends in one of :data:`FOLDER_EXTENSIONS` (any case),
+    sorted by relative path. Symbolic links are followed once: a linked folder is read unless its real
+    folder was read already (no loops, no file twice), and a link whose target is outside ``root`` is ignored."""
+    top = os.path.realpath(root)
+    listing = FolderListing([], {})
+    seen = {top}
+
+    def inside(real: str) -> bool:
+        return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+    def walk(folder: str, rel: str) -> None:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            path, name = entry.path, (f"{rel}/{entry.name}" if rel else entry.name)
+            real = os.path.realpath(path) if entry.is_symlink() else None
+            if real is not None and not inside(real):
+                listing.outside += 1
+            elif entry.is_dir():
+                key = real or os.path.realpath(path)
+                if key in seen:
+                    listing.looped += 1
+                    continue
+                seen.add(key)
+                walk(path, name)
+            elif entry.is_file():
+                ending = os.path.splitext(entry.name)[1].lower()
+                if ending in FOLDER_EXTENSIONS:
+                    listing.files.append(name)
+                else:
+                    listing.other[ending] = listing.other.get(ending, 0) + 1
+
+    walk(str(root), "")
+    listing.files.sort()
+    return listing
+
+
+class FolderReader(Dataset):
+    """``root/<any depth>/<image>`` -> (PIL image, -1): the images of :func:`list_folder`, unlabeled."""
+
+    def __init__(self, root: Path, files: list[str]):
+        self.root, self.files, self.loader = root, files, _LoadRGB("folder")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return self.loader(str(self.root / self.files[index])), -1
+
+
+def _open_folder(root: Path, split: str) -> Source:
+    """Every image under ``root`` (``split`` is not used: the folder is one set of images), label -1.
+    The order is the sorted relative paths, the same on every machine; what pretraining or ``views`` draws
+    from it is seeded. Files of other types are counted and said once on stderr."""
+    expected = f"image files ({', '.join(FOLDER_EXTENSIONS)}) under {root}, at any depth"
+    _require_dir("folder", root, expected)
+    listing = list_folder(root)
+    if not listing.files:
+        left = f" ({listing.ignored()})" if listing.ignored() else ""
+        raise UserError(f"folder data at {root} holds no image file{left}: expected {expected}")
+    if listing.ignored() and str(root) not in _SAID:
+        _SAID.add(str(root))
+        print(f"folder data at {root}: {len(listing.files)} images; {listing.ignored()}", file=sys.stderr)
+    source = Source("folder", split, root, FolderReader(root, listing.files), [], [-1] * len(listing.files),
+                    listing.files)
+    source.ignored = listing.other  # type: ignore[attr-defined]
+    return source
+
+
+_SAID: set[str] = set()  # the folders whose ignored files were said already in this process
 
 
 # --------------------------------------------------------------------------------------------
@@ -507,31 +621,54 @@ def _class_folders_of_images(folder: Path) -> bool:
         return any(e.is_dir() and _has_image(Path(e.path)) for e in entries)
 
 
+#: split folder names that mark ``ROOT/<split>/<class>/<image>`` as an ImageFolder (``--data`` inference):
+#: without one, folders of folders of images are photos nested by date or album, read as ``folder``
+IMAGEFOLDER_SPLITS = ("train", "val", "valid", "validation", "test", "trainval", "unlabeled")
+
+
+def _imagefolder_splits(root: Path, taken: set[str]) -> list[str]:
+    """The sub-folders of ``root`` that hold class folders of images, sorted."""
+    return sorted(e.name for e in os.scandir(root)
+                  if e.is_dir() and e.name not in taken and _class_folders_of_images(Path(e.path)))
+
+
+def _any_image(root: Path) -> bool:
+    """Whether an image file of :data:`FOLDER_EXTENSIONS` lies anywhere under ``root`` (stops at the first)."""
+    for _, _, names in os.walk(root, followlinks=False):
+        if any(os.path.splitext(n)[1].lower() in FOLDER_EXTENSIONS for n in names):
+            return True
+    return False
+
+
 def detect_layouts(root: Path) -> list[tuple[str, str]]:
-    """(source, what was found) for every dataset layout of the data sources table found at ``root``."""
+    """(source, what was found) for every dataset layout of the data sources table found at ``root``; a
+    folder of images that is none of them (flat, or nested by date) is ``folder``."""
     found = [(name, f"{folder}/") for name, folder in LAYOUT_FOLDERS.items() if (root / folder).is_dir()]
     taken = set(LAYOUT_FOLDERS.values())
     if all((root / f).is_file() for f in _BIRDSNAP_FILES):
         found.append(("birdsnap", "species.txt, images.txt and test_images.txt"))
         taken |= {"images", "download"}
-    splits = sorted(e.name for e in os.scandir(root)
-                    if e.is_dir() and e.name not in taken and _class_folders_of_images(Path(e.path)))
-    if splits:
+    splits = _imagefolder_splits(root, taken)
+    if any(s.lower() in IMAGEFOLDER_SPLITS for s in splits):
         found.append(("imagefolder", f"{', '.join(s + '/' for s in splits[:3])} of class folders of images"))
+    if not found and root.name not in LAYOUT_FOLDERS.values() and _any_image(root):
+        found.append(("folder", "image files with no <split>/<class>/ layout (unlabeled; a labelled ImageFolder "
+                                "is ROOT/train/<class>/<image>)"))
     return found
 
 
 def infer_source(root: str | Path, declared: Optional[str] = None) -> tuple[str, str]:
     """(source, why) for the dataset at ``root``, from its layout. ``declared``: the source a protocol names
     explicitly; it is kept when ``root`` holds it (or holds nothing recognisable: its reader then names the
-    layout it expects), refused when ``root`` holds only something else. One sentence for anything else."""
+    layout it expects; an ImageFolder whose splits have other names than :data:`IMAGEFOLDER_SPLITS`), refused
+    when ``root`` holds only something else. One sentence for anything else."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"--data {root} is not a directory")
     found = detect_layouts(root)
     names = [name for name, _ in found]
-    if declared not in (None, "builtin", "builtin-textures"):
-        if declared in names or not found:
+    if declared is not None and not declared.startswith("builtin"):
+        if declared in names or not found or (declared == "imagefolder" and _imagefolder_splits(root, set())):
             return declared, dict(found).get(declared, "the protocol's source")
         raise UserError(f"--data {root} holds {' and '.join(names)} data, not the {declared} data the protocol "
                         f"names; give --source {names[0]} to use it")
@@ -542,10 +679,6 @@ def infer_source(root: str | Path, declared: Optional[str] = None) -> tuple[str,
     if root.name in LAYOUT_FOLDERS.values():
         raise UserError(f"--data {root} is the {root.name}/ folder itself; give the folder that holds it: "
                         f"--data {root.parent}")
-    if _has_image(root) or _class_folders_of_images(root):
-        raise UserError(f"--data {root} holds images or class folders directly; imagefolder data is read from "
-                        f"ROOT/<split>/<class>/<image>: give its parent as --data (the split is --split or "
-                        f"data.train_split)")
     folders = "".join(f"{folder}/, " for folder in LAYOUT_FOLDERS.values())
-    raise UserError(f"--data {root} holds none of the layouts leoclr reads ({folders}Birdsnap's list files, or "
-                    "<split>/<class>/<image> folders); give --source and check the path")
+    raise UserError(f"--data {root} holds none of the layouts leoclr reads ({folders}Birdsnap's list files, "
+                    f"<split>/<class>/<image> folders, or image files at any depth); give --source and check the path")

@@ -4,6 +4,8 @@ Run directory: ``protocol.yaml``, ``env.json``, ``result.json`` (means over tria
 ``trial-N/`` with ``metrics.jsonl``, ``model.safetensors`` (the final detector) and ``result.json``;
 while a trial runs, ``checkpoints/`` holds its newest train state (every ``period`` iterations, after the
 last one, at a signal). ``--resume auto`` keeps the finished trials and continues the interrupted one.
+Trackers (``log.*``) are per trial, in ``trial-N/``: the torchvision backend's steps and records, and
+every trial's AP (``result/...``).
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ import torch
 from rich.console import Console
 
 from ..config import DetectProtocol, protocol_json
+from ..core import tracking
 from ..core.engine import resolve_device
-from ..core.results import DetectResult
+from ..core.results import DetectResult, DetectTrialResult
 from ..core.rundir import RunDir, command
 from ..errors import Preempted, UserError
 from .datasets import VOC_CLASSES, coco_paths, read_coco, read_voc
 from . import detectron2_backend as d2_backend
 from .export import load_detection_backbone
 from .metrics import coco_ap, voc_ap, voc_ground_truth
-from .torchvision_r50c4 import predict, train_torchvision
+from .torchvision_r50c4 import predict, train_torchvision, trial_period
 from .trial import finish_trial
 
 INSTALL_HINT = "install Detectron2 (docs/detection.md) or pass --backend torchvision"
@@ -106,6 +109,7 @@ def run_detect(p: DetectProtocol, backbone_path: Path, run_dir: Path, *, resume:
     backend = choose_backend(p, console)
     gpus = gpu_count(p, backend)
     solver = p.solver(gpus)
+    tracking.check(p.log)
     resuming = RunDir(run_dir).reopen(p, resume=resume, force=force)
     console.print(rescale_line(p, gpus, solver), highlight=False)
     pjson = protocol_json(p)
@@ -117,12 +121,16 @@ def run_detect(p: DetectProtocol, backbone_path: Path, run_dir: Path, *, resume:
         if not (resuming and trial.result.is_file()):  # a finished trial is kept as it is
             spec = {"protocol": p, "protocol_json": pjson, "dataset": p.dataset, "backend": backend, "seed": seed,
                     "trial_dir": str(trial_dir), "solver": solver, "resume": trial.resume_part(resuming), **data}
-            if backend == "detectron2":
-                _detectron2_trial(spec, state, gpus)
-            else:
-                _torchvision_trial(spec, state, quiet, console)
+            start = tracking.resumed_step(spec["resume"], trial_period(p)) if backend == "torchvision" else 0
+            with tracking.closing(tracking.open_tracker(p.log, trial_dir, p.model_dump(mode="json"),
+                                                        f"detect {p.dataset} trial {t}", start)) as tracker:
+                if backend == "detectron2":
+                    _detectron2_trial(spec, state, gpus)
+                else:
+                    _torchvision_trial(spec, state, quiet, console, tracker)
+                tracking.finish(tracker, trial.read_result(DetectTrialResult))
         shutil.rmtree(trial.checkpoints, ignore_errors=True)  # finished: model.safetensors is kept
-        trials.append(trial.read_result())
+        trials.append(trial.read_result(DetectTrialResult))
         console.print(f"trial {t + 1}/{p.trials} (seed {seed}): AP {trials[-1]['AP']:.2f}, "
                       f"AP50 {trials[-1]['AP50']:.2f}, AP75 {trials[-1]['AP75']:.2f}", highlight=False)
     result: dict[str, Any] = {
@@ -137,11 +145,12 @@ def run_detect(p: DetectProtocol, backbone_path: Path, run_dir: Path, *, resume:
     return RunDir(run_dir).write_result(DetectResult(**result))
 
 
-def _torchvision_trial(spec: dict[str, Any], state: dict[str, torch.Tensor], quiet: bool, console: Console) -> None:
-
+def _torchvision_trial(spec: dict[str, Any], state: dict[str, torch.Tensor], quiet: bool, console: Console,
+                       tracker: Optional[tracking.Tracker]) -> None:
     p = spec["protocol"]
     model, _ = train_torchvision(p, spec["train"], len(spec["classes"]), state, Path(spec["trial_dir"]),
-                                 spec["seed"], spec["protocol_json"], quiet, console, resume=spec["resume"])
+                                 spec["seed"], spec["protocol_json"], quiet, console, resume=spec["resume"],
+                                 tracker=tracker)
     dets = predict(model, spec["test"], p, resolve_device(p.device))
     finish_trial(spec, evaluate(spec, dets), model.state_dict())
 

@@ -26,6 +26,7 @@ from torchvision.ops import MultiScaleRoIAlign, roi_align
 from ..config import DetectProtocol
 from ..core import preempt
 from ..core.engine import Checkpoints, DeviceSpec, Engine, Observers, Schedule, Task, resolve_device, to_device
+from ..core.tracking import Tracker
 from ..errors import UserError
 from .datasets import DetectionTrainSet, collate, read_image
 
@@ -158,18 +159,24 @@ def predict(model: FasterRCNN, records: list[dict[str, Any]], p: DetectProtocol,
     return out
 
 
+def trial_period(p: DetectProtocol) -> int:
+    """Iterations per engine epoch of a torchvision trial (one metrics record): ``p.period``, or a divisor of it
+    that divides the schedule."""
+    return math.gcd(p.solver(1)["max_iter"], p.period)
+
+
 def train_torchvision(p: DetectProtocol, train_records: list[dict[str, Any]], num_classes: int,
                       backbone_state: dict[str, torch.Tensor], run_dir: Path, seed: int, protocol_json: str,
-                      quiet: bool, console: Console,
-                      resume: Optional[Path] = None) -> tuple[FasterRCNN, dict[str, Any]]:
+                      quiet: bool, console: Console, resume: Optional[Path] = None,
+                      tracker: Optional[Tracker] = None) -> tuple[FasterRCNN, dict[str, Any]]:
     """Train one trial on one device through the engine (from the train state ``resume``, if given; a state
-    every ``period`` iterations and after the last one); returns (model, solver actually used)."""
+    every ``period`` iterations and after the last one; ``tracker`` gets its steps and records); returns
+    (model, solver actually used)."""
     device = resolve_device(p.device)
-    gpus = 1
-    solver = p.solver(gpus)
+    solver = p.solver(1)
     torch.manual_seed(seed)
     model = build_r50c4(p, num_classes, backbone_state)
-    period = math.gcd(solver["max_iter"], p.period)
+    period = trial_period(p)
     loader = train_loader(train_records, p, solver["ims_per_batch"], period)
     optimizer = torch.optim.SGD(param_groups(model, p.weight_decay, p.weight_decay_norm), lr=solver["base_lr"],
                                 momentum=p.momentum)
@@ -178,7 +185,8 @@ def train_torchvision(p: DetectProtocol, train_records: list[dict[str, Any]], nu
     engine = Engine(DetectionTask(model), optimizer, loader, schedule=schedule,
                     checkpoints=Checkpoints(run_dir, protocol_json, every=p.period // period, keep=1),
                     device=DeviceSpec(device),
-                    observers=Observers(f"detect {p.dataset}", quiet=quiet, console=console, log_every=20))
+                    observers=Observers(f"detect {p.dataset}", quiet=quiet, console=console, log_every=20,
+                                        tracker=tracker))
     engine.run(resume)
     if p.precise_bn:
         gen = torch.Generator().manual_seed(seed + 1)

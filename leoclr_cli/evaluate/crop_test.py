@@ -52,7 +52,7 @@ def find_backbone(linear_dir: Path, meta: dict[str, str], override: Optional[Pat
     return found
 
 
-@command
+@command(resumable=False)
 def run_crop_test(protocol: CropTestProtocol, linear_dir: Path, run_dir: Path, *, backbone: Optional[Path] = None,
                   force: bool = False) -> dict[str, Any]:
     path = RunDir(linear_dir).classifier

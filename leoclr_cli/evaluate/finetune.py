@@ -21,6 +21,7 @@ from torch import nn
 
 from ..config import FinetuneProtocol, Norm, protocol_json
 from ..core import checkpoint as ckpt
+from ..core import tracking
 from ..core.engine import Checkpoints, DeviceSpec, Engine, Observers, Schedule, Task, cosine_lr, resolve_device
 from ..core.results import FinetuneResult, FinetuneSweepResult
 from ..core.rundir import RunDir, command
@@ -59,20 +60,27 @@ def train_classifier(model: FinetuneClassifier, train: torch.utils.data.Dataset,
                      schedule: str, device: torch.device, run_dir: Path, protocol: str, seed: int,
                      checkpoint_every: int, keep_checkpoints: int = 1, num_workers: int = 0,
                      resume: Optional[Path] = None, quiet: bool = False, console: Optional[Console] = None,
-                     desc: str = "finetune") -> list[dict[str, Any]]:
-    """Train every parameter of ``model`` on ``train`` (RandomResizedCrop + flip) with the one engine."""
+                     desc: str = "finetune", tracker: Optional[tracking.Tracker] = None) -> list[dict[str, Any]]:
+    """Train every parameter of ``model`` on ``train`` (RandomResizedCrop + flip) with the one engine (``tracker``
+    gets its steps and epochs)."""
     data = AugmentedDataset(train, linear_train_transform(size, normalize), seed)
-    # a last batch of one image cannot be batch-normalised at 1x1 spatial size
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=num_workers,
-                                         drop_last=len(data) % batch_size == 1 and len(data) > 1,
+                                         drop_last=epoch_batches(len(data), batch_size)[1],
                                          pin_memory=device.type == "cuda")
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
                                 weight_decay=weight_decay)
     lr_at = cosine_lr(lr, epochs) if schedule == "cosine" else (lambda e: lr)
     engine = Engine(model, optimizer, loader, schedule=Schedule(epochs, lr_at, seed=seed),
                     checkpoints=Checkpoints(run_dir, protocol, every=checkpoint_every, keep=keep_checkpoints),
-                    device=DeviceSpec(device), observers=Observers(desc, quiet=quiet, console=console))
+                    device=DeviceSpec(device), observers=Observers(desc, quiet=quiet, console=console, tracker=tracker))
     return engine.run(resume)
+
+
+def epoch_batches(images: int, batch_size: int) -> tuple[int, bool]:
+    """(batches per epoch, whether the last is dropped) of :func:`train_classifier`'s loader: a last batch of
+    one image is dropped (it cannot be batch-normalised at 1x1 spatial size)."""
+    drop = images % batch_size == 1 and images > 1
+    return images // batch_size if drop else -(-images // batch_size), drop
 
 
 def _labelled_subset(p: FinetuneProtocol, train_src) -> tuple[list[int], str]:
@@ -93,23 +101,30 @@ def run_finetune(p: FinetuneProtocol, backbone_path: Path, run_dir: Path, *, res
     train_src, test_src = splits or (labelled_split(p.data, "train"), labelled_split(p.data, "test"))
     indices, how = _labelled_subset(p, train_src)
     run = RunDir(run_dir)
+    tracking.check(p.log)
     resume_from = run.prepare(p, resume=resume, force=force)
     write_subset_file(run.subset, train_src, indices)
-    torch.manual_seed(p.seed)
+    ckpt.seed_everything(p.seed)
     device = resolve_device(p.device)
     model = FinetuneClassifier(backbone, train_src.num_classes)
-    epochs = p.resolved_epochs()
-    train_classifier(model, take(train_src, indices), size=p.transform.size, normalize=p.transform.norm,
-                     epochs=epochs, batch_size=p.batch_size, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov,
-                     weight_decay=p.weight_decay, schedule=p.schedule, device=device, run_dir=run.path,
-                     protocol=protocol_json(p), seed=p.seed, checkpoint_every=p.checkpoint_every,
-                     keep_checkpoints=p.keep_checkpoints, num_workers=p.data.num_workers, resume=resume_from,
-                     quiet=quiet, console=console, desc=f"finetune {p.labels:g}%")
-    acc = evaluate_logits(model, loader_for(test_src, p.transform, p.batch_size, p.data.num_workers, device), device)
-    return run.write_result(FinetuneResult(
-        **FinetuneResult.provenance(backbone_path, meta), dataset=p.data.source, labels=p.labels,
-        fraction=p.labels / 100, top1=acc["top1"], top5=acc["top5"], epochs=epochs, num_classes=train_src.num_classes,
-        num_labelled=len(indices), num_test=len(test_src), subset=how, subset_file=str(run.subset)))
+    epochs, desc = p.resolved_epochs(), f"finetune {p.labels:g}%"
+    start = tracking.resumed_step(resume_from, epoch_batches(len(indices), p.batch_size)[0])
+    with tracking.closing(tracking.open_tracker(p.log, run.path, p.model_dump(mode="json"), desc, start)) as tracker:
+        train_classifier(model, take(train_src, indices), size=p.transform.size, normalize=p.transform.norm,
+                         epochs=epochs, batch_size=p.batch_size, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov,
+                         weight_decay=p.weight_decay, schedule=p.schedule, device=device, run_dir=run.path,
+                         protocol=protocol_json(p), seed=p.seed, checkpoint_every=p.checkpoint_every,
+                         keep_checkpoints=p.keep_checkpoints, num_workers=p.data.num_workers, resume=resume_from,
+                         quiet=quiet, console=console, desc=desc, tracker=tracker)
+        acc = evaluate_logits(model, loader_for(test_src, p.transform, p.batch_size, p.data.num_workers, device),
+                              device)
+        record = run.write_result(FinetuneResult(
+            **FinetuneResult.provenance(backbone_path, meta), dataset=p.data.source, labels=p.labels,
+            fraction=p.labels / 100, top1=acc["top1"], top5=acc["top5"], epochs=epochs,
+            num_classes=train_src.num_classes, num_labelled=len(indices), num_test=len(test_src), subset=how,
+            subset_file=str(run.subset)))
+        tracking.finish(tracker, record)
+    return record
 
 
 def parse_labels(text: str) -> list[float]:

@@ -21,15 +21,30 @@ from ..errors import UserError
 def source_for(kind: str, protocol: Optional[Path], sets: Optional[list[str]], source: Optional[str],
                data: Optional[Path | str], say: Callable[[str], None]) -> Optional[str]:
     """``--source``; for ``--data DIR`` without it, the source DIR's layout shows (``say`` tells which),
-    checked against the one an explicit ``--protocol`` or ``--set data.source`` names. Never the built-in data."""
+    checked against the one an explicit ``--protocol`` or ``--set data.source`` names. Never the built-in data.
+    Unlabeled images (``folder``) are refused in one sentence by a command that needs labels."""
     if data is None or source is not None:
-        return source
+        return refuse_unlabeled(kind, source, data)
     declared = parse_set(sets or []).get("data.source")
     if declared is None and protocol is not None:
         declared = load_protocol(kind, protocol, {"data.root": os.path.expanduser(str(data))}).data.source
     name, why = infer_source(data, declared)
+    refuse_unlabeled(kind, name, data)
     say(f"--data {data}: {why}: reading it as --source {name}")
     return name
+
+
+#: the commands that read images without labels: pretraining (and views), embed
+UNLABELED_OK = ("pretrain", "embed")
+
+
+def refuse_unlabeled(kind: str, source: Optional[str], data: Optional[Path | str]) -> Optional[str]:
+    """``source``, unless it is ``folder`` (images without labels) and ``kind`` needs labels: one sentence."""
+    if source == "folder" and kind not in UNLABELED_OK:
+        raise UserError(f"--data {data} holds images without labels (source folder); {kind} needs labelled "
+                        "images: give an ImageFolder, ROOT/train/<class>/<image> and ROOT/val/<class>/<image> "
+                        "(if the sub-folders of this folder are the classes, move them under ROOT/train/)")
+    return source
 
 
 def switch_source(defaults: dict[str, Any], source: Optional[str]) -> None:
@@ -45,11 +60,19 @@ def evaluation_inputs(kind: str, target: Path, protocol: Optional[Path], sets: O
     """(source, backbone file, default output parent, ``kind``'s defaults) of an evaluation command: the
     source from ``--source`` or ``--data``'s layout, the backbone and its defaults, moved to that source."""
     source = source_for(kind, protocol, sets, source, data, say)
-    backbone, parent, defaults = backbone_and_defaults(target, seed=seed, out_dir=out_dir, source=source, data=data)
+    backbone, parent, defaults = evaluation_defaults(kind, target, seed=seed, out_dir=out_dir, source=source,
+                                                     data=data)
     switch_source(defaults, source)
+    return source, backbone, parent, defaults
+
+
+def evaluation_defaults(kind: str, target: Path, **kw: Any) -> tuple[Path, Path, dict[str, Any]]:
+    """:func:`backbone_and_defaults` for the evaluation ``kind`` (linear-eval, knn, finetune): the defaults
+    its protocol takes (``kw``: as :func:`backbone_and_defaults`)."""
+    backbone, parent, defaults = backbone_and_defaults(target, **kw)
     if kind != "linear-eval":
         defaults.pop("feature_norm", None)  # the linear probe's own field
-    return source, backbone, parent, defaults
+    return backbone, parent, defaults
 
 
 def backbone_and_defaults(target: Path, *, seed: Optional[int] = None, out_dir: Optional[Path] = None,
@@ -155,13 +178,13 @@ def random_init(spec: str, seed: int, out_dir: Optional[Path], source: Optional[
     images' own size when they are small (at most 96 px), else 224 px."""
     arch, cifar_stem = parse_random(spec)
     src = source or "builtin"
-    size = {"builtin": 32, "builtin-textures": 32, "cifar10": 32, "cifar100": 32, "stl10": 96}.get(src) or (
+    size = {"builtin": 32, "builtin-photos": 32, "builtin-textures": 32, "cifar10": 32, "cifar100": 32, "stl10": 96}.get(src) or (
         32 if cifar_stem else small_side(src, data) or 224)
     # a timm model is built for the view size (its patch may depend on it): the size is part of the name
     name = f"random-{spec[len(RANDOM_PREFIX):]}" + (f"-{size}px" if arch.startswith(TIMM_PREFIX) else "")
     parent = (out_dir.expanduser().parent if out_dir else Path("runs")) / f"{name.replace(':', '-')}-seed{seed}"
     backbone = ckpt.random_backbone_file(spec, seed, RunDir(parent).backbone, size)
-    normalize = {"builtin": "builtin", "builtin-textures": "builtin", "cifar10": "cifar",
+    normalize = {"builtin": "builtin", "builtin-photos": "builtin", "builtin-textures": "builtin", "cifar10": "cifar",
                  "cifar100": "cifar"}.get(src, "imagenet")
     pseudo_pretraining = {"data": {"source": src}, "augment": {"size": size, "normalize": normalize}}
     return backbone, parent, eval_defaults(pseudo_pretraining)

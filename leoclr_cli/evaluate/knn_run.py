@@ -9,6 +9,7 @@ from rich.console import Console
 
 from ..config import KnnProtocol
 from ..core import checkpoint as ckpt
+from ..core import tracking
 from ..core.engine import resolve_device
 from ..core.results import KnnResult
 from ..core.rundir import RunDir, command
@@ -16,12 +17,13 @@ from .features import extract, labelled_split, loader_for
 from .knn import knn_accuracy
 
 
-@command
+@command(resumable=False)
 def run_knn(p: KnnProtocol, backbone_path: Path, run_dir: Path, *, force: bool = False, quiet: bool = False,
             console: Optional[Console] = None) -> dict[str, Any]:
     backbone, meta = ckpt.load_backbone(backbone_path)
     bank_src, test_src = labelled_split(p.data, "train"), labelled_split(p.data, "test")
     run = RunDir(run_dir)
+    tracking.check(p.log)
     run.prepare(p, resume=None, force=force)
     device = resolve_device(p.device)
     backbone.to(device)
@@ -32,5 +34,8 @@ def run_knn(p: KnnProtocol, backbone_path: Path, run_dir: Path, *, force: bool =
                            desc="knn test features", **shown)
     keep = bank_y >= 0  # STL-10 unlabeled images cannot vote
     acc = knn_accuracy(bank[keep], bank_y[keep], test, test_y, bank_src.num_classes, p.k, p.t)
-    return run.write_result(KnnResult(**KnnResult.provenance(backbone_path, meta), k=p.k, t=p.t, bank=int(keep.sum()),
-                                      test=len(test_y), **acc))
+    with tracking.closing(tracking.open_tracker(p.log, run.path, p.model_dump(mode="json"), "knn")) as tracker:
+        record = run.write_result(KnnResult(**KnnResult.provenance(backbone_path, meta), k=p.k, t=p.t,
+                                            bank=int(keep.sum()), test=len(test_y), **acc))
+        tracking.finish(tracker, record)
+    return record

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..config import LinearEvalProtocol, protocol_json
 from ..core import checkpoint as ckpt
-from ..core import preempt
+from ..core import preempt, tracking
 from ..core.engine import Checkpoints, DeviceSpec, Engine, Observers, Schedule, Task, resolve_device, step_lr
 from ..core.results import LinearResult
 from ..core.rundir import RunDir, command, write_json
@@ -255,8 +255,9 @@ def run_linear_eval(protocol: LinearEvalProtocol, backbone_path: Path, run_dir: 
     else:
         fit_idx, val_idx = list(range(len(train_src))), []
     run = RunDir(run_dir)
+    tracking.check(p.log)
     resume_from = run.prepare(p, resume=resume, force=force)
-    torch.manual_seed(p.seed)
+    ckpt.seed_everything(p.seed)
     device = resolve_device(p.device)
     backbone.to(device)
     workers = p.data.num_workers
@@ -282,12 +283,25 @@ def run_linear_eval(protocol: LinearEvalProtocol, backbone_path: Path, run_dir: 
         test_loader = images(test_src)
         val_loader = images(take(train_src, val_idx)) if val_idx else test_loader
 
-    if p.probe == "lbfgs":
-        model, chosen, diag = _lbfgs(p, train_f.to(device), train_y.to(device), test_f.to(device), test_y.to(device),
-                                     fit_idx, val_idx, num_classes, run_dir)
-    else:
-        model, chosen, diag = _sgd(p, backbone, fit_ds, val_loader, test_loader, num_classes, device, run_dir,
-                                   resume_from, quiet, console)
+    loader = _fit_loader(p, fit_ds, device) if p.probe == "sgd" else None
+    start = tracking.resumed_step(resume_from, len(loader)) if loader is not None else 0
+    with tracking.closing(tracking.open_tracker(p.log, run_dir, p.model_dump(mode="json"), "linear-eval",
+                                                start)) as tracker:
+        if loader is None:
+            model, chosen, diag = _lbfgs(p, train_f.to(device), train_y.to(device), test_f.to(device),
+                                         test_y.to(device), fit_idx, val_idx, num_classes, run_dir, tracker)
+        else:
+            model, chosen, diag = _sgd(p, backbone, loader, val_loader, test_loader, num_classes, device, run_dir,
+                                       resume_from, quiet, console, tracker)
+        record = _finish(p, model, chosen, diag, backbone, reference, backbone_path, meta, test_loader, device, run,
+                         num_classes, len(fit_idx), len(val_idx))
+        tracking.finish(tracker, record, [run.classifier])
+    return record
+
+
+def _finish(p: LinearEvalProtocol, model, chosen, diag, backbone, reference, backbone_path: Path, meta, test_loader,
+            device: torch.device, run: RunDir, num_classes: int, num_fit: int, num_val: int) -> dict[str, Any]:
+    """The backbone checked unchanged, the selected classifier scored once on test and saved, result.json."""
     check_unchanged(backbone, reference, backbone_path)
     final = evaluate_logits(model, test_loader, device)  # the selected classifier, scored once on test
     pre = json.loads(meta.get("protocol", "{}") or "{}")
@@ -296,7 +310,8 @@ def run_linear_eval(protocol: LinearEvalProtocol, backbone_path: Path, run_dir: 
         epochs=None if p.probe == "lbfgs" else p.epochs, dataset=p.data.source,
         pretrain_dataset=pre.get("data", {}).get("source"), pretrain_batch_size=pre.get("optim", {}).get("batch_size"),
         pretrain_schedule=pre.get("optim", {}).get("schedule"), probe=p.probe, feature_norm=p.feature_norm,
-        selected_on=p.selection, num_fit=len(fit_idx), num_val=len(val_idx), top1=final["top1"], top5=final["top5"],
+        selected_on=p.selection, num_fit=num_fit, num_val=num_val, top1=final["top1"], top5=final["top5"],
+        num_test=len(test_loader.dataset),
         **chosen, **diag, backbone_unchanged=True)
     save_classifier(run.classifier, model, {
         "backbone": str(backbone_path), "arch": meta["arch"], "backbone_sha256": ckpt.file_sha256(backbone_path),
@@ -304,8 +319,19 @@ def run_linear_eval(protocol: LinearEvalProtocol, backbone_path: Path, run_dir: 
     return run.write_result(result)
 
 
-def _sgd(p: LinearEvalProtocol, backbone: nn.Module, fit_ds, val_loader, test_loader, num_classes: int,
-         device: torch.device, run_dir: Path, resume_from: Optional[Path], quiet: bool, console: Console):
+def _fit_loader(p: LinearEvalProtocol, fit_ds, device: torch.device) -> torch.utils.data.DataLoader:
+    """The SGD probe's training batches (cached features or augmented images)."""
+    cached = p.train_augment == "none"
+    # BatchNorm cannot train on a last batch of one sample
+    drop_last = p.feature_norm == "bn" and len(fit_ds) % p.batch_size == 1
+    return torch.utils.data.DataLoader(fit_ds, batch_size=p.batch_size, shuffle=True, drop_last=drop_last,
+                                       num_workers=0 if cached else p.data.num_workers,
+                                       pin_memory=device.type == "cuda")
+
+
+def _sgd(p: LinearEvalProtocol, backbone: nn.Module, loader, val_loader, test_loader, num_classes: int,
+         device: torch.device, run_dir: Path, resume_from: Optional[Path], quiet: bool, console: Console,
+         tracker: Optional[tracking.Tracker]):
     """SGD with MoCo's schedule; after every evaluated epoch the head is kept if it is the best on
     ``val_loader`` (the test loader itself under selection test). Returns (model, chosen, diagnostics)."""
     cached = p.train_augment == "none"
@@ -313,11 +339,6 @@ def _sgd(p: LinearEvalProtocol, backbone: nn.Module, fit_ds, val_loader, test_lo
     params = [q for q in model.parameters() if q.requires_grad]
     assert len(params) == 2, "only fc.weight and fc.bias may be trained"
     optimizer = torch.optim.SGD(params, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
-    # BatchNorm cannot train on a last batch of one sample
-    drop_last = p.feature_norm == "bn" and len(fit_ds) % p.batch_size == 1
-    loader = torch.utils.data.DataLoader(fit_ds, batch_size=p.batch_size, shuffle=True, drop_last=drop_last,
-                                         num_workers=0 if cached else p.data.num_workers,
-                                         pin_memory=device.type == "cuda")
     on_val = p.selection == "val"
 
     def epoch_end(epoch: int) -> dict[str, Any]:
@@ -339,7 +360,8 @@ def _sgd(p: LinearEvalProtocol, backbone: nn.Module, fit_ds, val_loader, test_lo
                     checkpoints=Checkpoints(run_dir, protocol_json(p), every=p.checkpoint_every,
                                             keep=p.keep_checkpoints),
                     device=DeviceSpec(device),
-                    observers=Observers("linear-eval", quiet=quiet, console=console, epoch_end=epoch_end))
+                    observers=Observers("linear-eval", quiet=quiet, console=console, epoch_end=epoch_end,
+                                        tracker=tracker))
     history = engine.run(resume_from)
     tested = [m for m in history if "test_top1" in m]
     test_best, last = max(tested, key=lambda m: m["test_top1"]), tested[-1]
@@ -351,9 +373,10 @@ def _sgd(p: LinearEvalProtocol, backbone: nn.Module, fit_ds, val_loader, test_lo
 
 
 def _lbfgs(p: LinearEvalProtocol, train_f, train_y, test_f, test_y, fit_idx: list[int], val_idx: list[int],
-           num_classes: int, run_dir: Path):
+           num_classes: int, run_dir: Path, tracker: Optional[tracking.Tracker]):
     """The C sweep on the fit set, scored on val (or test under selection test); under selection val the
-    chosen C is refitted on all of train. Writes grid.json. Returns (model, chosen, diagnostics)."""
+    chosen C is refitted on all of train. Writes grid.json and gives ``tracker`` one row per C (``sweep/...``).
+    Returns (model, chosen, diagnostics)."""
     x_fit, y_fit = train_f[fit_idx], train_y[fit_idx]
     scored = {"test": (test_f, test_y)}
     if val_idx:
@@ -361,6 +384,8 @@ def _lbfgs(p: LinearEvalProtocol, train_f, train_y, test_f, test_y, fit_idx: lis
     key = "val" if val_idx else "test"
     cells = sweep_lbfgs(x_fit, y_fit, scored, num_classes, p.cs, p.lbfgs_max_iter, p.feature_norm, top1)
     best = best_cell(cells, key)
+    if tracker is not None:
+        tracker.rows("sweep", list(enumerate(cells)))
     write_json(RunDir(run_dir).grid, {"probe": "lbfgs", "selected_on": key, "num_fit": len(fit_idx),
                                       "num_val": len(val_idx), "cells": cells, "best": best})
     c = cells[best]["c"]

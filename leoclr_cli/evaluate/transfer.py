@@ -18,6 +18,9 @@ last epoch, so a signal during its validation pass keeps its training; the check
 the cell is in ``grid.json``). In linear mode the features are cached in
 ``checkpoints/features.safetensors`` and the sweep's progress (the cells so far and the probe that
 warm-starts the next C) in ``checkpoints/lbfgs.safetensors``; both are removed when the run ends.
+
+Trackers (``log.*``): when the run ends, one row per grid cell (``grid/...`` at the cell's index: lr, wd,
+val; or c, val) and the result; each cell's training curve stays in its ``grid/CELL/metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from rich.console import Console
 
 from ..config import TransferProtocol, protocol_json
 from ..core import checkpoint as ckpt
+from ..core import tracking
 from ..core.engine import resolve_device
 from ..core.results import TransferResult
 from ..core.rundir import RunDir, command, read_json, write_json
@@ -98,6 +102,7 @@ def run_transfer(p: TransferProtocol, backbone_path: Path, run_dir: Path, *, res
     backbone, meta = ckpt.load_backbone(backbone_path)
     train, test = _open(p)
     run_dir = Path(run_dir)
+    tracking.check(p.log)
     resuming = RunDir(run_dir).reopen(p, resume=resume, force=force)
     device = resolve_device(p.device)
     metric = METRIC.get(p.dataset, "top1")
@@ -118,6 +123,11 @@ def run_transfer(p: TransferProtocol, backbone_path: Path, run_dir: Path, *, res
     if p.dataset == "birdsnap":
         result.images_listed, result.images_present = train.listed + test.listed, train.present + test.present
     record = RunDir(run_dir).write_result(result)
+    name = f"transfer {p.dataset} {p.mode}"
+    with tracking.closing(tracking.open_tracker(p.log, run_dir, p.model_dump(mode="json"), name)) as tracker:
+        if tracker is not None:  # the grid when it is complete, so a resumed run logs each cell once
+            tracker.rows("grid", list(enumerate(grid["cells"])))
+        tracking.finish(tracker, record)
     if p.mode == "linear":
         shutil.rmtree(RunDir(run_dir).checkpoints, ignore_errors=True)  # the caches only a resume reads
     return record
@@ -133,7 +143,7 @@ def _finetune(p, backbone, train, test, fit_idx, val_idx, metric, device, grid, 
     def fit(indices: list[int], lr: float, wd: float, where: Path):
         epochs = max(1, math.ceil(p.steps * p.batch_size / len(indices)))
         state = RunDir(where).resume_part(resuming)
-        torch.manual_seed(p.seed)
+        ckpt.seed_everything(p.seed)
         model = FinetuneClassifier(copy.deepcopy(backbone), train.num_classes)
         train_classifier(model, take(train, indices), size=p.transform.size, normalize=p.transform.norm,
                          epochs=epochs, batch_size=p.batch_size, lr=lr, momentum=p.momentum, nesterov=p.nesterov,

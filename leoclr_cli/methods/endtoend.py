@@ -14,6 +14,8 @@ over the global batch.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -42,9 +44,10 @@ class EndToEnd(ContrastiveMethod):
     """One encoder for every view. The views go through it in one forward (the whole 2N or 3N batch
     shares BN statistics: SimCLR's global BN on one device)."""
 
-    def embed(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        z = F.normalize(self.encoder_q(torch.cat(views)), dim=1)
-        return list(z.chunk(len(views)))
+    def embed(self, views: list[torch.Tensor]) -> tuple[Optional[torch.Tensor], list[torch.Tensor]]:
+        """(pooled features of ``views[0]`` (None without a probe), the normalised projections of every view)."""
+        h, z = self.query(torch.cat(views))
+        return None if h is None else h[: views[0].shape[0]], list(z.chunk(len(views)))
 
     def nce(self, anchor: torch.Tensor, positive: torch.Tensor, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`in_batch_nce` of this rank's anchors against the global batch's ``views``

@@ -22,7 +22,6 @@ Choices where the paper is silent (protocol fields, see PROTOCOL.md):
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..config import MethodConfig, ModelConfig
 from .base import top1_positive
@@ -42,7 +41,7 @@ class LeOCLR(MomentumContrast):
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, x1, x2, *local = views
-        q = F.normalize(self.encoder_q(x), dim=1)
+        h, q = self.query(x)
         k1, k2 = self.crop_keys(x1, x2)
         loss1, logits1 = self.contrast(q, k1)
         loss2, logits2 = self.contrast(q, k2)
@@ -51,11 +50,11 @@ class LeOCLR(MomentumContrast):
         acc = (top1_positive(logits1) + top1_positive(logits2)) / 2
         stats = {"acc": acc, "loss1": loss1.detach(), "loss2": loss2.detach()}
         if not terms:
-            return loss1 + loss2, stats
+            return self.probed(loss1 + loss2, stats, h, labels)
         n = 2 + len(terms)
         stats["acc"] = (2 * acc + sum(top1_positive(logits) for _, logits in terms)) / n
         stats["loss_local"] = sum(t.detach() for t, _ in terms) / len(terms)
-        return (loss1 + loss2 + sum(t for t, _ in terms)) * (2 / n), stats
+        return self.probed((loss1 + loss2 + sum(t for t, _ in terms)) * (2 / n), stats, h, labels)
 
     @torch.no_grad()
     def crop_keys(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,8 +73,9 @@ class LeOCLR(MomentumContrast):
             return list(self.encode_keys(torch.cat(local)).chunk(len(local)))
         return [self.encode_keys(v) for v in local]
 
-    def keys_per_image(self) -> int:
-        return 2 if self.cfg.enqueue == "both" else 1
+    @classmethod
+    def keys_per_image_of(cls, method: MethodConfig) -> int:
+        return 2 if method.enqueue == "both" else 1
 
     def enqueue_crop_keys(self, k1: torch.Tensor, k2: torch.Tensor) -> None:
         self.enqueue(torch.cat([k1, k2]) if self.cfg.enqueue == "both" else k1)

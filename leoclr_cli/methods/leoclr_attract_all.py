@@ -20,10 +20,11 @@ class LeOCLRAttractAll(LeOCLR):
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, x1, x2 = views
-        q, q1, q2 = (F.normalize(self.encoder_q(v), dim=1) for v in (x, x1, x2))
+        h, q = self.query(x)
+        q1, q2 = (F.normalize(self.encoder_q(v), dim=1) for v in (x1, x2))
         k1, k2 = self.crop_keys(x1, x2)
         terms = [self.contrast(a, k) for a, k in ((q, k1), (q, k2), (q1, k2), (q2, k1))]
         self.enqueue_crop_keys(k1, k2)
         acc = sum(top1_positive(logits) for _, logits in terms) / len(terms)
         stats = {"acc": acc, **{f"loss{i + 1}": loss.detach() for i, (loss, _) in enumerate(terms)}}
-        return sum(loss for loss, _ in terms), stats
+        return self.probed(sum(loss for loss, _ in terms), stats, h, labels)

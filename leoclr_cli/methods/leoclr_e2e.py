@@ -20,9 +20,10 @@ class LeOCLRE2E(EndToEnd):
     views = ("original", "crop", "crop")
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        z, z1, z2 = self.embed(views)
+        h, (z, z1, z2) = self.embed(views)
         everyone = self.gather([z, z1, z2])
         loss1, logits1 = self.nce(z, z1, everyone)
         loss2, logits2 = self.nce(z, z2, everyone)
         acc = (top1_positive(logits1) + top1_positive(logits2)) / 2
-        return loss1 + loss2, {"acc": acc, "loss1": loss1.detach(), "loss2": loss2.detach()}
+        return self.probed(loss1 + loss2, {"acc": acc, "loss1": loss1.detach(), "loss2": loss2.detach()}, h,
+                           labels)

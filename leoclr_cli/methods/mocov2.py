@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .base import top1_positive
 from .momentum import MomentumContrast
@@ -16,10 +15,10 @@ class MoCoV2(MomentumContrast):
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         im_q, im_k = views
-        q = F.normalize(self.encoder_q(im_q), dim=1)
+        h, q = self.query(im_q)
         with torch.no_grad():
             self.momentum_update()
             k = self.encode_keys(im_k)
         loss, logits = self.contrast(q, k)
         self.enqueue(k)
-        return loss, {"acc": top1_positive(logits)}
+        return self.probed(loss, {"acc": top1_positive(logits)}, h, labels)

@@ -43,6 +43,11 @@ class MomentumContrast(ContrastiveMethod):
 
     def keys_per_image(self) -> int:
         """Keys enqueued per image and step (LeOCLR: 2 with ``enqueue: both``)."""
+        return self.keys_per_image_of(self.cfg)
+
+    @classmethod
+    def keys_per_image_of(cls, method: MethodConfig) -> int:
+        """:meth:`keys_per_image` of the method ``method`` configures, without building it."""
         return 1
 
     def queue_warnings(self, images: int, global_batch: int) -> list[str]:

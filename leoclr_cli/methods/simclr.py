@@ -19,9 +19,9 @@ class SimCLR(EndToEnd):
     views = ("crop", "crop")
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        z1, z2 = self.embed(views)
+        h, (z1, z2) = self.embed(views)
         everyone = self.gather([z1, z2])
         loss12, logits12 = self.nce(z1, z2, everyone)
         loss21, logits21 = self.nce(z2, z1, everyone)
         acc = (top1_positive(logits12) + top1_positive(logits21)) / 2
-        return (loss12 + loss21) / 2, {"acc": acc}
+        return self.probed((loss12 + loss21) / 2, {"acc": acc}, h, labels)

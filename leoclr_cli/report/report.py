@@ -11,7 +11,6 @@ run also appears in the per-kind tables at the end. Nothing is filled in: a numb
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +23,12 @@ from ..core.engine import read_metrics
 from ..core.rundir import RunDir
 from ..errors import UserError
 from . import paper
+from .pictures import learning_picture, learning_series, png_bytes, pyplot
 
 GAP = "—"
-KINDS = ("pretrain", "linear-eval", "knn", "crop-test", "ablate", "finetune", "transfer", "detection")
-KIND_ALIASES = {"detect": "detection"}
+KINDS = ("pretrain", "linear-eval", "knn", "crop-test", "ablate", "finetune", "transfer", "detect")
 FIGURE3_FILE, FIGURE4_FILE, REPORT_FILE = "figure3_label_fractions.png", "figure4_augmentation_drop.png", "report.md"
-CURVES_FILE = "training_curves.png"
+CURVES_FILE, LEARNING_FILE = "training_curves.png", "learning.png"
 CURVES = (("loss", "training loss"), ("lr", "learning rate"), ("knn_top1", "kNN monitor top-1 (%)"))
 PART_ORDER = ("color", "grayscale", "blur", "flip", "all-but-crop")
 FRACTION_TICKS = (1, 2, 5, 10, 20, 50, 100)
@@ -75,7 +74,7 @@ class Run:
     def schedule(self) -> Optional[str]:
         """The detector's iterations x images per batch, or the pretraining lr schedule and batch."""
         solver = self.result.get("solver")
-        if self.kind == "detection" and isinstance(solver, dict) and solver.get("max_iter"):
+        if self.kind == "detect" and isinstance(solver, dict) and solver.get("max_iter"):
             return f"{solver['max_iter']} it x {solver.get('ims_per_batch', '?')} img"
         sched, batch = self.pretrain_optim("schedule"), self.pretrain_optim("batch_size")
         return ", ".join(x for x in (sched, f"batch {batch}" if batch else None) if x) or None
@@ -135,10 +134,14 @@ def collect(run_dirs: Iterable[Path]) -> tuple[list[Run], list[tuple[Path, str]]
         files.update((f.resolve(), None) for f in found)
     runs, ignored = [], []
     for f in files:
-        result = RunDir(f.parent).read_result()
-        kind = KIND_ALIASES.get(result.get("kind"), result.get("kind")) if isinstance(result, dict) else None
+        try:  # through the result models that wrote it (core/results.py)
+            result = RunDir(f.parent).read_result()
+        except UserError as e:
+            ignored.append((f, e.sentence()))
+            continue
+        kind = result["kind"]
         if kind not in KINDS:
-            ignored.append((f, f"kind {result.get('kind')!r}" if isinstance(result, dict) else "not a mapping"))
+            ignored.append((f, f"kind {kind!r}"))
             continue
         extra = _backbone_info(result)
         runs.append(Run(kind, f.parent, result, _dataset(kind, result, f.parent, extra), extra=extra))
@@ -305,7 +308,7 @@ def tables(runs: list[Run]) -> list[str]:
                   slot=lambda r: _index((1.0, 10.0), _fraction(r)), groups=2),
         TableSpec(paper.TABLE3, "transfer", paper.TABLE3_DATASETS, list(paper.TABLE3.columns),
                   lambda r: [r.get("value")], slot=lambda r: _index(paper.TABLE3_DATASETS, r.dataset), groups=5),
-        TableSpec(paper.TABLE4, "detection", ("voc",), ["AP50", "AP", "AP75"],
+        TableSpec(paper.TABLE4, "detect", ("voc",), ["AP50", "AP", "AP75"],
                   lambda r: [r.get("AP50"), r.get("AP"), r.get("AP75")]),
         TableSpec(paper.TABLE5, "linear-eval", IN, ["epochs", "top-1"], lambda r: [r.epochs, r.get("top1")]),
         TableSpec(paper.TABLE6, "linear-eval", paper.TABLE6_DATASETS,
@@ -314,7 +317,7 @@ def tables(runs: list[Run]) -> list[str]:
         TableSpec(paper.TABLE7, "crop-test", IN, ["epochs", "center crop", "random crop", "drop", "time"],
                   lambda r: [r.epochs, r.get("center_top1"), r.get("random_top1"), r.get("drop"), hours(r)]),
         TableSpec(paper.TABLE8, "linear-eval", IN, ["epochs", "top-1"], lambda r: [r.epochs, r.get("top1")]),
-        TableSpec(paper.TABLE9, "detection", ("coco",), ["AP50", "AP", "AP75"],
+        TableSpec(paper.TABLE9, "detect", ("coco",), ["AP50", "AP", "AP75"],
                   lambda r: [r.get("AP50"), r.get("AP"), r.get("AP75")]),
     ]
     return [paper_table(spec, runs) for spec in specs]
@@ -349,7 +352,7 @@ PER_KIND: dict[str, tuple[tuple[str, Callable[[Run], Any]], ...]] = {
                  ("top-1", lambda r: r.get("top1")), ("top-5", lambda r: r.get("top5"))),
     "transfer": (("mode", lambda r: r.get("mode")), ("metric", lambda r: r.get("metric")),
                  ("value", lambda r: r.get("value"))),
-    "detection": (("AP50", lambda r: r.get("AP50")), ("AP", lambda r: r.get("AP")), ("AP75", lambda r: r.get("AP75"))),
+    "detect": (("AP50", lambda r: r.get("AP50")), ("AP", lambda r: r.get("AP")), ("AP75", lambda r: r.get("AP75"))),
 }
 # every row of every table names its run's dataset, architecture, pretraining epochs and schedule
 COMMON: tuple[tuple[str, Callable[[Run], Any]], ...] = (
@@ -372,24 +375,9 @@ def run_tables(runs: list[Run]) -> list[str]:
 # --------------------------------------------------------------------------- figures
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    return buf.getvalue()
-
-
 def figure3(runs: list[Run]) -> tuple[bytes, list[dict[str, Any]]]:
     """Fine-tuning accuracy vs percent of labels: (PNG, the plotted series as read back from the axes)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     groups: dict[tuple[str, str], list[Run]] = {}
     for r in runs:
@@ -417,7 +405,7 @@ def figure3(runs: list[Run]) -> tuple[bytes, list[dict[str, Any]]]:
     fig.suptitle("Semi-supervised fine-tuning with a fraction of the labels (Figure 3)")
     plotted = [{"panel": key, "label": line.get_label(), "x": [float(v) for v in line.get_xdata()],
                 "y": [float(v) for v in line.get_ydata()]} for ax, key in zip(axes, ("top1", "top5")) for line in ax.lines]
-    data = _png(fig)
+    data = png_bytes(fig)
     plt.close(fig)
     return data, plotted
 
@@ -429,7 +417,7 @@ def _part_key(name: str) -> tuple[int, str]:
 
 def figure4(runs: list[Run]) -> tuple[bytes, list[dict[str, Any]]]:
     """Drop in points per removed augmentation, one bar group per removal: (PNG, the plotted bars)."""
-    plt = _pyplot()
+    plt = pyplot()
     series: dict[str, dict[str, float]] = {}
     for (method, part), (full, abl) in paper.FIGURE4.items():
         series.setdefault(f"paper: {paper.METHOD_LABELS.get(method, method)} (ImageNet-1K)", {})[part] = full - abl
@@ -451,7 +439,7 @@ def figure4(runs: list[Run]) -> tuple[bytes, list[dict[str, Any]]]:
     ax.legend(fontsize=7)
     plotted = [{"label": c.get_label(), "x": float(p.get_x() + p.get_width() / 2), "height": float(p.get_height())}
                for c in ax.containers for p in c.patches]
-    data = _png(fig)
+    data = png_bytes(fig)
     plt.close(fig)
     return data, plotted
 
@@ -459,7 +447,7 @@ def figure4(runs: list[Run]) -> tuple[bytes, list[dict[str, Any]]]:
 def curves(runs: list[Run]) -> tuple[bytes, list[dict[str, Any]]]:
     """Loss, lr and kNN monitor per epoch of every pretraining run (its ``metrics.jsonl``), overlaid:
     (PNG, the plotted series as read back from the axes)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 4))
     for r in runs:
         if r.kind != "pretrain":
@@ -481,7 +469,7 @@ def curves(runs: list[Run]) -> tuple[bytes, list[dict[str, Any]]]:
     fig.suptitle("Pretraining curves")
     plotted = [{"panel": key, "label": line.get_label(), "x": [float(v) for v in line.get_xdata()],
                 "y": [float(v) for v in line.get_ydata()]} for ax, (key, _) in zip(axes, CURVES) for line in ax.lines]
-    data = _png(fig)
+    data = png_bytes(fig)
     plt.close(fig)
     return data, plotted
 
@@ -492,13 +480,17 @@ def curves(runs: list[Run]) -> tuple[bytes, list[dict[str, Any]]]:
 def build_report(run_dirs: list[Path], out_dir: Path, *, force: bool = False) -> dict[str, Any]:
     runs, ignored = collect(run_dirs)
     out_dir = Path(out_dir)
-    targets = [out_dir / REPORT_FILE, out_dir / FIGURE3_FILE, out_dir / FIGURE4_FILE, out_dir / CURVES_FILE]
+    targets = [out_dir / REPORT_FILE, out_dir / FIGURE3_FILE, out_dir / FIGURE4_FILE, out_dir / CURVES_FILE,
+               out_dir / LEARNING_FILE]
     existing = [t for t in targets if t.exists()]
     if existing and not force:
         raise UserError(f"{existing[0]} already exists; use --force to replace the report")
     fig3, fig3_series = figure3(runs)
     fig4, fig4_bars = figure4(runs)
     fig_curves, curve_series = curves(runs)
+    fig_learning, learning_lines = learning_picture(
+        [learning_series(r.dir, f"{r.label} ({paper.METHOD_LABELS.get(r.method, r.method)})")
+         for r in runs if r.kind == "pretrain"])
     counts = {k: sum(r.kind == k for r in runs) for k in KINDS if any(r.kind == k for r in runs)}
     parts = [
         "# LeOCLR: the paper's numbers and ours",
@@ -514,6 +506,9 @@ def build_report(run_dirs: list[Path], out_dir: Path, *, force: bool = False) ->
         "## The paper's tables", *tables(runs),
         "## Figures", f"![Figure 3]({FIGURE3_FILE})", f"![Figure 4]({FIGURE4_FILE})", figure4_table(runs),
         "## Training curves", f"![Training curves]({CURVES_FILE})",
+        "## Learning", "The monitors' top-1 on the test split after each pretraining epoch, one panel per seed: "
+        "kNN monitor (solid), online linear probe (dashed), the kNN monitor of the random-init backbone of the "
+        "same arch and seed (grey line) and chance (dotted).", f"![Learning]({LEARNING_FILE})",
         "## Every run, by kind", *(run_tables(runs) or ["No runs."]),
     ]
     if ignored:
@@ -521,6 +516,7 @@ def build_report(run_dirs: list[Path], out_dir: Path, *, force: bool = False) ->
     atomic_write_bytes(targets[1], fig3)
     atomic_write_bytes(targets[2], fig4)
     atomic_write_bytes(targets[3], fig_curves)
+    atomic_write_bytes(targets[4], fig_learning)
     atomic_write_text(targets[0], "\n\n".join(parts) + "\n")
     return {"report": targets[0], "figures": targets[1:], "runs": counts, "ignored": len(ignored),
-            "figure3": fig3_series, "figure4": fig4_bars, "curves": curve_series}
+            "figure3": fig3_series, "figure4": fig4_bars, "curves": curve_series, "learning": learning_lines}

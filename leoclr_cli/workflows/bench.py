@@ -13,6 +13,10 @@ and 4 small ones at 3/7 of the size):
 * end to end: the engine fed by the real loader (``--workers`` processes) over generated JPEGs,
   for each backend.
 
+The rows that are compared are measured in turn (:func:`interleave`: every view pipeline and both
+methods, round after round; the train step's two methods; each end-to-end backend's two methods), each
+rate the median of its rounds, each ratio (LeOCLR/MoCo-v2 cost, against the reference) the median of
+the per-round ratios with their range, so that a ratio holds on a machine whose speed changes while it runs.
 On CUDA the train-step and end-to-end rows also give the peak memory and the mean GPU utilisation
 (``torch.cuda.utilization``, which needs the ``pynvml`` module); on the CPU they are blank.
 Speed is measured here and printed, never asserted in tests.
@@ -122,74 +126,112 @@ def augment(size: int, **fields: Any) -> AugmentConfig:
     return AugmentConfig(size=size, blur=size >= 96, normalize="imagenet", **fields)
 
 
-def _rate(fn: Callable[[], None], n: int, repeats: int = 3) -> float:
-    """Items per second of ``fn`` (``n`` items a call): the median of ``repeats`` timed calls after a warm-up.
-
-    One timed call of the batched views (a single batch) varied by 2x on a shared CPU; the median of three
-    narrows that (still about 25% between runs there)."""
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def timed(fn: Callable[[], Any], n: int, timer: Callable[[], float] = time.perf_counter) -> Callable[[], float]:
+    """A measurement: items per second of one call of ``fn`` (``n`` items a call)."""
+    def measure() -> float:
+        t0 = timer()
         fn()
-        times.append(time.perf_counter() - t0)
-    return n / statistics.median(times)
+        return n / max(timer() - t0, 1e-12)
+
+    return measure
 
 
-def view_rates(view_size: int, images: int, batch: int, device: torch.device) -> list[dict[str, Any]]:
-    """The view-pipeline rows, every CPU part on one core (one torch thread)."""
-    photos = JpegPhotos(jpeg_photos(16, photo_size(view_size)), images)
+def interleave(measures: dict[str, Callable[[], Any]], rounds: int = 3, warmup: bool = True) -> dict[str, list[Any]]:
+    """Every measurement's result in each of ``rounds`` rounds, the compared measurements taken in
+    turn within a round (A B C, then C B A, ...: a steady drift of the machine's speed favours none)
+    instead of each in its own stretch of time, after one untimed call of each (``warmup``).
+
+    On a shared CPU a row timed in its own stretch moved by up to 1.5x between runs while the others
+    slowed or sped up with it less; taken in turn, the rows of one round see the same machine, so their
+    ratios hold better than their rates (:func:`spread` gives the per-round ratios' range)."""
+    if warmup:
+        for fn in measures.values():
+            fn()
+    out: dict[str, list[Any]] = {k: [] for k in measures}
+    keys = list(measures)
+    for r in range(rounds):
+        for k in keys if r % 2 == 0 else reversed(keys):
+            out[k].append(measures[k]())
+    return out
+
+
+def paired_ratio(num: list[float], den: list[float]) -> tuple[float, list[float]]:
+    """The median and [min, max] of the per-round ratios num[r] / den[r] (rounds of :func:`interleave`):
+    each round's ratio compares two measurements taken on the same machine state, so their median holds
+    where a ratio of the rows' medians would carry each row's own noise."""
+    ratios = [a / b for a, b in zip(num, den)]
+    return median(ratios), [min(ratios), max(ratios)]
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def view_rates(view_size: int, images: int, batch: int, device: torch.device, rounds: int = 3) -> list[dict[str, Any]]:
+    """The view-pipeline rows, every CPU part on one core (one torch thread); all pipelines and both
+    methods interleaved (:func:`interleave`), each row the median of its rounds."""
+    jpegs = jpeg_photos(16, photo_size(view_size))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    rows: list[dict[str, Any]] = []
+    measures: dict[tuple[str, str], Callable[[], float]] = {}  # (row key, method) -> measurement
+    labels = {"reference": "views: reference, MoCo's loader (torchvision.transforms v1, PIL)",
+              **{k: v[0] for k, v in VARIANTS.items()}, "worker": "views: tensor backend, worker part (decode + draws)",
+              "batched": "views: tensor backend, batched views", "device": "views: tensor backend, batched views"}
     try:
-        photos.set_draft(None)
-        rates = {}
+        full = JpegPhotos(jpegs, images)  # full decode for the reference
         for method, kinds in KINDS.items():
-            if COLUMNS[method][1]:  # MoCo's loader makes no local crops
-                continue
-            make = MocoLoaderViews(view_size, kinds)
-            rates[method] = _rate(lambda: [make(photos[i][0]) for i in range(images)], images)
-        rows.append({"what": "views: reference, MoCo's loader (torchvision.transforms v1, PIL)",
-                     "device": "cpu, 1 core", **rates})
-        for key, (label, fields) in VARIANTS.items():
-            rates = {}
-            for method, kinds in KINDS.items():
-                cfg = augment(view_size, local_crops=COLUMNS[method][1], **fields)
+            local = COLUMNS[method][1]
+            if not local:  # MoCo's loader makes no local crops
+                make = MocoLoaderViews(view_size, kinds)
+                measures["reference", method] = timed(lambda make=make: [make(full[i][0]) for i in range(images)],
+                                                      images)
+            for key, (_, fields) in VARIANTS.items():
+                cfg = augment(view_size, local_crops=local, **fields)
+                photos = JpegPhotos(jpegs, images)
                 photos.set_draft(draft_side(cfg) if cfg.draft else None)
                 data = AugmentedDataset(photos, ViewMaker(cfg, kinds))
-                rates[method] = _rate(lambda: [data[i] for i in range(images)], images)
-            rows.append({"what": label, "device": "cpu, 1 core", **rates})
-        worker, views_cpu, views_dev = {}, {}, {}
-        for method, kinds in KINDS.items():
-            cfg = augment(view_size, backend="tensor", hue="yiq", local_crops=COLUMNS[method][1])
+                measures[key, method] = timed(lambda data=data: [data[i] for i in range(images)], images)
+            cfg = augment(view_size, backend="tensor", hue="yiq", local_crops=local)
+            photos = JpegPhotos(jpegs, images)
             photos.set_draft(draft_side(cfg))
             data = AugmentedDataset(photos, DecodeAndDraw(cfg, kinds))
-            worker[method] = _rate(lambda: [data[i] for i in range(images)], images)
+            measures["worker", method] = timed(lambda data=data: [data[i] for i in range(images)], images)
             items = [data[i][0] for i in range(min(batch, images))]
             inputs = (torch.stack([a for a, _ in items]), torch.stack([p for _, p in items]))
-            make = TensorViews(cfg, kinds)
-            views_cpu[method] = _rate(lambda: make(inputs), len(items))
+            make_cpu = TensorViews(cfg, kinds)
+            measures["batched", method] = timed(lambda make=make_cpu, x=inputs: make(x), len(items))
             if device.type == "cuda":
                 on_dev, make_dev = tuple(t.to(device) for t in inputs), TensorViews(cfg, kinds).to(device)
 
-                def run_dev() -> None:
-                    make_dev(on_dev)
+                def run_dev(make=make_dev, x=on_dev) -> None:
+                    make(x)
                     torch.cuda.synchronize(device)
 
-                views_dev[method] = _rate(run_dev, len(items))
-        rows.append({"what": "views: tensor backend, worker part (decode + draws)", "device": "cpu, 1 core", **worker})
-        rows.append({"what": "views: tensor backend, batched views", "device": "cpu, 1 core", **views_cpu})
-        rows.append({"what": "views: tensor backend, both parts", "device": "cpu, 1 core",
-                     **{m: 1 / (1 / worker[m] + 1 / views_cpu[m]) for m in KINDS}})
-        if views_dev:
-            rows.append({"what": "views: tensor backend, batched views", "device": str(device), **views_dev})
+                measures["device", method] = timed(run_dev, len(items))
+        got = interleave(measures, rounds)
     finally:
         torch.set_num_threads(threads)
-    ref = rows[0]["leoclr"]
-    for row in rows:
-        if row["device"].startswith("cpu"):
-            row["vs_reference"] = row["leoclr"] / ref
+    per_round = {key: got[key] for key in got}
+    keys = list(dict.fromkeys(k for k, _ in measures))
+    # the tensor backend's two parts in series, per round
+    pos = keys.index("batched") + 1
+    keys.insert(pos, "both")
+    labels["both"] = "views: tensor backend, both parts"
+    for m in KINDS:
+        per_round["both", m] = [1 / (1 / w + 1 / v) for w, v in zip(got["worker", m], got["batched", m])]
+    ref = per_round["reference", "leoclr"]
+    rows = []
+    for key in keys:
+        row = {"what": labels[key], "device": str(device) if key == "device" else "cpu, 1 core",
+               **{m: median(per_round[key, m]) for m in KINDS if (key, m) in per_round},
+               "rounds": rounds}
+        row["cost"], row["cost_spread"] = paired_ratio(per_round[key, "mocov2"], per_round[key, "leoclr"])
+        if (key, "leoclr_local") in per_round:
+            row["local_cost"], row["local_cost_spread"] = paired_ratio(per_round[key, "leoclr"],
+                                                                       per_round[key, "leoclr_local"])
+        # the device's batched views against the reference per core: the CPU cores of MoCo's loader one GPU replaces
+        row["vs_reference"], row["vs_reference_spread"] = paired_ratio(per_round[key, "leoclr"], ref)
+        rows.append(row)
     return rows
 
 
@@ -248,10 +290,17 @@ def engine_rate(method: str, arch: str, batch: int, loader: torch.utils.data.Dat
     return out
 
 
-def _row(what: str, device: torch.device, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    row: dict[str, Any] = {"what": what, "device": str(device), **{m: r["rate"] for m, r in results.items()}}
-    peaks = [r["peak_gib"] for r in results.values() if r["peak_gib"] is not None]
-    utils = [r["gpu_util"] for r in results.values() if r["gpu_util"] is not None]
+def _row(what: str, device: torch.device, results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """A row from each method's per-round :func:`engine_rate` results (:func:`interleave`): the median
+    rate, the per-round cost ratios' range, the largest peak memory and the mean utilisation."""
+    rates = {m: [r["rate"] for r in rs] for m, rs in results.items()}
+    row: dict[str, Any] = {"what": what, "device": str(device), **{m: median(v) for m, v in rates.items()},
+                           "rounds": len(rates["leoclr"])}
+    row["cost"], row["cost_spread"] = paired_ratio(rates["mocov2"], rates["leoclr"])
+    if "leoclr_local" in rates:
+        row["local_cost"], row["local_cost_spread"] = paired_ratio(rates["leoclr"], rates["leoclr_local"])
+    peaks = [r["peak_gib"] for rs in results.values() for r in rs if r["peak_gib"] is not None]
+    utils = [r["gpu_util"] for rs in results.values() for r in rs if r["gpu_util"] is not None]
     row["peak_gib"] = max(peaks) if peaks else None
     row["gpu_util"] = float(np.mean(utils)) if utils else None
     return row
@@ -269,27 +318,39 @@ def end_to_end(method: str, arch: str, size: int, batch: int, steps: int, worker
 
 
 def run_bench(*, device: str, arch: str, size: int, batch_size: int, steps: int, images: int, view_size: int = 224,
-              workers: int = 0, json_out: Optional[Path] = None) -> tuple[list[dict[str, Any]], float]:
+              workers: int = 0, rounds: int = 3, json_out: Optional[Path] = None) -> tuple[list[dict[str, Any]], float]:
     """The table's rows and the LeOCLR/MoCo-v2 cost per sample of the train step; also written to ``json_out``
-    (with the environment and the settings) when given."""
+    (with the environment and the settings) when given, after every group of rows (``"complete": false``
+    until the last), so a run stopped part-way leaves what it measured. The rows compared are measured
+    in turn, ``rounds`` times each (:func:`interleave`)."""
     dev = resolve_device(device)
-    rows = view_rates(view_size, images, batch_size, dev)
-    step = {}
-    for m, kinds in KINDS.items():
-        loader = torch.utils.data.DataLoader(SyntheticViews(kinds, size, batch_size * steps),
-                                             batch_size=batch_size, drop_last=True)
-        step[m] = engine_rate(m, arch, batch_size, loader, dev, size=size)
+    amp = amp_dtype("auto", dev)
+    settings = {"arch": arch, "size": size, "view_size": view_size, "batch_size": batch_size, "steps": steps,
+                "images": images, "workers": workers, "rounds": rounds, "device": str(dev),
+                "amp": str(amp).replace("torch.", "") if amp is not None else "off"}
+    rows: list[dict[str, Any]] = []
+    ratio: Optional[float] = None
+
+    def save(complete: bool) -> None:
+        if json_out is not None:
+            write_json(json_out, {"rows": rows, "train_step_cost_ratio": ratio, "complete": complete,
+                                  "environment": environment(), "settings": settings})
+
+    rows += view_rates(view_size, images, batch_size, dev, rounds)
+    save(False)
+    loaders = {m: torch.utils.data.DataLoader(SyntheticViews(kinds, size, batch_size * steps),
+                                              batch_size=batch_size, drop_last=True) for m, kinds in KINDS.items()}
+    step = interleave({m: lambda m=m: engine_rate(m, arch, batch_size, loaders[m], dev, size=size) for m in KINDS},
+                      rounds, warmup=False)  # engine_rate times its second epoch only
     rows.append(_row(f"train step ({arch}, {size} px, synthetic views)", dev, step))
+    ratio = rows[-1]["cost"]
+    save(False)
     for backend in ("pil", "fast", "tensor"):
         # the local-crop column is the views' and the train step's cost; end to end it would be their sum again
-        results = {m: end_to_end(m, arch, size, batch_size, steps, workers, dev, backend) for m in KINDS
-                   if not COLUMNS[m][1]}
+        results = interleave({m: lambda m=m: end_to_end(m, arch, size, batch_size, steps, workers, dev, backend)
+                              for m in KINDS if not COLUMNS[m][1]}, rounds, warmup=False)
         rows.append(_row(f"end to end ({backend} views, {workers} workers, {size} px)", dev, results))
-    ratio = step["mocov2"]["rate"] / step["leoclr"]["rate"]
-    if json_out is not None:
-        write_json(json_out, {"rows": rows, "train_step_cost_ratio": ratio, "environment": environment(),
-                              "settings": {"arch": arch, "size": size, "view_size": view_size, "batch_size": batch_size,
-                                           "steps": steps, "images": images, "workers": workers}})
+        save(backend == "tensor")
     return rows, ratio
 
 
@@ -305,10 +366,15 @@ def bench_table(rows: list[dict[str, Any]], *, arch: str, batch_size: int, view_
     def fmt(v: Any, spec: str) -> str:
         return "" if v is None else format(v, spec)
 
+    def ratio(v: Optional[float], lo_hi: Optional[list[float]]) -> str:
+        """A ratio with the range of its per-round values, e.g. ``1.20x (1.17-1.23)``."""
+        if v is None:
+            return ""
+        return f"{v:.2f}x" + (f" ({lo_hi[0]:.2f}-{lo_hi[1]:.2f})" if lo_hi else "")
+
     for r in rows:
-        local = r.get("leoclr_local")
         table.add_row(r["what"], r["device"], f"{r['mocov2']:.1f}", f"{r['leoclr']:.1f}",
-                      f"{r['mocov2'] / r['leoclr']:.2f}x", fmt(r.get("vs_reference"), ".2f"), fmt(local, ".1f"),
-                      "" if local is None else f"{r['leoclr'] / local:.2f}x",
+                      ratio(r["cost"], r.get("cost_spread")), ratio(r.get("vs_reference"), r.get("vs_reference_spread")),
+                      fmt(r.get("leoclr_local"), ".1f"), ratio(r.get("local_cost"), r.get("local_cost_spread")),
                       fmt(r.get("peak_gib"), ".2f"), fmt(r.get("gpu_util"), ".0f"))
     return table

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -13,8 +12,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..config import (EvalDataConfig, EvalTransformConfig, OptimConfig, PretrainProtocol, default_local_size,
-                      eval_transform_for, norm_stats, protocol_json)
+from ..config import OptimConfig, PretrainProtocol, default_local_size, norm_stats, protocol_json
 from ..core import checkpoint as ckpt
 from ..core import distributed, preempt, tracking
 from ..core.engine import (Checkpoints, DeviceSpec, Engine, Observers, Schedule, amp_dtype, cosine_lr, require_a_batch,
@@ -23,37 +21,18 @@ from ..core.nets import has_batchnorm
 from ..core.timm_nets import fit_kwargs, is_timm, patch_size
 from ..core.results import PretrainResult
 from ..core.rundir import RunDir, command
-from ..data import default_eval_splits, open_pretrain_data
+from ..data import open_pretrain_data
 from ..data.ccrop import CropBoxes, box_stats, localise
 from ..data.gpu_views import TensorViews
 from ..data.pipeline import augmented
 from ..data.views import AugmentedDataset, eval_transform, measure_normalization
 from ..errors import UserError
-from ..evaluate.features import extract, labelled_split, loader_for, subset
-from ..evaluate.knn import knn_accuracy
+from ..evaluate.monitor import Monitor, online_probe
 from ..methods import build_method
+from ..methods.base import ContrastiveMethod
 from ..report.pictures import views_grid
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
-def monitor_data(p: PretrainProtocol) -> EvalDataConfig:
-    """The labelled splits the kNN monitor uses: the pretraining source's train and test."""
-    train, test = default_eval_splits(p.data.source)
-    return EvalDataConfig(source=p.data.source, root=p.data.root, train_split=train, test_split=test,
-                          verify_checksums=p.data.verify_checksums, num_workers=p.data.num_workers,
-                          builtin_train=p.data.builtin_train, builtin_test=p.data.builtin_test)
-
-
-def monitor_transform(p: PretrainProtocol) -> EvalTransformConfig:
-    return EvalTransformConfig(**eval_transform_for(p.augment.size), **p.augment.norm_fields())
 
 
 def build_loader(p: PretrainProtocol, source, kinds, device: torch.device,
@@ -106,8 +85,9 @@ def resolve_normalize(p: PretrainProtocol, source, run_dir: Path, resume: Option
         if kind == "error":
             raise UserError(stats)
         if distributed.is_main() and not quiet:
+            where = "the folder" if p.data.source == "folder" else f"split '{p.data.split}'"
             console.print(f"augment.normalize auto: mean {list(stats[0])}, std {list(stats[1])} from "
-                          f"{min(aug.normalize_sample, len(source))} images of split '{p.data.split}'", highlight=False,
+                          f"{min(aug.normalize_sample, len(source))} images of {where}", highlight=False,
                           soft_wrap=True)
     return p.model_copy(update={"augment": aug.model_copy(update={"mean": stats[0], "std": stats[1]})})
 
@@ -130,16 +110,18 @@ def resolve_model(p: PretrainProtocol) -> PretrainProtocol:
     return p.model_copy(update={"model": model, "augment": aug})
 
 
-def build_optimizer(method: torch.nn.Module, o: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    """``optim.name`` over the trained parameters: SGD with momentum (MoCo) or AdamW; without
-    ``decay_norm_bias`` the 1-D tensors (biases, norm weights) form a second group without weight decay
-    (DINO's rule). With the defaults of SGD it is one group, exactly MoCo's optimizer."""
-    named = [(n, q) for n, q in method.named_parameters() if q.requires_grad]
-    if o.decays_norm_bias:
-        groups: list[dict[str, Any]] = [{"params": [q for _, q in named]}]
-    else:
-        groups = [{"params": [q for _, q in named if q.ndim > 1]},
-                  {"params": [q for _, q in named if q.ndim <= 1], "weight_decay": 0.0}]
+def build_optimizer(method: ContrastiveMethod, o: OptimConfig, lr: float,
+                    probe_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """``optim.name`` over the method's parameter groups (:meth:`~..methods.base.ContrastiveMethod.optimizer_groups`:
+    the trained parameters, then an online probe's): SGD with momentum (MoCo) or AdamW; without
+    ``decay_norm_bias`` the 1-D tensors of the first group (biases, norm weights) form a group of their own
+    without weight decay (DINO's rule). With the defaults of SGD the groups are the method's, exactly MoCo's
+    optimizer."""
+    groups = method.optimizer_groups(probe_lr_scale)
+    if not o.decays_norm_bias:
+        trained = groups[0]["params"]
+        groups = [{"params": [q for q in trained if q.ndim > 1]},
+                  {"params": [q for q in trained if q.ndim <= 1], "weight_decay": 0.0}, *groups[1:]]
     if o.name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=o.weight_decay)
     return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
@@ -248,9 +230,10 @@ def norm_meta(p: PretrainProtocol) -> dict[str, str]:
 
 @command
 def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = None, force: bool = False,
-                 quiet: bool = False, console: Optional[Console] = None) -> dict[str, Any]:
+                 quiet: bool = False, console: Optional[Console] = None, allow_pipe: bool = False) -> dict[str, Any]:
+    """Pretrain as ``p`` says into ``run_dir`` (``allow_pipe``: the command line allows a ``pipe:`` shard)."""
     console = console or Console(stderr=True)
-    source = open_pretrain_data(p.data)
+    source = open_pretrain_data(p.data, allow_pipe)
     _, world, device = distributed.init_from_env(resolve_device(p.device))
     try:
         return _pretrain(p, run_dir, source, device, world, resume=resume, force=force, quiet=quiet, console=console)
@@ -261,10 +244,7 @@ def run_pretrain(p: PretrainProtocol, run_dir: Path, *, resume: Optional[str] = 
 def open_tracker(p: PretrainProtocol, run_dir: Path, source, resume_from: Optional[Path],
                  steps: int) -> Optional[tracking.Tracker]:
     """The trackers of ``p.log``; a new run also logs the grid of its first images' views."""
-    start = 0
-    if resume_from is not None:
-        meta = ckpt.read_metadata(resume_from)
-        start = int(meta["epoch"]) * steps + int(meta.get("step", "0"))
+    start = tracking.resumed_step(resume_from, steps)
     tracker = tracking.open_tracker(p.log, Path(run_dir), p.model_dump(mode="json"), f"{p.name} {p.method.name}",
                                     start)
     if tracker is not None and not start:
@@ -285,7 +265,7 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
         if p.model.bn_splits > 1:
             console.print(f"note: model.bn_splits={p.model.bn_splits} splits each rank's batch again for BN; "
                           "set model.bn_splits=1 for one BN per process", highlight=False)
-    seed_everything(p.seed, p.deterministic)
+    ckpt.seed_everything(p.seed, p.deterministic)
     method = build_method(p.model, p.method, p.augment.local_crops)
     if p.augment.crops == "contrastive" and not hasattr(method.backbone, "layer4"):
         raise UserError(f"augment.crops 'contrastive' localises its boxes on a ResNet's layer4, which "
@@ -293,7 +273,12 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
     note = batchnorm_note(p, method, world)
     if note and not quiet:
         console.print(note, highlight=False, soft_wrap=True)
-    if world > 1 and p.distributed.bn == "sync":
+    monitor = Monitor(p, source, device)
+    if monitor.note:
+        console.print(monitor.note, highlight=False, markup=False, soft_wrap=True)
+    if monitor.linear:
+        method.attach_probe(online_probe(method.backbone.feature_dim, monitor.probe_classes, p.seed))
+    if distributed.active() and p.distributed.bn == "sync":  # also a 1-rank process group
         method.use_sync_batchnorm(device)
     if p.compile != "off":
         names = compile_encoders(method, p.compile)
@@ -308,28 +293,14 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
     batch_transform = None
     if p.augment.backend == "tensor":
         batch_transform = TensorViews(p.augment, method.views).to(device)
-    optimizer = build_optimizer(method, p.optim, lr)
+    optimizer = build_optimizer(method, p.optim, lr, p.monitor.linear_lr / lr)
     schedule = lr_schedule(p.optim, lr, len(loader), p.seed)
 
     hooks: list[Any] = []
     if boxes is not None:
         hooks.append(box_updater(p, source, boxes, method, device, Path(run_dir)))
-    if p.monitor.knn_every:
-        data, tf = monitor_data(p), monitor_transform(p)
-        bank_src = subset(labelled_split(data, "train"), p.monitor.max_bank)
-        test_src = subset(labelled_split(data, "test"), p.monitor.max_test)
-        bank_loader = loader_for(bank_src, tf, p.optim.batch_size, p.data.num_workers, device)
-        test_loader = loader_for(test_src, tf, p.optim.batch_size, p.data.num_workers, device)
-
-        def knn_monitor(epoch: int) -> dict[str, Any]:
-            if not main or (epoch + 1) % p.monitor.knn_every and epoch + 1 != p.optim.epochs:
-                return {}
-            bank, bank_y = extract(method.backbone, bank_loader, device)
-            test, test_y = extract(method.backbone, test_loader, device)
-            acc = knn_accuracy(bank, bank_y, test, test_y, bank_src.num_classes, p.monitor.k, p.monitor.t)
-            return {"knn_top1": acc["top1"]}
-
-        hooks.append(knn_monitor)
+    if monitor.knn or monitor.linear:
+        hooks.append(lambda epoch: monitor.epoch_end(method, epoch) if main else {})
 
     def epoch_end(epoch: int) -> dict[str, Any]:
         record: dict[str, Any] = {}
@@ -347,24 +318,30 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
                     observers=Observers(f"pretrain {p.method.name}", quiet=quiet, console=console, tracker=tracker,
                                         epoch_end=epoch_end),
                     batch_transform=batch_transform)
-    try:
+    with tracking.closing(tracker):
         history = engine.run(resume_from)
-    finally:
-        if tracker is not None:
-            tracker.close()
-    distributed.average_buffers(method)
-    every_rank = {"method": p.method.name, "arch": p.model.arch, "epochs": p.optim.epochs, "rank": distributed.rank(),
-                  "world_size": world, "global_batch": local_batch * world, "lr": lr}
-    if not main:
-        return PretrainResult(**every_rank).record()
-    run = RunDir(run_dir)
-    if boxes is not None:
-        boxes.save(run.boxes, protocol_json(p))
-    ckpt.save_backbone(run.backbone, method.backbone, arch=p.model.arch, cifar_stem=p.model.cifar_stem,
-                       method=p.method.name, epoch=p.optim.epochs, protocol_json=protocol_json(p),
-                       extra_meta=norm_meta(p), timm_kwargs=p.model.timm_kwargs)
-    last = history[-1] if history else {}
-    return run.write_result(PretrainResult(
-        **every_rank, final_loss=last.get("loss"),
-        knn_top1=next((m["knn_top1"] for m in reversed(history) if "knn_top1" in m), None),
-        wall_s_this_invocation=time.perf_counter() - started, device=str(device), backbone=str(run.backbone)))
+        distributed.average_buffers(method)
+        every_rank = {"method": p.method.name, "arch": p.model.arch, "epochs": p.optim.epochs,
+                      "rank": distributed.rank(), "world_size": world, "global_batch": local_batch * world, "lr": lr}
+        if not main:
+            return PretrainResult(**every_rank).record()
+        run = RunDir(run_dir)
+        if boxes is not None:
+            boxes.save(run.boxes, protocol_json(p))
+        ckpt.save_backbone(run.backbone, method.backbone, arch=p.model.arch, cifar_stem=p.model.cifar_stem,
+                           method=p.method.name, epoch=p.optim.epochs, protocol_json=protocol_json(p),
+                           extra_meta=norm_meta(p), timm_kwargs=p.model.timm_kwargs)
+        last = history[-1] if history else {}
+        measured: dict[str, Any] = {}
+        if monitor.knn or monitor.linear:
+            measured["monitor_classes"] = monitor.num_classes
+        if monitor.linear:
+            measured["linear_top1"] = next((m["linear_top1"] for m in reversed(history) if "linear_top1" in m), None)
+        if monitor.knn:
+            measured["knn_top1_random_init"] = monitor.random_init_knn()
+        record = run.write_result(PretrainResult(
+            **every_rank, final_loss=last.get("loss"),
+            knn_top1=next((m["knn_top1"] for m in reversed(history) if "knn_top1" in m), None), **measured,
+            wall_s_this_invocation=time.perf_counter() - started, device=str(device), backbone=str(run.backbone)))
+        tracking.finish(tracker, record, [run.backbone])
+    return record
