@@ -190,7 +190,7 @@ def export(
     if to != "detectron2":
         r = lazy.export_state_dict(path, out_file.expanduser(), to)
         out.print(f"wrote {out_file} ({r['tensors']} tensors; {r['build']}.load_state_dict(torch.load('{out_file}'), "
-                  "strict=False) leaves only fc.* missing)", highlight=False, soft_wrap=True)
+                  f"strict=False) leaves {r['missing']} missing)", highlight=False, soft_wrap=True)
         return
     n = lazy.write_detectron2_pickle(path, out_file.expanduser())
     out.print(f"wrote {out_file} ({n} tensors in Detectron2 names; load it with MODEL.WEIGHTS {out_file})")

@@ -41,7 +41,7 @@ Crops = typer.Option(None, "--crops", help=CROPS_HELP)
 PretrainSource = typer.Option(None, "--source", help="builtin, folder (unlabeled images at any depth), imagefolder, "
                                                      "cifar10, cifar100, stl10, webdataset (default: inferred from "
                                                      "--data's layout)")
-Arch = typer.Option(None, "--arch", help="backbone: resnet18, resnet34, resnet50, ...")
+Arch = typer.Option(None, "--arch", help="backbone: resnet18, resnet34, resnet50, ..., or timm:NAME (any timm model)")
 Epochs = typer.Option(None, "--epochs", help="training epochs")
 Batch = typer.Option(None, "--batch-size", "-b", help="images per step (all GPUs together)")
 Lr = typer.Option(None, "--lr", help="learning rate")

@@ -91,6 +91,10 @@ def test_bench_reports_both_methods(tmp_path, capsys):
     assert all(r["mocov2"] > 0 and r["leoclr"] > 0 for r in rows)
     assert "MoCo's loader" in rows[0]["what"]
     assert rows[0]["vs_reference"] == 1.0 and all(r["vs_reference"] > 0 for r in rows[:6])
+    # LeOCLR with 4 local crops: on our view rows and the train step (MoCo's loader and end to end: blank)
+    assert "| leoclr +4 local samples/s | +4 local / leoclr cost |" in table[0]
+    assert "leoclr_local" not in rows[0] and all(r["leoclr_local"] > 0 for r in rows[1:7])
+    assert all("leoclr_local" not in r for r in rows[7:])
     assert all(r["peak_gib"] is None and r["gpu_util"] is None for r in rows[6:])  # blank on the CPU
     assert ratio == pytest.approx(rows[6]["mocov2"] / rows[6]["leoclr"]) == rows[6]["cost"]  # one round
     assert data["complete"] and data["settings"]["rounds"] == 1 and data["settings"]["amp"] == "off"

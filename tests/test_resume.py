@@ -13,22 +13,29 @@ OVERRIDES = {"augment.size": 32, "augment.blur": False, "augment.normalize": "bu
              "device": "cpu"}
 
 
-def test_resume_is_bit_identical(tmp_path):
-    p = load_protocol("pretrain", None, OVERRIDES)
+def straight_and_resumed(p, tmp_path):
+    """Pretrain ``p`` (2 epochs) straight, and again as a run killed after epoch 1 (only the epoch-1
+    checkpoint survived) and resumed; returns both runs' epoch-2 states, after checking they are equal
+    tensor for tensor."""
     straight = tmp_path / "straight"
     run_pretrain(p, straight, quiet=True)
-    # an interrupted run: only the epoch-1 checkpoint survived
     resumed = tmp_path / "resumed"
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copy(ckpt.state_path(straight, 1), ckpt.state_path(resumed, 1))
     shutil.copy(straight / "protocol.yaml", resumed / "protocol.yaml")
     run_pretrain(p, resumed, resume="auto", quiet=True)
-
     a, _ = ckpt.load_tensors(ckpt.state_path(straight, 2))
     b, _ = ckpt.load_tensors(ckpt.state_path(resumed, 2))
     assert a.keys() == b.keys()
     differing = [k for k in a if not torch.equal(a[k], b[k])]
     assert differing == []
+    return a, b
+
+
+def test_resume_is_bit_identical(tmp_path):
+    p = load_protocol("pretrain", None, OVERRIDES)
+    straight = tmp_path / "straight"
+    a, _ = straight_and_resumed(p, tmp_path)
     assert "model.queue" in a and "model.encoder_k.backbone.conv1.weight" in a
     # and the run really trained in epoch 2 (the checkpoints differ between epochs)
     e1, _ = ckpt.load_tensors(ckpt.state_path(straight, 1)) if ckpt.state_path(straight, 1).exists() else (None, None)

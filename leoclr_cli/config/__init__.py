@@ -9,9 +9,9 @@ Everything public is importable from here.
 
 from .catalog import (closest, describe, dump, field_rows, find_protocol, installed, installed_dir, installed_names,
                       known_fields, listing, purpose, read_tree, resolved, value_at)
-from .common import (NORMALIZATION, RESNETS, AreaRange, Norm, Normalized, PositiveRange, PretrainSourceName,
-                     SourceName, Strict, Triple, area_fraction, norm_stats, ordered_pair, require_root, stat_field,
-                     threads_field)
+from .common import (NORMALIZATION, RESNETS, TIMM_PREFIX, AreaRange, Norm, Normalized, PositiveRange,
+                     PretrainSourceName, SourceName, Strict, Triple, area_fraction, check_arch, default_local_size,
+                     norm_stats, ordered_pair, require_root, stat_field, threads_field, timm_kwargs_problem)
 from .detection import DETECT_SCHEDULES, DETECT_TRAIN_SIZES, DetectProtocol
 from .evaluation import (PROBE_LR, SMALL_IMAGES, TRANSFER_DATASETS, CropTestProtocol, EvalDataConfig,
                          EvalTransformConfig, FeatureNorm, FinetuneProtocol, KnnProtocol, LinearEvalProtocol,
@@ -19,14 +19,15 @@ from .evaluation import (PROBE_LR, SMALL_IMAGES, TRANSFER_DATASETS, CropTestProt
 from .loading import (PROTOCOLS, RUNTIME_FIELDS, first_difference, format_validation_error, load_protocol, parse_set,
                       protocol_json, safe_yaml, set_dotted, without_runtime, write_protocol)
 from .pretrain import (AUGMENT_PARTS, AblateProtocol, AugmentConfig, AugmentPart, ContrastiveCropConfig, DataConfig,
-                       DistributedConfig, MethodConfig, MethodName, ModelConfig, MonitorConfig, OptimConfig,
-                       PretrainProtocol, TrackingConfig)
+                       DistributedConfig, LOCAL_CROP_METHODS, MethodConfig, MethodName, ModelConfig, MonitorConfig,
+                       OptimConfig, PretrainProtocol, TrackingConfig)
 
 __all__ = [
     "closest", "describe", "dump", "field_rows", "find_protocol", "installed", "installed_dir", "installed_names",
     "known_fields", "listing", "purpose", "read_tree", "resolved", "value_at",
-    "NORMALIZATION", "RESNETS", "AreaRange", "Norm", "Normalized", "PositiveRange", "PretrainSourceName", "SourceName",
-    "Strict", "Triple", "area_fraction", "norm_stats", "ordered_pair", "require_root", "stat_field", "threads_field",
+    "NORMALIZATION", "RESNETS", "TIMM_PREFIX", "AreaRange", "Norm", "Normalized", "PositiveRange", "PretrainSourceName",
+    "SourceName", "Strict", "Triple", "area_fraction", "check_arch", "default_local_size", "norm_stats", "ordered_pair",
+    "require_root", "stat_field", "threads_field", "timm_kwargs_problem",
     "DETECT_SCHEDULES", "DETECT_TRAIN_SIZES", "DetectProtocol",
     "PROBE_LR", "SMALL_IMAGES", "TRANSFER_DATASETS", "eval_transform_for", "CropTestProtocol", "EvalDataConfig",
     "EvalTransformConfig", "FeatureNorm",
@@ -34,6 +35,6 @@ __all__ = [
     "PROTOCOLS", "RUNTIME_FIELDS", "first_difference", "format_validation_error", "load_protocol", "parse_set",
     "protocol_json", "safe_yaml", "set_dotted", "without_runtime", "write_protocol",
     "AUGMENT_PARTS", "AblateProtocol", "AugmentConfig", "AugmentPart", "ContrastiveCropConfig", "DataConfig",
-    "DistributedConfig", "MethodConfig", "MethodName", "ModelConfig", "MonitorConfig", "OptimConfig",
-    "PretrainProtocol", "TrackingConfig",
+    "DistributedConfig", "LOCAL_CROP_METHODS", "MethodConfig", "MethodName", "ModelConfig", "MonitorConfig",
+    "OptimConfig", "PretrainProtocol", "TrackingConfig",
 ]

@@ -14,6 +14,55 @@ SourceName = Literal["builtin", "builtin-photos", "builtin-textures", "imagefold
 # under a folder at any depth (folder; the labelled commands refuse it)
 PretrainSourceName = Literal[get_args(SourceName) + ("webdataset", "folder")]  # type: ignore[misc]
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2")
+#: ``model.arch: timm:NAME`` names any model of the timm package (the optional extra ``leoclr[timm]``)
+TIMM_PREFIX = "timm:"
+
+
+def check_arch(arch: str) -> str:
+    """``arch`` if it names a torchvision ResNet of :data:`RESNETS` or a model timm has (``timm:NAME``);
+    otherwise a ValueError whose message is one sentence (also when timm is not installed)."""
+    if arch in RESNETS:
+        return arch
+    if arch.startswith(TIMM_PREFIX):
+        name = arch[len(TIMM_PREFIX):]
+        try:
+            import timm  # optional: only a timm arch needs it
+        except ImportError:
+            raise ValueError(f"'{arch}' needs the timm package, which is not installed "
+                             "(pip install 'leoclr[timm]')") from None
+        if not timm.is_model(name):
+            raise ValueError(f"timm {timm.__version__} has no model '{name}' (timm.list_models('*vit*') lists them)")
+        return arch
+    raise ValueError(f"unknown arch '{arch}'; choose one of {', '.join(RESNETS)}, or timm:NAME for a timm model "
+                     "(e.g. timm:vit_small_patch16_224)")
+
+
+#: ``timm.create_model``'s own arguments that load weights or files (``pretrained_cfg_overlay`` can name a
+#: pickle) or that leoclr sets itself: never taken from a protocol or a file's header
+TIMM_RESERVED = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict", "checkpoint_path",
+                 "cache_dir", "num_classes")
+
+
+def timm_kwargs_problem(kwargs: Any) -> Optional[str]:
+    """What is wrong with ``model.timm_kwargs`` (None: nothing): a mapping of argument names to numbers,
+    strings, booleans, null or lists of them, none of :data:`TIMM_RESERVED`."""
+    if not isinstance(kwargs, dict):
+        return "must be a mapping of timm.create_model's keyword arguments"
+    for key, value in kwargs.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            return f"{key!r} is not an argument name"
+        if key in TIMM_RESERVED or key.startswith("pretrained"):
+            return f"'{key}' is not taken (leoclr builds the model without weights and without its classifier)"
+        items = value if isinstance(value, list) else [value]
+        if not all(v is None or isinstance(v, (bool, int, float, str)) for v in items):
+            return f"'{key}' must be a number, a string, a boolean, null or a list of them"
+    return None
+
+
+def default_local_size(size: int, multiple: int = 4) -> int:
+    """The side of LeOCLR's local crops when ``augment.local_size`` is not given: 3/7 of the views' ``size``
+    (DINO's 96 px at 224), rounded to the nearest multiple of ``multiple`` (a ViT's patch size), at least one."""
+    return max(multiple, round(size * 3 / 7 / multiple) * multiple)
 
 # Per-dataset normalisation constants (mean, std).
 NORMALIZATION = {

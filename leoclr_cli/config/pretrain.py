@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from .common import (RESNETS, AreaRange, BuiltinCount, Normalized, PositiveRange, PretrainSourceName, Seed, Strict,
-                     Threads, TrackingConfig, Triple, require_root, stat_field, threads_field)
+from .common import (TIMM_PREFIX, AreaRange, BuiltinCount, Normalized, PositiveRange, PretrainSourceName, Seed,
+                     Strict, Threads, TrackingConfig, Triple, check_arch, default_local_size, require_root, stat_field,
+                     threads_field, timm_kwargs_problem)
 
 
 class DataConfig(Strict):
@@ -93,6 +94,18 @@ class AugmentConfig(Normalized, Strict):
         "random", description="random: RandomResizedCrop; contrastive: ContrastiveCrop boxes from the query "
                               "encoder; center-box: one fixed box (0.25, 0.25, 0.75, 0.75) for every image")
     ccrop: ContrastiveCropConfig = ContrastiveCropConfig()
+    local_crops: int = Field(0, ge=0, description="LeOCLR's multi-crop: this many small crops per image besides the "
+                                                  "two crops, each through the key encoder and pulled to the original "
+                                                  "(docs/method.md); 0 = the paper's method")
+    local_size: Optional[int] = Field(
+        None, ge=4, description="side of the local crops; default 3/7 of size (96 at 224, 12 at 32), a multiple of 4 "
+                                "or of a ViT's patch size")
+    local_scale: AreaRange = Field((0.05, 0.4), description="area range of the local crops (DINO's)")
+
+    @property
+    def local_side(self) -> int:
+        """The local crops' side: ``local_size``, or its default for ``size``."""
+        return self.local_size or default_local_size(self.size)
 
     @model_validator(mode="after")
     def _crops_need_crop(self) -> "AugmentConfig":
@@ -102,7 +115,12 @@ class AugmentConfig(Normalized, Strict):
 
 
 class ModelConfig(Strict):
-    arch: str = "resnet50"
+    arch: str = Field("resnet50", description="a torchvision ResNet (resnet18 ... wide_resnet101_2) or timm:NAME, any "
+                                              "timm model (the extra leoclr[timm]) without its classifier")
+    timm_kwargs: Optional[dict[str, Any]] = Field(
+        None, description="timm:NAME only: keyword arguments of timm.create_model; those not given are chosen for the "
+                          "view size when pretraining starts (img_size, a patch size that fits, dynamic_img_size) and "
+                          "written here")
     cifar_stem: bool = Field(False, description="3x3 stride-1 conv1 and no maxpool (small images)")
     dim: int = Field(128, ge=1, description="projection output dimension")
     mlp: bool = Field(True, description="MoCo-v2 MLP head (feat -> feat -> dim, no BN); False: one linear layer")
@@ -112,12 +130,30 @@ class ModelConfig(Strict):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str) -> str:
-        if v not in RESNETS:
-            raise ValueError(f"unknown arch '{v}'; choose one of {', '.join(RESNETS)}")
+        return check_arch(v)
+
+    @field_validator("timm_kwargs")
+    @classmethod
+    def _timm_kwargs_plain(cls, v: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        problem = timm_kwargs_problem(v) if v is not None else None
+        if problem:
+            raise ValueError(problem)
         return v
+
+    @model_validator(mode="after")
+    def _timm_fields(self) -> "ModelConfig":
+        timm = self.arch.startswith(TIMM_PREFIX)
+        if timm and self.cifar_stem:
+            raise ValueError(f"model.cifar_stem changes a torchvision ResNet's conv1; {self.arch} is a timm model "
+                             "(set model.cifar_stem=false)")
+        if not timm and self.timm_kwargs:
+            raise ValueError(f"model.timm_kwargs apply to a timm:NAME arch, not to {self.arch}")
+        return self
 
 
 MethodName = Literal["mocov2", "leoclr", "simclr", "leoclr-e2e", "leoclr-random-original", "leoclr-attract-all"]
+#: the methods that take ``augment.local_crops`` (LeOCLR's multi-crop: the anchor, two crops and N local crops)
+LOCAL_CROP_METHODS = ("leoclr", "leoclr-random-original")
 
 
 class MethodConfig(Strict):
@@ -141,12 +177,33 @@ class MethodConfig(Strict):
 
 
 class OptimConfig(Strict):
+    """The optimizer of the query encoder. ``sgd`` with the defaults is MoCo's (the paper's protocols);
+    ``adamw`` with a warm-up and no weight decay on norm and bias parameters is MoCo v3's / DINO's recipe for ViTs."""
+
+    name: Literal["sgd", "adamw"] = Field("sgd", description="sgd (momentum) or adamw (betas 0.9, 0.999)")
     epochs: int = Field(200, ge=1)
     batch_size: int = Field(256, ge=2)
     lr: float = Field(0.03, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd's momentum (adamw ignores it)")
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: float = Field(
+        0, ge=0, description="linear warm-up of the lr from 0 over this many epochs; > 0 sets the lr every step "
+                             "(warm-up, then the schedule over the rest); 0: the lr is set once per epoch (MoCo)")
+    decay_norm_bias: Optional[bool] = Field(
+        None, description="weight decay also on biases and norm parameters (every 1-D tensor); default: true with sgd "
+                          "(MoCo decays every parameter), false with adamw (MoCo v3, DINO)")
+
+    @property
+    def decays_norm_bias(self) -> bool:
+        return self.decay_norm_bias if self.decay_norm_bias is not None else self.name == "sgd"
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> "OptimConfig":
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"optim.warmup_epochs ({self.warmup_epochs:g}) must be less than optim.epochs "
+                             f"({self.epochs})")
+        return self
 
 
 class DistributedConfig(Strict):
@@ -217,6 +274,14 @@ class PretrainProtocol(Strict):
                 raise ValueError(f"monitor.{field} needs the labelled train and test splits of an indexed source; "
                                  f"data.source webdataset has none (set monitor.{field}=0, then leoclr knn or "
                                  "linear-eval RUN --data ...)")
+        return self
+
+    @model_validator(mode="after")
+    def _local_crops_fit(self) -> "PretrainProtocol":
+        if self.augment.local_crops and self.method.name not in LOCAL_CROP_METHODS:
+            methods = " or ".join(LOCAL_CROP_METHODS)
+            raise ValueError(f"augment.local_crops ({self.augment.local_crops}) is LeOCLR's multi-crop, which method "
+                             f"'{self.method.name}' does not take; use method {methods}, or set augment.local_crops=0")
         return self
 
     @model_validator(mode="after")

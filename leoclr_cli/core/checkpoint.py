@@ -2,8 +2,9 @@
 
 * ``backbone.safetensors`` (:mod:`.backbone`): torchvision key names (``conv1.weight``,
   ``layer1.0.bn1.running_mean``, no ``fc``), so ``torchvision.models.resnet50().load_state_dict(load_file(p),
-  strict=False)`` leaves only ``fc.*`` missing. The header carries the metadata (format version, kind, arch,
-  cifar_stem, method, epoch, the protocol as JSON).
+  strict=False)`` leaves only ``fc.*`` missing; a timm backbone (``timm:NAME``) keeps timm's keys and loads
+  into ``timm.create_model(NAME, num_classes=0, **timm_kwargs)``. The header carries the metadata (format
+  version, kind, arch, cifar_stem, method, epoch, the protocol as JSON; timm_model, timm_kwargs, timm_version).
 * training state (:mod:`.train_state`; the files, named by :mod:`.rundir`:
   ``checkpoints/state_eNNNN.safetensors`` after NNNN epochs, or
   ``state_eNNNN_sSSSSSS.safetensors`` after SSSSSS more steps of the next epoch): model and

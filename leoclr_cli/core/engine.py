@@ -90,6 +90,18 @@ def cosine_lr(base: float, epochs: int) -> Callable[[int], float]:
     return lambda e: base * 0.5 * (1.0 + math.cos(math.pi * e / epochs))
 
 
+def warmup_lr(base: float, warmup_steps: int, total_steps: int, cosine: bool = True) -> Callable[[int], float]:
+    """A per-step schedule (MoCo v3, DINO): linear from base / warmup_steps up to ``base`` over the first
+    ``warmup_steps`` steps, then a half cosine to 0 over the rest (or ``base`` throughout, ``cosine`` False)."""
+    def lr(step: int) -> float:
+        if step < warmup_steps:
+            return base * (step + 1) / warmup_steps
+        if not cosine:
+            return base
+        return base * 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+    return lr
+
+
 def step_lr(base: float, milestones: list[int], gamma: float) -> Callable[[int], float]:
     return lambda e: base * gamma ** sum(e >= m for m in milestones)
 

@@ -1,23 +1,27 @@
-"""Networks: torchvision ResNets by name, the CIFAR stem, the projection head, SplitBatchNorm.
+"""Networks: torchvision ResNets by name, the CIFAR stem, timm models (``timm:NAME``, timm_nets.py), the
+projection head, SplitBatchNorm.
 
 The backbone is a stock torchvision ResNet with ``fc`` replaced by ``Identity``, so its state
-dict keys are torchvision's and a checkpoint loads into ``torchvision.models.<arch>()``.
+dict keys are torchvision's and a checkpoint loads into ``torchvision.models.<arch>()``; or a timm
+model without its classifier, whose keys are timm's.
 """
 
 from __future__ import annotations
 
 from functools import partial
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from ..config import RESNETS, ModelConfig
+from ..config import RESNETS, ModelConfig, check_arch
 from ..errors import UserError
+from .timm_nets import build_timm, is_timm
 
-#: ``random:ARCH`` (``random:resnet18``, ``random:resnet18-cifar`` for the CIFAR stem) names a seeded
-#: random-init backbone wherever a backbone is expected: the floor any pretraining must beat
+#: ``random:ARCH`` (``random:resnet18``, ``random:resnet18-cifar`` for the CIFAR stem, ``random:timm:NAME``) names a
+#: seeded random-init backbone wherever a backbone is expected: the floor any pretraining must beat
 RANDOM_PREFIX = "random:"
 
 
@@ -53,8 +57,33 @@ class SplitBatchNorm(nn.BatchNorm2d):
         return out.reshape(n, c, h, w)
 
 
-def build_backbone(arch: str, *, cifar_stem: bool = False, bn_splits: int = 1) -> nn.Module:
-    """A torchvision ResNet without its classifier (``fc = Identity``); ``.feature_dim`` is set."""
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` normalises with batch statistics anywhere (what SplitBN, shuffle-BN and SyncBN act on)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def split_batchnorms(model: nn.Module, num_splits: int) -> nn.Module:
+    """Every plain ``nn.BatchNorm2d`` of ``model`` becomes a :class:`SplitBatchNorm` with the same
+    parameters and buffers (state dict unchanged), in place; BatchNorm subclasses that do more (timm's
+    BatchNormAct2d) stay as they are."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.BatchNorm2d:
+                split = SplitBatchNorm(child.num_features, num_splits, eps=child.eps, momentum=child.momentum,
+                                       affine=child.affine, track_running_stats=child.track_running_stats)
+                split.load_state_dict(child.state_dict())
+                setattr(parent, name, split)
+    return model
+
+
+def build_backbone(arch: str, *, cifar_stem: bool = False, bn_splits: int = 1,
+                   timm_kwargs: Optional[dict[str, Any]] = None) -> nn.Module:
+    """A torchvision ResNet without its classifier (``fc = Identity``), or the timm model ``timm:NAME``
+    built with ``timm_kwargs`` and ``num_classes=0`` (its plain BatchNorm2d split when ``bn_splits`` > 1);
+    ``.feature_dim`` is set."""
+    if is_timm(arch):
+        model = build_timm(arch, timm_kwargs)
+        return split_batchnorms(model, bn_splits) if bn_splits > 1 else model
     if arch not in RESNETS:
         raise ValueError(f"unknown arch {arch}")
     norm = partial(SplitBatchNorm, num_splits=bn_splits) if bn_splits > 1 else None
@@ -80,7 +109,8 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.backbone = build_backbone(cfg.arch, cifar_stem=cfg.cifar_stem, bn_splits=cfg.bn_splits)
+        self.backbone = build_backbone(cfg.arch, cifar_stem=cfg.cifar_stem, bn_splits=cfg.bn_splits,
+                                       timm_kwargs=cfg.timm_kwargs)
         self.head = projection_head(self.backbone.feature_dim, cfg.dim, cfg.mlp)
 
     def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -97,12 +127,16 @@ def plain_backbone_copy(backbone: nn.Module, arch: str, cifar_stem: bool) -> nn.
 
 
 def parse_random(spec: str) -> tuple[str, bool]:
-    """``random:resnet18-cifar`` -> (``resnet18``, CIFAR stem True); one sentence for an unknown arch."""
+    """``random:resnet18-cifar`` -> (``resnet18``, CIFAR stem True), ``random:timm:NAME`` -> (``timm:NAME``,
+    False); one sentence for an unknown arch (or a timm arch without timm)."""
     name = spec[len(RANDOM_PREFIX):]
-    arch, cifar_stem = (name[: -len("-cifar")], True) if name.endswith("-cifar") else (name, False)
-    if arch not in RESNETS:
-        raise UserError(f"{spec}: unknown arch '{arch}'; choose one of {', '.join(RESNETS)}, with '-cifar' for the "
-                        "CIFAR stem (e.g. random:resnet18-cifar)")
+    cifar = name.endswith("-cifar") and not is_timm(name)
+    arch, cifar_stem = (name[: -len("-cifar")], True) if cifar else (name, False)
+    try:
+        check_arch(arch)
+    except ValueError as e:
+        raise UserError(f"{spec}: {e}" + ("" if is_timm(arch) else "; with '-cifar' for the CIFAR stem "
+                                                                  "(e.g. random:resnet18-cifar)")) from None
     return arch, cifar_stem
 
 

@@ -22,7 +22,7 @@ from safetensors.torch import save as st_save
 
 from pydantic import ValidationError
 
-from ..config import PROTOCOLS, RESNETS, format_validation_error, without_runtime
+from ..config import PROTOCOLS, RESNETS, TIMM_PREFIX, format_validation_error, timm_kwargs_problem, without_runtime
 from ..errors import UserError
 from .atomic import atomic_write_bytes
 
@@ -265,7 +265,8 @@ def _short(text: str, limit: int = 60) -> str:
 
 
 #: metadata fields that hold JSON, and those that hold a count
-_JSON_FIELDS = ("protocol", "cifar_stem", "optimizer", "rng", "extra", "cells", "normalize_mean", "normalize_std")
+_JSON_FIELDS = ("protocol", "cifar_stem", "optimizer", "rng", "extra", "cells", "normalize_mean", "normalize_std",
+                "timm_kwargs")
 _COUNT_FIELDS = ("epoch", "step", "num_classes", "seed")
 
 
@@ -283,7 +284,11 @@ def _metadata_problem(meta: dict[str, str]) -> Optional[str]:
     if "cifar_stem" in meta and meta["cifar_stem"] not in ("true", "false"):
         return "'cifar_stem' is neither true nor false"
     if "arch" in meta and meta["arch"] not in RESNETS:
-        return f"'arch' is {_short(repr(meta['arch']))}, not one of {', '.join(RESNETS)}"
+        if not meta["arch"].startswith(TIMM_PREFIX):
+            return f"'arch' is {_short(repr(meta['arch']))}, not one of {', '.join(RESNETS)} or timm:NAME"
+        problem = timm_kwargs_problem(_json(meta.get("timm_kwargs", "{}")))
+        if problem:
+            return f"'timm_kwargs': {problem}"
     protocol = _json(meta["protocol"]) if "protocol" in meta else {}
     if not isinstance(protocol, dict):
         return "'protocol' is not a JSON object"

@@ -13,7 +13,7 @@ The work is split in two:
   footprint, i.e. antialiased when shrinking), flips, colour jitter (each sample's own order of
   brightness, contrast, saturation and hue), grayscale, Gaussian blur (a per-sample separable
   kernel), normalisation. The original view is the whole image (squashed, or padded with grey for
-  ``augment.original: pad``).
+  ``augment.original: pad``); a local view is made at ``augment.local_size``.
 * :class:`DirectViews` (``augment.direct``, PIL backend) applies the spec's records with direct PIL
   calls in the workers instead.
 
@@ -87,10 +87,11 @@ class DirectViews:
     record applied by direct PIL calls in the pipeline's order: crop + resize in one ``resize(box=)``,
     colour jitter as one matrix (:func:`~.ops.fused_colour`), grayscale (kept one channel through the
     flip), flip, the tensor, then blur (:func:`blur_hwc`, the tensor backend's Gaussian; it commutes with
-    the flip and with the per-channel normalisation, so the order is the pipeline's)."""
+    the flip and with the per-channel normalisation, so the order is the pipeline's). A local view is
+    made at ``augment.local_size``."""
 
     def __init__(self, cfg: AugmentConfig):
-        self.size = cfg.size
+        self.size, self.local = cfg.size, cfg.local_side
         self.pad = PadToSquare(cfg.size)
         self.out = to_tensor(cfg.norm)
         self.scratch: dict = {}  # blur_hwc's padded copies
@@ -100,7 +101,8 @@ class DirectViews:
         if p.pad:
             v = self.pad(img)
         else:
-            v = img.resize((self.size, self.size), Image.Resampling.BILINEAR, box=p.box)
+            side = self.local if p.local else self.size
+            v = img.resize((side, side), Image.Resampling.BILINEAR, box=p.box)
         if p.order:
             v = fused_colour(v, p.order, p.factors)
         if p.gray:
@@ -201,7 +203,8 @@ class TensorViews(nn.Module):
         return [self.view(x, params[:, v].float(), kind) for v, kind in enumerate(self.kinds)]
 
     def view(self, x: torch.Tensor, p: torch.Tensor, kind: str) -> torch.Tensor:
-        out = self.crop(x, p, pad=kind == "original" and self.cfg.original == "pad")
+        size = self.cfg.local_side if kind == "local" else self.cfg.size
+        out = self.crop(x, p, pad=kind == "original" and self.cfg.original == "pad", size=size)
         out = self.jitter(out, p)
         out = torch.where(p[:, GRAY].view(-1, 1, 1, 1) > 0, _gray(out).expand_as(out), out)
         if self.cfg.blur:
@@ -209,12 +212,12 @@ class TensorViews(nn.Module):
         out = torch.where(p[:, FLIP].view(-1, 1, 1, 1) > 0, out.flip(-1), out)
         return (out - self.mean) / self.std
 
-    def crop(self, x: torch.Tensor, p: torch.Tensor, pad: bool) -> torch.Tensor:
+    def crop(self, x: torch.Tensor, p: torch.Tensor, pad: bool, size: int) -> torch.Tensor:
         b, _, s, _ = x.shape
         if pad:  # a channel of ones tells the image from the outside of it
             x = torch.cat([x, torch.ones_like(x[:, :1])], 1)
         boxes = torch.cat([torch.arange(b, device=x.device, dtype=x.dtype).view(-1, 1), p[:, X0:Y1 + 1] * s], 1)
-        out = roi_align(x, boxes, output_size=self.cfg.size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        out = roi_align(x, boxes, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
         if pad:
             inside = out[:, 3:]
             out = out[:, :3] + (1 - inside) * self.fill

@@ -17,8 +17,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..config import AugmentConfig, Norm, norm_stats
 
-#: view kinds that are random crops of the image (ContrastiveCrop places them)
-CROP_KINDS = ("crop", "random-original")
+#: view kinds that are random crops of the image (ContrastiveCrop places them); ``local``: LeOCLR's multi-crop,
+#: a crop of ``augment.local_scale`` at ``augment.local_size``
+CROP_KINDS = ("crop", "random-original", "local")
 VIEW_KINDS = ("original", *CROP_KINDS)
 
 
@@ -170,4 +171,6 @@ def draft_side(cfg: AugmentConfig) -> int:
     """The fewest pixels per side a decoded image needs: the smallest crop still fills ``size``
     (and, for the tensor backend, the decoded square keeps its resolution)."""
     side = math.ceil(cfg.size / math.sqrt(cfg.crop_scale[0])) if cfg.crop else cfg.size
+    if cfg.local_crops and cfg.crop:
+        side = max(side, math.ceil(cfg.local_side / math.sqrt(cfg.local_scale[0])))
     return max(side, decode_size(cfg)) if cfg.backend == "tensor" else side

@@ -5,8 +5,11 @@ drawn from torch's default CPU generator (which :class:`~.views.AugmentedDataset
 epoch, index), so a view is a function of those), in the order of MoCo-v2's torchvision pipeline and
 with torchvision's own samplers: the crop (RandomResizedCrop's, or within a ContrastiveCrop box
 :func:`~.ccrop.sample_crop`'s), the jitter coin and ColorJitter's order and factors, the grayscale coin,
-the blur coin and sigma, the flip coin. A part switched off draws nothing. Three executors apply a
-record, in the pipeline's order (crop, jitter, grayscale, blur, flip, normalise):
+the blur coin and sigma, the flip coin. A part switched off draws nothing. A ``local`` view (LeOCLR's
+multi-crop, ``augment.local_crops``) is a crop like the others, drawn with ``augment.local_scale`` and
+made at ``augment.local_size``; the local views come after the others, so they leave those draws as
+they are. Three executors apply a record, in the pipeline's order (crop, jitter, grayscale, blur, flip,
+normalise):
 
 * :class:`~.views.PILViews`, the reference: torchvision's functional ops on PIL images;
 * :class:`~.gpu_views.DirectViews` (``augment.direct``): direct PIL calls, the jitter as one colour
@@ -33,7 +36,8 @@ class ViewParams(NamedTuple):
     height, width; the whole image when the view is not cropped); ``pad``: the whole image, its aspect
     ratio kept, padded to a square (``augment.original: pad``). ``order``: the jitter's steps in the
     order applied (ColorJitter's ``fn_idx``), empty when its coin said no; ``factors``: brightness,
-    contrast, saturation, hue, None for a step the configuration leaves out. ``sigma``: 0 = no blur."""
+    contrast, saturation, hue, None for a step the configuration leaves out. ``sigma``: 0 = no blur.
+    ``local``: a local crop, made at ``augment.local_size`` instead of ``augment.size``."""
 
     top: int
     left: int
@@ -45,6 +49,7 @@ class ViewParams(NamedTuple):
     gray: bool = False
     sigma: float = 0.0
     flip: bool = False
+    local: bool = False
 
     @property
     def box(self) -> tuple[int, int, int, int]:
@@ -70,11 +75,12 @@ class ViewSpec:
         cfg, rand = self.cfg, torch.rand
         crop: tuple[int, int, int, int] = (0, 0, height, width)
         if kind in CROP_KINDS and cfg.crop:
+            scale = cfg.local_scale if kind == "local" else cfg.crop_scale
             if box is None:  # get_params reads only the shape: a stride-0 view, nothing allocated
                 shape = torch.empty(1, 1, 1).expand(1, height, width)
-                crop = tuple(RandomResizedCrop.get_params(shape, list(cfg.crop_scale), list(cfg.crop_ratio)))
+                crop = tuple(RandomResizedCrop.get_params(shape, list(scale), list(cfg.crop_ratio)))
             else:
-                crop = sample_crop(height, width, box, cfg.crop_scale, cfg.crop_ratio, cfg.ccrop.alpha)
+                crop = sample_crop(height, width, box, scale, cfg.crop_ratio, cfg.ccrop.alpha)
         order: tuple[int, ...] = ()
         factors: tuple[Optional[float], ...] = (None, None, None, None)
         if cfg.color_jitter and rand(1).item() < cfg.jitter_p:  # RandomApply's coin, then ColorJitter's draws
@@ -86,7 +92,8 @@ class ViewSpec:
         if cfg.blur and rand(1).item() < cfg.blur_p:
             sigma = torch.empty(1).uniform_(*cfg.blur_sigma).item()
         flip = cfg.flip and rand(1).item() < 0.5
-        return ViewParams(*crop, kind == "original" and cfg.original == "pad", order, factors, gray, sigma, flip)
+        return ViewParams(*crop, kind == "original" and cfg.original == "pad", order, factors, gray, sigma, flip,
+                          kind == "local")
 
     def draws(self, width: int, height: int,
               box: Optional[tuple[float, float, float, float]] = None) -> list[ViewParams]:

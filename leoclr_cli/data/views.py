@@ -6,8 +6,9 @@
   switched by :class:`AugmentConfig`) and applied by :class:`PILViews` (the reference) or, with
   ``augment.direct``, :class:`~.gpu_views.DirectViews`. The original is the whole image resized to the
   crop size (``resize`` squashes, ``pad`` keeps the aspect ratio), then augmented like the crops minus
-  the crop. The image is decoded once for all its views. View kinds: ``crop``, ``original``, and
-  ``random-original`` (Table 8's ablation: the anchor is cropped exactly like a crop). With
+  the crop. The image is decoded once for all its views. View kinds: ``crop``, ``original``,
+  ``random-original`` (Table 8's ablation: the anchor is cropped exactly like a crop), and ``local``
+  (LeOCLR's multi-crop: a smaller crop at ``augment.local_size``). With
   :class:`~.ccrop.CropBoxes` (ContrastiveCrop), the crop kinds place their crop within the image's box
   once the boxes are active.
 * :class:`AugmentedDataset` seeds each sample's augmentation from (seed, epoch, index), so the views
@@ -40,19 +41,21 @@ class PILViews:
     """The reference executor of the augmentation spec: a :class:`~.spec.ViewParams` record applied to a
     PIL image with torchvision's functional ops, in MoCo-v2's order: crop + resize (the original: resize
     or :class:`~.ops.PadToSquare`), colour jitter (:func:`~.ops.jitter_pil`, by ``augment.hue``),
-    grayscale, PIL's Gaussian blur (``radius`` = sigma: three box blurs in C), flip, tensor + normalise."""
+    grayscale, PIL's Gaussian blur (``radius`` = sigma: three box blurs in C), flip, tensor + normalise.
+    A local view is made at ``augment.local_size``."""
 
     def __init__(self, cfg: AugmentConfig):
-        self.cfg, self.size = cfg, [cfg.size, cfg.size]
+        self.cfg, self.size, self.local = cfg, [cfg.size, cfg.size], [cfg.local_side, cfg.local_side]
         self.pad, self.out = PadToSquare(cfg.size), to_tensor(cfg.norm)
 
     def __call__(self, img: Image.Image, p: ViewParams) -> torch.Tensor:
+        size = self.local if p.local else self.size
         if p.pad:
             v = self.pad(img)
         elif p.box == (0, 0, *img.size):
-            v = TF.resize(img, self.size, antialias=True)
+            v = TF.resize(img, size, antialias=True)
         else:
-            v = TF.resized_crop(img, p.top, p.left, p.height, p.width, self.size, antialias=True)
+            v = TF.resized_crop(img, p.top, p.left, p.height, p.width, size, antialias=True)
         if p.order:
             v = jitter_pil(v, p.order, p.factors, self.cfg.hue)
         if p.gray:

@@ -51,10 +51,12 @@ def detectron2_checkpoint(state: dict[str, torch.Tensor]) -> dict:
 def load_detection_backbone(path: Path, archs: tuple[str, ...] = DETECTRON2_ARCHS) -> tuple[dict[str, torch.Tensor],
                                                                                           dict[str, str]]:
     """A backbone.safetensors that a Detectron2 ResNet can take: an ImageNet-stem bottleneck ResNet."""
+    arch = ckpt.read_metadata(path, ckpt.KIND_BACKBONE).get("arch")  # before building it (a timm model, ...)
+    if arch not in archs:
+        need = " or ".join(archs)
+        raise UserError(f"checkpoint {path} is a {arch} backbone; detection needs a torchvision {need} "
+                        "(Faster R-CNN R50-C4 is built on a ResNet's stages)")
     model, meta = ckpt.load_backbone(path)
-    if meta.get("arch") not in archs:
-        raise UserError(f"checkpoint {path} is a {meta.get('arch')} backbone; detection needs "
-                        f"{' or '.join(archs)}")
     if json.loads(meta.get("cifar_stem", "false")):
         raise UserError(f"checkpoint {path} has the CIFAR stem (3x3 conv, no max-pool); detection needs the "
                         "ImageNet stem")

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..config import SMALL_IMAGES, eval_transform_for, load_protocol, parse_set
+from ..config import SMALL_IMAGES, TIMM_PREFIX, eval_transform_for, load_protocol, parse_set
 from ..core import checkpoint as ckpt
 from ..core.nets import RANDOM_PREFIX, parse_random
 from ..core.rundir import RunDir
@@ -172,16 +172,18 @@ def small_side(source: str, data: Optional[Path]) -> Optional[int]:
 def random_init(spec: str, seed: int, out_dir: Optional[Path], source: Optional[str],
                 data: Optional[Path]) -> tuple[Path, Path, dict[str, Any]]:
     """The seeded random-init backbone ``random:ARCH`` as RUN/backbone.safetensors of a run directory
-    ``random-ARCH-seedN`` (in runs/, or beside --out), written once and reused; the evaluation defaults come
+    ``random-ARCH-seedN`` (``random-timm-NAME-SIZEpx-seedN`` for ``random:timm:NAME``, built for that view
+    size) in runs/, or beside --out, written once and reused; the evaluation defaults come
     from the data (default builtin): 32 px for builtin, CIFAR and a CIFAR-stem arch, 96 px for STL-10, the
     images' own size when they are small (at most 96 px), else 224 px."""
-    _, cifar_stem = parse_random(spec)
-    name = f"random-{spec[len(RANDOM_PREFIX):]}-seed{seed}"
-    parent = (out_dir.expanduser().parent if out_dir else Path("runs")) / name
-    backbone = ckpt.random_backbone_file(spec, seed, RunDir(parent).backbone)
+    arch, cifar_stem = parse_random(spec)
     src = source or "builtin"
     size = {"builtin": 32, "builtin-photos": 32, "builtin-textures": 32, "cifar10": 32, "cifar100": 32, "stl10": 96}.get(src) or (
         32 if cifar_stem else small_side(src, data) or 224)
+    # a timm model is built for the view size (its patch may depend on it): the size is part of the name
+    name = f"random-{spec[len(RANDOM_PREFIX):]}" + (f"-{size}px" if arch.startswith(TIMM_PREFIX) else "")
+    parent = (out_dir.expanduser().parent if out_dir else Path("runs")) / f"{name.replace(':', '-')}-seed{seed}"
+    backbone = ckpt.random_backbone_file(spec, seed, RunDir(parent).backbone, size)
     normalize = {"builtin": "builtin", "builtin-photos": "builtin", "builtin-textures": "builtin", "cifar10": "cifar",
                  "cifar100": "cifar"}.get(src, "imagenet")
     pseudo_pretraining = {"data": {"source": src}, "augment": {"size": size, "normalize": normalize}}

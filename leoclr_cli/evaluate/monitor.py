@@ -136,4 +136,4 @@ class Monitor:
     def random_init_knn(self) -> float:
         """The kNN monitor's top-1 of the random-init backbone of the run's arch and seed."""
         m = self.p.model
-        return self.knn_top1(random_backbone(m.arch, m.cifar_stem, self.p.seed).to(self.device))
+        return self.knn_top1(random_backbone(m.arch, m.cifar_stem, self.p.seed, m.timm_kwargs).to(self.device))

@@ -22,5 +22,9 @@ METHODS: dict[str, type[ContrastiveMethod]] = {
 }
 
 
-def build_method(model: ModelConfig, method: MethodConfig) -> ContrastiveMethod:
+def build_method(model: ModelConfig, method: MethodConfig, local_crops: int = 0) -> ContrastiveMethod:
+    """The method ``method.name``; ``local_crops`` (``augment.local_crops``) for LeOCLR's multi-crop, which
+    the protocol allows only for :data:`~..config.LOCAL_CROP_METHODS`."""
+    if local_crops:
+        return METHODS[method.name](model, method, local_crops=local_crops)  # type: ignore[call-arg]
     return METHODS[method.name](model, method)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..config import MethodConfig, ModelConfig
 from ..core import distributed
+from ..core.nets import has_batchnorm
 from .base import ContrastiveMethod
 
 
@@ -32,7 +33,8 @@ class MomentumContrast(ContrastiveMethod):
 
     def __init__(self, model: ModelConfig, method: MethodConfig):
         super().__init__(model, method)
-        self.shuffle_bn = model.shuffle_bn  # off under SyncBN (use_sync_batchnorm)
+        # off under SyncBN (use_sync_batchnorm) and for a backbone without BatchNorm (nothing to hide)
+        self.shuffle_bn = model.shuffle_bn and has_batchnorm(self.encoder_q.backbone)
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)

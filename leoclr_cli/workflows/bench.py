@@ -1,6 +1,8 @@
 """``leoclr bench``: where the time of a pretraining step goes, MoCo-v2 vs LeOCLR, on this machine.
 
-Rows (samples/s; a LeOCLR sample is 3 views, a MoCo-v2 sample 2):
+Rows (samples/s; a LeOCLR sample is 3 views, a MoCo-v2 sample 2; the third column, on the view rows but
+the reference and on the train step, LeOCLR with :data:`LOCAL` local crops (``augment.local_crops``), 3 views
+and 4 small ones at 3/7 of the size):
 
 * views, per CPU core, on photo-sized JPEGs (ImageNet's typical 500x375, scaled with
   ``--view-size``) decoded in the loop: the reference, MoCo v2's loader (torchvision.transforms v1
@@ -40,6 +42,7 @@ from rich.table import Table
 from ..config import AugmentConfig, MethodConfig, ModelConfig, PretrainProtocol
 from ..core.engine import Checkpoints, DeviceSpec, Engine, Observers, Schedule, amp_dtype, resolve_device
 from ..core.rundir import environment, write_json
+from ..core.timm_nets import fit_kwargs, is_timm
 from ..data.gpu_views import DecodeAndDraw, TensorViews
 from ..data.ops import draft_side
 from ..data.sources import open_rgb
@@ -47,7 +50,12 @@ from ..data.views import AugmentedDataset, ViewMaker
 from ..methods import build_method
 from .pretrain import build_loader
 
-KINDS = {"mocov2": ("crop", "crop"), "leoclr": ("original", "crop", "crop")}
+#: local crops of the third column (LeOCLR's multi-crop)
+LOCAL = 4
+KINDS = {"mocov2": ("crop", "crop"), "leoclr": ("original", "crop", "crop"),
+         "leoclr_local": ("original", "crop", "crop", *("local",) * LOCAL)}
+#: the columns' (method, augment.local_crops)
+COLUMNS = {"mocov2": ("mocov2", 0), "leoclr": ("leoclr", 0), "leoclr_local": ("leoclr", LOCAL)}
 #: the view-pipeline variants of ours: (row label, augment fields)
 VARIANTS = {
     "pil": ("views: PIL default (full decode, HSV hue)", {"hue": "hsv", "draft": False}),
@@ -172,15 +180,18 @@ def view_rates(view_size: int, images: int, batch: int, device: torch.device, ro
     try:
         full = JpegPhotos(jpegs, images)  # full decode for the reference
         for method, kinds in KINDS.items():
-            make = MocoLoaderViews(view_size, kinds)
-            measures["reference", method] = timed(lambda make=make: [make(full[i][0]) for i in range(images)], images)
+            local = COLUMNS[method][1]
+            if not local:  # MoCo's loader makes no local crops
+                make = MocoLoaderViews(view_size, kinds)
+                measures["reference", method] = timed(lambda make=make: [make(full[i][0]) for i in range(images)],
+                                                      images)
             for key, (_, fields) in VARIANTS.items():
-                cfg = augment(view_size, **fields)
+                cfg = augment(view_size, local_crops=local, **fields)
                 photos = JpegPhotos(jpegs, images)
                 photos.set_draft(draft_side(cfg) if cfg.draft else None)
                 data = AugmentedDataset(photos, ViewMaker(cfg, kinds))
                 measures[key, method] = timed(lambda data=data: [data[i] for i in range(images)], images)
-            cfg = augment(view_size, backend="tensor", hue="yiq")
+            cfg = augment(view_size, backend="tensor", hue="yiq", local_crops=local)
             photos = JpegPhotos(jpegs, images)
             photos.set_draft(draft_side(cfg))
             data = AugmentedDataset(photos, DecodeAndDraw(cfg, kinds))
@@ -212,9 +223,12 @@ def view_rates(view_size: int, images: int, batch: int, device: torch.device, ro
     rows = []
     for key in keys:
         row = {"what": labels[key], "device": str(device) if key == "device" else "cpu, 1 core",
-               **{m: median(per_round[key, m]) for m in KINDS},
+               **{m: median(per_round[key, m]) for m in KINDS if (key, m) in per_round},
                "rounds": rounds}
         row["cost"], row["cost_spread"] = paired_ratio(per_round[key, "mocov2"], per_round[key, "leoclr"])
+        if (key, "leoclr_local") in per_round:
+            row["local_cost"], row["local_cost_spread"] = paired_ratio(per_round[key, "leoclr"],
+                                                                       per_round[key, "leoclr_local"])
         # the device's batched views against the reference per core: the CPU cores of MoCo's loader one GPU replaces
         row["vs_reference"], row["vs_reference_spread"] = paired_ratio(per_round[key, "leoclr"], ref)
         rows.append(row)
@@ -222,8 +236,11 @@ def view_rates(view_size: int, images: int, batch: int, device: torch.device, ro
 
 
 class SyntheticViews(torch.utils.data.Dataset):
-    def __init__(self, n_views: int, size: int, length: int):
-        self.views = [torch.randn(3, size, size) for _ in range(n_views)]
+    """The same random views for every item: ``kinds`` at ``size`` px, a local one at its default side."""
+
+    def __init__(self, kinds: tuple[str, ...], size: int, length: int):
+        local = augment(size).local_side
+        self.views = [torch.randn(3, local, local) if k == "local" else torch.randn(3, size, size) for k in kinds]
         self.length = length
 
     def __len__(self) -> int:
@@ -242,11 +259,14 @@ def _gpu_util(device: torch.device, stop: threading.Event, samples: list[float])
 
 
 def engine_rate(method: str, arch: str, batch: int, loader: torch.utils.data.DataLoader, device: torch.device,
-                batch_transform: Optional[Callable] = None) -> dict[str, Any]:
-    """Samples/s of the engine's second epoch over ``loader`` (the first warms up), with peak
-    memory and mean utilisation on CUDA."""
+                batch_transform: Optional[Callable] = None, size: int = 224) -> dict[str, Any]:
+    """Samples/s of the engine's second epoch over ``loader`` (the first warms up) for the column ``method``,
+    with peak memory and mean utilisation on CUDA (a timm ``arch`` is built for ``size`` px views)."""
     splits = 8 if batch % 8 == 0 and batch >= 32 else 1  # at least 4 samples per split
-    model = build_method(ModelConfig(arch=arch, bn_splits=splits), MethodConfig(name=method, queue_size=4096))
+    name, local = COLUMNS[method]
+    kwargs = fit_kwargs(arch, size) if is_timm(arch) else None
+    model = build_method(ModelConfig(arch=arch, bn_splits=splits, timm_kwargs=kwargs),
+                         MethodConfig(name=name, queue_size=4096), local)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     cuda = device.type == "cuda"
     if cuda:
@@ -277,6 +297,8 @@ def _row(what: str, device: torch.device, results: dict[str, list[dict[str, Any]
     row: dict[str, Any] = {"what": what, "device": str(device), **{m: median(v) for m, v in rates.items()},
                            "rounds": len(rates["leoclr"])}
     row["cost"], row["cost_spread"] = paired_ratio(rates["mocov2"], rates["leoclr"])
+    if "leoclr_local" in rates:
+        row["local_cost"], row["local_cost_spread"] = paired_ratio(rates["leoclr"], rates["leoclr_local"])
     peaks = [r["peak_gib"] for rs in results.values() for r in rs if r["peak_gib"] is not None]
     utils = [r["gpu_util"] for rs in results.values() for r in rs if r["gpu_util"] is not None]
     row["peak_gib"] = max(peaks) if peaks else None
@@ -287,12 +309,12 @@ def _row(what: str, device: torch.device, results: dict[str, list[dict[str, Any]
 def end_to_end(method: str, arch: str, size: int, batch: int, steps: int, workers: int, device: torch.device,
                backend: str) -> dict[str, Any]:
     fields = {"tensor": {"backend": "tensor", "hue": "yiq"}, **{k: v[1] for k, v in VARIANTS.items()}}[backend]
-    p = PretrainProtocol(augment=augment(size, **fields), model=ModelConfig(bn_splits=1),
-                         data={"num_workers": workers}, optim={"batch_size": batch})
+    p = PretrainProtocol(augment=augment(size, local_crops=COLUMNS[method][1], **fields),
+                         model=ModelConfig(bn_splits=1), data={"num_workers": workers}, optim={"batch_size": batch})
     source = JpegPhotos(jpeg_photos(16, photo_size(size)), batch * steps)
     loader = build_loader(p, source, KINDS[method], device)
     transform = TensorViews(p.augment, KINDS[method]).to(device) if backend == "tensor" else None
-    return engine_rate(method, arch, batch, loader, device, transform)
+    return engine_rate(method, arch, batch, loader, device, transform, size)
 
 
 def run_bench(*, device: str, arch: str, size: int, batch_size: int, steps: int, images: int, view_size: int = 224,
@@ -316,16 +338,17 @@ def run_bench(*, device: str, arch: str, size: int, batch_size: int, steps: int,
 
     rows += view_rates(view_size, images, batch_size, dev, rounds)
     save(False)
-    loaders = {m: torch.utils.data.DataLoader(SyntheticViews(len(kinds), size, batch_size * steps),
+    loaders = {m: torch.utils.data.DataLoader(SyntheticViews(kinds, size, batch_size * steps),
                                               batch_size=batch_size, drop_last=True) for m, kinds in KINDS.items()}
-    step = interleave({m: lambda m=m: engine_rate(m, arch, batch_size, loaders[m], dev) for m in KINDS}, rounds,
-                      warmup=False)  # engine_rate times its second epoch only
+    step = interleave({m: lambda m=m: engine_rate(m, arch, batch_size, loaders[m], dev, size=size) for m in KINDS},
+                      rounds, warmup=False)  # engine_rate times its second epoch only
     rows.append(_row(f"train step ({arch}, {size} px, synthetic views)", dev, step))
     ratio = rows[-1]["cost"]
     save(False)
     for backend in ("pil", "fast", "tensor"):
+        # the local-crop column is the views' and the train step's cost; end to end it would be their sum again
         results = interleave({m: lambda m=m: end_to_end(m, arch, size, batch_size, steps, workers, dev, backend)
-                              for m in KINDS}, rounds, warmup=False)
+                              for m in KINDS if not COLUMNS[m][1]}, rounds, warmup=False)
         rows.append(_row(f"end to end ({backend} views, {workers} workers, {size} px)", dev, results))
         save(backend == "tensor")
     return rows, ratio
@@ -336,7 +359,7 @@ def bench_table(rows: list[dict[str, Any]], *, arch: str, batch_size: int, view_
     table = Table(title=f"leoclr bench: {arch}, batch {batch_size}; views at {view_size} px from "
                         f"photo-sized JPEGs, train at {size} px")
     cols = ("what", "device", "mocov2 samples/s", "leoclr samples/s", "leoclr / mocov2 cost", "leoclr vs reference",
-            "peak GiB", "GPU util %")
+            f"leoclr +{LOCAL} local samples/s", f"+{LOCAL} local / leoclr cost", "peak GiB", "GPU util %")
     for col in cols:
         table.add_column(col, justify="left" if col in ("what", "device") else "right")
 
@@ -352,5 +375,6 @@ def bench_table(rows: list[dict[str, Any]], *, arch: str, batch_size: int, view_
     for r in rows:
         table.add_row(r["what"], r["device"], f"{r['mocov2']:.1f}", f"{r['leoclr']:.1f}",
                       ratio(r["cost"], r.get("cost_spread")), ratio(r.get("vs_reference"), r.get("vs_reference_spread")),
+                      fmt(r.get("leoclr_local"), ".1f"), ratio(r.get("local_cost"), r.get("local_cost_spread")),
                       fmt(r.get("peak_gib"), ".2f"), fmt(r.get("gpu_util"), ".0f"))
     return table

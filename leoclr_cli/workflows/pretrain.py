@@ -12,11 +12,13 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..config import PretrainProtocol, norm_stats, protocol_json
+from ..config import OptimConfig, PretrainProtocol, default_local_size, norm_stats, protocol_json
 from ..core import checkpoint as ckpt
 from ..core import distributed, preempt, tracking
 from ..core.engine import (Checkpoints, DeviceSpec, Engine, Observers, Schedule, amp_dtype, cosine_lr, require_a_batch,
-                           resolve_device)
+                           resolve_device, warmup_lr)
+from ..core.nets import has_batchnorm
+from ..core.timm_nets import fit_kwargs, is_timm, patch_size
 from ..core.results import PretrainResult
 from ..core.rundir import RunDir, command
 from ..data import open_pretrain_data
@@ -27,6 +29,7 @@ from ..data.views import AugmentedDataset, eval_transform, measure_normalization
 from ..errors import UserError
 from ..evaluate.monitor import Monitor, online_probe
 from ..methods import build_method
+from ..methods.base import ContrastiveMethod
 from ..report.pictures import views_grid
 
 
@@ -87,6 +90,62 @@ def resolve_normalize(p: PretrainProtocol, source, run_dir: Path, resume: Option
                           f"{min(aug.normalize_sample, len(source))} images of {where}", highlight=False,
                           soft_wrap=True)
     return p.model_copy(update={"augment": aug.model_copy(update={"mean": stats[0], "std": stats[1]})})
+
+
+def resolve_model(p: PretrainProtocol) -> PretrainProtocol:
+    """``p`` with what the views decide written into it, so protocol.yaml records it and a resume
+    recomputes the same: a timm arch's ``model.timm_kwargs`` completed for ``augment.size``
+    (:func:`~..core.timm_nets.fit_kwargs`), and with local crops ``augment.local_size`` (default 3/7 of the
+    size, a multiple of a ViT's patch, which it must be)."""
+    model, aug = p.model, p.augment
+    if is_timm(model.arch):
+        model = model.model_copy(update={"timm_kwargs": fit_kwargs(model.arch, aug.size, model.timm_kwargs)})
+    if aug.local_crops:
+        patch = patch_size(model.timm_kwargs) if is_timm(model.arch) else None
+        side = aug.local_size or default_local_size(aug.size, patch or 4)
+        if patch and side % patch:
+            raise UserError(f"augment.local_size ({side}) must be a multiple of the patch size ({patch}) of "
+                            f"{model.arch}")
+        aug = aug.model_copy(update={"local_size": side})
+    return p.model_copy(update={"model": model, "augment": aug})
+
+
+def build_optimizer(method: ContrastiveMethod, o: OptimConfig, lr: float,
+                    probe_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """``optim.name`` over the method's parameter groups (:meth:`~..methods.base.ContrastiveMethod.optimizer_groups`:
+    the trained parameters, then an online probe's): SGD with momentum (MoCo) or AdamW; without
+    ``decay_norm_bias`` the 1-D tensors of the first group (biases, norm weights) form a group of their own
+    without weight decay (DINO's rule). With the defaults of SGD the groups are the method's, exactly MoCo's
+    optimizer."""
+    groups = method.optimizer_groups(probe_lr_scale)
+    if not o.decays_norm_bias:
+        trained = groups[0]["params"]
+        groups = [{"params": [q for q in trained if q.ndim > 1]},
+                  {"params": [q for q in trained if q.ndim <= 1], "weight_decay": 0.0}, *groups[1:]]
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def lr_schedule(o: OptimConfig, lr: float, steps: int, seed: int) -> Schedule:
+    """The lr per epoch (cosine or constant; MoCo), or with ``warmup_epochs`` per step: the warm-up, then the
+    schedule over the remaining steps of the ``steps`` per epoch."""
+    lr_at = cosine_lr(lr, o.epochs) if o.schedule == "cosine" else (lambda e: lr)
+    if not o.warmup_epochs:
+        return Schedule(o.epochs, lr_at, seed=seed)
+    warm = max(1, round(o.warmup_epochs * steps))
+    return Schedule(o.epochs, lr_at, lr_at_step=warmup_lr(lr, warm, o.epochs * steps, o.schedule == "cosine"),
+                    seed=seed)
+
+
+def batchnorm_note(p: PretrainProtocol, method: torch.nn.Module, world: int) -> Optional[str]:
+    """One line when the backbone has no BatchNorm but the protocol asks for what acts on it."""
+    asked = [what for what, on in (("model.bn_splits", p.model.bn_splits > 1), ("shuffle-BN", p.model.shuffle_bn),
+                                   ("distributed.bn sync", world > 1 and p.distributed.bn == "sync")) if on]
+    if not asked or has_batchnorm(method.backbone):
+        return None
+    listed = " and ".join([", ".join(asked[:-1]), asked[-1]] if len(asked) > 1 else asked)
+    return f"note: {p.model.arch} has no BatchNorm, so {listed} {'does' if len(asked) == 1 else 'do'} not apply (skipped)"
 
 
 def scale_out(p: PretrainProtocol, world: int) -> tuple[int, float, str]:
@@ -197,7 +256,7 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
               resume: Optional[str], force: bool, quiet: bool, console: Console) -> dict[str, Any]:
     main = distributed.is_main()
     local_batch, lr, scale_text = scale_out(p, world)
-    p = resolve_normalize(p, source, Path(run_dir), resume, console, quiet)
+    p = resolve_model(resolve_normalize(p, source, Path(run_dir), resume, console, quiet))
     tracking.check(p.log)
     if not main:
         quiet, console = True, Console(quiet=True)
@@ -207,7 +266,13 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
             console.print(f"note: model.bn_splits={p.model.bn_splits} splits each rank's batch again for BN; "
                           "set model.bn_splits=1 for one BN per process", highlight=False)
     ckpt.seed_everything(p.seed, p.deterministic)
-    method = build_method(p.model, p.method)
+    method = build_method(p.model, p.method, p.augment.local_crops)
+    if p.augment.crops == "contrastive" and not hasattr(method.backbone, "layer4"):
+        raise UserError(f"augment.crops 'contrastive' localises its boxes on a ResNet's layer4, which "
+                        f"{p.model.arch} does not have (use augment.crops random or center-box)")
+    note = batchnorm_note(p, method, world)
+    if note and not quiet:
+        console.print(note, highlight=False, soft_wrap=True)
     monitor = Monitor(p, source, device)
     if monitor.note:
         console.print(monitor.note, highlight=False, markup=False, soft_wrap=True)
@@ -228,9 +293,8 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
     batch_transform = None
     if p.augment.backend == "tensor":
         batch_transform = TensorViews(p.augment, method.views).to(device)
-    optimizer = torch.optim.SGD(method.optimizer_groups(p.monitor.linear_lr / lr), lr=lr,
-                                momentum=p.optim.momentum, weight_decay=p.optim.weight_decay)
-    lr_at = cosine_lr(lr, p.optim.epochs) if p.optim.schedule == "cosine" else (lambda e: lr)
+    optimizer = build_optimizer(method, p.optim, lr, p.monitor.linear_lr / lr)
+    schedule = lr_schedule(p.optim, lr, len(loader), p.seed)
 
     hooks: list[Any] = []
     if boxes is not None:
@@ -246,7 +310,7 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
 
     tracker = open_tracker(p, run_dir, source, resume_from, len(loader)) if main else None
     started = time.perf_counter()
-    engine = Engine(method, optimizer, loader, schedule=Schedule(p.optim.epochs, lr_at, seed=p.seed),
+    engine = Engine(method, optimizer, loader, schedule=schedule,
                     checkpoints=Checkpoints(run_dir, protocol_json(p), every=p.checkpoint_every,
                                             every_steps=p.checkpoint_every_steps, keep=p.keep_checkpoints),
                     device=DeviceSpec(device, amp_dtype(p.amp, device),
@@ -266,7 +330,7 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
             boxes.save(run.boxes, protocol_json(p))
         ckpt.save_backbone(run.backbone, method.backbone, arch=p.model.arch, cifar_stem=p.model.cifar_stem,
                            method=p.method.name, epoch=p.optim.epochs, protocol_json=protocol_json(p),
-                           extra_meta=norm_meta(p))
+                           extra_meta=norm_meta(p), timm_kwargs=p.model.timm_kwargs)
         last = history[-1] if history else {}
         measured: dict[str, Any] = {}
         if monitor.knn or monitor.linear:

@@ -97,6 +97,7 @@ def run_quickstart(methods: tuple[str, ...] | list[str], out_dir: Path, *, seeds
             run_pretrain(p, pre.path, resume=resume, force=fresh, quiet=quiet, console=console)
             r = _probe(lin, pre.backbone, pre.linear_eval, force, quiet, console)
             crops = f", {p.augment.crops} crops" if p.augment.crops != "random" else ""
+            crops += f", {p.augment.local_crops} local crops" if p.augment.local_crops else ""
             runs.append({"name": f"{method}{crops}, {p.optim.epochs} epochs", "method": method, "seed": seed,
                          "top1": r["top1"], "top5": r["top5"], "top1_se": standard_error(r),
                          "wall_s": time.perf_counter() - t0})
@@ -104,7 +105,7 @@ def run_quickstart(methods: tuple[str, ...] | list[str], out_dir: Path, *, seeds
         t0 = time.perf_counter()
         rand = RunDir(seed_dir / "random-init")
         spec = RANDOM_PREFIX + base.model.arch + ("-cifar" if base.model.cifar_stem else "")
-        backbone = random_backbone_file(spec, seed, rand.backbone)
+        backbone = random_backbone_file(spec, seed, rand.backbone, base.augment.size, base.model.timm_kwargs)
         r = _probe(lin, backbone, rand.linear_eval, force, quiet, console)
         runs.append({"name": RANDOM_INIT, "method": "random-init", "seed": seed, "top1": r["top1"],
                      "top5": r["top5"], "top1_se": standard_error(r), "wall_s": time.perf_counter() - t0})
