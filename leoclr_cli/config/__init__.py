@@ -16,8 +16,8 @@ from .detection import DETECT_SCHEDULES, DETECT_TRAIN_SIZES, DetectProtocol
 from .evaluation import (PROBE_LR, SMALL_IMAGES, TRANSFER_DATASETS, CropTestProtocol, EvalDataConfig,
                          EvalTransformConfig, FeatureNorm, FinetuneProtocol, KnnProtocol, LinearEvalProtocol,
                          TransferProtocol, eval_transform_for)
-from .loading import (PROTOCOLS, RUNTIME_FIELDS, first_difference, format_validation_error, load_protocol, parse_set,
-                      protocol_json, safe_yaml, set_dotted, without_runtime, write_protocol)
+from .loading import (PROTOCOLS, RUNTIME_FIELDS, comparable, first_difference, format_validation_error, load_protocol,
+                      parse_set, protocol_json, safe_yaml, set_dotted, without_runtime, write_protocol)
 from .pretrain import (AUGMENT_PARTS, AblateProtocol, AugmentConfig, AugmentPart, ContrastiveCropConfig, DataConfig,
                        DistributedConfig, LOCAL_CROP_METHODS, MethodConfig, MethodName, ModelConfig, MonitorConfig,
                        OptimConfig, PretrainProtocol, TrackingConfig)
@@ -32,7 +32,8 @@ __all__ = [
     "PROBE_LR", "SMALL_IMAGES", "TRANSFER_DATASETS", "eval_transform_for", "CropTestProtocol", "EvalDataConfig",
     "EvalTransformConfig", "FeatureNorm",
     "FinetuneProtocol", "KnnProtocol", "LinearEvalProtocol", "TransferProtocol",
-    "PROTOCOLS", "RUNTIME_FIELDS", "first_difference", "format_validation_error", "load_protocol", "parse_set",
+    "PROTOCOLS", "RUNTIME_FIELDS", "comparable", "first_difference", "format_validation_error", "load_protocol",
+    "parse_set",
     "protocol_json", "safe_yaml", "set_dotted", "without_runtime", "write_protocol",
     "AUGMENT_PARTS", "AblateProtocol", "AugmentConfig", "AugmentPart", "ContrastiveCropConfig", "DataConfig",
     "DistributedConfig", "LOCAL_CROP_METHODS", "MethodConfig", "MethodName", "ModelConfig", "MonitorConfig",

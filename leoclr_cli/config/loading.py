@@ -137,6 +137,18 @@ def without_runtime(protocol: Any) -> Any:
     return {k: v for k, v in protocol.items() if k not in RUNTIME_FIELDS} if isinstance(protocol, dict) else protocol
 
 
+def comparable(protocol: Any) -> Any:
+    """A protocol's JSON tree as this version's schema reads it, runtime fields aside: a field added since the
+    tree was written takes its default, so a checkpoint of an earlier version resumes (or is reused) when
+    nothing it computed with has changed."""
+    if isinstance(protocol, dict) and protocol.get("kind") in PROTOCOLS:
+        try:
+            protocol = PROTOCOLS[protocol["kind"]].model_validate(protocol).model_dump(mode="json")
+        except ValidationError:
+            pass
+    return without_runtime(protocol)
+
+
 def first_difference(a: Any, b: Any, prefix: str = "") -> str:
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):

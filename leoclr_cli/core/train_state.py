@@ -12,7 +12,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..config import first_difference, without_runtime
+from ..config import comparable, first_difference
 from ..errors import UserError
 from .tensorfile import KIND_STATE, load_tensors, save_tensors
 
@@ -97,7 +97,7 @@ def load_train_state(path: Path, *, model: torch.nn.Module, optimizer: torch.opt
     number of batches done in the next epoch, ``extra["tensors"]`` the saved ``extra_tensors``.
     Refuses a file made with another protocol."""
     tensors, meta = load_tensors(path, KIND_STATE)
-    theirs, ours = (without_runtime(json.loads(text)) for text in (meta["protocol"], protocol_json))
+    theirs, ours = (comparable(json.loads(text)) for text in (meta["protocol"], protocol_json))
     if theirs != ours:
         diff = first_difference(theirs, ours)
         raise UserError(f"checkpoint {path} was made with a different protocol (field '{diff}' differs); "

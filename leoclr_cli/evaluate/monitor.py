@@ -70,8 +70,9 @@ class Monitor:
         if p.data.source == "folder" and (self.knn or self.linear):
             asked = [f"the kNN monitor (monitor.knn_every {cfg.knn_every})"] * self.knn + \
                 [f"the online linear probe (monitor.linear_every {cfg.linear_every})"] * self.linear
-            self.note = (f"monitor: {' and '.join(asked)} need{'s' * (len(asked) == 1)} labels and folder data has none, "
-                         f"so {'it is' if len(asked) == 1 else 'they are'} off; evaluate afterwards with leoclr knn RUN "
+            one = len(asked) == 1
+            self.note = (f"monitor: {' and '.join(asked)} need{'s' * one} labels and folder data has none, so "
+                         f"{'it is' if one else 'they are'} off; evaluate afterwards with leoclr knn RUN "
                          "--data LABELLED_DIR")
             self.knn = self.linear = False
         if self.linear and not has_labels(source):

@@ -77,7 +77,8 @@ def run_quickstart(methods: tuple[str, ...] | list[str], out_dir: Path, *, seeds
     coverage = None
     if base.data.source == "builtin":
         coverage = crop_coverage(base.augment, seed=base.seed)
-        console.print(f"built-in data: a random crop (scale {base.augment.crop_scale[0]:g}-{base.augment.crop_scale[1]:g})"
+        lo, hi = base.augment.crop_scale
+        console.print(f"built-in data: a random crop (scale {lo:g}-{hi:g})"
                       f" misses the digit in {coverage['miss']:.0f}% of views, cuts it in {coverage['cut']:.0f}% and "
                       f"holds it whole in {coverage['hold']:.0f}%; the original always shows it")
     runs: list[dict[str, Any]] = []
