@@ -16,7 +16,8 @@ from leoclr_cli.core import distributed
 from leoclr_cli.errors import UserError
 from leoclr_cli.methods import build_method
 from leoclr_cli.workflows import pretrain
-from leoclr_cli.workflows.pretrain import run_pretrain, seed_everything
+from leoclr_cli.core.checkpoint import seed_everything
+from leoclr_cli.workflows.pretrain import run_pretrain
 from test_amp import TINY
 
 ONE = {**TINY, "model.bn_splits": 1, "data.shuffle": False, "amp": "off", "checkpoint_every": 1}
