@@ -189,8 +189,8 @@ def export(
     path, _, _ = lazy.backbone_and_defaults(backbone, seed=seed, out_dir=out_file)
     if to != "detectron2":
         r = lazy.export_state_dict(path, out_file.expanduser(), to)
-        out.print(f"wrote {out_file} ({r['tensors']} tensors; {r['build']}.load_state_dict(torch.load('{out_file}'), "
-                  f"strict=False) leaves {r['missing']} missing)", highlight=False, soft_wrap=True)
+        out.print(f"wrote {out_file} ({r['tensors']} tensors; {r['build']}.load_state_dict(torch.load('{out_file}', "
+                  f"weights_only=True), strict=False) leaves {r['missing']} missing)", highlight=False, soft_wrap=True)
         return
     n = lazy.write_detectron2_pickle(path, out_file.expanduser())
     out.print(f"wrote {out_file} ({n} tensors in Detectron2 names; load it with MODEL.WEIGHTS {out_file})")
