@@ -79,7 +79,7 @@ def test_index_lists_for_array_datasets(tmp_path):
 
 def _recompute(run_dir, result, num_classes):
     """top-1/top-5 of the final checkpoint's model on the built-in test split, recomputed here."""
-    from leoclr_cli.data.builtin import BuiltinScenes
+    from leoclr_cli.data.builtin import BuiltinDigits
     from leoclr_cli.data.views import AugmentedDataset, eval_transform
     from leoclr_cli.evaluate.finetune import FinetuneClassifier
     from leoclr_cli.evaluate.knn import topk_accuracy
@@ -89,7 +89,7 @@ def _recompute(run_dir, result, num_classes):
     model = FinetuneClassifier(build_backbone("resnet18"), num_classes)
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     model.eval()
-    data = AugmentedDataset(BuiltinScenes("test", n=30), eval_transform(32, 32, "none", "builtin"))
+    data = AugmentedDataset(BuiltinDigits("test", n=30), eval_transform(32, 32, "none", "builtin"))
     x = torch.stack([data[i][0] for i in range(len(data))])
     y = torch.tensor([data[i][1] for i in range(len(data))])
     with torch.no_grad():
@@ -112,9 +112,9 @@ def test_finetune_sweep_and_subset_reuse_end_to_end(random_backbone, tmp_path, c
         assert result["num_labelled"] == pct  # 100 built-in train images, 10 per class
         # the subset file is class balanced and the result is the checkpoint's accuracy
         idx = [int(v) for v in (out / sub / "subset.txt").read_text().split()]
-        from leoclr_cli.data.builtin import BuiltinScenes
+        from leoclr_cli.data.builtin import BuiltinDigits
 
-        targets = BuiltinScenes("train", n=100).targets
+        targets = BuiltinDigits("train", n=100).targets
         assert set(Counter(targets[i] for i in idx).values()) == {pct // 10}
         again = _recompute(out / sub, result, 10)
         assert again["top1"] == pytest.approx(result["top1"]) and again["top5"] == pytest.approx(result["top5"])
