@@ -91,9 +91,11 @@ def test_a_live_writers_temporaries_are_kept(tmp_path):
 
 
 def cli_process(argv, env, wait_for=None):
-    """``leoclr ARGV`` in a fresh interpreter; ``wait_for``: imported, it starts once that file exists."""
+    """``leoclr ARGV`` in a fresh interpreter; ``wait_for``: imported (the runners too), it starts once that file
+    exists."""
     wait = f"while not os.path.exists({str(wait_for)!r}): time.sleep(0.01)\n" if wait_for else ""
-    code = f"import os, time\nfrom leoclr_cli.cli import main\n{wait}main({argv!r})"
+    # the CLI imports its runners lazily: import them before waiting, so the second is ready at once
+    code = f"import os, time\nimport leoclr_cli.workflows.pretrain\nfrom leoclr_cli.cli import main\n{wait}main({argv!r})"
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
