@@ -95,7 +95,8 @@ def cli_process(argv, env, wait_for=None):
     exists."""
     wait = f"while not os.path.exists({str(wait_for)!r}): time.sleep(0.01)\n" if wait_for else ""
     # the CLI imports its runners lazily: import them before waiting, so the second is ready at once
-    code = f"import os, time\nimport leoclr_cli.workflows.pretrain\nfrom leoclr_cli.cli import main\n{wait}main({argv!r})"
+    code = (f"import os, time\nimport leoclr_cli.workflows.pretrain\nfrom leoclr_cli.cli import main\n"
+            f"{wait}main({argv!r})")
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
@@ -177,7 +178,7 @@ def test_a_tracker_that_cannot_write_is_one_sentence(tmp_path, capsys, monkeypat
     def read_only(self, *args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "run" / "tensorboard" / "events"))
 
-    monkeypatch.setattr(tracking.TensorBoard, "epoch", read_only)
+    monkeypatch.setattr(tracking.TensorBoard, "rows", read_only)
     code, _, err = run(["pretrain", *TINY, "--epochs", "1", "--set", "log.tensorboard=true",
                         "--out", str(tmp_path / "run")], capsys)
     assert "Read-only file system" in error_line(code, err)
