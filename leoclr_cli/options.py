@@ -230,6 +230,8 @@ def overrides(sets: Optional[List[str]], **flags: Any) -> dict[str, Any]:
 
 #: the protocol each command's flags set, where it is not the command's own name
 KIND = {"ablate": "pretrain", "quickstart": "pretrain", "views": "pretrain"}
+#: commands that always read one installed protocol (their --help shows its values)
+DEFAULT_PROTOCOL = {"quickstart": "quickstart"}
 _DATA = {"source": "data.source", "data": "data.root"}
 _PRETRAIN = {"method": "method.name", "arch": "model.arch", "epochs": "optim.epochs", "batch_size": "optim.batch_size",
              "workers": "data.num_workers", "seed": "seed", "device": "device", "threads": "threads", **_DATA}
@@ -295,7 +297,8 @@ class ProtocolCommand(TyperCommand):
         table = FIELDS.get(self.name or "")
         if table:
             kind = KIND.get(self.name or "", self.name or "")
-            given = protocol_given(ctx.meta.get("leoclr.args", []))
+            # the quickstart's defaults are its own protocol's (protocols/quickstart.yaml), not the model's
+            given = protocol_given(ctx.meta.get("leoclr.args", [])) or DEFAULT_PROTOCOL.get(self.name or "")
             path = lazy.find_protocol(given)[0] if given else None
             tree = lazy.resolved(lazy.PROTOCOLS[kind], path)
             for param in self.params:

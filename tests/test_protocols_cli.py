@@ -107,5 +107,7 @@ def test_help_names_the_protocol_field_and_its_default_or_the_given_protocols_va
     _, out, _ = run(["pretrain", "-p", "quickstart", "--help"], capsys)
     epochs = load_protocol("pretrain", installed("quickstart")).optim.epochs
     assert epochs != default and f"(protocol field optim.epochs, {epochs} in quickstart)" in out
+    _, out, _ = run(["quickstart", "--help"], capsys)  # it always reads quickstart.yaml: its values, not the model's
+    assert f"(protocol field optim.epochs, {epochs} in quickstart)" in out
     _, out, _ = run(["linear-eval", "--help"], capsys)
     assert "(protocol field epochs, default 100)" in out and "(protocol field optim.epochs" not in out
