@@ -1,17 +1,21 @@
 """`leoclr quickstart` and `leoclr bench` end to end (small settings)."""
 
 import json
+import shutil
 
 import pytest
 
 from leoclr_cli.cli import main
+from leoclr_cli.config import load_protocol
+from leoclr_cli.core.rundir import RunDir
+from leoclr_cli.workflows.quickstart import finished_probe
 
 
 SMALL = ["--epochs", "1", "--set", "data.builtin_train=192", "--set", "data.builtin_test=64",
          "--set", "optim.batch_size=32", "--set", "method.queue_size=64", "--set", "data.num_workers=0", "--quiet"]
 
 
-def test_quickstart_compares_methods_over_seeds_and_reuses_runs(tmp_path, capsys, small_probe):
+def test_quickstart_compares_methods_over_seeds_and_reuses_runs(tmp_path, capsys, small_probe, monkeypatch):
     out = tmp_path / "qs"
     with pytest.raises(SystemExit) as exc:
         main(["quickstart", "--seeds", "2", "--out", str(out), *SMALL])
@@ -41,11 +45,27 @@ def test_quickstart_compares_methods_over_seeds_and_reuses_runs(tmp_path, capsys
         assert lin["method"] == "random-init"
     # the seeds give different runs, each method of a seed the same data and probe
     assert runs[0]["top1"] != runs[3]["top1"] or runs[1]["top1"] != runs[4]["top1"]
-    # a second call reuses the finished runs and reports the same numbers
-    with pytest.raises(SystemExit):
-        main(["quickstart", "--seeds", "2", "--out", str(out), *SMALL])
-    again = json.loads((out / "quickstart.json").read_text())["runs"]
-    assert [r["top1"] for r in again] == [r["top1"] for r in runs]
+    # a second call reuses the finished runs and reports the same numbers, without extracting a feature again,
+    # and so does a call on a copy of the runs elsewhere
+    def no_features(*args, **kwargs):
+        raise AssertionError("a finished probe extracted features again")
+
+    monkeypatch.setattr("leoclr_cli.evaluate.linear.extract", no_features)
+    copy = tmp_path / "copied"
+    shutil.copytree(out, copy)
+    for where in (out, copy):
+        with pytest.raises(SystemExit) as exc:
+            main(["quickstart", "--seeds", "2", "--out", str(where), *SMALL])
+        assert exc.value.code in (0, None)
+        again = json.loads((where / "quickstart.json").read_text())["runs"]
+        assert [r["top1"] for r in again] == [r["top1"] for r in runs]
+    # another backbone, or another probe protocol, is not that finished probe
+    probe_run = RunDir(copy / "seed-0" / "leoclr" / "linear-eval")
+    lin = load_protocol("linear-eval", probe_run.protocol_file)
+    assert finished_probe(lin, copy / "seed-0" / "leoclr" / "backbone.safetensors", probe_run)["top1"] == runs[0]["top1"]
+    assert finished_probe(lin, copy / "seed-0" / "mocov2" / "backbone.safetensors", probe_run) is None
+    assert finished_probe(lin.model_copy(update={"epochs": lin.epochs + 1}),
+                          copy / "seed-0" / "leoclr" / "backbone.safetensors", probe_run) is None
 
 
 def test_quickstart_summary_means_stds_and_whether_gaps_hold():

@@ -33,6 +33,8 @@ from ..core.checkpoint import random_backbone_file
 from ..core.nets import RANDOM_PREFIX
 from ..core.results import QuickstartResult
 from ..core.rundir import RunDir, command
+from ..core.tensorfile import file_sha256, read_metadata
+from ..errors import UserError
 from ..data import builtin
 from ..data.spec import ViewSpec
 from ..evaluate.linear import run_linear_eval
@@ -59,9 +61,27 @@ LINEAR_OVERRIDES = {"train_augment": "none", "epochs": 100, "batch_size": 256, "
 
 
 def _probe(lin, backbone: Path, run: RunDir, force: bool, quiet: bool, console: Console) -> dict[str, Any]:
-    """The linear probe of ``backbone`` in ``run``: continued, reused or started fresh."""
+    """The linear probe of ``backbone`` in ``run``: reused when finished, else continued or started fresh."""
+    if not force and (done := finished_probe(lin, backbone, run)) is not None:
+        return done
     resume, fresh = run.resume_or_fresh(force)
     return run_linear_eval(lin, backbone, run.path, resume=resume, force=fresh, quiet=quiet, console=console)
+
+
+def finished_probe(lin, backbone: Path, run: RunDir) -> Optional[dict[str, Any]]:
+    """The result of ``run`` when it is a finished probe of this very ``backbone`` (the SHA-256 its classifier file
+    records) under this protocol (runtime fields aside), read back without extracting a feature; else None. A
+    finished run copied or moved elsewhere is reused too (its records name the old path)."""
+    if not (run.result.is_file() and run.classifier.is_file() and run.protocol_file.is_file()):
+        return None
+    try:
+        if run.protocol_difference(lin) is not None:
+            return None
+        if read_metadata(run.classifier).get("backbone_sha256") != file_sha256(backbone):
+            return None
+        return run.read_result()
+    except UserError:  # unreadable or from another version: probed again
+        return None
 
 
 @command
