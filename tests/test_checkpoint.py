@@ -90,5 +90,5 @@ def test_train_state_round_trip_restores_optimizer_and_rngs(tmp_path):
     assert opt2.param_groups[0]["lr"] == 0.1
     torch.testing.assert_close(opt2.state[opt2.param_groups[0]["params"][0]]["momentum_buffer"],
                                opt.state[opt.param_groups[0]["params"][0]]["momentum_buffer"])
-    with pytest.raises(UserError, match="field 'p' differs"):
+    with pytest.raises(UserError, match="field 'p' differs.*start the run over with --force"):
         ckpt.load_train_state(path, model=model2, optimizer=opt2, protocol_json='{"p": 2}')

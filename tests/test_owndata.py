@@ -17,6 +17,7 @@ from leoclr_cli.data.sources import infer_source, list_folder, open_source
 from leoclr_cli.data.views import AugmentedDataset
 from leoclr_cli.errors import BadImage, UserError
 from leoclr_cli.core.tracking import flat
+from leoclr_cli.methods.momentum import own_key_share
 from leoclr_cli.workflows.own_data import bn_splits_for, fitting_batch, own_data_protocol, own_data_recipe, queue_for
 from leoclr_cli.config.catalog import installed as protocol_file
 
@@ -106,7 +107,7 @@ def test_own_data_yaml_holds_what_the_rule_chooses_for_500_images_on_a_cpu():
     chosen, _ = own_data_recipe(500, "cpu", p, set())
     assert {k: base[k] for k in chosen} == chosen
     assert chosen == {"model.arch": "resnet18", "augment.size": 64, "optim.epochs": 100, "optim.batch_size": 64,
-                      "model.bn_splits": 8, "method.queue_size": 384}
+                      "model.bn_splits": 8, "method.queue_size": 256}
 
 
 @pytest.mark.parametrize("images, device, arch, size, epochs, batch", [
@@ -126,13 +127,17 @@ def test_the_rule_sizes_the_run_to_the_images_and_the_device(images, device, arc
 
 @pytest.mark.parametrize("images", [8, 9, 13, 50, 63, 64, 65, 200, 999, 4096, 100_000, 10**7])
 @pytest.mark.parametrize("method", ["leoclr", "mocov2"])
-def test_the_queue_never_exceeds_images_minus_a_batch_and_is_a_multiple_of_a_steps_keys(images, method):
+def test_the_queue_keeps_own_image_keys_under_5_percent_and_is_a_multiple_of_a_steps_keys(images, method):
     p = PretrainProtocol(method=MethodConfig(name=method))
     chosen, _ = own_data_recipe(images, "cpu", p, set())
     batch, queue, splits = chosen["optim.batch_size"], chosen["method.queue_size"], chosen["model.bn_splits"]
     keys = batch * (2 if method == "leoclr" else 1)
     assert 2 <= batch <= max(2, images // 4) and images // batch >= 4
-    assert queue % keys == 0 and 0 < queue <= min(images - batch, 65536)
+    assert queue % keys == 0 and 0 < queue <= 65536
+    share = own_key_share(images, batch, queue, keys // batch)
+    assert share <= 0.05 or queue == keys, share  # one step's keys when even those exceed 5%
+    if queue + keys <= 65536:  # the largest such multiple: one step more exceeds 5%
+        assert own_key_share(images, batch, queue + keys, keys // batch) > 0.05
     assert batch % splits == 0 and batch >= 2 * splits
 
 
@@ -140,7 +145,7 @@ def test_a_given_batch_is_kept_and_the_queue_and_bn_splits_follow_it():
     p = PretrainProtocol(optim={"batch_size": 20}, model={"bn_splits": 1})
     chosen, line = own_data_recipe(500, "cpu", p, {"optim.batch_size", "model.arch"})
     assert "optim.batch_size" not in chosen and "model.arch" not in chosen and "resnet18" not in line
-    assert chosen["method.queue_size"] == queue_for(500, 20, 2) == 480 and chosen["model.bn_splits"] == 4
+    assert chosen["method.queue_size"] == queue_for(500, 20, 2) == 280 and chosen["model.bn_splits"] == 4
     simclr = own_data_recipe(500, "cpu", PretrainProtocol(method={"name": "simclr"}), set())[0]
     assert "method.queue_size" not in simclr  # no queue to size
     assert (fitting_batch(40, 64), bn_splits_for(10), bn_splits_for(2)) == (10, 2, 1)
@@ -150,7 +155,7 @@ def test_flags_override_the_rule_and_the_file(photos):
     p, line = own_data_protocol({"data.source": "folder", "data.root": str(photos), "device": "cpu",
                                  "optim.epochs": 3, "augment.size": 32})
     assert p.data.source == "folder" and p.method.name == "leoclr" and p.augment.normalize == "auto"
-    assert (p.optim.epochs, p.augment.size, p.optim.batch_size, p.method.queue_size) == (3, 32, 2, 8)
+    assert (p.optim.epochs, p.augment.size, p.optim.batch_size, p.method.queue_size) == (3, 32, 2, 4)
     assert "10 images on cpu" in line and "3 epochs" not in line and "32 px" not in line
     # a batch the file's 8 BN splits do not divide: the splits follow it instead of refusing it
     p, _ = own_data_protocol({"data.source": "folder", "data.root": str(photos), "optim.batch_size": 6})
@@ -163,11 +168,11 @@ def test_pretrain_on_a_photo_folder_with_no_protocol_says_its_recipe(photos, tmp
                           "--set", "augment.size=32", "--set", "monitor.knn_every=1"], capsys)
     assert code in (0, None), err
     assert "reading it as --source folder" in err
-    assert "own-data recipe" in err and "10 images on cpu" in err and "queue 8" in err
+    assert "own-data recipe" in err and "10 images on cpu" in err and "queue 4" in err
     assert "the kNN monitor (monitor.knn_every 1) needs labels and folder data has none, so it is off" in err
     assert "pretrained leoclr resnet18 for 1 epochs" in out
     saved = yaml.safe_load((run_dir / "protocol.yaml").read_text())
-    assert saved["data"]["source"] == "folder" and saved["method"]["queue_size"] == 8
+    assert saved["data"]["source"] == "folder" and saved["method"]["queue_size"] == 4
     assert saved["augment"]["mean"] is not None  # normalize auto, measured on the photos
     result = json.loads((run_dir / "result.json").read_text())
     assert result["knn_top1"] is None and (run_dir / "backbone.safetensors").is_file()

@@ -127,12 +127,17 @@ def test_omp_num_threads_is_kept(monkeypatch):
 
 
 @pytest.mark.parametrize("name, enqueue, size, warned", [
-    ("mocov2", "both", 48, []),                        # below 64 images, a multiple of 16 keys a step
-    ("mocov2", "both", 64, ["not below the 64 training images", "e.g. 48"]),
-    ("mocov2", "both", 40, ["not a multiple of the 16 keys", "e.g. 32 is"]),
-    ("leoclr", "both", 48, ["not a multiple of the 32 keys", "global batch 16 x 2", "e.g. 64"]),
-    ("leoclr", "k1", 48, []),
-    ("leoclr", "both", 96, ["not below the 64 training images", "e.g. 32 (a multiple of the 32 keys"]),
+    # 64 images, global batch 16: the queue holds the keys of its last size / keys-per-image images
+    ("mocov2", "both", 16, []),                        # 16 of 64 images: 3% of queries meet their own image's key
+    ("mocov2", "both", 32, ["holds the keys of the last 32 images of 64", "about 12% of queries",
+                            "e.g. 16 (a multiple of the 16 keys a step) keeps it under 5%"]),
+    ("mocov2", "both", 64, ["about 50% of queries", "e.g. 16"]),
+    ("mocov2", "both", 8, ["not a multiple of the 16 keys", "e.g. 16 is"]),
+    ("leoclr", "both", 48, ["not a multiple of the 32 keys", "global batch 16 x 2", "e.g. 64",
+                            "last 24 images of 64", "about 7% of queries", "e.g. 32 (a multiple of the 32 keys"]),
+    ("leoclr", "k1", 16, []),
+    ("leoclr", "both", 32, []),                        # 16 images' keys, as MoCo-v2's 16
+    ("leoclr", "both", 128, ["about 50% of queries"]),
     ("simclr", "both", 96, []),                        # no queue: the base class has nothing to warn about
 ])
 def test_queue_warnings(name, enqueue, size, warned, tiny_model_cfg):
@@ -144,11 +149,36 @@ def test_queue_warnings(name, enqueue, size, warned, tiny_model_cfg):
     assert all(w in text for w in warned) and (text == "") == (not warned), text
 
 
-def test_a_queue_as_large_as_the_data_is_warned_about_even_when_quiet(capsys, tmp_path):
+def test_a_queue_that_holds_own_image_keys_is_warned_about_even_when_quiet(capsys, tmp_path):
     code, out, err = run(["pretrain", "--out", str(tmp_path / "r"), *TINY, "--quiet", "--set", "method.queue_size=64"],
                          capsys)
     assert code in (0, None), err
-    assert err.strip().splitlines() == ["warning: method.queue_size (64) is not below the 64 training images: the queue "
-                                        "holds keys of a query's own image, from earlier steps, among its negatives; "
-                                        "e.g. 32 (a multiple of the 32 keys a step) avoids it"]
+    assert err.strip().splitlines() == ["warning: method.queue_size (64) holds the keys of the last 32 images of 64: "
+                                        "with epochs reshuffled, about 12% of queries meet a key of their own image "
+                                        "among their negatives; e.g. 32 (a multiple of the 32 keys a step) keeps it "
+                                        "under 5%"]
     assert "final loss" in out
+
+
+@pytest.mark.parametrize("images, batch, size, keys_per_image", [
+    (1400, 128, 1024, 1), (1400, 128, 1024, 2), (1400, 128, 256, 1), (300, 32, 512, 1), (500, 64, 256, 2)])
+def test_own_key_share_matches_a_simulated_queue_over_reshuffled_epochs(images, batch, size, keys_per_image):
+    """The closed form of own_key_share against a FIFO queue fed by a reshuffled, drop-last sampler."""
+    import collections
+
+    import numpy as np
+
+    from leoclr_cli.methods.momentum import own_key_share
+
+    rng, queue, met, queries = np.random.default_rng(0), collections.deque(maxlen=size), 0, 0
+    for epoch in range(60):
+        order = rng.permutation(images)
+        for step in range(images // batch):
+            ids = order[step * batch:(step + 1) * batch]
+            if epoch >= 3:  # the queue full and in its steady state
+                held = set(queue)
+                met, queries = met + sum(int(i) in held for i in ids), queries + len(ids)
+            for _ in range(keys_per_image):
+                queue.extend(int(i) for i in ids)
+    simulated = met / queries
+    assert abs(own_key_share(images, batch, size, keys_per_image) - simulated) < 0.02, simulated

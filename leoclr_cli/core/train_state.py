@@ -101,7 +101,7 @@ def load_train_state(path: Path, *, model: torch.nn.Module, optimizer: torch.opt
     if theirs != ours:
         diff = first_difference(theirs, ours)
         raise UserError(f"checkpoint {path} was made with a different protocol (field '{diff}' differs); "
-                        "resume with the protocol it was made with")
+                        "resume with the protocol it was made with, or start the run over with --force")
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(model_sd, strict=True)

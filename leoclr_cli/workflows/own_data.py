@@ -11,8 +11,9 @@ The rule (:func:`own_data_recipe`), from the image count N and the device:
 
 The batch is at most a quarter of the images (a multiple of 8 from 16 up), so an epoch has at least four
 steps; BN splits are the largest of 8, 4, 2, 1 that divide it into groups of two or more; MoCo's queue is
-the largest multiple of the keys enqueued per step (batch x keys per image) that is at most N - batch
-(and at most 65,536), so the queue never holds a key of a query's own image. A value given by a flag or
+the largest multiple of the keys enqueued per step (batch x keys per image) with which at most 5% of the
+queries meet a key of their own image among their negatives (epochs are reshuffled, so a queue below N
+is not enough: ``methods.momentum.own_key_share``), at least one step's keys and at most 65,536. A value given by a flag or
 ``--set`` is kept, and the values that depend on it (the queue and the BN splits on the batch) follow it.
 """
 
@@ -30,6 +31,7 @@ from ..core.engine import resolve_device
 from ..core.tracking import flat
 from ..data import open_pretrain_data
 from ..methods import METHODS, MomentumContrast
+from ..methods.momentum import OWN_KEY_SHARE, queue_within_share
 
 OWN_DATA = "own_data.yaml"
 #: the largest queue the rule chooses (MoCo's K on ImageNet)
@@ -53,10 +55,11 @@ def bn_splits_for(batch: int) -> int:
 
 
 def queue_for(images: int, batch: int, keys_per_image: int) -> int:
-    """The largest multiple of the keys a step enqueues that is at most ``images - batch`` (and
-    :data:`MAX_QUEUE`); one step's keys when even that does not fit."""
+    """The largest multiple of the keys a step enqueues with which at most ``OWN_KEY_SHARE`` (5%) of the
+    queries meet a key of their own image (and at most :data:`MAX_QUEUE`); one step's keys when even
+    that does not fit."""
     per_step = batch * keys_per_image
-    return max(per_step, min(MAX_QUEUE, images - batch) // per_step * per_step)
+    return max(per_step, min(MAX_QUEUE // per_step * per_step, queue_within_share(images, batch, keys_per_image)))
 
 
 def own_data_recipe(images: int, device: str, p: PretrainProtocol, given: set[str]) -> tuple[dict[str, Any], str]:
@@ -91,7 +94,7 @@ def own_data_recipe(images: int, device: str, p: PretrainProtocol, given: set[st
         if "method.queue_size" not in given:
             chosen["method.queue_size"] = queue_for(images, batch, keys)
             queue_text = (f", queue {chosen['method.queue_size']:,} (a multiple of the {batch * keys} keys a step, "
-                          f"at most images - batch)")
+                          f"at most {OWN_KEY_SHARE:.0%} of queries meeting their own image's key)")
     said = [f"{chosen['model.arch']}" if "model.arch" in chosen else None,
             f"{chosen['augment.size']} px" if "augment.size" in chosen else None,
             f"{chosen['optim.epochs']} epochs" if "optim.epochs" in chosen else None,
