@@ -19,7 +19,7 @@ from cliutil import error_line, run
 
 TINY = ["--method", "mocov2", "--arch", "resnet18", "--batch-size", "4", "--epochs", "1", "--device", "cpu",
         "--quiet", "--set", "augment.size=16", "--set", "augment.blur=false", "--set", "augment.normalize=builtin",
-        "--set", "method.queue_size=8", "--set", "model.dim=8", "--set", "model.bn_splits=2"]
+        "--set", "method.queue_size=4", "--set", "model.dim=8", "--set", "model.bn_splits=2"]
 
 
 def no_result(run_dir: Path):

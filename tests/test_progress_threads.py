@@ -160,6 +160,17 @@ def test_a_queue_that_holds_own_image_keys_is_warned_about_even_when_quiet(capsy
     assert "final loss" in out
 
 
+def test_a_queue_of_one_steps_keys_is_not_warned_about_and_a_larger_one_says_none_fits(tiny_model_cfg):
+    from leoclr_cli.config import MethodConfig
+    from leoclr_cli.methods import build_method
+
+    one_step = build_method(tiny_model_cfg, MethodConfig(name="mocov2", queue_size=16))
+    assert one_step.queue_warnings(20, 16) == []  # 16 of 16 images an epoch: 50%, but it cannot be smaller
+    two_steps = build_method(tiny_model_cfg, MethodConfig(name="mocov2", queue_size=32))
+    (text,) = two_steps.queue_warnings(20, 16)
+    assert "about 100% of queries" in text and "even one step's 16 keys do not keep it under 5%" in text, text
+
+
 @pytest.mark.parametrize("images, batch, size, keys_per_image", [
     (1400, 128, 1024, 1), (1400, 128, 1024, 2), (1400, 128, 256, 1), (300, 32, 512, 1), (500, 64, 256, 2)])
 def test_own_key_share_matches_a_simulated_queue_over_reshuffled_epochs(images, batch, size, keys_per_image):

@@ -85,16 +85,18 @@ class MomentumContrast(ContrastiveMethod):
     def queue_warnings(self, images: int, global_batch: int) -> list[str]:
         """What is off with ``queue_size`` for ``images`` training images and ``global_batch``: a queue
         that holds keys of a query's own image, from earlier epochs, among its negatives for more than
-        :data:`OWN_KEY_SHARE` of the queries (:func:`own_key_share`); a queue that is not a multiple of the
+        :data:`OWN_KEY_SHARE` of the queries (:func:`own_key_share`), unless it is one step's keys already (the
+        least there can be); a queue that is not a multiple of the
         keys enqueued per step (MoCo asserts that it is) wraps around within a step. Neither breaks this
         ring buffer, so both are warnings."""
         size, per_step = self.queue.shape[1], global_batch * self.keys_per_image()
         out = []
         share = own_key_share(images, global_batch, size, self.keys_per_image())
-        if share > OWN_KEY_SHARE:
+        if share > OWN_KEY_SHARE and size > per_step:  # one step's keys, the least there can be: nothing to say
             fit = queue_within_share(images, global_batch, self.keys_per_image())
             fix = (f"; e.g. {fit} (a multiple of the {per_step} keys a step) keeps it under {OWN_KEY_SHARE:.0%}"
-                   if fit else f"; even one step's {per_step} keys do not: a smaller batch or more images do")
+                   if fit else f"; even one step's {per_step} keys do not keep it under {OWN_KEY_SHARE:.0%} "
+                   "(a smaller batch or more images do)")
             out.append(f"method.queue_size ({size}) holds the keys of the last {size // self.keys_per_image()} images "
                        f"of {images}: with epochs reshuffled, about {share:.0%} of queries meet a key of their own "
                        f"image among their negatives{fix}")

@@ -287,9 +287,10 @@ def _pretrain(p: PretrainProtocol, run_dir: Path, source, device: torch.device, 
     boxes = CropBoxes(len(source), p.augment) if p.augment.crops != "random" else None
     loader = build_loader(p, source, method.views, device, local_batch, boxes)
     require_a_batch(loader)  # everything that can be checked is, before the run directory is made
-    for warning in method.queue_warnings(len(source), local_batch * world):  # only for a run that will start
-        console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     resume_from = prepare_on_main(run_dir, p, resume, force)
+    if resume_from is None:  # once, for a run that starts: not before a refusal, not again on its resume
+        for warning in method.queue_warnings(len(source), local_batch * world):
+            console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     batch_transform = None
     if p.augment.backend == "tensor":
         batch_transform = TensorViews(p.augment, method.views).to(device)
