@@ -33,6 +33,11 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
 OWN_KEY_SHARE = 0.05
 
 
+def _epoch_images(images: int, global_batch: int) -> int:
+    """The images one epoch draws: whole batches only (the loader drops the last, partial one)."""
+    return images // global_batch * global_batch if global_batch else images
+
+
 def own_key_share(images: int, global_batch: int, queue_size: int, keys_per_image: int = 1) -> float:
     """The expected share of queries whose own image has a key in the queue, from an earlier epoch.
 
@@ -41,7 +46,7 @@ def own_key_share(images: int, global_batch: int, queue_size: int, keys_per_imag
     x n images (x = queue_size / keys_per_image / n), so the share is x^2 / 2 for x <= 1,
     1 - (2 - x)^2 / 2 for 1 < x < 2, and 1 from 2 on. A queue below the images is not enough: MoCo-v2
     with 1,024 keys on 1,400 images meets its own image's key in about a third of its queries."""
-    n = images // global_batch * global_batch if global_batch else images
+    n = _epoch_images(images, global_batch)
     if n <= 0 or queue_size <= 0:
         return 0.0
     x = queue_size / keys_per_image / n
@@ -52,8 +57,7 @@ def queue_within_share(images: int, global_batch: int, keys_per_image: int = 1, 
     """The largest multiple of the keys a step enqueues whose :func:`own_key_share` is at most ``share``
     (0 when even one step's keys exceed it)."""
     per_step = global_batch * keys_per_image
-    n = images // global_batch * global_batch if global_batch else images
-    most = int((2 * share) ** 0.5 * n * keys_per_image)
+    most = int((2 * share) ** 0.5 * _epoch_images(images, global_batch) * keys_per_image)  # x^2 / 2 <= share
     size = most // per_step * per_step if per_step else 0
     while size > 0 and own_key_share(images, global_batch, size, keys_per_image) > share:
         size -= per_step
@@ -85,10 +89,10 @@ class MomentumContrast(ContrastiveMethod):
     def queue_warnings(self, images: int, global_batch: int) -> list[str]:
         """What is off with ``queue_size`` for ``images`` training images and ``global_batch``: a queue
         that holds keys of a query's own image, from earlier epochs, among its negatives for more than
-        :data:`OWN_KEY_SHARE` of the queries (:func:`own_key_share`), unless it is one step's keys already (the
-        least there can be); a queue that is not a multiple of the
-        keys enqueued per step (MoCo asserts that it is) wraps around within a step. Neither breaks this
-        ring buffer, so both are warnings."""
+        :data:`OWN_KEY_SHARE` of the queries (:func:`own_key_share`), unless it is one step's keys already
+        (the least there can be); a queue that is not a multiple of the keys enqueued per step (MoCo
+        asserts that it is) wraps around within a step. Neither breaks this ring buffer, so both are
+        warnings."""
         size, per_step = self.queue.shape[1], global_batch * self.keys_per_image()
         out = []
         share = own_key_share(images, global_batch, size, self.keys_per_image())
