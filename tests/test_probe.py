@@ -100,6 +100,25 @@ def test_resume_keeps_the_selected_classifier(digits, random18, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_auto_of_a_finished_probe_reads_its_result_back(digits, random18, tmp_path, monkeypatch):
+    import leoclr_cli.evaluate.linear as linear
+
+    done = probe(random18, tmp_path / "done", epochs=2, **digits_data(digits["plain"]))
+    lin = load_protocol("linear-eval", tmp_path / "done" / "protocol.yaml")
+    before = (tmp_path / "done" / "linear.safetensors").read_bytes()
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("features extracted for a finished probe")
+
+    monkeypatch.setattr(linear, "extract", no_extraction)
+    assert run_linear_eval(lin, random18, tmp_path / "done", resume="auto", quiet=True) == done
+    assert (tmp_path / "done" / "linear.safetensors").read_bytes() == before
+    # another backbone in the same run directory is not this probe: it is probed again (and extracts)
+    other = random_backbone_file("random:resnet18", 1, tmp_path / "other.safetensors")
+    with pytest.raises(AssertionError, match="features extracted"):
+        run_linear_eval(lin, other, tmp_path / "done", resume="auto", quiet=True)
+
+
 def test_probe_defaults_follow_the_protocol():
     for name, lr in (("linear_imagenet.yaml", 30.0), ("linear_cifar10.yaml", 10.0), ("linear_stl10.yaml", 10.0)):
         p = load_protocol("linear-eval", protocol_file(name), {"data.root": "/data"})

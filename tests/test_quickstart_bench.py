@@ -8,7 +8,7 @@ import pytest
 from leoclr_cli.cli import main
 from leoclr_cli.config import load_protocol
 from leoclr_cli.core.rundir import RunDir
-from leoclr_cli.workflows.quickstart import finished_probe
+from leoclr_cli.evaluate.linear import finished_probe
 
 
 SMALL = ["--epochs", "1", "--set", "data.builtin_train=192", "--set", "data.builtin_test=64",

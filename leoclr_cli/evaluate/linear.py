@@ -236,11 +236,33 @@ def top1(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 @command
+def finished_probe(protocol: LinearEvalProtocol, backbone: Path, run: RunDir) -> Optional[dict[str, Any]]:
+    """The result of ``run`` when it is a finished probe of this very ``backbone`` file (the SHA-256 its classifier
+    file records) under this protocol (runtime fields aside), read back without extracting a feature; else None.
+    A finished run copied or moved elsewhere is found too (its records name the old path)."""
+    if not (backbone.is_file() and run.result.is_file() and run.classifier.is_file() and run.protocol_file.is_file()):
+        return None
+    try:
+        if run.protocol_difference(protocol) is not None:
+            return None
+        if ckpt.read_metadata(run.classifier).get("backbone_sha256") != ckpt.file_sha256(backbone):
+            return None
+        return run.read_result()
+    except UserError:  # unreadable or from another version: probed again
+        return None
+
+
 def run_linear_eval(protocol: LinearEvalProtocol, backbone_path: Path, run_dir: Path, *, resume: Optional[str] = None,
                     force: bool = False, quiet: bool = False, console: Optional[Console] = None) -> dict[str, Any]:
-    """Train the probe, select it, test it once; writes ``linear.safetensors`` and ``result.json``."""
+    """Train the probe, select it, test it once; writes ``linear.safetensors`` and ``result.json``. With
+    ``resume="auto"``, a finished probe of this backbone under this protocol is read back, not redone."""
     console = console or Console(stderr=True)
     p = protocol
+    if resume == "auto" and not force and (done := finished_probe(p, Path(backbone_path), RunDir(run_dir))) is not None:
+        if not quiet:
+            console.print(f"{run_dir}: finished for this backbone and protocol; its result is reused "
+                          "(--force probes again)", highlight=False)
+        return done
     backbone, meta = ckpt.load_backbone(backbone_path)
     reference = {k: v.detach().clone() for k, v in backbone.state_dict().items()}  # as loaded from the file
     train_src, test_src = labelled_split(p.data, "train"), labelled_split(p.data, "test")

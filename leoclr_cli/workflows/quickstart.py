@@ -33,11 +33,9 @@ from ..core.checkpoint import random_backbone_file
 from ..core.nets import RANDOM_PREFIX
 from ..core.results import QuickstartResult
 from ..core.rundir import RunDir, command
-from ..core.tensorfile import file_sha256, read_metadata
-from ..errors import UserError
 from ..data import builtin
 from ..data.spec import ViewSpec
-from ..evaluate.linear import run_linear_eval
+from ..evaluate.linear import finished_probe, run_linear_eval
 from ..report.pictures import learning_series, write_learning
 from .pretrain import run_pretrain
 
@@ -66,22 +64,6 @@ def _probe(lin, backbone: Path, run: RunDir, force: bool, quiet: bool, console: 
         return done
     resume, fresh = run.resume_or_fresh(force)
     return run_linear_eval(lin, backbone, run.path, resume=resume, force=fresh, quiet=quiet, console=console)
-
-
-def finished_probe(lin, backbone: Path, run: RunDir) -> Optional[dict[str, Any]]:
-    """The result of ``run`` when it is a finished probe of this very ``backbone`` (the SHA-256 its classifier file
-    records) under this protocol (runtime fields aside), read back without extracting a feature; else None. A
-    finished run copied or moved elsewhere is reused too (its records name the old path)."""
-    if not (run.result.is_file() and run.classifier.is_file() and run.protocol_file.is_file()):
-        return None
-    try:
-        if run.protocol_difference(lin) is not None:
-            return None
-        if read_metadata(run.classifier).get("backbone_sha256") != file_sha256(backbone):
-            return None
-        return run.read_result()
-    except UserError:  # unreadable or from another version: probed again
-        return None
 
 
 @command
