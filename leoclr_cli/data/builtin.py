@@ -1,21 +1,23 @@
 """The built-in datasets: seeded, generated from files that ship with our dependencies. No download.
 
 ``builtin`` (the default): scikit-learn's bundled handwritten digits (1,797 real 8x8 scans; the label is
-the digit) written small (12-20 px of a 32x32 image), at a random place, over a region of one of
-scikit-image's bundled photographs taken at a random scale (astronaut, brick, camera, cat, coffee,
-coins, grass, gravel, the Hubble deep field, a stained tissue slide, the moon, a retina, a rocket), at
-0.4 of their contrast: a muted backdrop. The ink is light on dark patches and dark on light ones, plus
-pixel noise. Pixels nobody here drew, and LeOCLR's premise: a random crop at scale 0.2 (about 14x14
-pixels) misses the digit about one time in five and cuts it more often, while the whole (original)
-image always shows it. The train and test splits use disjoint digit scans.
+the digit) written 16-28 px tall at a random place of a 32x32 image, dark or light, on a canvas of mid grey
+with a smooth low-contrast noise field and pixel noise drawn afresh for every image from one distribution
+for every class: two crops of one image share nothing of the canvas but its statistics, so only the digit
+tells the image apart. A random crop at the protocol's scale often cuts the digit, while the whole
+(original) image always shows it: LeOCLR's premise. Train and test use disjoint digit scans.
+
+``builtin-photos``: the same digits written 12-20 px on regions of scikit-image's bundled photographs
+(the default set of 0.2). Every crop of one image carries a piece of the same photograph, so instance
+discrimination can be won by the backdrop.
 
 ``builtin-textures``: 32x32 grey images with one or two elliptical objects filled with the texture of
 the image's class (ten classes: stripes in four orientations, checker, dots, grid, diamonds, rings,
 blotches) at a random period and phase, position, size and aspect, plus a global gain and pixel noise.
-The label is the texture only. It was the quickstart's set before the real-pixel one.
+The label is the texture only. It was the quickstart's set before the real-pixel ones.
 
 Generation is deterministic in (seed, split, index) and takes a few seconds for thousands of images,
-so nothing is stored on disk.
+so nothing is stored on disk. docs/data.md says why each design, with numbers.
 """
 
 from __future__ import annotations
