@@ -179,3 +179,23 @@ def test_protocol_files_of_table_2():
     ten = load_protocol("finetune", "protocols/finetune_imagenet_10pct.yaml", {"data.root": "/data/imagenet"})
     assert (one.labels, one.resolved_epochs(), ten.labels, ten.resolved_epochs()) == (1, 60, 10, 30)
     assert one.weight_decay == 0 == ten.weight_decay and one.data.test_split == "val"
+
+
+def test_finetune_resume_on_another_backbone_is_refused(random_backbone, tmp_path, capsys):
+    """A fine-tuning run continues only on the backbone it started from: the state holds that backbone's tuned
+    weights, so a result under another backbone's name would be the first one's."""
+    from leoclr_cli.core.checkpoint import random_backbone_file
+
+    out = tmp_path / "ft"
+    assert run(["finetune", str(random_backbone), "--labels", "10%", "--out", str(out), *FAST], capsys)[0] in (0, None)
+    result = (out / "result.json").read_bytes()
+    other = random_backbone_file("random:resnet18", 1, tmp_path / "other.safetensors")
+    code, _, err = run(["finetune", str(other), "--labels", "10%", "--out", str(out), "--resume", "auto", *FAST],
+                       capsys)
+    line = error_line(code, err)
+    assert "was started on the backbone" in line and "other.safetensors" in line and "--force" in line
+    assert (out / "result.json").read_bytes() == result
+    # the same backbone resumes (its final state: nothing left to train) and gives the same result
+    assert run(["finetune", str(random_backbone), "--labels", "10%", "--out", str(out), "--resume", "auto", *FAST],
+               capsys)[0] in (0, None)
+    assert json.loads((out / "result.json").read_text())["top1"] == json.loads(result)["top1"]

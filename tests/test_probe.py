@@ -17,6 +17,7 @@ from leoclr_cli.core.checkpoint import random_backbone_file
 from leoclr_cli.core.nets import build_backbone
 from leoclr_cli.config.catalog import installed as protocol_file
 from leoclr_cli.config import load_protocol
+from leoclr_cli.errors import UserError
 
 AGREE = 2.0  # points: the SGD and the L-BFGS probe on the same frozen random-init features
 CS = [10.0 ** k for k in range(-4, 3)]  # the L-BFGS sweep of the tests: a decade apart
@@ -113,10 +114,30 @@ def test_resume_auto_of_a_finished_probe_reads_its_result_back(digits, random18,
     monkeypatch.setattr(linear, "extract", no_extraction)
     assert run_linear_eval(lin, random18, tmp_path / "done", resume="auto", quiet=True) == done
     assert (tmp_path / "done" / "linear.safetensors").read_bytes() == before
-    # another backbone in the same run directory is not this probe: it is probed again (and extracts)
+    # another backbone is not this probe, and its run may not continue on it: refused, nothing rewritten
     other = random_backbone_file("random:resnet18", 1, tmp_path / "other.safetensors")
-    with pytest.raises(AssertionError, match="features extracted"):
+    result = (tmp_path / "done" / "result.json").read_bytes()
+    with pytest.raises(UserError, match=r"was started on the backbone .*backbone\.safetensors, not on "
+                                        r".*other\.safetensors \(another file\); give another --out"):
         run_linear_eval(lin, other, tmp_path / "done", resume="auto", quiet=True)
+    assert (tmp_path / "done" / "result.json").read_bytes() == result
+    assert (tmp_path / "done" / "linear.safetensors").read_bytes() == before
+
+
+def test_a_probe_resumes_on_a_moved_copy_of_its_backbone_and_not_on_another(digits, random18, tmp_path):
+    part = tmp_path / "part"
+    probe(random18, part, epochs=4, checkpoint_every=2, **digits_data(digits["plain"]))
+    for name in ("result.json", "linear.safetensors", "checkpoints/state_e0004.safetensors"):
+        (part / name).unlink()
+    lin = load_protocol("linear-eval", part / "protocol.yaml")
+    moved = tmp_path / "moved.safetensors"
+    shutil.copyfile(random18, moved)  # the same weights at another path
+    assert run_linear_eval(lin, moved, part, resume="auto", quiet=True)["top1"] > 10
+    (part / "result.json").unlink()
+    (part / "checkpoints" / "state_e0004.safetensors").unlink()
+    other = random_backbone_file("random:resnet18", 1, tmp_path / "other.safetensors")
+    with pytest.raises(UserError, match="not on .*other.safetensors"):
+        run_linear_eval(lin, other, part, resume="auto", quiet=True)
 
 
 def test_probe_defaults_follow_the_protocol():

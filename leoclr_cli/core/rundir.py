@@ -40,7 +40,32 @@ from ..errors import UserError
 from . import preempt, threads
 from .atomic import atomic_write_text, remove_temporaries
 from .results import RESULT_FILE, RunResult, parse_result
-from .tensorfile import KIND_STATE, read_metadata, verify
+from .tensorfile import KIND_STATE, file_sha256, read_metadata, verify
+
+
+def _identity(f: Path | str) -> dict[str, Optional[str]]:
+    """What names an input file: its path and SHA-256 (a name that is not a file, ``random:ARCH``: no hash)."""
+    return {"path": str(f), "sha256": file_sha256(Path(f)) if Path(f).is_file() else None}
+
+
+def _check_inputs(recorded: Path, inputs: dict[str, Path | str]) -> None:
+    """Refuse a resume whose inputs are not those its run was started on (runs of earlier versions, which
+    recorded none, are not checked)."""
+    if not recorded.is_file():
+        return
+    try:
+        was = json.loads(recorded.read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{recorded} is not readable JSON; start the run over with --force") from None
+    for name, f in inputs.items():
+        old, new = was.get(name), _identity(f)
+        if not isinstance(old, dict):
+            continue
+        same = (old.get("sha256") == new["sha256"] if old.get("sha256") or new["sha256"]
+                else old.get("path") == new["path"])  # a file by its content (it may have moved), a name by itself
+        if not same:
+            raise UserError(f"the run in {recorded.parent} was started on the {name} {old.get('path')}, not on "
+                            f"{new['path']} (another file); give another --out, or start the run over with --force")
 
 
 class RunDir:
@@ -49,6 +74,7 @@ class RunDir:
 
     PROTOCOL = "protocol.yaml"
     ENV = "env.json"
+    INPUTS = "inputs.json"  # the files a run was started on (an evaluation's backbone), by SHA-256
     METRICS = "metrics.jsonl"
     CHECKPOINTS = "checkpoints"
     RESULT = RESULT_FILE
@@ -196,12 +222,15 @@ class RunDir:
             return "auto", False
         return None, True
 
-    def prepare(self, protocol: BaseModel, *, resume: Optional[str], force: bool) -> Optional[Path]:
+    def prepare(self, protocol: BaseModel, *, resume: Optional[str], force: bool,
+                inputs: Optional[dict[str, Path | str]] = None) -> Optional[Path]:
         """Create (or reopen) this run directory; returns the state file to resume from, if any.
 
         ``resume="auto"`` on a run that holds no checkpoint yet (killed before its first one, or never
         started) starts it from scratch, provided its ``protocol.yaml`` is this protocol. Temporary
-        files left by a killed write are removed whenever a run (re)starts."""
+        files left by a killed write are removed whenever a run (re)starts. ``inputs`` (name -> file, or a
+        name such as ``random:resnet18``) are recorded in ``inputs.json`` when the run starts, and a resume
+        on other inputs is refused naming the one that differs."""
         run_dir = self.path
         if run_dir.exists() and not run_dir.is_dir():
             raise UserError(f"run directory {run_dir} is a file, not a directory")
@@ -233,11 +262,15 @@ class RunDir:
         if resume_from is not None:  # a damaged or foreign file is refused before any work starts
             verify(resume_from)
             read_metadata(resume_from, KIND_STATE)
+            if inputs:
+                _check_inputs(resume_from.parent.parent / self.INPUTS, inputs)
         for folder in (run_dir, self.checkpoints):
             remove_temporaries(folder)
         if resume_from is None:
             write_protocol(protocol, self.protocol_file)
             write_json(self.env_file, environment())
+            if inputs:
+                write_json(self.path / self.INPUTS, {name: _identity(f) for name, f in inputs.items()})
         return resume_from
 
     def _check_restart(self, protocol: BaseModel) -> None:

@@ -102,7 +102,7 @@ def run_finetune(p: FinetuneProtocol, backbone_path: Path, run_dir: Path, *, res
     indices, how = _labelled_subset(p, train_src)
     run = RunDir(run_dir)
     tracking.check(p.log)
-    resume_from = run.prepare(p, resume=resume, force=force)
+    resume_from = run.prepare(p, resume=resume, force=force, inputs={"backbone": backbone_path})
     write_subset_file(run.subset, train_src, indices)
     ckpt.seed_everything(p.seed)
     device = resolve_device(p.device)

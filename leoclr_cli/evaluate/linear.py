@@ -278,7 +278,7 @@ def run_linear_eval(protocol: LinearEvalProtocol, backbone_path: Path, run_dir: 
         fit_idx, val_idx = list(range(len(train_src))), []
     run = RunDir(run_dir)
     tracking.check(p.log)
-    resume_from = run.prepare(p, resume=resume, force=force)
+    resume_from = run.prepare(p, resume=resume, force=force, inputs={"backbone": backbone_path})
     ckpt.seed_everything(p.seed)
     device = resolve_device(p.device)
     backbone.to(device)
