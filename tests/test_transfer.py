@@ -205,6 +205,19 @@ def files_of(run_dir):
     return {str(f.relative_to(run_dir)): f.read_bytes() for f in sorted(run_dir.rglob("*")) if f.is_file()}
 
 
+def another_backbone(path, out):
+    """A copy of the backbone file ``path`` (the same protocol and header) with other weights."""
+    from leoclr_cli.core import checkpoint as ckpt
+    from leoclr_cli.core.backbone import save_backbone
+
+    model, meta = ckpt.load_backbone(path)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    save_backbone(out, model, arch=meta["arch"], cifar_stem=False, method=meta["method"], epoch=0,
+                  protocol_json=meta["protocol"])
+    return out
+
+
 GRIDS = {"finetune": ["--set", "lrs=[0.01,0.1]", "--set", "wds=[0]", "--set", "steps=1"],
          "linear": ["--set", "cs=[0.001,1.0,100.0]", "--set", "lbfgs_max_iter=30"]}
 
@@ -246,6 +259,11 @@ def test_sigterm_then_resume_auto_ends_as_an_uninterrupted_run(mode, target, cal
     code, _, err = run([*argv, "--out", str(out), "--set", other, "--resume", "auto"], capsys)
     assert f"field '{other.split('=')[0]}' differs" in error_line(code, err)
     assert files_of(out) == before  # nothing touched
+    changed = another_backbone(random_backbone, tmp_path / "changed.safetensors")  # same protocol, other weights
+    code, _, err = run([*[str(changed) if a == str(random_backbone) else a for a in argv], "--out", str(out),
+                        "--resume", "auto"], capsys)
+    assert "was started on the backbone" in error_line(code, err) and "changed.safetensors" in err
+    assert files_of(out) == before
 
     if mode == "linear":  # the features come from the run's cache
         monkeypatch.setattr(tr, "extract", lambda *a, **k: pytest.fail("the features were extracted again"))

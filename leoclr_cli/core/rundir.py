@@ -301,19 +301,21 @@ class RunDir:
 
     # -------------------------------------------------------------------- runs made of parts
 
-    def reopen(self, protocol: BaseModel, *, resume: Optional[str], force: bool) -> bool:
+    def reopen(self, protocol: BaseModel, *, resume: Optional[str], force: bool,
+               inputs: Optional[dict[str, Path | str]] = None) -> bool:
         """:meth:`prepare` for a run made of parts, each resumed on its own (transfer's grid cells and refit,
         detect's trials: :meth:`resume_part`); returns whether the parts already there are continued.
 
         ``resume`` is ``auto`` or the run directory itself: an existing run continues in place when its
         ``protocol.yaml`` is this protocol (else the differing field is named); a missing or empty one starts
-        from scratch. Without ``resume`` it is :meth:`prepare`'s fresh start (``force`` to replace a run)."""
+        from scratch. Without ``resume`` it is :meth:`prepare`'s fresh start (``force`` to replace a run).
+        ``inputs`` as for :meth:`prepare`: recorded at the start, and a continuation on others refused."""
         run_dir = self.path
         if resume not in (None, "auto") and Path(resume).expanduser().resolve() != run_dir.resolve():
             raise UserError(f"--resume {resume}: this command continues its own run directory; use --resume auto "
                             f"(with --out {run_dir}) or --resume {run_dir}")
         if resume is None or not self._has_files():
-            self.prepare(protocol, resume=None, force=force)
+            self.prepare(protocol, resume=None, force=force, inputs=inputs)
             return False
         self.lock()
         if not self.protocol_file.is_file():
@@ -323,6 +325,8 @@ class RunDir:
         if field is not None:
             raise UserError(f"--resume {resume}: {run_dir} was started with a different protocol (field '{field}' "
                             "differs); use the same protocol, or --force to start over")
+        if inputs:
+            _check_inputs(self.path / self.INPUTS, inputs)
         for folder in (run_dir, self.checkpoints):
             remove_temporaries(folder)
         return True

@@ -110,7 +110,7 @@ def run_detect(p: DetectProtocol, backbone_path: Path, run_dir: Path, *, resume:
     gpus = gpu_count(p, backend)
     solver = p.solver(gpus)
     tracking.check(p.log)
-    resuming = RunDir(run_dir).reopen(p, resume=resume, force=force)
+    resuming = RunDir(run_dir).reopen(p, resume=resume, force=force, inputs={"backbone": backbone_path})
     console.print(rescale_line(p, gpus, solver), highlight=False)
     pjson = protocol_json(p)
     trials = []

@@ -103,7 +103,7 @@ def run_transfer(p: TransferProtocol, backbone_path: Path, run_dir: Path, *, res
     train, test = _open(p)
     run_dir = Path(run_dir)
     tracking.check(p.log)
-    resuming = RunDir(run_dir).reopen(p, resume=resume, force=force)
+    resuming = RunDir(run_dir).reopen(p, resume=resume, force=force, inputs={"backbone": backbone_path})
     device = resolve_device(p.device)
     metric = METRIC.get(p.dataset, "top1")
     fit_idx, val_idx = split_train_val(len(train), p.val_fraction, p.split_seed)
