@@ -59,11 +59,8 @@ def _check_inputs(recorded: Path, inputs: dict[str, Path | str]) -> None:
         raise UserError(f"{recorded} is not readable JSON; start the run over with --force") from None
     for name, f in inputs.items():
         old, new = was.get(name), _identity(f)
-        if not isinstance(old, dict):
-            continue
-        same = (old.get("sha256") == new["sha256"] if old.get("sha256") or new["sha256"]
-                else old.get("path") == new["path"])  # a file by its content (it may have moved), a name by itself
-        if not same:
+        # a file is known by its content (it may have moved since), a name such as random:ARCH by itself
+        if isinstance(old, dict) and (old.get("sha256") or old.get("path")) != (new["sha256"] or new["path"]):
             raise UserError(f"the run in {recorded.parent} was started on the {name} {old.get('path')}, not on "
                             f"{new['path']} (another file); give another --out, or start the run over with --force")
 

@@ -235,7 +235,6 @@ def top1(scores: torch.Tensor, labels: torch.Tensor) -> float:
 # --------------------------------------------------------------------------- the run
 
 
-@command
 def finished_probe(protocol: LinearEvalProtocol, backbone: Path, run: RunDir) -> Optional[dict[str, Any]]:
     """The result of ``run`` when it is a finished probe of this very ``backbone`` file (the SHA-256 its classifier
     file records) under this protocol (runtime fields aside), read back without extracting a feature; else None.
@@ -252,6 +251,7 @@ def finished_probe(protocol: LinearEvalProtocol, backbone: Path, run: RunDir) ->
         return None
 
 
+@command
 def run_linear_eval(protocol: LinearEvalProtocol, backbone_path: Path, run_dir: Path, *, resume: Optional[str] = None,
                     force: bool = False, quiet: bool = False, console: Optional[Console] = None) -> dict[str, Any]:
     """Train the probe, select it, test it once; writes ``linear.safetensors`` and ``result.json``. With
